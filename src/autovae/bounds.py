@@ -22,8 +22,6 @@ import torch
 
 __all__ = ["Bound", "BoundEstimate", "renyi_bound", "renyi_weights"]
 
-_TAYLOR_BAND = 1e-6
-
 
 def _check_alpha(alpha: float) -> float:
     alpha = float(alpha)
@@ -35,9 +33,10 @@ def _check_alpha(alpha: float) -> float:
 def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
     """The VR bound per data point from log-weights of shape (K, *batch); returns (*batch).
 
-    Handles alpha -> 1 stably (mean + (1 - alpha)/2 * variance when |1 - alpha| <= 1e-6),
-    alpha = +-inf (min / max over the samples), and -inf log-weights (samples outside the
-    prior's support).
+    Handles alpha = +-inf (min / max over the samples), -inf log-weights (samples outside the
+    prior's support), and alpha near 1 without cancellation: where |1 - alpha| * |log w - mean|
+    <= 1 it uses mean + log1p(mean_k expm1((1 - alpha)(log w_k - mean))) / (1 - alpha), which
+    tends to mean + (1 - alpha)/2 * variance and to the ELBO as alpha -> 1.
     """
     alpha = _check_alpha(alpha)
     k = log_weights.shape[0]
@@ -45,16 +44,17 @@ def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
         return log_weights.max(0).values
     if alpha == math.inf:
         return log_weights.min(0).values
-    if abs(1 - alpha) <= _TAYLOR_BAND:
-        mean = log_weights.mean(0)
-        if k == 1:
-            return mean
-        finite = torch.isfinite(mean)
-        centred = torch.where(finite, log_weights - mean, torch.zeros_like(log_weights))
-        correction = 0.5 * (1 - alpha) * centred.pow(2).mean(0)
-        return torch.where(finite, mean + correction, mean)
-    scaled = (1 - alpha) * log_weights
-    return (torch.logsumexp(scaled, 0) - math.log(k)) / (1 - alpha)
+    mean = log_weights.mean(0)
+    if alpha == 1 or k == 1:
+        return mean
+    c = 1 - alpha
+    general = (torch.logsumexp(c * log_weights, 0) - math.log(k)) / c
+    finite = torch.isfinite(mean)
+    spread = c * torch.where(finite, log_weights - mean, torch.zeros_like(log_weights))
+    near = finite & (spread.abs().amax(0) <= 1)
+    spread = torch.where(near, spread, torch.zeros_like(spread))
+    precise = mean + torch.log1p(torch.expm1(spread).mean(0)) / c
+    return torch.where(near, precise, general)
 
 
 def renyi_weights(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
