@@ -117,8 +117,9 @@ MC_PAIRS = [("logistic", "normal"), ("normal", "laplace"), ("uniform", "cauchy")
 
 @pytest.mark.parametrize("pair", MC_PAIRS)
 def test_monte_carlo_kl_agrees_within_standard_error(pair):
-    q = family(pair[0], torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64))
-    p = family(pair[1], torch.tensor(-0.2, dtype=torch.float64), torch.tensor(1.1, dtype=torch.float64))
+    f64 = torch.float64
+    q = family(pair[0], torch.tensor(0.4, dtype=f64), torch.tensor(0.6, dtype=f64))
+    p = family(pair[1], torch.tensor(-0.2, dtype=f64), torch.tensor(1.1, dtype=f64))
     n = 400_000
     z = q.sample((n,))
     terms = q.log_prob(z) - p.log_prob(z)

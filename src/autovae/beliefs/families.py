@@ -105,7 +105,7 @@ class LocationScale(Distribution):
         return self._icdf_std(u.clamp(eps, 1 - eps))
 
     # -- the Distribution interface ----------------------------------------------------------
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         return self.loc + self.scale * self._sample_std(shape)
 

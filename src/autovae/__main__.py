@@ -1,0 +1,2 @@
+from autovae.cli import main
+raise SystemExit(main())
