@@ -1,2 +1,3 @@
 from autovae.cli import main
+
 raise SystemExit(main())

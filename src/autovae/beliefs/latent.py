@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .families import LocationScale, family_class
 from .divergence import PAIRS, PairKind, kl
+from .families import LocationScale, family_class
 
 __all__ = ["Block", "LatentSpec", "Posterior"]
 
