@@ -4,12 +4,13 @@ Compares, in the same run, a 20-dim LatentSpec of three blocks (all closed forms
 numerical pair) against homogeneous normal/normal, and against a plain hand-written PyTorch
 normal/normal (the usual VAE code). Prints the median time per step and the ratios.
 
-    python benchmarks/bench_latent.py [--batch 1000] [--steps 200] [--repeats 7]
+    python benchmarks/bench_latent.py [--batch 1000] [--steps 200] [--repeats 7] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -25,28 +26,28 @@ SPECS = {
 }
 
 
-def _spec_step(spec: LatentSpec, h: torch.Tensor) -> None:
+def _spec_loss(spec: LatentSpec, h: torch.Tensor) -> torch.Tensor:
     q = spec.posterior(h)
     z = spec.rsample(q)
-    (spec.kl(q).sum() + z.sum()).backward()
+    return spec.kl(q).sum() + z.sum()
 
 
-def _plain_step(h: torch.Tensor) -> None:
+def _plain_loss(h: torch.Tensor) -> torch.Tensor:
     loc, raw = h.chunk(2, dim=-1)
     scale = F.softplus(raw) + 1e-4
     z = loc + scale * torch.randn_like(loc)
     kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1) - scale.log()
-    (kl.sum() + z.sum()).backward()
+    return kl.sum() + z.sum()
 
 
-def _time(step, h, steps: int, repeats: int) -> float:
-    for _ in range(10):  # warm-up
-        step(h)
+def _time(loss, h, steps: int, repeats: int) -> float:
+    for _ in range(10):  # warm-up (and compilation)
+        loss(h).backward()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(steps):
-            step(h)
+            loss(h).backward()
         times.append((time.perf_counter() - start) / steps)
     return statistics.median(times)
 
@@ -56,16 +57,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--compile", action="store_true",
+                        help="wrap every loss (the plain one too) in torch.compile")
     args = parser.parse_args()
     torch.manual_seed(0)
+    wrap = torch.compile if args.compile else (lambda f: f)
     h = torch.randn(args.batch, 40, requires_grad=True)
-    plain = _time(_plain_step, h, args.steps, args.repeats)
+    plain = _time(wrap(_plain_loss), h, args.steps, args.repeats)
     results = {"plain PyTorch normal/normal": plain}
     for name, text in SPECS.items():
-        spec = LatentSpec.parse(text)
-        results[name] = _time(lambda x, s=spec: _spec_step(s, x), h, args.steps, args.repeats)
+        loss = wrap(functools.partial(_spec_loss, LatentSpec.parse(text)))
+        results[name] = _time(loss, h, args.steps, args.repeats)
     base = results["homogeneous normal/normal"]
-    print(f"batch {args.batch}, 20 latent dims, torch {torch.__version__}, "
+    mode = "torch.compile" if args.compile else "eager"
+    print(f"batch {args.batch}, 20 latent dims, torch {torch.__version__}, {mode}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} x {args.steps} steps")
     print(f"{'':34}{'ms/step':>10}{'vs homogeneous':>16}{'vs plain':>10}")
     for name, t in results.items():

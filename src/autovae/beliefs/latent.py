@@ -217,19 +217,20 @@ class LatentSpec(nn.Module):
             raise ValueError(f"encoder output has {h.shape[-1]} features; this latent spec "
                              f"({self}) needs 2 * {self.dim} = {self.encoder_outputs}")
         raw_loc, raw_scale = h[..., : self.dim], h[..., self.dim:]
+        scale = F.softplus(raw_scale) + self.min_scale  # one pass over all dims
         out = Posterior()
         for i, (q_cls, _) in enumerate(self._classes):
             sl = self.slices[i]
-            loc, scale = self._constrain(i, raw_loc[..., sl], raw_scale[..., sl])
-            out.append(q_cls(loc, scale, validate_args=False))
+            loc_i, scale_i = raw_loc[..., sl], scale[..., sl]
+            if self._kinds[i] is PairKind.CONDITIONAL:
+                loc_i, scale_i = self._constrain(i, loc_i, raw_scale[..., sl], scale_i)
+            out.append(q_cls(loc_i, scale_i, validate_args=False))
         return out
 
-    def _constrain(self, i: int, raw_loc: torch.Tensor, raw_scale: torch.Tensor):
-        """Valid (loc, scale) for block i; conditional pairs are kept inside their finite region."""
+    def _constrain(self, i: int, raw_loc: torch.Tensor, raw_scale: torch.Tensor,
+                   scale: torch.Tensor):
+        """(loc, scale) of a conditional block, kept inside the region where the KL is finite."""
         block = self.blocks[i]
-        scale = F.softplus(raw_scale) + self.min_scale
-        if self._kinds[i] is not PairKind.CONDITIONAL:
-            return raw_loc, scale
         mu, sigma = self.prior_params(i)
         pair = (block.posterior, block.prior)
         if pair in {("laplace", "gumbel"), ("logistic", "gumbel")}:
