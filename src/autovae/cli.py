@@ -1,19 +1,32 @@
-"""The ``autovae`` command line: thin wrappers that parse, call the library and print."""
+"""The ``autovae`` command line: thin wrappers that parse, call the library and print.
+
+    autovae train --run runs/fmnist --latent 'logistic/normal:14,cauchy/cauchy:6' --epochs 20
+    autovae evaluate runs/fmnist --nll-samples 5000
+    autovae sample runs/fmnist          # and reconstruct, embed, interpolate
+    autovae pairs                       # the KL matrix of every (posterior, prior) pair
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .beliefs import FAMILIES, PAIRS, PairKind, family, kl
+from .config import Config, load_config
+from .model import NonFiniteLossError
 
 _MARK = {PairKind.CLOSED: "", PairKind.CONDITIONAL: "*", PairKind.NUMERICAL: "~",
          PairKind.INFINITE: ""}
 
 
+# -- pairs ---------------------------------------------------------------------------------------
 def pair_matrix(loc: float, scale: float, prior_loc: float, prior_scale: float) -> str:
     """The 7x7 table of KL(posterior || prior) at the given parameters, as text."""
     names = list(FAMILIES)
@@ -58,6 +71,142 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train and evaluate --------------------------------------------------------------------------
+def _config_overrides(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+            if getattr(args, f.name, None) is not None}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .run import Run
+    from .train import train
+
+    run = Run(args.run)
+    overrides = _config_overrides(args)
+    if args.resume:
+        config = run.load_config().replace(**overrides)
+    else:
+        config = load_config(args.config, **overrides)
+    result = train(config, run.folder, resume=args.resume, progress=not args.quiet)
+    print(f"trained {result.epochs_done} epochs into {run.folder}")
+    if args.evaluate:
+        _evaluate(run, result.model, result.data.test, config.nll_samples, not args.quiet)
+    return 0
+
+
+def _evaluate(run, model, x_test, nll_samples: int, progress: bool) -> dict:
+    from .evaluate import evaluate
+
+    metrics = evaluate(model, x_test, nll_samples=nll_samples, progress=progress)
+    run.save_metrics(metrics)
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _load(args: argparse.Namespace):
+    """(run, config, model, data) of an existing run folder."""
+    from .model import build_model
+    from .run import Run
+    from .train import prepare, resolve_device
+
+    run = Run(args.run)
+    config = run.load_config()
+    device = resolve_device(args.device or config.device)
+    checkpoint = run.load_checkpoint(map_location=device)
+    data = prepare(config, device)
+    model = build_model(config, data.event_shape).to(device)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    torch.manual_seed(args.seed)
+    return run, config, model, data
+
+
+def _split(data, name: str):
+    return getattr(data, name), getattr(data, f"{name}_labels")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    run, config, model, data = _load(args)
+    x = data.test if args.limit is None else data.test[: args.limit]
+    _evaluate(run, model, x, args.nll_samples or config.nll_samples, not args.quiet)
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .pictures import save_grid
+
+    run, _, model, _ = _load(args)
+    path = save_grid(model.generate(args.n), args.out or run.folder / "samples.png")
+    print(path)
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .pictures import save_reconstructions
+
+    run, _, model, data = _load(args)
+    x, _ = _split(data, args.split)
+    x = x[: args.n]
+    path = save_reconstructions(x, model.reconstruct(x), args.out or run.folder /
+                                "reconstructions.png", n=args.n)
+    print(path)
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .pictures import latent_map
+
+    run, _, model, data = _load(args)
+    x, labels = _split(data, args.split)
+    codes = torch.cat([model.embed(x[i:i + 1000]) for i in range(0, x.shape[0], 1000)]).cpu()
+    codes_path = Path(args.out or run.folder / f"codes_{args.split}.npy")
+    codes_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(codes_path, codes.numpy())
+    map_path = latent_map(codes, None if labels is None else labels.cpu(),
+                          codes_path.with_suffix(".png"), class_names=data.classes,
+                          title=f"{model.latent} on {data.name} ({args.split})")
+    print(codes_path)
+    print(map_path)
+    return 0
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    from .pictures import interpolate_codes, save_interpolation
+
+    run, _, model, data = _load(args)
+    x, _ = _split(data, args.split)
+    codes = model.embed(x[: 2 * args.pairs])
+    path_z = interpolate_codes(codes[: args.pairs], codes[args.pairs: 2 * args.pairs],
+                               args.steps, args.mode)
+    frames = model.likelihood.mean(model.decode(path_z))
+    path = save_interpolation(frames, args.out or run.folder / "interpolation.png")
+    print(path)
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------------------------
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run settings (also config-file keys; flags win)")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                               help=help_text)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str | None = None) -> None:
+    parser.add_argument("run", help="the run folder")
+    parser.add_argument("--device", default=None, help="override the run's device")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the draws (default 0)")
+    if out_help:
+        parser.add_argument("--out", default=None, help=out_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autovae",
@@ -65,6 +214,57 @@ def build_parser() -> argparse.ArgumentParser:
                     "beliefs, Renyi bounds, automated search.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser(
+        "train", help="train a VAE into a run folder (then evaluate it)",
+        description="Train a VAE. Settings come from the defaults (the seed paper's: MLP 3x400, "
+                    "20 latents, Adam 1e-4, batch 1000, 100 epochs, Fashion-MNIST), then "
+                    "--config FILE, then flags. A checkpoint is written every epoch; --resume "
+                    "continues an interrupted run exactly.")
+    train.add_argument("--run", default="runs/default", help="run folder (default runs/default)")
+    train.add_argument("--config", default=None, help="YAML, TOML or JSON config file")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run")
+    train.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                       help="skip the test evaluation at the end")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(train)
+    train.set_defaults(run_command=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="test ELBO, VR bound, IWAE NLL, reconstruction "
+                                               "error; written to RUN/metrics.json")
+    _add_run_arguments(evaluate)
+    evaluate.add_argument("--nll-samples", type=int, default=None,
+                          help="K for the NLL (default: the run's nll_samples)")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N test images only")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run_command=_cmd_evaluate)
+
+    sample = sub.add_parser("sample", help="a PNG grid of images generated from the prior")
+    _add_run_arguments(sample, "PNG path (default RUN/samples.png)")
+    sample.add_argument("--n", type=int, default=64, help="how many (default 64)")
+    sample.set_defaults(run_command=_cmd_sample)
+
+    for name, helptext, default_n in (
+            ("reconstruct", "a PNG of test images above their reconstructions", 16),
+            ("interpolate", "a PNG of decoded paths between pairs of test images' codes", 4)):
+        p = sub.add_parser(name, help=helptext)
+        _add_run_arguments(p, f"PNG path (default RUN/{name}.png)")
+        p.add_argument("--split", default="test", choices=("train", "val", "test"))
+        if name == "reconstruct":
+            p.add_argument("--n", type=int, default=default_n, help="how many (default 16)")
+            p.set_defaults(run_command=_cmd_reconstruct)
+        else:
+            p.add_argument("--pairs", type=int, default=default_n, help="rows (default 4)")
+            p.add_argument("--steps", type=int, default=10, help="columns (default 10)")
+            p.add_argument("--mode", default="linear", choices=("linear", "slerp"))
+            p.set_defaults(run_command=_cmd_interpolate)
+
+    embed = sub.add_parser("embed", help="latent codes to .npy and a 2-D map coloured by label "
+                                         "(PCA when the latent space has more than 2 dims)")
+    _add_run_arguments(embed, "codes path (default RUN/codes_SPLIT.npy; the map is beside it)")
+    embed.add_argument("--split", default="test", choices=("train", "val", "test"))
+    embed.set_defaults(run_command=_cmd_embed)
+
     pairs = sub.add_parser(
         "pairs", help="print the KL matrix of every (posterior, prior) pair of families",
         description="Print KL(q || p) for all 49 ordered pairs of families at one setting of "
@@ -73,17 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--scale", type=float, default=0.7, help="posterior scale (default 0.7)")
     pairs.add_argument("--prior-loc", type=float, default=0.0, help="prior loc (default 0)")
     pairs.add_argument("--prior-scale", type=float, default=1.0, help="prior scale (default 1)")
-    pairs.set_defaults(run=_cmd_pairs)
+    pairs.set_defaults(run_command=_cmd_pairs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.run_command(args)
     except ValueError as err:  # bad input: one clear line, no traceback
         print(f"autovae: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"autovae: stopped: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("autovae: interrupted; the last epoch's checkpoint is intact (use --resume)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

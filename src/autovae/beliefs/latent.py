@@ -247,6 +247,11 @@ class LatentSpec(nn.Module):
         """A scale in [min_scale, (1 - margin) * sigma): strictly below the prior's."""
         return (sigma * (1 - _MARGIN) * torch.sigmoid(raw)).clamp(min=self.min_scale)
 
+    def median(self, q: Posterior) -> torch.Tensor:
+        """The posterior median per dim, (*batch, dim): a point code for every family (a Cauchy
+        has no mean)."""
+        return torch.cat([qi.icdf(torch.full_like(qi.loc, 0.5)) for qi in q], dim=-1)
+
     def rsample(self, q: Posterior, samples: int = 1) -> torch.Tensor:
         """Reparameterized draws, shape (samples, *batch, dim)."""
         return torch.cat([qi.rsample((samples,)) for qi in q], dim=-1)
