@@ -1,0 +1,551 @@
+"""Datasets by name, offline sources first.
+
+``load_data(name)`` returns a :class:`DataSplits`: float32 images in [0, 1] shaped (N, C, H, W)
+(or (N, D) for vector data, or with ``flatten=True``), split into train / val / test, with int64
+labels and class names when the source has them.
+
+Names (case-insensitive, ``_`` and ``-`` interchangeable), see :data:`DATASETS`:
+
+* ``fashion-mnist``: IDX files (raw or .gz) in ``<root>/FashionMNIST/raw/`` or ``<root>``, then
+  Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), then
+  torchvision (``download=True`` fetches it).
+* ``mnist``, ``kmnist``: IDX files in ``<root>/<MNIST|KMNIST>/raw/``, else torchvision.
+* ``cifar10``, ``cifar100``, ``svhn``: torchvision's classes and on-disk layouts (SVHN needs scipy).
+* ``digits``: scikit-learn's 1797 8x8 handwritten digits (values 0..16 divided by 16).
+* a path to your own data:
+
+  - ``.npy``: one array of samples (no labels); the test set is carved from it;
+  - ``.npz``: key ``x`` (optional ``y``: int labels), test carved from it; or keys ``x_train``
+    and ``x_test`` (optional ``y_train`` and ``y_test``, both or neither) for your own test set;
+    optional ``classes`` (array of names) in either case;
+  - a folder of 8-bit images (PNG, JPEG, BMP, GIF, TIFF, WebP), all the same size, either all
+    directly in the folder (no labels) or in class subfolders (labels = sorted subfolder names).
+
+  Array layouts: (N, D) vectors; (N, H, W) greyscale images (a channel axis is added);
+  (N, C, H, W); or (N, H, W, C), which is assumed when the last axis is 1 or 3 and the second
+  is not, and transposed to (N, C, H, W). Values: uint8 (divided by 255), bool, or numbers
+  already in [0, 1].
+
+``root`` defaults to ``$AUTOVAE_DATA`` or ``~/.cache/autovae/data``. Nothing is downloaded
+unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib.util import find_spec
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["DATASETS", "DataSplits", "DatasetInfo", "binarize", "default_root", "load_data",
+           "read_idx"]
+
+ROOT_ENV = "AUTOVAE_DATA"
+DEFAULT_ROOT = "~/.cache/autovae/data"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_TEST_SEED = 0  # carving a test set from data without one does not depend on `seed`
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_TRAIN_TEST = [{"train": True}, {"train": False}]
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass
+class DataSplits:
+    """Train / val / test tensors (float32 in [0, 1]) with int64 labels when known."""
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. (1, 28, 28), or (784,) when flattened."""
+        return tuple(self.train.shape[1:])
+
+    def to(self, device: torch.device | str) -> DataSplits:
+        """A copy with every tensor on ``device`` (MNIST-size data fit on a GPU as one tensor)."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return replace(
+            self,
+            train=self.train.to(device),
+            val=self.val.to(device),
+            test=self.test.to(device),
+            train_labels=move(self.train_labels),
+            val_labels=move(self.val_labels),
+            test_labels=move(self.test_labels),
+        )
+
+    def __repr__(self) -> str:
+        labels = "yes" if self.train_labels is not None else "no"
+        classes = len(self.classes) if self.classes else None
+        return (
+            f"DataSplits(name={self.name!r}, event_shape={self.event_shape}, "
+            f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
+            f"labels={labels}, classes={classes}, device={self.train.device})"
+        )
+
+
+class _Source(NamedTuple):
+    """What a loader returns: raw arrays before validation, scaling and splitting."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray | None
+    x_test: np.ndarray | None  # None: carve the test set from x_train
+    y_test: np.ndarray | None
+    classes: list[str] | None
+    channels_last: bool | None = None  # None: guess from the shape (see the module docstring)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registry entry: how to load the dataset and its default split sizes."""
+
+    name: str
+    description: str
+    load: Callable[[Path, bool], _Source] = field(repr=False)
+    val_size: int | float = 5000  # default val_size
+    test_size: int | float = 0.1  # used only when the source has no test set of its own
+
+
+def default_root() -> Path:
+    """``$AUTOVAE_DATA`` if set, else ``~/.cache/autovae/data``."""
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser()
+
+
+# --------------------------------------------------------------------------- IDX (MNIST family)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (raw or .gz) as a read-only numpy array; cached while the file is unchanged."""
+    st = os.stat(path)
+    return _read_idx_cached(os.fspath(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    code, ndim = (data[2], data[3]) if len(data) >= 4 and data[:2] == b"\0\0" else (0, 0)
+    if code not in _IDX_DTYPES or ndim == 0 or len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: not an IDX file (magic {data[:4].hex()}); re-download it")
+    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    offset = 4 + 4 * ndim
+    if len(data) - offset != math.prod(dims) * dtype.itemsize:
+        raise ValueError(f"{path}: truncated or corrupt IDX file (shape {dims}); re-download it")
+    array = np.frombuffer(data, dtype, offset=offset).reshape(dims)
+    array = array.astype(dtype.newbyteorder("="), copy=False)
+    array.flags.writeable = False  # shared by every caller through the cache
+    return array
+
+
+def _find_idx(dirs: Sequence[Path]) -> list[Path] | None:
+    """The four IDX files (each raw or .gz) from the first folder that has them all."""
+    for folder in dirs:
+        found = [
+            next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+            for stem in _IDX_FILES
+        ]
+        if all(found):
+            return found  # type: ignore[return-value]
+    return None
+
+
+def _load_idx(
+    cls_name: str,
+    label: str,
+    classes: list[str],
+    root: Path,
+    download: bool,
+    extra_dirs: Sequence[Path] = (),
+    apt: str | None = None,
+) -> _Source:
+    """MNIST-format data: read offline IDX files with :func:`read_idx`, else ask torchvision."""
+    raw = root / cls_name / "raw"
+    dirs = [raw, *extra_dirs]
+    files = _find_idx(dirs)
+    if files is not None:
+        x_train, y_train, x_test, y_test = (read_idx(p) for p in files)
+        return _Source(x_train, y_train, x_test, y_test, list(classes))
+    if apt:
+        missing = (f"{label} not found offline (looked in {', '.join(map(str, dirs))}): run "
+                   f"`apt-get install {apt}`, put the 4 IDX files in {raw}{os.sep},")
+    else:
+        missing = (f"{label} not found offline: torchvision expects {raw / _IDX_FILES[0]}, with "
+                   f"{', '.join(_IDX_FILES[1:])} beside it (raw or .gz); put the files there")
+    train, test = _torchvision(cls_name, label, root, download, missing, _TRAIN_TEST)
+    return _Source(train.data.numpy(), train.targets.numpy(), test.data.numpy(),
+                   test.targets.numpy(), list(classes))
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _torchvision(cls_name: str, label: str, root: Path, download: bool, missing: str,
+                 splits: list[dict]) -> list:
+    """torchvision datasets ``cls_name(root, **split)``; a failure becomes one ValueError.
+
+    ``missing`` says where the files belong; it is the message when they are not found offline.
+    """
+    if find_spec("torchvision") is None:
+        raise ImportError(f"{label} needs torchvision: pip install torchvision")
+    from torchvision import datasets
+
+    cls = getattr(datasets, cls_name)
+    try:
+        return [cls(str(root), download=download, **split) for split in splits]
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        if not download:
+            raise ValueError(f"{missing} or pass download=True (--download)") from None
+        raise ValueError(f"{label}: download into {root} failed: {err}") from err
+    except OSError as err:  # network errors while downloading
+        if not download:
+            raise
+        raise ValueError(f"{label}: download into {root} failed: {err}") from err
+
+
+def _load_cifar(cls_name: str, label: str, folder: str, files: str, root: Path,
+                download: bool) -> _Source:
+    missing = (f"{label} not found (or corrupt) offline: torchvision expects {root / folder}"
+               f"{os.sep} ({files}); put the files there")
+    train, test = _torchvision(cls_name, label, root, download, missing, _TRAIN_TEST)
+    return _Source(train.data, np.asarray(train.targets), test.data, np.asarray(test.targets),
+                   list(train.classes), channels_last=True)
+
+
+def _load_svhn(root: Path, download: bool) -> _Source:
+    if find_spec("scipy") is None:
+        raise ImportError("svhn needs scipy (torchvision reads .mat with it): pip install scipy")
+    missing = (f"SVHN not found (or corrupt) offline: torchvision expects "
+               f"{root / 'train_32x32.mat'} and {root / 'test_32x32.mat'}; put the files there")
+    train, test = _torchvision("SVHN", "SVHN", root, download, missing,
+                               [{"split": "train"}, {"split": "test"}])
+    return _Source(train.data, train.labels, test.data, test.labels,
+                   [str(i) for i in range(10)], channels_last=False)
+
+
+def _load_fashion_mnist(root: Path, download: bool) -> _Source:
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"]
+    return _load_idx("FashionMNIST", "Fashion-MNIST", classes, root, download,
+                     extra_dirs=[root, DEBIAN_FASHION_MNIST], apt="dataset-fashion-mnist")
+
+
+def _load_digits(root: Path, download: bool) -> _Source:
+    return _Source(*_digits_arrays(), None, None, [str(i) for i in range(10)])
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    if find_spec("sklearn") is None:
+        raise ImportError("digits needs scikit-learn: pip install scikit-learn")
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.images / 16).astype(np.float32), d.target.astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False  # shared by every caller through the cache
+    return x, y
+
+
+_DIGIT_NAMES = [str(i) for i in range(10)]
+_KMNIST_NAMES = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo("fashion-mnist", "Zalando Fashion-MNIST, 60k+10k 28x28 greyscale",
+                    _load_fashion_mnist),
+        DatasetInfo("mnist", "MNIST handwritten digits, 60k+10k 28x28 greyscale",
+                    functools.partial(_load_idx, "MNIST", "MNIST", _DIGIT_NAMES)),
+        DatasetInfo("kmnist", "Kuzushiji-MNIST, 60k+10k 28x28 greyscale",
+                    functools.partial(_load_idx, "KMNIST", "KMNIST", _KMNIST_NAMES)),
+        DatasetInfo("cifar10", "CIFAR-10, 50k+10k 32x32 colour",
+                    functools.partial(_load_cifar, "CIFAR10", "CIFAR-10", "cifar-10-batches-py",
+                                      "data_batch_1..5, test_batch, batches.meta")),
+        DatasetInfo("cifar100", "CIFAR-100 (fine labels), 50k+10k 32x32 colour",
+                    functools.partial(_load_cifar, "CIFAR100", "CIFAR-100", "cifar-100-python",
+                                      "train, test, meta")),
+        DatasetInfo("svhn", "SVHN cropped digits, 73k+26k 32x32 colour", _load_svhn),
+        DatasetInfo("digits", "scikit-learn 8x8 digits, 1797 greyscale (1197/300/300)",
+                    _load_digits, val_size=300, test_size=300),
+    ]
+}
+_ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+# --------------------------------------------------------------------------- user data
+
+
+def _read_npy(path: Path) -> _Source:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{path}: cannot read ({err}); save a numeric array with np.save") from err
+    return _Source(x, None, None, None, None)
+
+
+def _read_npz(path: Path) -> _Source:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except ValueError as err:
+        raise ValueError(f"{path}: cannot read ({err}); save numeric arrays with np.savez") from err
+    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+    if "x" in arrays and "x_train" not in arrays and "x_test" not in arrays:
+        return _Source(arrays["x"], arrays.get("y"), None, None, classes)
+    if "x" not in arrays and "x_train" in arrays and "x_test" in arrays:
+        y_train, y_test = arrays.get("y_train"), arrays.get("y_test")
+        if (y_train is None) != (y_test is None):
+            raise ValueError(f"{path}: has only one of y_train / y_test; store both or neither")
+        return _Source(arrays["x_train"], y_train, arrays["x_test"], y_test, classes)
+    raise ValueError(
+        f"{path}: found keys {sorted(arrays)}; an .npz needs 'x' (optional 'y') or 'x_train' and "
+        f"'x_test' (optional 'y_train', 'y_test'), and optionally 'classes'"
+    )
+
+
+def _read_image_folder(folder: Path) -> _Source:
+    if find_spec("PIL") is None:
+        raise ImportError("reading a folder of images needs Pillow: pip install pillow")
+    from PIL import Image
+
+    def images_in(d: Path, recursive: bool) -> list[Path]:
+        paths = d.rglob("*") if recursive else d.iterdir()
+        return sorted(p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+    top = images_in(folder, recursive=False)
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    per_class = [(d.name, imgs) for d in subdirs if (imgs := images_in(d, recursive=True))]
+    if top and per_class:
+        raise ValueError(f"{folder}: has images both at the top and in subfolders; "
+                         f"move the top-level ones into a class subfolder (or out)")
+    if not top and not per_class:
+        raise ValueError(f"{folder}: no images found ({', '.join(IMAGE_SUFFIXES)}); "
+                         f"put images in it, or in one subfolder per class")
+    files = top or [p for _, imgs in per_class for p in imgs]
+    arrays = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+                arrays.append(np.asarray(im.convert("L" if grey else "RGB")))
+        except OSError as err:
+            raise ValueError(f"{p}: not a readable image ({err}); fix or remove it") from err
+        if arrays[-1].shape[:2] != arrays[0].shape[:2]:
+            h, w = arrays[0].shape[:2]
+            raise ValueError(f"{p}: is {arrays[-1].shape[1]}x{arrays[-1].shape[0]} but {files[0]} "
+                             f"is {w}x{h}; resize all images to one size")
+    if any(a.ndim == 3 for a in arrays):  # some colour: make every image RGB
+        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
+    x = np.stack(arrays)
+    if not per_class:
+        return _Source(x, None, None, None, None, channels_last=True)
+    labels = np.concatenate([np.full(len(imgs), i) for i, (_, imgs) in enumerate(per_class)])
+    return _Source(x, labels.astype(np.int64), None, None, [name for name, _ in per_class],
+                   channels_last=True)
+
+
+def _read_path(path: Path) -> _Source:
+    if path.is_dir():
+        return _read_image_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _read_npy(path)
+    if suffix == ".npz":
+        return _read_npz(path)
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .npy, .npz or a folder of "
+                     f"images")
+
+
+# --------------------------------------------------------------------------- checks and splits
+
+
+def _images(x: np.ndarray, source: str, channels_last: bool | None) -> np.ndarray:
+    """Check dtype, finiteness, range and layout; return (N, D) or (N, C, H, W), not yet scaled."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{source}: dtype {x.dtype} is not a real number type; "
+                         f"give uint8 0..255 or floats in [0, 1]")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        if channels_last is None:
+            channels_last = x.shape[3] in (1, 3) and x.shape[1] not in (1, 3)
+        if channels_last:
+            x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 2:
+        raise ValueError(f"{source}: shape {x.shape} has {x.ndim} axes; give (N, D), (N, H, W), "
+                         f"(N, C, H, W) or (N, H, W, C)")
+    if len(x) == 0:
+        raise ValueError(f"{source}: has no samples; give at least one")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(x.size - np.isfinite(x).sum())
+        raise ValueError(f"{source}: has {bad} NaN or infinite values; remove or replace them "
+                         f"(e.g. np.nan_to_num) first")
+    if x.dtype not in (np.uint8, np.bool_):
+        lo, hi = x.min(), x.max()
+        if lo < 0 or hi > 1:
+            fix = ("cast it with x.astype(np.uint8)" if x.dtype.kind in "iu" and hi <= 255
+                   else "scale it first, e.g. x = (x - x.min()) / (x.max() - x.min())")
+            raise ValueError(f"{source}: values must be uint8 or in [0, 1], got min {lo} and "
+                             f"max {hi}; {fix}")
+    return x
+
+
+def _labels(y: np.ndarray | None, n: int, source: str) -> np.ndarray | None:
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ValueError(f"{source}: labels must be a 1-D integer array, got {y.dtype} of shape "
+                         f"{y.shape}; convert them with y.astype(np.int64)")
+    if len(y) != n:
+        raise ValueError(f"{source}: {len(y)} labels for {n} samples; give one label per sample")
+    return y.astype(np.int64)
+
+
+def _count(size: int | float, n: int, what: str, source: str) -> int:
+    """How many of n samples `size` (a count, or a fraction in [0, 1)) takes; at least 1 left."""
+    if isinstance(size, bool) or not isinstance(size, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{what} must be a count or a fraction in [0, 1), got {size!r}")
+    if isinstance(size, (float, np.floating)):
+        if not 0 <= size < 1:
+            raise ValueError(f"{what}={size} as a float is a fraction and must be in [0, 1); "
+                             f"pass an int for a count")
+        k = max(1, round(size * n)) if size > 0 else 0
+    else:
+        k = int(size)
+        if k < 0:
+            raise ValueError(f"{what} must not be negative, got {size}")
+    if k >= n:
+        raise ValueError(f"{source}: {what}={size} asks for {k} of its {n} samples and leaves "
+                         f"none to train on; pass a smaller {what} (e.g. 0.1) or use more data")
+    return k
+
+
+def _to_tensor(x: np.ndarray, flatten: bool) -> torch.Tensor:
+    out = x.astype(np.float32, copy=False)  # x is a fresh copy (fancy-indexed)
+    if x.dtype == np.uint8:
+        out /= 255
+    t = torch.from_numpy(out)
+    return t.reshape(len(t), -1) if flatten else t
+
+
+def _split(name: str, src: _Source, val_size: int | float, test_size: int | float, seed: int,
+           limit: int | None, flatten: bool) -> DataSplits:
+    x = _images(src.x_train, name, src.channels_last)
+    y = _labels(src.y_train, len(x), name)
+    if src.x_test is None:  # carve a fixed test set (independent of `seed`)
+        perm = np.random.default_rng(_TEST_SEED).permutation(len(x))
+        n_test = _count(test_size, len(x), "test_size", name)
+        test_idx, train_idx = perm[:n_test], perm[n_test:]
+        x_test, y_test = x, y
+    else:
+        x_test = _images(src.x_test, f"{name} (test)", src.channels_last)
+        y_test = _labels(src.y_test, len(x_test), f"{name} (test)")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise ValueError(f"{name}: train samples are {x.shape[1:]} but test samples are "
+                             f"{x_test.shape[1:]}; give both the same shape")
+        test_idx, train_idx = np.arange(len(x_test)), np.arange(len(x))
+    n_val = _count(val_size, len(train_idx), "val_size", name)
+    train_idx = train_idx[np.random.default_rng(seed).permutation(len(train_idx))]
+    val_idx, train_idx = train_idx[:n_val], train_idx[n_val:]
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ValueError(f"limit must be a positive int (or None for all), got {limit!r}")
+        train_idx = train_idx[:limit]
+
+    def take(labels: np.ndarray | None, idx: np.ndarray) -> torch.Tensor | None:
+        return None if labels is None else torch.from_numpy(labels[idx])
+
+    return DataSplits(
+        name=name,
+        train=_to_tensor(x[train_idx], flatten),
+        val=_to_tensor(x[val_idx], flatten),
+        test=_to_tensor(x_test[test_idx], flatten),
+        train_labels=take(y, train_idx),
+        val_labels=take(y, val_idx),
+        test_labels=take(y_test, test_idx),
+        classes=src.classes,
+    )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_data(
+    name: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    *,
+    val_size: int | float | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    download: bool = False,
+    flatten: bool = False,
+) -> DataSplits:
+    """Load a dataset by name (see :data:`DATASETS`) or a path to .npy / .npz / image folder.
+
+    The dataset's own test set is ``test``; data without one (digits, user data with no
+    ``x_test``) get a fixed test set (``test_size`` of the registry entry, 10% for user data),
+    whatever the seed. ``val`` is carved from the rest with a permutation seeded by ``seed``:
+    ``val_size`` is a count or a fraction in [0, 1); ``None`` is the dataset's default (5000
+    for the torchvision sets, 300 for digits, 0.1 for user data). ``limit`` keeps the first
+    ``limit`` training samples after the split (a random subset). ``flatten`` gives (N, D).
+    ``root`` is where torchvision-format files are looked for (default :func:`default_root`).
+    """
+    key = os.fspath(name).strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key in DATASETS:
+        info = DATASETS[key]
+        src = info.load(Path(root).expanduser() if root is not None else default_root(), download)
+        label, default_val, test_size = info.name, info.val_size, info.test_size
+    else:
+        path = Path(os.fspath(name)).expanduser()
+        if not path.exists():
+            if path.suffix.lower() in (".npy", ".npz") or os.sep in os.fspath(name):
+                raise ValueError(f"{path}: no such file or folder; check the path")
+            raise ValueError(f"unknown dataset {os.fspath(name)!r}: use one of "
+                             f"{', '.join(DATASETS)}, or a path to a .npy file, a .npz file or a "
+                             f"folder of images")
+        src = _read_path(path)
+        label, default_val, test_size = os.fspath(name), 0.1, 0.1
+    return _split(label, src, default_val if val_size is None else val_size, test_size, seed,
+                  limit, flatten)
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A Bernoulli(x) sample (floats 0/1) of data in [0, 1]: stochastic binarisation.
+
+    Call it once for a fixed binarisation, or every epoch for dynamic binarisation; pass a
+    seeded ``generator`` (on x's device) to reproduce a sample.
+    """
+    if not torch.is_floating_point(x):
+        x = x.float()
+    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+        raise ValueError("binarize needs probabilities in [0, 1] (NaN excluded); scale x first")
+    return torch.bernoulli(x, generator=generator)
