@@ -106,11 +106,12 @@ class VAE(nn.Module):
     # -- evaluation and use ---------------------------------------------------------------------
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, samples: int = 1000,
-                       budget: int = 2**24) -> torch.Tensor:
+                       budget: int = 2**20) -> torch.Tensor:
         """Importance-sampled log p(x) (the IWAE bound with K = ``samples``), per data point.
 
-        Batched over samples and data: draws are decoded ``budget`` output elements at a time
-        and combined with a running logsumexp, so K = 5000 needs no more memory than K = 50.
+        Batched over samples and data: draws are decoded about ``budget`` output elements at a
+        time (small enough to stay in cache) and combined with a running logsumexp, so K = 5000
+        needs no more memory than K = 50.
         """
         q = self.posterior(x)
         per_draw = x.shape[0] * math.prod(self.likelihood.out_event_shape)

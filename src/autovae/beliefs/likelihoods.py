@@ -245,7 +245,9 @@ class BernoulliLikelihood(Likelihood):
     name = "bernoulli"
 
     def _log_prob(self, x: Tensor, logits: Tensor) -> Tensor:
-        return x * logits + F.logsigmoid(-logits)
+        # one fused, stable kernel for x * eta - softplus(eta)
+        logits, x = torch.broadcast_tensors(logits, x)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
     def _mean(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
