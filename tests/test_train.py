@@ -193,3 +193,46 @@ def test_cli_end_to_end(tmp_path, capsys):
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"samples.png", "reconstructions.png", "codes_test.npy", "codes_test.png",
             "interpolation.png", "config.yaml", "checkpoint.pt", "metrics.jsonl"} <= names
+
+
+def test_tensorboard_scalars_when_installed(tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="tensorboard is optional; metrics.jsonl is always written")
+    config = Config(data="tiny", epochs=2, batch_size=32, hidden=8, depth=1,
+                    latent="normal/normal:2")
+    train(config, tmp_path / "run", data=tiny_data(64), progress=False)
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("val_bound")]
+    assert steps == [1, 2]
+    assert acc.Scalars("val_bound")[-1].value == pytest.approx(
+        Run(tmp_path / "run").history()[-1]["val_bound"], rel=1e-6)
+
+
+def test_conv_network_and_user_modules():
+    from autovae.beliefs import LatentSpec, likelihood
+    from autovae.model import VAE
+
+    config = Config(network="conv", hidden=128, latent="normal/normal:4", likelihood="beta")
+    from autovae.model import build_model
+
+    model = build_model(config, (3, 32, 32))
+    x = torch.rand(5, 3, 32, 32)
+    value = model.estimate(x).value
+    assert value.shape == (5,) and torch.isfinite(value).all()
+    assert model.reconstruct(x).shape == (5, 3, 32, 32)
+    grey = build_model(config.replace(likelihood="bernoulli"), (1, 28, 28))
+    assert grey.generate(3).shape == (3, 1, 28, 28)
+    # any nn.Module with the right shapes works in the library API
+    latent = LatentSpec.parse("laplace/laplace:3")
+    lik = likelihood("gaussian", (6,), learn_sigma="shared")
+    custom = VAE(torch.nn.Linear(6, latent.encoder_outputs), torch.nn.Linear(3, 6), latent, lik)
+    before = custom.estimate(torch.rand(64, 6)).value.mean()
+    opt = torch.optim.Adam(custom.parameters(), lr=0.05)
+    x = torch.rand(64, 6)
+    for _ in range(100):
+        opt.zero_grad()
+        (-custom.estimate(x).surrogate.mean()).backward()
+        opt.step()
+    assert custom.estimate(x).value.mean() > before + 1

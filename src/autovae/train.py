@@ -67,6 +67,15 @@ def prepare(config: Config, device: torch.device | str = "cpu") -> DataSplits:
     return data.to(device)
 
 
+def _tensorboard(run: Run):
+    """A TensorBoard writer in RUN/tensorboard when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run.folder / "tensorboard"))
+
+
 def _rng_state(data_gen: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
              "python": list(random.getstate()[1])}
@@ -144,6 +153,7 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
         run.truncate_history(0)
     run.save_config(config)
     step = torch.compile(model.estimate) if config.compile else model.estimate
+    board = _tensorboard(run)
 
     n = data.train.shape[0]
     batches = math.ceil(n / config.batch_size)
@@ -194,6 +204,11 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
                "beta": beta, "seconds": seconds, "images_per_second": n / seconds,
                "skipped_batches": skipped}
         run.append_history(row)
+        if board is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    board.add_scalar(key, value, epoch + 1)
+            board.flush()
         run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scaler": scaler.state_dict(), "epoch": epoch + 1,
                              "rng": _rng_state(data_gen)})
@@ -201,4 +216,6 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train {model.bound.name} "
                        f"{row['train_bound']:.3f}  val {val.get('bound', float('nan')):.3f}  "
                        f"({seconds:.1f}s, {row['images_per_second']:.0f} img/s)")
+    if board is not None:
+        board.close()
     return TrainResult(model, data, run, max(start_epoch, config.epochs))
