@@ -184,6 +184,76 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- search --------------------------------------------------------------------------------------
+def _study_args(args: argparse.Namespace):
+    folder = Path(args.dir)
+    return args.storage, args.study, folder
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .search import PRESETS, SearchSpace, StudySpec, report, run_search
+
+    storage, name, folder = _study_args(args)
+    space, base_values = PRESETS[args.preset]
+    if args.space:
+        text = Path(args.space).read_text() if Path(args.space).is_file() else None
+        if text is None:
+            raise ValueError(f"search-space file {args.space} not found")
+        space = SearchSpace.from_dict(yaml.safe_load(text) or {})
+    base = load_config(args.config, **{**base_values, **_config_overrides(args)})
+    spec = StudySpec(space, base, args.objective or ["nll"], args.trials, args.sampler,
+                     args.pruner, args.validation_nll_samples)
+    study = run_search(storage, name, folder, spec, workers=args.workers)
+    print(report(study, folder))
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from .search import run_worker
+
+    storage, name, folder = _study_args(args)
+    return run_worker(storage, name, folder, worker=args.worker)
+
+
+def _load_study(args: argparse.Namespace):
+    import optuna
+
+    from .search import open_storage
+
+    storage, name, folder = _study_args(args)
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage, folder,
+                                                                       heartbeat=False)), folder
+    except KeyError:
+        raise ValueError(f"no study {name!r} in {storage or folder}") from None
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .search import report
+
+    study, folder = _load_study(args)
+    print(report(study, folder))
+    return 0
+
+
+def _cmd_retrain_best(args: argparse.Namespace) -> int:
+    from .search import retrain_best
+
+    study, folder = _load_study(args)
+    result = retrain_best(study, folder, epochs=args.epochs, seeds=args.seeds,
+                          nll_samples=args.nll_samples, limit=args.limit,
+                          progress=not args.quiet)
+    for key in ("best", "normal/normal"):
+        r = result[key]
+        print(f"{key:14} test NLL {r['test_nll_mean']:.2f} +- {r['test_nll_sd']:.2f} nats "
+              f"over {len(r['runs'])} seeds  ({r['config']['latent']})")
+    print(f"gain of the best pairing over normal/normal: {result['gain_nats']:.2f} nats "
+          f"(written to {folder / 'retrain.json'})")
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run settings (also config-file keys; flags win)")
@@ -205,6 +275,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str | None = N
     parser.add_argument("--seed", type=int, default=0, help="seed for the draws (default 0)")
     if out_help:
         parser.add_argument("--out", default=None, help=out_help)
+
+
+def _objective_names():
+    from .search.study import OBJECTIVES
+
+    return OBJECTIVES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +340,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(embed, "codes path (default RUN/codes_SPLIT.npy; the map is beside it)")
     embed.add_argument("--split", default="test", choices=("train", "val", "test"))
     embed.set_defaults(run_command=_cmd_embed)
+
+    def study_options(p, dir_default="runs/search"):
+        p.add_argument("--dir", default=dir_default,
+                       help=f"study folder: SQLite store, trial runs, analysis ({dir_default})")
+        p.add_argument("--storage", default=None,
+                       help="storage URL: sqlite:///f.db, journal:PATH or postgresql+psycopg2://"
+                            "user:pw@host:5432/db (default: SQLite in --dir)")
+        p.add_argument("--study", default="autovae", help="study name (default autovae)")
+
+    search = sub.add_parser(
+        "search", help="search beliefs, bound and network with Optuna (resumable)",
+        description="Create (or resume) a study and run workers on it. The objective trains "
+                    "each trial like 'autovae train' and scores it on the validation set.")
+    study_options(search)
+    search.add_argument("--preset", default="quick", choices=("quick", "paper"),
+                        help="search space and base settings (default quick)")
+    search.add_argument("--space", default=None, help="YAML search-space file (overrides the "
+                                                      "preset's space)")
+    search.add_argument("--config", default=None, help="base config file")
+    search.add_argument("--trials", type=int, default=20, help="finished trials wanted (20)")
+    search.add_argument("--workers", type=int, default=1, help="worker processes here (1)")
+    search.add_argument("--objective", action="append", choices=sorted(_objective_names()),
+                        help="objective, repeat for multi-objective (default nll)")
+    search.add_argument("--sampler", default="tpe", choices=("tpe", "cmaes", "random", "gp",
+                                                              "nsga2"))
+    search.add_argument("--pruner", default="median",
+                        choices=("median", "halving", "hyperband", "none"))
+    search.add_argument("--validation-nll-samples", type=int, default=50,
+                        help="K for the validation NLL objective (50)")
+    _add_config_flags(search)
+    search.set_defaults(run_command=_cmd_search)
+
+    worker = sub.add_parser("worker", help="run trials of an existing study (any machine)")
+    study_options(worker)
+    worker.add_argument("--worker", type=int, default=0, help="worker index: seeds differ")
+    worker.set_defaults(run_command=_cmd_worker)
+
+    study = sub.add_parser("study", help="a study's best trials, importances and plots")
+    study_options(study)
+    study.set_defaults(run_command=_cmd_study)
+
+    retrain = sub.add_parser("retrain-best", help="retrain the best trial and normal/normal "
+                                                  "(same network and budget) over seeds")
+    study_options(retrain)
+    retrain.add_argument("--epochs", type=int, default=None, help="epochs (default: the trial's)")
+    retrain.add_argument("--seeds", type=int, default=3, help="seeds per model (3)")
+    retrain.add_argument("--nll-samples", type=int, default=None, help="K for the test NLL")
+    retrain.add_argument("--limit", type=int, default=None,
+                         help="training images (default: all)")
+    retrain.add_argument("--quiet", action="store_true")
+    retrain.set_defaults(run_command=_cmd_retrain_best)
 
     pairs = sub.add_parser(
         "pairs", help="print the KL matrix of every (posterior, prior) pair of families",

@@ -118,8 +118,12 @@ def validate(model: VAE, x: torch.Tensor, batch_size: int) -> dict[str, float]:
 
 
 def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train the VAE the config describes into ``run_folder``; see the module docstring."""
+          progress: bool = True, on_epoch=None) -> TrainResult:
+    """Train the VAE the config describes into ``run_folder``; see the module docstring.
+
+    ``on_epoch(row, model)`` is called after each epoch's checkpoint with that epoch's metrics
+    (the search reports them to Optuna and may raise to stop the run there).
+    """
     run = Run(run_folder)
     if resume:
         _check_resume(run, config)
@@ -212,6 +216,8 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
         run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scaler": scaler.state_dict(), "epoch": epoch + 1,
                              "rng": _rng_state(data_gen)})
+        if on_epoch is not None:
+            on_epoch(row, model)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train {model.bound.name} "
                        f"{row['train_bound']:.3f}  val {val.get('bound', float('nan')):.3f}  "

@@ -1,0 +1,190 @@
+"""What a study found: best trials, top pairings, parameter importance, plots, retraining.
+
+``report(study, folder)`` prints the table, computes fANOVA and PED-ANOVA importances and writes
+``history.png``, ``parallel.png`` and ``importance.png`` (``pareto.png`` for several
+objectives) into the study folder. ``retrain_best`` trains the best configuration again with a
+full budget, next to normal/normal with the same network and budget, over several seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import Config
+from ..run import Run
+from .study import OBJECTIVES, load_spec
+
+__all__ = ["importances", "report", "retrain_best", "trial_table"]
+
+
+def trial_table(study: optuna.Study, top: int = 10) -> str:
+    """The best finished trials as a text table, with their pairing and bound."""
+    spec = load_spec(study)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    key = (lambda t: t.values[0]) if spec.directions[0] == "minimize" else (lambda t: -t.values[0])
+    trials = sorted(trials, key=key)[:top]
+    names = spec.objectives
+    lines = [f"{'trial':>5}  " + "  ".join(f"{n:>10}" for n in names)
+             + "  alpha  K  likelihood           latent"]
+    for t in trials:
+        p = t.params
+        alpha = p.get("alpha", spec.space.alpha[0])
+        samples = p.get("samples", spec.space.samples[0])
+        lik = p.get("likelihood", spec.space.likelihoods[0])
+        lines.append(f"{t.number:>5}  " + "  ".join(f"{v:>10.3f}" for v in t.values)
+                     + f"  {alpha:5.2f} {samples:2d}  {lik:20} {t.user_attrs.get('latent', '?')}")
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                        TrialState.RUNNING, TrialState.WAITING)}
+    lines.append("trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    return "\n".join(lines)
+
+
+def importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """fANOVA and PED-ANOVA importance of each searched parameter (first objective)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 3 or not complete[0].params:
+        return {}
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    out = {}
+    evaluators = {
+        "fanova": optuna.importance.FanovaImportanceEvaluator(seed=0),
+        "ped_anova": optuna.importance.PedAnovaImportanceEvaluator(),
+    }
+    for name, evaluator in evaluators.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[name] = optuna.importance.get_param_importances(
+                    study, evaluator=evaluator, target=target)
+        except (ValueError, RuntimeError) as err:  # e.g. too few distinct values
+            out[name] = {"error": str(err)}
+    return out
+
+
+def _plots(study: optuna.Study, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    written = []
+    multi = len(study.directions) > 1
+    target = (lambda t: t.values[0]) if multi else None
+    name = load_spec(study).objectives[0]
+    jobs = {"history.png": lambda: ovm.plot_optimization_history(study, target=target,
+                                                                 target_name=name),
+            "parallel.png": lambda: ovm.plot_parallel_coordinate(study, target=target,
+                                                                 target_name=name),
+            "importance.png": lambda: ovm.plot_param_importances(study, target=target,
+                                                                 target_name=name)}
+    if multi:
+        jobs["pareto.png"] = lambda: ovm.plot_pareto_front(study)
+    for filename, plot in jobs.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot()
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(9, 6)
+            fig.tight_layout()
+            fig.savefig(folder / filename, dpi=100)
+            plt.close(fig)
+            written.append(folder / filename)
+        except (ValueError, RuntimeError, IndexError):
+            continue  # e.g. importance with fewer than two complete trials
+    return written
+
+
+def report(study: optuna.Study, folder: Path) -> str:
+    """The analysis as text; plots and ``analysis.json`` are written into ``folder``."""
+    spec = load_spec(study)
+    lines = [f"study {study.study_name!r}: objectives "
+             + ", ".join(f"{o} ({OBJECTIVES[o][0]}: {OBJECTIVES[o][1]})" for o in spec.objectives),
+             trial_table(study)]
+    result: dict = {"objectives": spec.objectives}
+    if len(spec.objectives) > 1:
+        front = study.best_trials
+        lines.append(f"Pareto front ({len(front)} trials):")
+        for t in front:
+            lines.append(f"  trial {t.number}: " + ", ".join(
+                f"{o}={v:.3f}" for o, v in zip(spec.objectives, t.values, strict=True))
+                + f"  {t.user_attrs.get('latent')}")
+        result["pareto"] = [{"trial": t.number, "values": t.values,
+                             "latent": t.user_attrs.get("latent")} for t in front]
+    elif study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best = study.best_trial
+        lines.append(f"best: trial {best.number}, {spec.objectives[0]} = {best.value:.3f}, "
+                     f"latent {best.user_attrs.get('latent')}, params {best.params}")
+        result["best"] = {"trial": best.number, "value": best.value,
+                          "latent": best.user_attrs.get("latent"), "params": best.params}
+    imp = importances(study)
+    for name, values in imp.items():
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(values.items())[:6]
+                        if isinstance(v, float))
+        lines.append(f"importance ({name}): {top or values}")
+    result["importance"] = imp
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = _plots(study, folder)
+    lines.append("plots: " + ", ".join(str(p) for p in plots))
+    (folder / "analysis.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return "\n".join(lines)
+
+
+def best_config(study: optuna.Study, folder: Path) -> Config:
+    """The resolved config of the best trial (first objective), from its run folder."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise ValueError(f"study {study.study_name!r} has no complete trial yet")
+    spec = load_spec(study)
+    sign = 1 if spec.directions[0] == "minimize" else -1
+    best = min(complete, key=lambda t: sign * t.values[0])
+    return Run(folder / "trials" / f"{best.number:05d}").load_config()
+
+
+def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
+                 seeds: int = 3, nll_samples: int | None = None, limit: int | None = None,
+                 progress: bool = False) -> dict:
+    """Retrain the best config and normal/normal (same network, budget, likelihood) per seed;
+    evaluate both on the test set. Returns and writes ``retrain.json`` in ``folder``."""
+    from ..evaluate import evaluate
+    from ..train import prepare, train
+
+    best = best_config(study, folder)
+    changes = {"limit": limit}
+    if epochs is not None:
+        changes["epochs"] = epochs
+    if nll_samples is not None:
+        changes["nll_samples"] = nll_samples
+    best = best.replace(**changes)
+    dim = sum(int(b.rsplit(":", 1)[1]) for b in best.latent.split(","))
+    baseline = best.replace(latent=f"normal/normal:{dim}", latent_dim=None, alpha=1.0,
+                            samples=1)
+    data = prepare(best)
+    results: dict = {"best": {"config": best.to_dict(), "runs": []},
+                     "normal/normal": {"config": baseline.to_dict(), "runs": []}}
+    for seed in range(seeds):
+        for key, config in (("best", best), ("normal/normal", baseline)):
+            run_folder = folder / "retrain" / f"{key.replace('/', '-')}-seed{seed}"
+            resume = Run(run_folder).has_checkpoint()
+            config = config.replace(seed=seed)
+            model = train(config, run_folder, data=data, resume=resume, progress=progress).model
+            metrics = evaluate(model, data.test, nll_samples=config.nll_samples)
+            Run(run_folder).save_metrics(metrics)
+            results[key]["runs"].append({"seed": seed, "test_nll": metrics["test_nll"],
+                                         "test_elbo": metrics["test_elbo"]})
+    for key in ("best", "normal/normal"):
+        nll = [r["test_nll"] for r in results[key]["runs"]]
+        results[key]["test_nll_mean"] = statistics.mean(nll)
+        results[key]["test_nll_sd"] = statistics.stdev(nll) if len(nll) > 1 else 0.0
+    results["gain_nats"] = (results["normal/normal"]["test_nll_mean"]
+                            - results["best"]["test_nll_mean"])
+    (folder / "retrain.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results

@@ -1,0 +1,170 @@
+"""The search space: which beliefs, bounds and networks a study may try.
+
+Latent dimensions are exchangeable, so the pairing is encoded as one weight in [0, 1] per
+candidate (posterior, prior) pair, not as a categorical per dimension: the weights are
+normalised and turned into block sizes by largest-remainder rounding (a weight that rounds to
+zero dimensions drops its block). Pairs whose KL is infinite for every parameter are refused up
+front. Every other setting is a fixed value or a range (floats may be log-scaled).
+
+Presets: ``paper`` (the seed's seven posteriors against normal/Laplace/Cauchy/logistic priors,
+the seed network, alpha and K searched) and ``quick`` (five pairs, a small network, short runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..beliefs import PAIRS, Block, LatentSpec
+from ..beliefs.likelihoods import likelihood_names
+from ..config import Config
+
+__all__ = ["PRESETS", "SearchSpace", "allocate"]
+
+Range = tuple[float, float]
+
+
+def allocate(weights: list[float], dim: int) -> list[int]:
+    """Block sizes that add up to ``dim``, proportional to ``weights`` (largest remainder)."""
+    total = sum(weights)
+    if total <= 0:
+        weights, total = [1.0] * len(weights), float(len(weights))
+    exact = [w / total * dim for w in weights]
+    sizes = [math.floor(e) for e in exact]
+    order = sorted(range(len(exact)), key=lambda i: exact[i] - sizes[i], reverse=True)
+    for i in order[: dim - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
+@dataclass
+class SearchSpace:
+    """What a study searches. A 1-element list or an equal (low, high) fixes a setting."""
+
+    pairs: list[str] = field(default_factory=lambda: ["normal/normal", "logistic/normal",
+                                                      "laplace/laplace", "cauchy/cauchy"])
+    likelihoods: list[str] = field(default_factory=lambda: ["bernoulli"])
+    alpha: Range = (0.0, 1.0)
+    samples: tuple[int, int] = (1, 5)
+    beta: Range = (1.0, 1.0)
+    latent_dim: tuple[int, int] = (20, 20)
+    hidden: tuple[int, int] = (400, 400)
+    depth: tuple[int, int] = (3, 3)
+    lr: Range = (1e-4, 1e-4)
+
+    def __post_init__(self):
+        if not self.pairs:
+            raise ValueError("the search space has no candidate pairs; list some, e.g. "
+                             "pairs: [normal/normal, logistic/normal]")
+        normalised, refused = [], []
+        for text in self.pairs:
+            post, _, prior = str(text).partition("/")
+            try:
+                block = Block(post.strip(), prior.strip(), 1)
+            except ValueError as err:
+                refused.append(str(err))
+                continue
+            if block.pair not in normalised:
+                normalised.append(block.pair)
+        if not normalised:
+            raise ValueError("every candidate pair is refused: " + "; ".join(refused))
+        if refused:
+            raise ValueError("candidate pairs refused: " + "; ".join(refused))
+        self.pairs = normalised
+        if not self.likelihoods:
+            raise ValueError("the search space has no likelihoods")
+        valid = set(likelihood_names()) | {"bce", "cb", "normal", "continuous-bernoulli"}
+        for name in self.likelihoods:
+            if name.replace("-", "_").lower() not in {v.replace("-", "_") for v in valid}:
+                raise ValueError(f"unknown likelihood {name!r} in the search space; valid: "
+                                 f"{', '.join(likelihood_names())}")
+        for name in ("alpha", "samples", "beta", "latent_dim", "hidden", "depth", "lr"):
+            low, high = getattr(self, name)
+            if not low <= high:
+                raise ValueError(f"search range {name}: low {low} > high {high}")
+            setattr(self, name, (low, high))
+        if self.latent_dim[0] < 1 or self.samples[0] < 1 or self.lr[0] <= 0:
+            raise ValueError("latent_dim and samples must be >= 1 and lr > 0")
+
+    # -- serialisation: a study remembers its space --------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = set(data) - known
+        if extra:
+            raise ValueError(f"unknown search-space keys {sorted(extra)}; valid: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) and k not in ("pairs", "likelihoods")
+                      else v for k, v in data.items()})
+
+    # -- sampling ------------------------------------------------------------------------------
+    def suggest(self, trial, base: Config) -> Config:
+        """A Config for this trial: ``base`` with every searched setting suggested."""
+        dim = _int(trial, "latent_dim", self.latent_dim)
+        if len(self.pairs) == 1:
+            blocks = [(self.pairs[0], dim)]
+        else:
+            weights = [trial.suggest_float(f"w:{p}", 0.0, 1.0) for p in self.pairs]
+            blocks = [(p, n) for p, n in zip(self.pairs, allocate(weights, dim), strict=True)
+                      if n > 0]
+        latent = ",".join(f"{p}:{n}" for p, n in blocks)
+        lik = (self.likelihoods[0] if len(self.likelihoods) == 1
+               else trial.suggest_categorical("likelihood", self.likelihoods))
+        changes = dict(
+            latent=latent, latent_dim=None, likelihood=lik,
+            alpha=_float(trial, "alpha", self.alpha),
+            samples=_int(trial, "samples", self.samples),
+            beta=_float(trial, "beta", self.beta, log=True),
+            hidden=_int(trial, "hidden", self.hidden, log=True),
+            depth=_int(trial, "depth", self.depth),
+            lr=_float(trial, "lr", self.lr, log=True),
+        )
+        config = base.replace(**changes)
+        LatentSpec.parse(config.latent)  # fails loudly if a block were impossible
+        return config
+
+    @property
+    def comparable_likelihoods(self) -> bool:
+        return len(self.likelihoods) == 1
+
+
+def _float(trial, name: str, bounds: Range, log: bool = False) -> float:
+    low, high = bounds
+    if low == high:
+        return float(low)
+    return trial.suggest_float(name, low, high, log=log and low > 0)
+
+
+def _int(trial, name: str, bounds, log: bool = False) -> int:
+    low, high = int(bounds[0]), int(bounds[1])
+    if low == high:
+        return low
+    return trial.suggest_int(name, low, high, log=log and low > 0)
+
+
+_FINITE = [f"{q}/{p}" for (q, p), info in PAIRS.items()
+           if info.finite and p in ("normal", "laplace", "cauchy", "logistic")]
+
+PRESETS: dict[str, tuple[SearchSpace, dict[str, Any]]] = {
+    # the seed's families and settings: 3x400 MLP, 20 latents, Adam 1e-4, batch 1000
+    "paper": (SearchSpace(pairs=_FINITE, likelihoods=["bernoulli"], alpha=(-1.0, 1.0),
+                          samples=(1, 5)),
+              {"epochs": 20, "batch_size": 1000, "lr": 1e-4, "latent_clip": 50.0}),
+    # a few minutes on a laptop: five pairs, a small network, a data subset
+    "quick": (SearchSpace(pairs=["normal/normal", "logistic/normal", "laplace/laplace",
+                                 "cauchy/cauchy", "gumbel/gumbel"],
+                          likelihoods=["bernoulli"], alpha=(0.0, 1.0), samples=(1, 3),
+                          latent_dim=(10, 10), hidden=(200, 200), depth=(2, 2),
+                          lr=(1e-3, 1e-3)),
+              {"epochs": 5, "batch_size": 250, "limit": 20000, "val_size": 2000,
+               "latent_clip": 50.0, "nll_samples": 200}),
+}

@@ -1,0 +1,325 @@
+"""Studies, storages, the objective and workers.
+
+A study lives in a folder (``--dir``): its embedded SQLite store ``study.db`` (unless another
+``--storage`` is given), one run folder per trial under ``trials/``, and the analysis. The study
+is created once, before any worker starts; it records its search space, objectives, base config
+and trial budget, so a worker on another machine needs only the storage URL and study name, and
+re-running the same command resumes the study.
+
+Storages: the embedded SQLite file (default), ``journal:PATH`` (a journal file: one machine or a
+shared filesystem; no heartbeats), or a PostgreSQL URL for many machines
+(``postgresql+psycopg2://user:password@host:5432/db``). With SQL storages every worker sends a
+heartbeat; a trial whose worker died is marked failed and retried (resuming from its last epoch
+checkpoint when the trial folders are shared).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from ..config import Config
+from ..data import DataSplits
+from ..model import NonFiniteLossError
+from ..run import Run
+from .space import SearchSpace
+
+__all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "StudySpec", "create_study", "open_storage",
+           "run_worker", "run_search"]
+
+# objective name -> (direction, what it measures)
+OBJECTIVES = {
+    "nll": ("minimize", "validation NLL, -log p(x) by IWAE with nll_samples draws (nats)"),
+    "bound": ("minimize", "minus the validation ELBO (nats)"),
+    "recon_mse": ("minimize", "validation reconstruction mean squared error"),
+    "kl": ("minimize", "validation KL(q || p), the rate (nats)"),
+    "params": ("minimize", "number of model parameters"),
+    "seconds": ("minimize", "training time (s)"),
+}
+SAMPLERS = ("tpe", "cmaes", "random", "gp", "nsga2")
+PRUNERS = ("median", "halving", "hyperband", "none")
+# Heartbeat period of a running trial; a trial silent for 3 periods is failed and retried.
+HEARTBEAT_SECONDS = float(os.environ.get("AUTOVAE_HEARTBEAT_SECONDS", "10"))
+
+
+@dataclass
+class StudySpec:
+    """Everything that defines a study; stored in the study so every worker agrees."""
+
+    space: SearchSpace
+    base: Config
+    objectives: list[str]
+    trials: int
+    sampler: str = "tpe"
+    pruner: str = "median"
+    validation_nll_samples: int = 50
+
+    def __post_init__(self):
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if not self.objectives or unknown:
+            raise ValueError(f"unknown objective(s) {unknown or '(none)'}; choose from "
+                             f"{', '.join(OBJECTIVES)}")
+        if self.trials < 1:
+            raise ValueError(f"a study needs at least one trial, got trials={self.trials}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        if self.sampler == "cmaes" and len(self.objectives) > 1:
+            raise ValueError("CMA-ES is single-objective; use tpe or nsga2 for several objectives")
+        if not self.space.comparable_likelihoods and set(self.objectives) & {"nll", "bound"}:
+            raise ValueError("the space searches several likelihoods, whose NLLs and bounds are "
+                             "not comparable (a pmf vs densities); fix one likelihood or use the "
+                             "recon_mse objective")
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o][0] for o in self.objectives]
+
+    def to_json(self) -> str:
+        return json.dumps({"space": self.space.to_dict(), "base": self.base.to_dict(),
+                           "objectives": self.objectives, "trials": self.trials,
+                           "sampler": self.sampler, "pruner": self.pruner,
+                           "validation_nll_samples": self.validation_nll_samples},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StudySpec:
+        d = json.loads(text)
+        return cls(SearchSpace.from_dict(d["space"]), Config(**d["base"]), d["objectives"],
+                   d["trials"], d["sampler"], d["pruner"], d["validation_nll_samples"])
+
+
+# -- storage ------------------------------------------------------------------------------------
+def open_storage(url: str | None, folder: Path, heartbeat: bool = True):
+    """An Optuna storage for ``url`` (None: SQLite in ``folder``), with a clear error if bad."""
+    if url is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(folder / 'study.db').resolve()}"
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:"):]).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if not url.startswith(("sqlite://", "postgresql", "mysql")):
+        raise ValueError(f"bad storage URL {url!r}: use sqlite:///path.db, journal:PATH or "
+                         "postgresql+psycopg2://user:password@host:5432/database")
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine["connect_args"] = {"timeout": 120}
+    elif url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": 10}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs: dict[str, Any] = {}
+            if heartbeat:
+                kwargs = dict(heartbeat_interval=HEARTBEAT_SECONDS,
+                              grace_period=3 * HEARTBEAT_SECONDS,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                  max_retry=2))
+            return RDBStorage(url, engine_kwargs=engine, **kwargs)
+    except ImportError as err:
+        raise ValueError(f"storage {url!r} needs a database driver: {err}") from None
+    except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot open storage {_redact(url)}: {first}") from None
+
+
+def _redact(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+    return url
+
+
+def _sampler(name: str, seed: int | None, multi: bool):
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed),
+            warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=10 if multi else 50)
+
+
+def _pruner(name: str, epochs: int):
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def create_study(storage, name: str, spec: StudySpec) -> optuna.Study:
+    """Create the study (or load it, if it exists with the same spec); refuses a mismatch."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        saved = existing.user_attrs.get("autovae_spec")
+        if saved is None:
+            raise ValueError(f"study {name!r} exists but was not made by autovae; pick another "
+                             "--study name")
+        old, new = json.loads(saved), json.loads(spec.to_json())
+        diffs = [k for k in ("space", "objectives", "sampler", "pruner", "base",
+                             "validation_nll_samples") if old[k] != new[k]]
+        if diffs:
+            raise ValueError(f"study {name!r} exists with a different {', '.join(diffs)} "
+                             f"(its objectives: {old['objectives']}); resume it with the same "
+                             "settings or choose another --study name")
+        if old["trials"] != new["trials"]:  # a larger (or smaller) budget for the same study
+            existing.set_user_attr("autovae_spec", spec.to_json())
+        return existing
+    study = optuna.create_study(study_name=name, storage=storage, directions=spec.directions)
+    study.set_user_attr("autovae_spec", spec.to_json())
+    return study
+
+
+# -- the objective ------------------------------------------------------------------------------
+def _evaluate_trial(model, data: DataSplits, spec: StudySpec, seconds: float) -> dict[str, float]:
+    import torch
+
+    from ..evaluate import evaluate
+
+    x = data.val
+    torch.manual_seed(0)
+    metrics = evaluate(model, x, nll_samples=spec.validation_nll_samples)
+    return {"nll": metrics["test_nll"], "bound": -metrics["test_elbo"],
+            "recon_mse": metrics["recon_mse"], "kl": metrics["test_kl"],
+            "params": float(sum(p.numel() for p in model.parameters())), "seconds": seconds}
+
+
+class Objective:
+    """Train one trial with the same code as ``autovae train`` and score it."""
+
+    def __init__(self, spec: StudySpec, folder: Path, data: DataSplits):
+        self.spec, self.folder, self.data = spec, folder, data
+
+    def __call__(self, trial: optuna.Trial):
+        from ..train import train
+
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        origin = frozen.system_attrs.get("failed_trial", trial.number)  # a retry keeps its seed
+        config = self.spec.space.suggest(trial, self.spec.base)
+        config = config.replace(seed=self.spec.base.seed + origin)
+        trial.set_user_attr("latent", config.latent)
+        run_folder = self.folder / "trials" / f"{trial.number:05d}"
+        resume = self._adopt_failed_run(trial, origin, run_folder)
+        single = len(self.spec.objectives) == 1
+
+        def report(row, model):
+            if single and "val_elbo" in row:
+                trial.report(-row["val_elbo"], step=row["epoch"] - 1)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+        started = time.perf_counter()
+        try:
+            result = train(config, run_folder, resume=resume, data=self.data, progress=False,
+                           on_epoch=report)
+        except NonFiniteLossError as err:
+            trial.set_user_attr("failure", str(err))
+            return float("nan") if single else tuple(float("nan") for _ in self.spec.objectives)
+        scores = _evaluate_trial(result.model, self.data, self.spec,
+                                 time.perf_counter() - started)
+        for key, value in scores.items():
+            trial.set_user_attr(key, value)
+        values = tuple(scores[o] for o in self.spec.objectives)
+        if not all(math.isfinite(v) for v in values):
+            trial.set_user_attr("failure", f"non-finite score {values}")
+        return values[0] if single else values
+
+    def _adopt_failed_run(self, trial: optuna.Trial, origin: int, run_folder: Path) -> bool:
+        """A retried trial continues the dead worker's run from its last checkpoint."""
+        if run_folder.exists():
+            return Run(run_folder).has_checkpoint()
+        old = self.folder / "trials" / f"{origin:05d}"
+        if origin != trial.number and Run(old).has_checkpoint():
+            shutil.copytree(old, run_folder)
+            trial.set_user_attr("resumed_from_trial", int(origin))
+            return True
+        return False
+
+
+# -- workers ------------------------------------------------------------------------------------
+def load_spec(study: optuna.Study) -> StudySpec:
+    saved = study.user_attrs.get("autovae_spec")
+    if saved is None:
+        raise ValueError(f"study {study.study_name!r} was not made by autovae")
+    return StudySpec.from_json(saved)
+
+
+def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0,
+               seed: int | None = None, data: DataSplits | None = None) -> int:
+    """Run trials of an existing study until it holds its budget of finished trials."""
+    from ..train import prepare
+
+    storage = open_storage(storage_url, folder)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ValueError(f"no study {name!r} in {_redact(storage_url or str(folder))}; create it "
+                         "with 'autovae search' first") from None
+    spec = load_spec(study)
+    seed = spec.base.seed * 1000 + worker if seed is None else seed
+    study.sampler = _sampler(spec.sampler, seed, len(spec.objectives) > 1)
+    study.pruner = _pruner(spec.pruner, spec.base.epochs)
+    data = data if data is not None else prepare(spec.base)
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    if len(study.get_trials(deepcopy=False, states=done)) >= spec.trials:
+        return 0
+    budget = optuna.study.MaxTrialsCallback(spec.trials, states=done)
+
+    def too_many_failures(study, _trial):
+        if len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) > 2 * spec.trials:
+            study.stop()  # every trial fails: a broken space, not bad luck
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(Objective(spec, folder, data), callbacks=[budget, too_many_failures],
+                   catch=(), gc_after_trial=True)
+    return 0
+
+
+def run_search(storage_url: str | None, name: str, folder: Path, spec: StudySpec,
+               workers: int = 1) -> optuna.Study:
+    """Create the study, then run ``workers`` worker processes (1: in this process)."""
+    storage = open_storage(storage_url, folder)
+    study = create_study(storage, name, spec)
+    if workers <= 1:
+        run_worker(storage_url, name, folder)
+        return study
+    cmd = [sys.executable, "-m", "autovae", "worker", "--study", name, "--dir", str(folder)]
+    if storage_url:
+        cmd += ["--storage", storage_url]
+    procs = [subprocess.Popen([*cmd, "--worker", str(i)], env=os.environ.copy())
+             for i in range(workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"worker exit codes {codes}; re-run the same command to resume")
+    return study

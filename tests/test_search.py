@@ -1,0 +1,217 @@
+"""AutoVAE search: space, studies on SQLite and a real PostgreSQL server, killed workers."""
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autovae.cli import main
+from autovae.config import Config
+from autovae.search import SearchSpace, StudySpec, allocate, create_study, open_storage
+from autovae.search.study import run_worker
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+# digits: offline, small; trials last a few seconds so that a worker can be killed mid-trial
+BASE = Config(data="digits", epochs=6, batch_size=32, hidden=32, depth=1, lr=3e-3,
+              latent_clip=50.0, nll_samples=10)
+SPACE = SearchSpace(pairs=["normal/normal", "logistic/normal", "cauchy/cauchy"],
+                    alpha=(0.0, 1.0), samples=(1, 2), latent_dim=(4, 4), hidden=(32, 32),
+                    depth=(1, 1))
+ENV = {**os.environ, "PYTHONPATH": SRC, "AUTOVAE_HEARTBEAT_SECONDS": "1"}
+
+
+def test_allocate_adds_up_and_follows_weights():
+    assert allocate([0.7, 0.3], 20) == [14, 6]
+    assert allocate([0.0, 0.0, 0.0], 4) == [2, 1, 1]
+    sizes = allocate([0.2, 0.9, 0.05, 0.4], 13)
+    assert sum(sizes) == 13 and sizes[1] == max(sizes)
+
+
+def test_suggest_builds_a_valid_config():
+    study = optuna.create_study()
+    trial = study.ask()
+    config = SPACE.suggest(trial, BASE)
+    blocks = config.latent.split(",")
+    assert sum(int(b.split(":")[1]) for b in blocks) == 4
+    assert 0 <= config.alpha <= 1 and config.samples in (1, 2)
+    assert set(trial.params) == {"w:normal/normal", "w:logistic/normal", "w:cauchy/cauchy",
+                                 "alpha", "samples"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(pairs=[]), "no candidate pairs"),
+    (dict(pairs=["cauchy/normal", "normal/uniform"]), "every candidate pair is refused.*"
+                                                       "cauchy/normal has KL = \\+inf"),
+    (dict(pairs=["normal/normal", "student/normal"]), "unknown family 'student'"),
+    (dict(likelihoods=["poisson"]), "unknown likelihood 'poisson'"),
+    (dict(alpha=(1.0, 0.0)), "low 1.0 > high 0.0"),
+])
+def test_bad_search_spaces(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SearchSpace(**kwargs)
+
+
+def test_bad_study_settings(tmp_path):
+    with pytest.raises(ValueError, match="at least one trial"):
+        StudySpec(SPACE, BASE, ["nll"], trials=0)
+    with pytest.raises(ValueError, match="not comparable"):
+        StudySpec(SearchSpace(likelihoods=["bernoulli", "beta"]), BASE, ["nll"], 3)
+    with pytest.raises(ValueError, match="CMA-ES is single-objective"):
+        StudySpec(SPACE, BASE, ["nll", "kl"], 3, sampler="cmaes")
+    with pytest.raises(ValueError, match="bad storage URL 'redis://x'"):
+        open_storage("redis://x", tmp_path)
+    started = time.time()
+    with pytest.raises(ValueError, match="cannot open storage postgresql.*:\\*\\*\\*@127.0.0.1"):
+        open_storage("postgresql+psycopg2://u:secret@127.0.0.1:1/db", tmp_path)
+    assert time.time() - started < 20  # a clear error, no hang
+    storage = open_storage(None, tmp_path)
+    create_study(storage, "s", StudySpec(SPACE, BASE, ["nll"], 3))
+    create_study(storage, "s", StudySpec(SPACE, BASE, ["nll"], 5))  # a larger budget is fine
+    with pytest.raises(ValueError, match="exists with a different objectives"):
+        create_study(storage, "s", StudySpec(SPACE, BASE, ["nll", "kl"], 3))
+    with pytest.raises(ValueError, match="exists with a different space"):
+        create_study(storage, "s", StudySpec(SearchSpace(), BASE, ["nll"], 3))
+
+
+def test_search_in_process_multi_objective_and_analysis(tmp_path):
+    from autovae.search import report
+    from autovae.search.study import run_search
+
+    spec = StudySpec(SPACE, BASE.replace(epochs=2, limit=300), ["nll", "kl"], trials=3,
+                     pruner="none", validation_nll_samples=10)
+    study = run_search(None, "multi", tmp_path, spec)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    text = report(study, tmp_path)
+    assert "Pareto front" in text and (tmp_path / "pareto.png").exists()
+    for t in study.get_trials():
+        assert t.user_attrs["nll"] > 0 and t.user_attrs["kl"] >= 0
+        assert (tmp_path / "trials" / f"{t.number:05d}" / "checkpoint.pt").exists()
+
+
+def test_non_finite_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
+    spec = StudySpec(SearchSpace(pairs=["normal/normal"], lr=(1e30, 1e30), latent_dim=(2, 2),
+                                 hidden=(8, 8), depth=(1, 1), samples=(1, 1), alpha=(1, 1)),
+                     BASE.replace(epochs=1), ["nll"], trials=2, pruner="none")
+    storage = open_storage(None, tmp_path)
+    create_study(storage, "nan", spec)
+    run_worker(None, "nan", tmp_path)
+    study = optuna.load_study(study_name="nan", storage=storage)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 5  # stopped once failures exceed twice the budget
+    assert "non-finite loss" in failed[0].user_attrs["failure"]
+
+
+def _kill_mid_trial(proc, folder: Path, timeout=120):
+    """SIGKILL ``proc`` once one of its trials has checkpointed at least one epoch."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for checkpoint in folder.glob("trials/*/checkpoint.pt"):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return checkpoint.parent.name
+        time.sleep(0.05)
+    raise AssertionError("no trial got going")
+
+
+def _two_workers_one_killed(storage_url, folder: Path, trials=4):
+    spec = StudySpec(SPACE, BASE, ["nll"], trials=trials, pruner="none",
+                     validation_nll_samples=10)
+    storage = open_storage(storage_url, folder)
+    create_study(storage, "shared", spec)  # the study exists before any worker starts
+    cmd = [sys.executable, "-m", "autovae", "worker", "--study", "shared", "--dir", str(folder)]
+    if storage_url:
+        cmd += ["--storage", storage_url]
+    victim = subprocess.Popen([*cmd, "--worker", "0"], env=ENV)
+    killed_trial = _kill_mid_trial(victim, folder)
+    survivor = subprocess.run([*cmd, "--worker", "1"], env=ENV, timeout=600)
+    assert survivor.returncode == 0
+    study = optuna.load_study(study_name="shared", storage=open_storage(storage_url, folder))
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 4
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [f"{t.number:05d}" for t in failed] == [killed_trial]
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    # the retry continued the dead worker's run from its checkpoint: nothing lost
+    assert retried[0].user_attrs.get("resumed_from_trial") == failed[0].number
+    assert retried[0].params == failed[0].params
+
+
+def test_sqlite_workers_one_killed_mid_trial(tmp_path):
+    _two_workers_one_killed(None, tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A private PostgreSQL server on 127.0.0.1, stopped by its PID afterwards."""
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb or shutil.which("su") is None or os.geteuid() != 0:
+        pytest.skip("needs Debian's postgresql package and root (to run it as user postgres)")
+    bin_dir = Path(initdb[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="autovae-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    shutil.chown(root, "postgres")
+    shutil.chown(sock, "postgres")
+    port = _free_port()
+
+    def as_postgres(cmd):
+        subprocess.run(["su", "postgres", "-c", cmd], check=True, capture_output=True)
+
+    as_postgres(f"{bin_dir}/initdb -D {data} --auth=trust -U postgres")
+    as_postgres(f"{bin_dir}/pg_ctl -D {data} -l {root}/log -w -o "
+                f"'-c listen_addresses=127.0.0.1 -p {port} -k {sock}' start")
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    try:
+        as_postgres(f"psql -X -q -h {sock} -p {port} -U postgres -c 'CREATE DATABASE autovae'")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/autovae"
+    finally:
+        os.kill(pid, signal.SIGINT)  # "fast" shutdown: disconnects the remaining clients
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_workers_one_killed_mid_trial(postgres_url, tmp_path):
+    _two_workers_one_killed(postgres_url, tmp_path)
+
+
+def test_cli_search_with_two_local_workers_then_resume(tmp_path, capsys, monkeypatch):
+    args = ["search", "--dir", str(tmp_path), "--study", "cli", "--trials", "3", "--workers",
+            "2", "--pruner", "none", "--data", "digits", "--epochs", "2", "--batch-size", "64",
+            "--limit", "400", "--val-size", "100", "--nll-samples", "5"]
+    monkeypatch.setenv("PYTHONPATH", SRC)  # for the worker processes
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "best: trial" in out and (tmp_path / "history.png").exists()
+    study = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert 3 <= len(complete) <= 4  # two workers may overshoot the budget by one
+    seeds = {Path(tmp_path / "trials" / f"{t.number:05d}" / "config.yaml").read_text()
+             for t in complete}
+    assert len(seeds) == len(complete)
+    # the same command again resumes the study: its budget is met, so nothing new runs
+    assert main(args) == 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == len(complete)
