@@ -5,8 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
-from autovae.pictures import (PAD_VALUE, interpolate_codes, latent_figure, latent_map,
-                              save_grid, save_interpolation, save_reconstructions)
+from autovae.pictures import (
+    PAD_VALUE,
+    interpolate_codes,
+    latent_figure,
+    latent_map,
+    save_grid,
+    save_interpolation,
+    save_reconstructions,
+)
 
 
 def _png(path) -> np.ndarray:
