@@ -165,6 +165,6 @@ PRESETS: dict[str, tuple[SearchSpace, dict[str, Any]]] = {
                           likelihoods=["bernoulli"], alpha=(0.0, 1.0), samples=(1, 3),
                           latent_dim=(10, 10), hidden=(200, 200), depth=(2, 2),
                           lr=(1e-3, 1e-3)),
-              {"epochs": 5, "batch_size": 250, "limit": 20000, "val_size": 2000,
+              {"epochs": 4, "batch_size": 250, "limit": 10000, "val_size": 1000,
                "latent_clip": 50.0, "nll_samples": 200}),
 }
