@@ -215,15 +215,7 @@ class Likelihood(nn.Module):
         return f"name={self.name!r}, event_shape={self.event_shape}"
 
     # ----------------------------------------------------------------- subclass hooks
-    def _log_prob(self, x: Tensor, *params: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _mean(self, *params: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _sample(self, *params: Tensor) -> Tensor:
-        raise NotImplementedError
-
+    # Every belief defines _log_prob(x, *params), _mean(*params) and _sample(*params).
     def _check_values(self, x: Tensor) -> None:
         """Belief-specific support check (default: any finite value)."""
 
