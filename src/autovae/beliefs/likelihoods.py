@@ -350,10 +350,7 @@ class _LocScaleLikelihood(Likelihood):
 
     def _sample(self, loc: Tensor) -> Tensor:
         s, _ = self._scale_terms()
-        return loc + s * self._standard_noise(loc)
-
-    def _standard_noise(self, like: Tensor) -> Tensor:
-        raise NotImplementedError
+        return loc + s * self._standard_noise(loc)  # each subclass draws its standard noise
 
     def extra_repr(self) -> str:
         if self.raw_scale is None:
