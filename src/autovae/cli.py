@@ -184,6 +184,13 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(args.paths, args.out, args.top))
+    return 0
+
+
 # -- search --------------------------------------------------------------------------------------
 def _study_args(args: argparse.Namespace):
     folder = Path(args.dir)
@@ -340,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(embed, "codes path (default RUN/codes_SPLIT.npy; the map is beside it)")
     embed.add_argument("--split", default="test", choices=("train", "val", "test"))
     embed.set_defaults(run_command=_cmd_embed)
+
+    report = sub.add_parser("report", help="one self-contained HTML page of runs (or a study's "
+                                           "best trials), side by side")
+    report.add_argument("paths", nargs="+", help="run folders and/or study folders")
+    report.add_argument("--out", default=None, help="HTML path (default FIRST_RUN/report.html)")
+    report.add_argument("--top", type=int, default=3, help="best trials per study (3)")
+    report.set_defaults(run_command=_cmd_report)
 
     def study_options(p, dir_default="runs/search"):
         p.add_argument("--dir", default=dir_default,

@@ -15,15 +15,15 @@ tensor([0.5000, 0.5000])
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .run import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -57,22 +57,6 @@ def _target(path) -> Path:
     if path.suffix.lower() in _OTHER_FORMATS:
         raise ValueError(f"pictures are written as PNG; {str(path)!r} asks for "
                          f"{path.suffix!r}: use a .png name")
-    return path
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(file)`` to a temp file beside ``path``, then ``os.replace`` it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:  # "x": never clobbers; normal permissions (umask applies)
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -139,7 +123,7 @@ def _make_grid(images: Tensor, nrow: int, padding: int, pad_value: float) -> Ten
 def _write_image(grid: Tensor, path: Path) -> Path:
     from torchvision.utils import save_image
 
-    return _atomic_write(path, lambda fh: save_image(grid, fh, format="png"))
+    return atomic_write(path, lambda fh: save_image(grid, fh, format="png"))
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -193,6 +177,7 @@ def save_reconstructions(originals: Tensor, reconstructions: Tensor, path, n: in
     padding = _check_int("padding", padding, 0)
     target = _target(path)
 
+    x, r = x[:n], r[:n]
     blank = torch.full_like(x[:1], pad_value)
     sep = max(2, padding)
     blocks = []
@@ -457,4 +442,4 @@ def latent_map(codes: Tensor, labels: Tensor | None, path, class_names: Sequence
     """
     target = _target(path)
     fig = latent_figure(codes, labels, class_names, title, max_points, seed)
-    return _atomic_write(target, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    return atomic_write(target, lambda fh: fig.savefig(fh, format="png", dpi=100))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,22 @@ from .config import Config
 __all__ = ["Run", "atomic_write"]
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over path."""
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(file)`` on a new temp file beside ``path``, fsync it, then rename it over
+    ``path``: readers see the old file or the new one, never a partial one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # "x": never clobbers; the umask sets the permissions
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return path
 
 
 class Run:

@@ -1,0 +1,190 @@
+"""Run reports: one self-contained HTML page (images embedded) per run, or runs side by side.
+
+``write_report([run_folder, ...], out)`` gathers, for every run: its config, training curves
+(from ``metrics.jsonl``), samples, reconstructions, the latent map and the metrics table (from
+``metrics.json``, with units and sample counts). Pictures that the run folder lacks are made
+from its checkpoint. A study folder stands for its best trials.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from .run import Run, atomic_write
+
+__all__ = ["collect_runs", "write_report"]
+
+_UNITS = {
+    "test_elbo": ("test ELBO", "nats / image"),
+    "test_bound": ("test bound (the run's)", "nats / image"),
+    "test_nll": ("test NLL, IWAE", "nats / image"),
+    "test_log_lik": ("test log-likelihood term", "nats / image"),
+    "test_kl": ("test KL", "nats / image"),
+    "recon_mse": ("reconstruction MSE", "per pixel, data in [0, 1]"),
+    "nll_samples": ("K for the NLL", "samples"),
+    "test_images": ("test images", "images"),
+}
+
+
+def collect_runs(paths: list[str | Path], top: int = 3) -> list[Path]:
+    """Run folders from run folders and study folders (a study gives its ``top`` best trials)."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if Run(p).has_config():
+            runs.append(p)
+        elif (p / "trials").is_dir():
+            analysis = p / "analysis.json"
+            ranked = []
+            for trial in sorted((p / "trials").iterdir()):
+                if (trial / "checkpoint.pt").is_file():
+                    history = Run(trial).history()
+                    if history and "val_elbo" in history[-1]:
+                        ranked.append((-history[-1]["val_elbo"], trial))
+            if not ranked and not analysis.exists():
+                raise ValueError(f"study folder {p} has no finished trials")
+            runs += [t for _, t in sorted(ranked)[:top]]
+        else:
+            raise ValueError(f"{p} is neither a run folder (config.yaml) nor a study folder "
+                             "(trials/)")
+    if not runs:
+        raise ValueError("no runs to report")
+    return runs
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _file_png(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _curves(history: list[dict]) -> str | None:
+    if not history:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    epochs = [r["epoch"] for r in history]
+    for key, label in (("train_bound", "train bound"), ("val_bound", "validation bound"),
+                       ("val_elbo", "validation ELBO")):
+        if all(key in r for r in history):
+            ax.plot(epochs, [r[key] for r in history], marker="o", ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image (higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _pictures(folder: Path) -> dict[str, str]:
+    """Samples, reconstructions and latent map as base64 PNG, made from the checkpoint if the
+    run folder lacks them."""
+    from .model import build_model
+    from .pictures import latent_map, save_grid, save_reconstructions
+    from .train import prepare
+
+    files = {"samples": folder / "samples.png", "reconstructions": folder / "reconstructions.png",
+             "latent map": folder / "codes_test.png"}
+    if not all(f.exists() for f in files.values()):
+        run = Run(folder)
+        config = run.load_config()
+        data = prepare(config)
+        model = build_model(config, data.event_shape)
+        model.load_state_dict(run.load_checkpoint()["model"])
+        model.eval()
+        torch.manual_seed(0)
+        if not files["samples"].exists():
+            save_grid(model.generate(64), files["samples"])
+        x = data.test[:2000]
+        if not files["reconstructions"].exists():
+            save_reconstructions(x[:16], model.reconstruct(x[:16]), files["reconstructions"])
+        if not files["latent map"].exists():
+            labels = None if data.test_labels is None else data.test_labels[:2000]
+            latent_map(model.embed(x), labels, files["latent map"], class_names=data.classes,
+                       title=f"{model.latent} ({data.name}, test)")
+    return {k: _file_png(v) for k, v in files.items()}
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = []
+    for key, value in metrics.items():
+        label, unit = _UNITS.get(key, (key.replace("_", " "), ""))
+        shown = f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+        rows.append(f"<tr><td>{html.escape(label)}</td><td class=num>{shown}</td>"
+                    f"<td>{html.escape(unit)}</td></tr>")
+    return "<table><tr><th>metric</th><th>value</th><th>unit</th></tr>" + "".join(rows) + \
+        "</table>"
+
+
+def _run_section(folder: Path) -> str:
+    run = Run(folder)
+    config = run.load_config()
+    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.is_file() else {}
+    curves = _curves(run.history())
+    pictures = _pictures(folder)
+    parts = [f"<section><h2>{html.escape(folder.name)}</h2>",
+             f"<p class=latent>{html.escape(config.latent)} &middot; likelihood "
+             f"{html.escape(config.likelihood)} &middot; alpha {config.alpha:g}, K "
+             f"{config.samples}, beta {config.beta:g} &middot; {html.escape(config.data)}</p>"]
+    parts.append("<h3>metrics</h3>" + (_metrics_table(metrics) if metrics else
+                                       "<p>not evaluated yet: run <code>autovae evaluate "
+                                       f"{html.escape(str(folder))}</code></p>"))
+    if curves:
+        parts.append(f"<h3>training</h3><img alt='training curves' "
+                     f"src='data:image/png;base64,{curves}'>")
+    for name, data in pictures.items():
+        parts.append(f"<h3>{name}</h3><img class=pixel alt='{name}' "
+                     f"src='data:image/png;base64,{data}'>")
+    rows = "".join(f"<tr><td>{k}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in config.to_dict().items())
+    parts.append(f"<details><summary>config</summary><table>{rows}</table></details></section>")
+    return "".join(parts)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+.runs { display: flex; gap: 2em; align-items: flex-start; flex-wrap: wrap; }
+section { flex: 1 1 420px; max-width: 640px; }
+img { max-width: 100%; border: 1px solid #ddd; }
+img.pixel { image-rendering: pixelated; width: 100%; }
+table { border-collapse: collapse; font-size: 0.9em; }
+td, th { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.latent { font-family: monospace; }
+"""
+
+# Counts the images the browser could decode: a test reads it from the rendered page.
+_CHECK = """
+window.addEventListener('load', () => {
+  const ok = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesLoaded = ok + '/' + document.images.length;
+});
+"""
+
+
+def write_report(paths: list[str | Path], out: str | Path | None = None, top: int = 3) -> Path:
+    """Write the HTML report of one or more runs (or studies) and return its path."""
+    runs = collect_runs(paths, top)
+    out = Path(out) if out is not None else runs[0] / "report.html"
+    title = "autovae report: " + ", ".join(r.name for r in runs)
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style><script>{_CHECK}</script></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>NLLs of different likelihood beliefs are not "
+            "comparable (Bernoulli is a pmf, the others densities); bounds are in nats per "
+            "image, higher is better.</p><div class=runs>"
+            + "".join(_run_section(r) for r in runs) + "</div></body></html>")
+    atomic_write(out, lambda f: f.write(page.encode()))
+    return out
