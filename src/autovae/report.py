@@ -81,6 +81,9 @@ def _curves(history: list[dict]) -> str | None:
                        ("val_elbo", "validation ELBO")):
         if all(key in r for r in history):
             ax.plot(epochs, [r[key] for r in history], marker="o", ms=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image (higher is better)")
     ax.grid(alpha=0.3)
