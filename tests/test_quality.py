@@ -311,10 +311,10 @@ def test_inception_runs_offline_from_a_local_file(random_inception_weights, monk
     monkeypatch.setenv("AUTOVAE_INCEPTION_WEIGHTS", str(random_inception_weights))
     extractor = inception_features()
     assert extractor.name.startswith("inception-v3-compat:random-inception.pth:")
-    x = _synthetic().test[:8]  # greyscale 8x8: repeated to RGB, resized to 299 by torch-fidelity
-    features, logits = extractor.features(x[:2])
-    assert features.shape == (2, 2048) and logits.shape == (2, 1008)
-    scores = sample_quality(x[:4], x[4:], extractor, kid_subset_size=3, kid_subsets=5,
+    x = _synthetic().test[:6]  # greyscale 8x8: repeated to RGB, resized to 299 by torch-fidelity
+    features, logits = extractor.features(x[:1])
+    assert features.shape == (1, 2048) and logits.shape == (1, 1008)
+    scores = sample_quality(x[:3], x[3:], extractor, kid_subset_size=2, kid_subsets=5,
                             is_splits=2)
     assert scores["feature_extractor"] == extractor.name
     for key in ("fid", "kid_mean", "kid_std", "is_mean", "is_std"):
@@ -411,3 +411,25 @@ def test_full_classifier_reaches_88_percent(tmp_path):
           f"({torch.get_num_threads()} threads)")
     assert features.metadata["epochs"] == 2 and features.metadata["train_images"] == 55000
     assert features.accuracy >= FULL_ACCURACY
+
+
+def test_evaluate_quality_from_the_command_line(tmp_path, monkeypatch):
+    """``autovae evaluate RUN --quality`` adds named sample-quality metrics to metrics.json."""
+    import json
+
+    from autovae.cli import main
+    from autovae.config import Config
+    from autovae.train import train
+
+    monkeypatch.setenv("AUTOVAE_CACHE", str(tmp_path / "cache"))
+    config = Config(data="digits", epochs=3, batch_size=64, hidden=64, depth=1, lr=3e-3,
+                    latent="normal/normal:4", nll_samples=5)
+    train(config, tmp_path / "run", progress=False)
+    assert main(["evaluate", str(tmp_path / "run"), "--quality", "--quiet",
+                 "--quality-samples", "300"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["feature_extractor"].startswith("autovae-classifier:digits:")
+    assert metrics["real_images"] == metrics["fake_images"] == 300
+    assert metrics["fid"] > 0 and metrics["is_mean"] >= 1
+    assert 0 < metrics["balance_metric"] <= 0.25 and 0 < metrics["recon_ssim"] <= 1
+    assert "test_nll" in metrics  # the bounds stay beside the quality metrics

@@ -129,6 +129,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run, config, model, data = _load(args)
     x = data.test if args.limit is None else data.test[: args.limit]
     _evaluate(run, model, x, args.nll_samples or config.nll_samples, not args.quiet)
+    if args.quality:
+        from .evaluate import evaluate_quality
+
+        metrics = evaluate_quality(model, data, args.quality_samples, args.inception_weights)
+        run.save_metrics(metrics)
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -320,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="K for the NLL (default: the run's nll_samples)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N test images only")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("--quality", action="store_true",
+                          help="add FID, KID, IS (domain features unless --inception-weights), "
+                               "PSNR, SSIM and the balance metric BM")
+    evaluate.add_argument("--quality-samples", type=int, default=10000,
+                          help="generated and real images for FID/KID/IS (10000)")
+    evaluate.add_argument("--inception-weights", default=None,
+                          help="local weights-inception-2015-12-05-6726825d.pth for standard "
+                               "Inception features (also $AUTOVAE_INCEPTION_WEIGHTS)")
     evaluate.set_defaults(run_command=_cmd_evaluate)
 
     sample = sub.add_parser("sample", help="a PNG grid of images generated from the prior")

@@ -57,3 +57,33 @@ def evaluate(model: VAE, x: torch.Tensor, nll_samples: int = 1000, batch_size: i
     })
     model.train()
     return metrics
+
+
+def evaluate_quality(model: VAE, data, samples: int = 10000, weights_path=None,
+                     batch_size: int = 1000) -> dict:
+    """Sample quality of ``model`` against ``data.test``: FID, KID and IS on named features
+    (the domain classifier of the dataset, or Inception from a local ``weights_path``), and
+    reconstruction MSE, PSNR, SSIM and the AVA balance metric BM on the test images."""
+    from .quality import (
+        balance_metric_images,
+        domain_classifier,
+        inception_features,
+        reconstruction_metrics,
+        sample_quality,
+    )
+
+    model.eval()
+    # the classifier is trained once on the whole named dataset (not this run's subset) and cached
+    extractor = (inception_features(weights_path) if weights_path is not None
+                 else domain_classifier(data.name))
+    real = data.test[:samples].cpu()
+    # likelihood means of gaussian/laplace beliefs may leave [0, 1]: show them as pixels would be
+    fake = torch.cat([model.generate(min(batch_size, real.shape[0] - start)).cpu()
+                      for start in range(0, real.shape[0], batch_size)]).clamp(0, 1)
+    metrics = sample_quality(real, fake, extractor, kid_subset_size=min(1000, real.shape[0]))
+    recon = torch.cat([model.reconstruct(real[i:i + batch_size].to(data.test.device)).cpu()
+                       for i in range(0, real.shape[0], batch_size)]).clamp(0, 1)
+    metrics.update({f"recon_{k}": v for k, v in reconstruction_metrics(real, recon).items()})
+    metrics["balance_metric"] = balance_metric_images(recon, real)
+    model.train()
+    return metrics

@@ -29,6 +29,14 @@ _UNITS = {
     "recon_mse": ("reconstruction MSE", "per pixel, data in [0, 1]"),
     "nll_samples": ("K for the NLL", "samples"),
     "test_images": ("test images", "images"),
+    "fid": ("FID (see feature extractor)", "lower is better"),
+    "kid_mean": ("KID mean", "lower is better"),
+    "kid_std": ("KID std over subsets", ""),
+    "is_mean": ("Inception score", "higher is better"),
+    "is_real_mean": ("Inception score of real images", "reference"),
+    "recon_psnr": ("reconstruction PSNR", "dB"),
+    "recon_ssim": ("reconstruction SSIM", "1 is identical"),
+    "balance_metric": ("balance metric BM (AVA)", "in [0, 0.25]"),
 }
 
 
