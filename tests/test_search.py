@@ -215,3 +215,29 @@ def test_cli_search_with_two_local_workers_then_resume(tmp_path, capsys, monkeyp
     # the same command again resumes the study: its budget is met, so nothing new runs
     assert main(args) == 0
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == len(complete)
+
+
+def test_retrain_best_compares_with_normal_normal(tmp_path, capsys):
+    from autovae.search.study import run_search
+
+    space = SearchSpace(pairs=["logistic/normal", "laplace/laplace"], alpha=(0.5, 0.5),
+                        samples=(2, 2), latent_dim=(3, 3), hidden=(16, 16), depth=(1, 1))
+    spec = StudySpec(space, BASE.replace(epochs=1), ["nll"], trials=2, pruner="none",
+                     validation_nll_samples=5)
+    run_search(None, "rb", tmp_path, spec)
+    assert main(["retrain-best", "--dir", str(tmp_path), "--study", "rb", "--seeds", "2",
+                 "--epochs", "1", "--nll-samples", "5", "--quiet"]) == 0
+    import json
+
+    result = json.loads((tmp_path / "retrain.json").read_text())
+    assert set(result) >= {"best", "normal/normal", "normal/normal, same bound", "gain_nats",
+                           "pairing_gain_nats"}
+    base = result["normal/normal"]["config"]
+    assert base["latent"] == "normal/normal:3" and base["alpha"] == 1.0 and base["samples"] == 1
+    same = result["normal/normal, same bound"]["config"]
+    assert same["alpha"] == 0.5 and same["samples"] == 2
+    nll = [r["test_nll"] for r in result["best"]["runs"]]
+    assert len(nll) == 2 and result["best"]["test_nll_mean"] == pytest.approx(sum(nll) / 2)
+    assert result["gain_nats"] == pytest.approx(result["normal/normal"]["test_nll_mean"]
+                                                - result["best"]["test_nll_mean"])
+    assert "gain of its pairing alone" in capsys.readouterr().out
