@@ -241,3 +241,17 @@ def test_retrain_best_compares_with_normal_normal(tmp_path, capsys):
     assert result["gain_nats"] == pytest.approx(result["normal/normal"]["test_nll_mean"]
                                                 - result["best"]["test_nll_mean"])
     assert "gain of its pairing alone" in capsys.readouterr().out
+
+
+def test_sample_quality_as_a_second_objective(tmp_path, monkeypatch):
+    from autovae.search.study import run_search
+
+    monkeypatch.setenv("AUTOVAE_CACHE", str(tmp_path / "cache"))  # the digits classifier
+    spec = StudySpec(SPACE, BASE.replace(epochs=1), ["nll", "fid"], trials=2, pruner="none",
+                     validation_nll_samples=5)
+    study = run_search(None, "fid", tmp_path, spec)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for t in trials:
+        assert t.values[1] == t.user_attrs["fid"] > 0
+    assert study.best_trials  # the Pareto front

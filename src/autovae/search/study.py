@@ -48,6 +48,8 @@ OBJECTIVES = {
     "kl": ("minimize", "validation KL(q || p), the rate (nats)"),
     "params": ("minimize", "number of model parameters"),
     "seconds": ("minimize", "training time (s)"),
+    "fid": ("minimize", "FID of generated against validation images on the dataset's domain "
+                        "features (autovae.quality)"),
 }
 SAMPLERS = ("tpe", "cmaes", "random", "gp", "nsga2")
 PRUNERS = ("median", "halving", "hyperband", "none")
@@ -210,9 +212,18 @@ def _evaluate_trial(model, data: DataSplits, spec: StudySpec, seconds: float) ->
     x = data.val
     torch.manual_seed(0)
     metrics = evaluate(model, x, nll_samples=spec.validation_nll_samples)
-    return {"nll": metrics["test_nll"], "bound": -metrics["test_elbo"],
-            "recon_mse": metrics["recon_mse"], "kl": metrics["test_kl"],
-            "params": float(sum(p.numel() for p in model.parameters())), "seconds": seconds}
+    scores = {"nll": metrics["test_nll"], "bound": -metrics["test_elbo"],
+              "recon_mse": metrics["recon_mse"], "kl": metrics["test_kl"],
+              "params": float(sum(p.numel() for p in model.parameters())), "seconds": seconds}
+    if "fid" in spec.objectives:
+        from ..quality import domain_classifier, sample_quality
+
+        real = x.cpu()
+        fake = model.generate(real.shape[0]).cpu().clamp(0, 1)
+        quality = sample_quality(real, fake, domain_classifier(data.name),
+                                 kid_subset_size=min(1000, real.shape[0]))
+        scores["fid"] = quality["fid"]
+    return scores
 
 
 class Objective:
