@@ -105,20 +105,11 @@ def _evaluate(run, model, x_test, nll_samples: int, progress: bool) -> dict:
 
 def _load(args: argparse.Namespace):
     """(run, config, model, data) of an existing run folder."""
-    from .model import build_model
-    from .run import Run
-    from .train import prepare, resolve_device
+    from .train import load_trained
 
-    run = Run(args.run)
-    config = run.load_config()
-    device = resolve_device(args.device or config.device)
-    checkpoint = run.load_checkpoint(map_location=device)
-    data = prepare(config, device)
-    model = build_model(config, data.event_shape).to(device)
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
+    loaded = load_trained(args.run, args.device)
     torch.manual_seed(args.seed)
-    return run, config, model, data
+    return loaded
 
 
 def _split(data, name: str):

@@ -41,7 +41,8 @@ _UNITS = {
 
 
 def collect_runs(paths: list[str | Path], top: int = 3) -> list[Path]:
-    """Run folders from run folders and study folders (a study gives its ``top`` best trials)."""
+    """Run folders from run folders and study folders (a study gives the ``top`` trials with
+    the best final validation ELBO)."""
     runs: list[Path] = []
     for p in map(Path, paths):
         if Run(p).has_config():
@@ -103,19 +104,13 @@ def _curves(history: list[dict]) -> str | None:
 def _pictures(folder: Path) -> dict[str, str]:
     """Samples, reconstructions and latent map as base64 PNG, made from the checkpoint if the
     run folder lacks them."""
-    from .model import build_model
     from .pictures import latent_map, save_grid, save_reconstructions
-    from .train import prepare
+    from .train import load_trained
 
     files = {"samples": folder / "samples.png", "reconstructions": folder / "reconstructions.png",
              "latent map": folder / "codes_test.png"}
     if not all(f.exists() for f in files.values()):
-        run = Run(folder)
-        config = run.load_config()
-        data = prepare(config)
-        model = build_model(config, data.event_shape)
-        model.load_state_dict(run.load_checkpoint()["model"])
-        model.eval()
+        _, _, model, data = load_trained(folder, "cpu")
         torch.manual_seed(0)
         if not files["samples"].exists():
             save_grid(model.generate(64), files["samples"])

@@ -24,7 +24,8 @@ from .data import DataSplits, binarize, load_data
 from .model import VAE, NonFiniteLossError, build_model
 from .run import Run
 
-__all__ = ["NonFiniteLossError", "TrainResult", "prepare", "resolve_device", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "load_trained", "prepare", "resolve_device",
+           "train"]
 
 # Changing these between an interrupted run and its resume does not change the run's result.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "compile", "nll_samples", "data_root",
@@ -65,6 +66,19 @@ def prepare(config: Config, device: torch.device | str = "cpu") -> DataSplits:
         data = dataclasses.replace(data, train=binarize(data.train, g),
                                    val=binarize(data.val, g), test=binarize(data.test, g))
     return data.to(device)
+
+
+def load_trained(folder, device: str | None = None) -> tuple[Run, Config, VAE, DataSplits]:
+    """(run, config, model in eval mode, data) of an existing run folder, from its checkpoint."""
+    run = Run(folder)
+    config = run.load_config()
+    device = resolve_device(device or config.device)
+    checkpoint = run.load_checkpoint(map_location=device)
+    data = prepare(config, device)
+    model = build_model(config, data.event_shape).to(device)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    return run, config, model, data
 
 
 def _tensorboard(run: Run):
