@@ -60,26 +60,24 @@ def _params(model):
 
 @needs_fmnist
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    args = ["--limit", "3000", "--val-size", "500", "--batch-size", "50", "--hidden", "128",
-            "--depth", "2", "--lr", "1e-3", "--epochs", "3", "--latent",
+    args = ["--limit", "6000", "--val-size", "500", "--batch-size", "50", "--hidden", "128",
+            "--depth", "2", "--lr", "1e-3", "--epochs", "4", "--latent",
             "logistic/normal:4,laplace/laplace:4", "--binarize", "dynamic", "--no-evaluate",
             "--quiet"]
     env = {**os.environ, "PYTHONPATH": SRC}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "autovae", "train", "--run", str(killed),
                              *args], env=env, stderr=subprocess.PIPE)
-    history = Run(killed).history_path
+    checkpoint = Run(killed).checkpoint_path
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if history.exists() and history.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.02)
-    time.sleep(0.3)  # into epoch 2
+    while time.time() < deadline and proc.poll() is None and not checkpoint.exists():
+        time.sleep(0.01)
+    time.sleep(0.1)  # into epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    epoch_at_kill = torch.load(Run(killed).checkpoint_path, weights_only=True)["epoch"]
-    assert 1 <= epoch_at_kill < 3
+    epoch_at_kill = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= epoch_at_kill < 4
     subprocess.run([sys.executable, "-m", "autovae", "train", "--run", str(killed), "--resume",
                     "--no-evaluate", "--quiet"], env=env, check=True)
     whole = tmp_path / "whole"
@@ -87,10 +85,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
                    env=env, check=True)
     a = torch.load(Run(killed).checkpoint_path, weights_only=True)
     b = torch.load(Run(whole).checkpoint_path, weights_only=True)
-    assert a["epoch"] == b["epoch"] == 3
+    assert a["epoch"] == b["epoch"] == 4
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert [r["epoch"] for r in Run(killed).history()] == [1, 2, 3]
+    assert [r["epoch"] for r in Run(killed).history()] == [1, 2, 3, 4]
     assert Run(killed).history()[-1]["val_bound"] == Run(whole).history()[-1]["val_bound"]
 
 
