@@ -133,6 +133,7 @@ def _two_workers_one_killed(storage_url, folder: Path, trials=4):
         cmd += ["--storage", storage_url]
     victim = subprocess.Popen([*cmd, "--worker", "0"], env=ENV)
     killed_trial = _kill_mid_trial(victim, folder)
+    time.sleep(4.5)  # > 3 missed heartbeats: the survivor's first look finds the trial stale
     survivor = subprocess.run([*cmd, "--worker", "1"], env=ENV, timeout=600)
     assert survivor.returncode == 0
     study = optuna.load_study(study_name="shared", storage=open_storage(storage_url, folder))
