@@ -32,6 +32,7 @@ For example (Fashion-MNIST, training images with Gaussian noise of sd 0.1 as "ge
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import io
 import math
@@ -104,7 +105,7 @@ def _as_images(x: Any, what: str, shape: tuple[int, ...] | None = None) -> Tenso
 # --------------------------------------------------------------------------- feature extractors
 
 
-class FeatureExtractor:
+class FeatureExtractor(abc.ABC):
     """Images in [0, 1] to (features for FID and KID, logits for IS), under a ``name``.
 
     ``input_shape`` is the (C, H, W) the extractor takes (``None``: any size), ``batch_size``
@@ -115,9 +116,9 @@ class FeatureExtractor:
     input_shape: tuple[int, int, int] | None = None
     batch_size: int = 500
 
+    @abc.abstractmethod
     def extract(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(features, logits) of one batch of checked float images (N, C, H, W) in [0, 1]."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def features(self, images: Any, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
