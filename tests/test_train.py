@@ -162,7 +162,7 @@ def test_config_files_and_bad_keys(tmp_path):
     (tmp_path / "typo.yaml").write_text("lattent: normal/normal:3\n")
     with pytest.raises(ValueError, match="unknown config key 'lattent'; did you mean 'latent'"):
         load_config(tmp_path / "typo.yaml")
-    with pytest.raises(ValueError, match="epochs must be a int"):
+    with pytest.raises(ValueError, match="epochs must be an integer, got 'many'"):
         load_config(epochs="many")
     with pytest.raises(ValueError, match="binarize must be one of none, static, dynamic"):
         load_config(binarize="sometimes")

@@ -146,7 +146,8 @@ def _coerce(f: dataclasses.Field, value):
             else:
                 value = str(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{f.name} must be {'a ' + tp.__name__}, got {value!r}") from None
+            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(tp, "text")
+            raise ValueError(f"{f.name} must be {kind}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ValueError(f"{f.name} must be one of {', '.join(str(c) for c in choices)}, "
