@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .bounds import Bound
 from .config import Config
 from .data import DataSplits, binarize, load_data
+from .evaluate import elbo_and_bound
 from .model import VAE, NonFiniteLossError, build_model
 from .run import Run
 
@@ -121,12 +121,11 @@ def _check_resume(run: Run, config: Config) -> None:
 def validate(model: VAE, x: torch.Tensor, batch_size: int) -> dict[str, float]:
     """Mean bound (the run's) and ELBO over x."""
     model.eval()
-    elbo = Bound(alpha=1.0, samples=1)
     totals = {"bound": 0.0, "elbo": 0.0}
     for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size]
-        totals["bound"] += model.estimate(xb).value.sum().item()
-        totals["elbo"] += model.estimate(xb, elbo).value.sum().item()
+        elbo, bound = elbo_and_bound(model, x[start:start + batch_size])
+        totals["bound"] += bound.sum().item()
+        totals["elbo"] += elbo.value.sum().item()
     model.train()
     return {k: v / x.shape[0] for k, v in totals.items()}
 
