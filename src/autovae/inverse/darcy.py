@@ -1,0 +1,255 @@
+"""Darcy flow forward model of the inverse-problem benchmark, with adjoint gradients.
+
+-div(k grad p) = f on [0, 1]^2, p = 0 on x = 0 and x = 1, no flux on y = 0 and y = 1, with
+k = exp(log k) constant on each cell of an n x n grid (row i = y, column j = x, cell (i, j)
+covering [j/n, (j+1)/n] x [i/n, (i+1)/n]). Cell-centred finite volumes: two-point fluxes with
+harmonic-mean face transmissibilities, the Dirichlet faces at half a cell from the centre; the
+system A(k) p = f h^2 is factorised once per field by SuperLU (``scipy.sparse.linalg.splu``).
+The gradient of a loss J(p) with respect to log k is the adjoint one: solve A^T lambda = dJ/dp
+with the same factors, then dJ/dlog k_c = -lambda^T (dA/dlog k_c) p.
+
+``darcy_pressure(log_k, points)`` is the public contract: (B, n, n) log-permeabilities and
+(P, 2) points (x, y) -> (B, P) pressures, bilinear between cell centres and extended to the
+edges with p = 0 on x = 0, 1 and zero normal gradient on y = 0, 1; differentiable in log_k.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+__all__ = ["DarcySolver", "darcy_pressure", "observation_operator"]
+
+
+def _grid_size(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n (grid size) must be an integer >= 2; got {n!r}")
+    return int(n)
+
+
+def observation_operator(n: int, points) -> sp.csr_matrix:
+    """(P, n^2) sparse matrix H: H @ p.ravel() interpolates cell pressures p (n, n) at points.
+
+    Bilinear between cell centres; along x the nodes 0 and 1 carry p = 0 (Dirichlet), along y
+    the value is constant within half a cell of y = 0 and y = 1 (zero normal gradient).
+    """
+    n = _grid_size(n)
+    pts = np.asarray(points.detach().cpu() if torch.is_tensor(points) else points,
+                     dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"points must have shape (P, 2) of (x, y); got {pts.shape}")
+    if not np.isfinite(pts).all():
+        raise ValueError("points must be finite")
+    outside = (pts < 0) | (pts > 1)
+    if outside.any():
+        bad = pts[outside.any(axis=1)][0]
+        raise ValueError(f"points must lie in [0, 1]^2; got ({bad[0]:g}, {bad[1]:g}) "
+                         f"({int(outside.any(axis=1).sum())} outside): the domain is the unit "
+                         "square")
+    h = 1.0 / n
+    x, y = pts[:, 0], pts[:, 1]
+    # x: nodes at 0, centres (j + 1/2) h, 1; node index t in [0, n + 1], centres t = 1..n
+    tx = np.where(x < h / 2, x / (h / 2), np.where(x > 1 - h / 2, n + (x - (1 - h / 2)) /
+                                                   (h / 2), x / h + 0.5))
+    jx = np.clip(np.floor(tx).astype(np.int64), 0, n)
+    wx = tx - jx
+    # y: centres only, clamped (constant extension to the Neumann edges)
+    ty = np.clip(y / h - 0.5, 0.0, n - 1.0)
+    iy = np.clip(np.floor(ty).astype(np.int64), 0, n - 2)
+    wy = ty - iy
+    rows, cols, vals = [], [], []
+    for dj, wxj in ((0, 1 - wx), (1, wx)):
+        node = jx + dj  # 0 and n + 1 are the Dirichlet nodes (value 0): no entry
+        for di, wyi in ((0, 1 - wy), (1, wy)):
+            keep = (node >= 1) & (node <= n)
+            r = np.nonzero(keep)[0]
+            rows.append(r)
+            cols.append((iy[r] + di) * n + node[r] - 1)
+            vals.append(wxj[r] * wyi[r])
+    H = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(len(pts), n * n))
+    H.sum_duplicates()
+    H.eliminate_zeros()
+    return H
+
+
+class DarcySolver:
+    """Finite-volume Darcy solver on an n x n grid: ``solve(log_k)`` -> (B, n, n) pressures.
+
+    ``f``: the source, a number or an (n, n) array of cell values (default 3, the benchmark).
+    ``solve`` is differentiable in log_k (torch autograd, adjoint solve with the forward's LU
+    factors); ``solve_permeability(k)`` takes k itself (numpy, no gradient).
+    """
+
+    def __init__(self, n: int, f=3.0):
+        n = _grid_size(n)
+        self.n, self.h = n, 1.0 / n
+        f = np.asarray(f, dtype=np.float64)
+        if f.ndim == 0:
+            f = np.full((n, n), float(f))
+        if f.shape != (n, n):
+            raise ValueError(f"f must be a number or an (n, n) = ({n}, {n}) array of cell "
+                             f"values; got shape {f.shape}")
+        if not np.isfinite(f).all():
+            raise ValueError("f must be finite")
+        self.f = f
+        self._rhs = (f * self.h**2).ravel()
+        idx = np.arange(n * n).reshape(n, n)
+        # interior faces: x-faces between (i, j) and (i, j+1), y-faces between (i, j), (i+1, j)
+        self._a = np.concatenate([idx[:, :-1].ravel(), idx[:-1, :].ravel()])
+        self._b = np.concatenate([idx[:, 1:].ravel(), idx[1:, :].ravel()])
+        self._dir = np.concatenate([idx[:, 0], idx[:, -1]])  # cells on x = 0 and x = 1
+        nf = len(self._a)
+        rows = np.concatenate([self._a, self._b, self._a, self._b, self._dir])
+        cols = np.concatenate([self._b, self._a, self._a, self._b, self._dir])
+        # CSC pattern once; assembly then only scatters the data vector
+        pattern = sp.csc_matrix((np.arange(1, len(rows) + 1, dtype=np.float64), (rows, cols)),
+                                shape=(n * n, n * n))
+        pattern.sort_indices()
+        self._indices, self._indptr = pattern.indices.copy(), pattern.indptr.copy()
+        # position of each contribution in the data array (duplicates summed by bincount)
+        csr_pos = sp.csc_matrix((np.arange(len(pattern.data), dtype=np.float64),
+                                 pattern.indices, pattern.indptr), shape=pattern.shape)
+        self._slot = np.asarray(csr_pos[rows, cols]).ravel().astype(np.int64)
+        self._nnz = len(pattern.data)
+        self._nf = nf
+
+    def _transmissibilities(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ka, kb = k[self._a], k[self._b]
+        return 2.0 * ka * kb / (ka + kb), 2.0 * k[self._dir]
+
+    def matrix(self, k: np.ndarray) -> sp.csc_matrix:
+        """The (n^2, n^2) finite-volume matrix A(k) for cell permeabilities k (n, n)."""
+        t, td = self._transmissibilities(np.asarray(k, dtype=np.float64).ravel())
+        contrib = np.concatenate([-t, -t, t, t, td])
+        data = np.bincount(self._slot, weights=contrib, minlength=self._nnz)
+        return sp.csc_matrix((data, self._indices, self._indptr), shape=(self.n**2,) * 2)
+
+    def _factor(self, k: np.ndarray):
+        try:
+            return spla.splu(self.matrix(k), permc_spec="MMD_AT_PLUS_A",
+                             diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+        except RuntimeError as err:
+            raise ValueError(f"the Darcy matrix could not be factorised ({err}): the "
+                             "permeability contrast is too extreme for double precision; "
+                             "bound log_k (e.g. clip it to [-30, 30])") from err
+
+    def _check_k(self, k: np.ndarray, name: str) -> np.ndarray:
+        if k.ndim != 3 or k.shape[1:] != (self.n, self.n):
+            raise ValueError(f"{name} must have shape (B, {self.n}, {self.n}); got {k.shape}")
+        if not np.isfinite(k).all():
+            raise ValueError(f"{name} must be finite (found NaN or inf)")
+        return k
+
+    def solve_permeability(self, k) -> np.ndarray:
+        """(B, n, n) (or (n, n)) permeabilities k > 0 -> float64 cell pressures, same shape."""
+        k = np.asarray(k, dtype=np.float64)
+        single = k.ndim == 2
+        k = self._check_k(k[None] if single else k, "k")
+        if (k <= 0).any():
+            raise ValueError("k (permeability) must be positive everywhere; found "
+                             f"min(k) = {k.min():g}")
+        p = np.stack([self._factor(ki).solve(self._rhs).reshape(self.n, self.n) for ki in k])
+        return p[0] if single else p
+
+    def solve(self, log_k) -> torch.Tensor:
+        """(B, n, n) log-permeabilities -> (B, n, n) cell pressures, log_k's dtype, with grad."""
+        log_k = _as_field(log_k, "log_k")
+        if log_k.shape[1:] != (self.n, self.n):
+            raise ValueError(f"log_k must have shape (B, {self.n}, {self.n}) for this "
+                             f"solver; got {tuple(log_k.shape)}")
+        return _DarcySolve.apply(log_k, self)
+
+    # numpy cores of the autograd function
+    def _forward(self, log_k: np.ndarray):
+        with np.errstate(over="ignore", under="ignore"):
+            k = np.exp(log_k)
+        if not np.isfinite(k).all() or (k <= 0).any():
+            raise ValueError("exp(log_k) overflows or underflows (|log_k| > ~700): the "
+                             "permeability must be positive and finite; bound log_k")
+        lus = [self._factor(ki) for ki in k]
+        p = np.stack([lu.solve(self._rhs) for lu in lus])
+        return k.reshape(len(k), -1), lus, p
+
+    def _adjoint(self, k: np.ndarray, lus, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve."""
+        out = np.empty_like(p)
+        for b, lu in enumerate(lus):
+            lam = lu.solve(g[b], trans="T")
+            kb, pb = k[b], p[b]
+            ka_, kb_ = kb[self._a], kb[self._b]
+            t = 2.0 * ka_ * kb_ / (ka_ + kb_)
+            # dA/dT_face has +1 on the diagonal, -1 off it: lambda^T dA p = (dl)(dp) per face
+            w = (lam[self._a] - lam[self._b]) * (pb[self._a] - pb[self._b])
+            grad = np.zeros(self.n * self.n)
+            # dT/dlog k_a = T k_b / (k_a + k_b), dT/dlog k_b = T k_a / (k_a + k_b)
+            np.add.at(grad, self._a, w * t * kb_ / (ka_ + kb_))
+            np.add.at(grad, self._b, w * t * ka_ / (ka_ + kb_))
+            np.add.at(grad, self._dir, lam[self._dir] * pb[self._dir] * 2.0 * kb[self._dir])
+            out[b] = -grad
+        return out.reshape(len(p), self.n, self.n)
+
+    def __repr__(self) -> str:
+        f = f"{self.f.flat[0]:g}" if np.all(self.f == self.f.flat[0]) else "field"
+        return f"DarcySolver(n={self.n}, f={f})"
+
+
+def _as_field(x, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if x.ndim != 3:
+        raise ValueError(f"{name} must have shape (B, n, n) (row i = y, column j = x); got "
+                         f"{x.ndim} dimension(s), shape {tuple(x.shape)}")
+    if x.shape[1] != x.shape[2]:
+        raise ValueError(f"{name} must be a square n x n grid; got {x.shape[1]} x {x.shape[2]}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has no fields (B = 0)")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    return x
+
+
+class _DarcySolve(torch.autograd.Function):
+    """log_k (B, n, n) -> p (B, n, n); backward by the adjoint solve with the saved LU."""
+
+    @staticmethod
+    def forward(ctx, log_k, solver):
+        lk = log_k.detach().cpu().double().numpy().reshape(len(log_k), -1)
+        k, lus, p = solver._forward(lk)
+        ctx.solver, ctx.state = solver, (k, lus, p)
+        return torch.from_numpy(p.reshape(log_k.shape)).to(log_k.dtype).to(log_k.device)
+
+    @staticmethod
+    def backward(ctx, grad_p):
+        k, lus, p = ctx.state
+        g = grad_p.detach().cpu().double().numpy().reshape(len(p), -1)
+        grad = ctx.solver._adjoint(k, lus, p, g)
+        return torch.from_numpy(grad).to(grad_p.dtype).to(grad_p.device), None
+
+
+@functools.lru_cache(maxsize=8)
+def _solver(n: int, f: float) -> DarcySolver:
+    return DarcySolver(n, f)
+
+
+def darcy_pressure(log_k, points, f: float = 3.0) -> torch.Tensor:
+    """(B, n, n) log-permeabilities, (P, 2) points (x, y) in [0, 1]^2 -> (B, P) pressures.
+
+    Differentiable in log_k (adjoint gradients); returns log_k's floating dtype.
+    """
+    log_k = _as_field(log_k, "log_k")
+    pts = torch.as_tensor(points)
+    if pts.ndim != 2 or pts.shape[-1] != 2:
+        raise ValueError(f"points must have shape (P, 2) of (x, y); got {tuple(pts.shape)}")
+    n = log_k.shape[-1]
+    H = observation_operator(n, pts).tocoo()
+    p = _solver(n, float(f)).solve(log_k).reshape(len(log_k), n * n)
+    Hs = torch.sparse_coo_tensor(torch.from_numpy(np.stack([H.row, H.col]).astype(np.int64)),
+                                 torch.from_numpy(H.data), H.shape, dtype=p.dtype,
+                                 device=p.device, check_invariants=True)
+    return torch.sparse.mm(Hs, p.T).T
