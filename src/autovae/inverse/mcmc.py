@@ -33,7 +33,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +247,9 @@ class NUTSKernel:
     """Pyro's NUTS (``pyro.infer.mcmc.NUTS(potential_fn=...)``) on U(z), one chain at a time.
 
     Step size (dual averaging toward ``target_accept``) and a diagonal (or, with ``full_mass``,
-    dense) mass matrix are adapted by Pyro during warm-up. A run stops as diverged after
-    ``max_divergent_run`` post-warm-up iterations in a row diverge.
+    dense) mass matrix are adapted by Pyro during warm-up; give it 50 steps or more (with 20,
+    Pyro's windowed schedule can end on a step size several times too large). A run stops as
+    diverged after ``max_divergent_run`` post-warm-up iterations in a row diverge.
     """
 
     name = "nuts"
@@ -330,7 +331,6 @@ class ChainResult:
     gradient_evals: int
     status: str
     reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -391,20 +391,18 @@ def _open_folder(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish(folder: Path, meta: dict[str, Any], status: str, reason: str) -> ChainResult:
-    meta = dict(meta, status=status, reason=reason)
-    _write_json(folder / "chain.json", meta)
-    result = load_chains(folder)
+    """Write posterior.nc, then mark chain.json finished (a kill in between leaves a run that
+    resumes to the same end)."""
     from .diagnostics import save_netcdf
 
+    result = load_chains(folder)
+    result.status, result.reason = status, reason
     if result.draws.shape[1] > 0:
         save_netcdf(result.to_inference_data(), folder / "posterior.nc")
+    _write_json(folder / "chain.json", dict(meta, status=status, reason=reason))
     if status == "diverged":
         warnings.warn(f"chain run in {folder} stopped: {reason}", RuntimeWarning, stacklevel=3)
     return result
-
-
-def _cat(parts: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    return np.concatenate(parts, axis=1) if parts else np.zeros(shape)
 
 
 def load_chains(folder: str | Path) -> ChainResult:
@@ -559,7 +557,7 @@ def _run_metropolis(target, kernel, folder, chains, warmup, samples, thin, every
         if zs:
             name = f"{len(state['blocks']):06d}.pt"
             _save_pt(folder / "blocks" / name, {
-                "chain": -1, "phase": phase, "start": start,
+                "chain": -1, "phase": phase,
                 "z": torch.stack(zs, 1), "stats": {k: torch.stack(v, 1) for k, v in recs.items()}})
             state["blocks"].append(name)
         state.update(step=end, kernel=kernel.state_dict(), rng=gen.get_state())
