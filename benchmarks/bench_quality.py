@@ -21,7 +21,7 @@ import warnings
 import torch
 
 from autovae.data import load_data
-from autovae.quality import _Precomputed, domain_classifier, sample_quality
+from autovae.quality import PrecomputedFeatures, domain_classifier, sample_quality
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -84,11 +84,11 @@ def main() -> None:
 
     pair = [((f_real,), {"real": True}), ((f_fake,), {"real": False})]
     parts = {
-        "FID": metric(lambda: FrechetInceptionDistance(feature=_Precomputed(d)), *pair),
+        "FID": metric(lambda: FrechetInceptionDistance(feature=PrecomputedFeatures(d)), *pair),
         "KID (100 subsets of 1000)": metric(
-            lambda: KernelInceptionDistance(feature=_Precomputed(d)), *pair),
+            lambda: KernelInceptionDistance(feature=PrecomputedFeatures(d)), *pair),
         "IS (fake and real)": 2 * metric(
-            lambda: InceptionScore(feature=_Precomputed(l_fake.shape[1])), ((l_fake,), {})),
+            lambda: InceptionScore(feature=PrecomputedFeatures(l_fake.shape[1])), ((l_fake,), {})),
     }
 
     n = len(real)

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import distributions as td
 from conftest import as_float, load_vectors
 
 from autovae.beliefs import FAMILIES, PAIRS, PairKind, family, kl, numerical_kl, pair_info
@@ -164,3 +165,66 @@ def test_gradients_finite_at_extreme_scales(pair, dtype):
     for t in (m, log_s, mu, log_sigma):  # values that overflowed to inf are excluded
         assert t.grad is None or torch.isfinite(t.grad[finite]).all(), (pair, t.grad)
     assert (value[finite] >= -1e-4 * value[finite].abs().max()).all()
+
+
+# -- torch interoperability ---------------------------------------------------------------------
+TORCH_FAMILIES = {
+    "normal": lambda loc, scale: td.Normal(loc, scale),
+    "laplace": lambda loc, scale: td.Laplace(loc, scale),
+    "cauchy": lambda loc, scale: td.Cauchy(loc, scale),
+    "gumbel": lambda loc, scale: td.Gumbel(loc, scale),
+    "uniform": lambda loc, scale: td.Uniform(loc - scale, loc + scale),
+    "exponential": lambda loc, scale: td.Exponential(1 / scale),  # loc 0 only
+}
+
+
+@pytest.mark.parametrize("ours", sorted(FAMILIES))
+@pytest.mark.parametrize("theirs", sorted(TORCH_FAMILIES))
+def test_kl_divergence_against_torch_families_both_ways(ours, theirs):
+    """kl_divergence(autovae family, torch family) and the reverse equal the KL between the two
+    autovae families, to 1e-6 relative (or both infinite)."""
+    loc = torch.tensor([0.0, 0.3, -0.2], dtype=torch.float64)
+    scale = torch.tensor([1.0, 0.7, 1.3], dtype=torch.float64)
+    p_loc = torch.zeros(3, dtype=torch.float64) if theirs == "exponential" else loc.flip(0)
+    p_scale = scale.flip(0) * 1.5
+    q = family(ours, loc, scale)
+    p_torch = TORCH_FAMILIES[theirs](p_loc, p_scale)
+    _same(td.kl_divergence(q, p_torch), kl(q, family(theirs, p_loc, p_scale)))
+    _same(td.kl_divergence(p_torch, q), kl(family(theirs, p_loc, p_scale), q))
+
+
+def _same(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal to 1e-6 relative where finite, infinite at the same places."""
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    finite = torch.isfinite(expected)
+    assert torch.allclose(got[finite], expected[finite], rtol=1e-6)
+
+
+def test_logistic_posterior_against_torch_normal_prior():
+    q = family("logistic", torch.tensor(0.3), torch.tensor(0.7))
+    assert td.kl_divergence(q, td.Normal(0.0, 1.0)).item() == pytest.approx(
+        kl(q, family("normal", 0.0, 1.0)).item(), rel=1e-6)
+    assert kl(td.Normal(0.0, 1.0), td.Laplace(0.0, 1.0)).item() == pytest.approx(
+        kl(family("normal", 0.0, 1.0), family("laplace", 0.0, 1.0)).item(), rel=1e-6)
+
+
+def test_kl_names_unsupported_torch_distributions():
+    with pytest.raises(ValueError, match="q \\(the posterior\\): StudentT is not supported.*"
+                                         "torch.distributions.Normal"):
+        kl(td.StudentT(3.0), family("normal", 0.0, 1.0))
+
+
+def test_every_conditional_pair_carries_its_own_finiteness_rule():
+    """A LatentSpec keeps each conditional pair finite by the rule stored with the pair, for
+    extreme raw encoder outputs too."""
+    from autovae.beliefs import LatentSpec
+
+    for (q, p), info in PAIRS.items():
+        if info.kind is not PairKind.CONDITIONAL:
+            assert info.constrain is None
+            continue
+        assert info.constrain is not None
+        spec = LatentSpec.parse(f"{q}/{p}:3")
+        h = torch.tensor([[-30.0, 0.0, 30.0, -30.0, 0.0, 30.0],
+                          [30.0, -30.0, 0.0, 30.0, 30.0, -30.0]])
+        assert torch.isfinite(spec.kl(spec.posterior(h))).all(), (q, p)

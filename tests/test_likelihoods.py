@@ -289,17 +289,17 @@ def test_validate_errors_have_hints():
 def test_factory_names():
     assert likelihood_names() == [
         "bernoulli",
-        "continuous_bernoulli",
+        "continuous-bernoulli",
         "gaussian",
         "laplace",
         "beta",
     ]
     for name in ("Continuous-Bernoulli", "CONTINUOUS_BERNOULLI", "cb"):
-        assert likelihood(name, 4).name == "continuous_bernoulli"
+        assert likelihood(name, 4).name == "continuous-bernoulli"
     assert likelihood("Normal", (4,)).name == "gaussian"
     assert likelihood("beta", (4,)).num_params == 2
     assert likelihood("bernoulli", (4,)).num_params == 1
-    with pytest.raises(ValueError, match="valid names: bernoulli, continuous_bernoulli"):
+    with pytest.raises(ValueError, match="valid names: bernoulli, continuous-bernoulli"):
         likelihood("poisson", (4,))
     with pytest.raises(ValueError, match="event_shape"):
         likelihood("bernoulli", ())

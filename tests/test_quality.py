@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from autovae import quality
+from autovae.quality import features as quality
 from autovae.data import DataSplits, load_data
 from autovae.quality import (
     DomainClassifier,
@@ -426,7 +426,7 @@ def test_evaluate_quality_from_the_command_line(tmp_path, monkeypatch):
                     latent="normal/normal:4", nll_samples=5)
     train(config, tmp_path / "run", progress=False)
     assert main(["evaluate", str(tmp_path / "run"), "--quality", "--quiet",
-                 "--quality-samples", "300"]) == 0
+                 "--quality-images", "300"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["feature_extractor"].startswith("autovae-classifier:digits:")
     assert metrics["real_images"] == metrics["fake_images"] == 300

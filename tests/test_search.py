@@ -84,14 +84,14 @@ def test_bad_study_settings(tmp_path):
 
 
 def test_search_in_process_multi_objective_and_analysis(tmp_path):
-    from autovae.search import report
+    from autovae.search import analyze
     from autovae.search.study import run_search
 
     spec = StudySpec(SPACE, BASE.replace(epochs=2, limit=300), ["nll", "kl"], trials=3,
                      pruner="none", validation_nll_samples=10)
     study = run_search(None, "multi", tmp_path, spec)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
-    text = report(study, tmp_path)
+    text = analyze(study, tmp_path)
     assert "Pareto front" in text and (tmp_path / "pareto.png").exists()
     for t in study.get_trials():
         assert t.user_attrs["nll"] > 0 and t.user_attrs["kl"] >= 0
@@ -108,7 +108,7 @@ def test_non_finite_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
     study = optuna.load_study(study_name="nan", storage=storage)
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 5  # stopped once failures exceed twice the budget
-    assert "non-finite loss" in failed[0].user_attrs["failure"]
+    assert "non-finite 'model' loss" in failed[0].user_attrs["failure"]
 
 
 def _kill_mid_trial(proc, folder: Path, timeout=120):

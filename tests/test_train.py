@@ -1,7 +1,12 @@
-"""End-to-end training: real learning, exact resume after SIGKILL, NLL, bad input, CLI."""
+"""End-to-end training: real learning, exact resume after SIGKILL, NLL, bad input, CLI.
+
+The tests that need real images run on scikit-learn's digits everywhere, and also on
+Fashion-MNIST where Debian's dataset-fashion-mnist package is installed.
+"""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,17 +19,23 @@ import torch
 from autovae.cli import main
 from autovae.config import Config, load_config
 from autovae.data import DataSplits
-from autovae.model import NonFiniteLossError
-from autovae.run import Run
+from autovae.models import NonFiniteLossError, build_model, evaluation_mode
+from autovae.run import Run, load_trained
 from autovae.train import train
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not DEBIAN_FMNIST.exists(),
                                   reason="needs Debian's dataset-fashion-mnist package")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+HELPERS = str(Path(__file__).resolve().parent / "helpers")
+LEGACY = Path(__file__).resolve().parent / "data" / "legacy-run"
 
-SMALL = dict(data="fashion-mnist", limit=2000, val_size=500, batch_size=100, hidden=64,
-             depth=2, lr=1e-3, nll_samples=20)
+SMALL = {
+    "digits": dict(data="digits", batch_size=100, hidden=64, depth=2, lr=1e-3, nll_samples=20),
+    "fashion-mnist": dict(data="fashion-mnist", limit=2000, val_size=500, batch_size=100,
+                          hidden=64, depth=2, lr=1e-3, nll_samples=20),
+}
+REAL_DATA = [pytest.param("digits"), pytest.param("fashion-mnist", marks=needs_fmnist)]
 
 
 def tiny_data(n=256, seed=0) -> DataSplits:
@@ -36,21 +47,21 @@ def tiny_data(n=256, seed=0) -> DataSplits:
     return DataSplits("tiny", x[:n], x[n:2 * n], x[2 * n:], y[:n], y[n:2 * n], y[2 * n:])
 
 
-@needs_fmnist
-def test_short_training_raises_the_validation_bound(tmp_path):
-    config = Config(**SMALL, epochs=4, latent="logistic/normal:6,cauchy/cauchy:2",
+@pytest.mark.parametrize("dataset", REAL_DATA)
+def test_short_training_raises_the_validation_bound(tmp_path, dataset):
+    config = Config(**SMALL[dataset], epochs=4, latent="logistic/normal:6,cauchy/cauchy:2",
                     likelihood="continuous-bernoulli", latent_clip=50.0)
     result = train(config, tmp_path / "run", progress=False)
     history = Run(tmp_path / "run").history()
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
-    from autovae.model import build_model
-    from autovae.train import validate
-
     torch.manual_seed(0)
-    fresh = validate(build_model(config, result.data.event_shape), result.data.val, 100)
+    fresh = build_model(config, result.data.event_shape)
+    with evaluation_mode(fresh):
+        start = fresh.validation_metrics(result.data.val, 100)["bound"]
     first, last = history[0]["val_bound"], history[-1]["val_bound"]
-    assert last > first > fresh["bound"]
-    assert last - fresh["bound"] > 300  # nats per image: well above the start
+    assert last > first > start
+    # nats per image, well above the start (digits: 64 pixels; Fashion-MNIST: 784)
+    assert last - start > {"digits": 30, "fashion-mnist": 300}[dataset]
 
 
 def _params(model):
@@ -58,38 +69,177 @@ def _params(model):
                       if p.is_floating_point()])
 
 
-@needs_fmnist
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    args = ["--limit", "6000", "--val-size", "500", "--batch-size", "50", "--hidden", "128",
-            "--depth", "2", "--lr", "1e-3", "--epochs", "4", "--latent",
-            "logistic/normal:4,laplace/laplace:4", "--binarize", "dynamic", "--no-evaluate",
-            "--quiet"]
-    env = {**os.environ, "PYTHONPATH": SRC}
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "autovae", "train", "--run", str(killed),
-                             *args], env=env, stderr=subprocess.PIPE)
-    checkpoint = Run(killed).checkpoint_path
+def _kill_after_first_checkpoint(command: list[str], run: Path, env: dict, margin: float):
+    """Start ``command``, SIGKILL it ``margin`` seconds after its first checkpoint appears;
+    return the epoch of the checkpoint it left."""
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    checkpoint = Run(run).checkpoint_path
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not checkpoint.exists():
         time.sleep(0.01)
-    time.sleep(0.1)  # into epoch 2
+    time.sleep(margin)  # into a later epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    epoch_at_kill = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert 1 <= epoch_at_kill < 4
-    subprocess.run([sys.executable, "-m", "autovae", "train", "--run", str(killed), "--resume",
-                    "--no-evaluate", "--quiet"], env=env, check=True)
-    whole = tmp_path / "whole"
-    subprocess.run([sys.executable, "-m", "autovae", "train", "--run", str(whole), *args],
-                   env=env, check=True)
-    a = torch.load(Run(killed).checkpoint_path, weights_only=True)
-    b = torch.load(Run(whole).checkpoint_path, weights_only=True)
-    assert a["epoch"] == b["epoch"] == 4
+    return torch.load(checkpoint, weights_only=True)["epoch"]
+
+
+def _assert_same_checkpoints(a_path: Path, b_path: Path, epochs: int) -> None:
+    """Bit-identical model, every optimizer's state and the scaler."""
+    a = torch.load(Run(a_path).checkpoint_path, weights_only=True)
+    b = torch.load(Run(b_path).checkpoint_path, weights_only=True)
+    assert a["epoch"] == b["epoch"] == epochs
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert [r["epoch"] for r in Run(killed).history()] == [1, 2, 3, 4]
-    assert Run(killed).history()[-1]["val_bound"] == Run(whole).history()[-1]["val_bound"]
+    assert a["optimizers"].keys() == b["optimizers"].keys()
+    for name, state in b["optimizers"].items():
+        for index, values in state["state"].items():
+            for key, value in values.items():
+                other = a["optimizers"][name]["state"][index][key]
+                assert torch.equal(torch.as_tensor(other), torch.as_tensor(value)), (name, key)
+    assert a["scaler"] == b["scaler"]
+    rows_a, rows_b = Run(a_path).history(), Run(b_path).history()
+    assert [r["epoch"] for r in rows_a] == list(range(1, epochs + 1))
+    drop = ("seconds", "images_per_second")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in rows_b]
+
+
+@pytest.mark.parametrize("dataset", REAL_DATA)
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, dataset):
+    size = (["--limit", "6000", "--val-size", "500", "--epochs", "4"]
+            if dataset == "fashion-mnist" else ["--epochs", "20"])
+    args = ["--data", dataset, *size, "--batch-size", "50", "--hidden", "128", "--depth", "2",
+            "--lr", "1e-3", "--latent", "logistic/normal:4,laplace/laplace:4",
+            "--binarize", "dynamic", "--no-evaluate", "--quiet"]
+    epochs = int(size[size.index("--epochs") + 1])
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    train_cmd = [sys.executable, "-m", "autovae", "train", "--run"]
+    epoch_at_kill = _kill_after_first_checkpoint([*train_cmd, str(killed), *args], killed, env,
+                                                 0.1 if dataset == "fashion-mnist" else 0.3)
+    assert 1 <= epoch_at_kill < epochs
+    subprocess.run([*train_cmd, str(killed), "--resume", "--no-evaluate", "--quiet"],
+                   env=env, check=True)
+    whole = tmp_path / "whole"
+    subprocess.run([*train_cmd, str(whole), *args], env=env, check=True)
+    _assert_same_checkpoints(killed, whole, epochs)
+
+
+_GAME_SCRIPT = """
+import sys
+from toy_models import register
+register()
+from autovae import Config, train
+config = Config(model="quadratic-game", data="digits", epochs=int(sys.argv[2]), batch_size=10,
+                lr=0.01, seed=3)
+train(config, sys.argv[1], resume=len(sys.argv) > 3, progress=False)
+"""
+
+
+def test_two_optimizer_game_sigkill_then_resume_is_bit_identical(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, HELPERS]), "OMP_NUM_THREADS": "1"}
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    script = [sys.executable, "-c", _GAME_SCRIPT]
+    epochs = 25
+    epoch_at_kill = _kill_after_first_checkpoint([*script, str(killed), str(epochs)], killed,
+                                                 env, 0.3)
+    assert 1 <= epoch_at_kill < epochs
+    subprocess.run([*script, str(killed), str(epochs), "resume"], env=env, check=True)
+    subprocess.run([*script, str(whole), str(epochs)], env=env, check=True)
+    _assert_same_checkpoints(killed, whole, epochs)
+
+
+@pytest.fixture
+def game(monkeypatch):
+    sys.path.insert(0, HELPERS)
+    try:
+        import toy_models
+    finally:
+        sys.path.remove(HELPERS)
+    monkeypatch.setitem(toy_models.MODELS, toy_models.QuadraticGame.name,
+                        toy_models.QuadraticGame)
+    return toy_models
+
+
+def test_two_optimizer_game_reaches_its_fixed_point(tmp_path, game):
+    data = tiny_data(200)
+    config = Config(model="quadratic-game", data="tiny", epochs=40, batch_size=20, lr=0.05)
+    result = train(config, tmp_path / "run", data=data, progress=False)
+    model = result.model
+    a_star, b_star = model.equilibrium(data.train.flatten(1).mean(0))
+    # from 0, about 0.4 away per coordinate, to within the noise floor of constant-step Adam
+    assert torch.allclose(model.a, a_star, atol=0.02)
+    assert torch.allclose(model.b, b_star, atol=0.05)
+    assert not model.leaked
+    history = result.run.history()
+    assert history[-1]["val_minus_distance"] > history[0]["val_minus_distance"]
+    assert {"train_f_a", "train_f_b"} <= set(history[-1])
+    checkpoint = result.run.load_checkpoint()
+    assert set(checkpoint["optimizers"]) == {"player_a", "player_b"}
+    assert checkpoint["model_name"] == "quadratic-game"
+
+
+def test_each_loss_steps_only_its_own_optimizer(tmp_path, game):
+    """A loss back-propagates into its own optimizer's parameters only: each player's loss
+    depends on both players, yet never changes the other player's gradient."""
+    data = tiny_data(20)
+    config = Config(model="quadratic-game", data="tiny", epochs=1, batch_size=20, lr=0.1)
+    model = train(config, tmp_path / "run", data=data, progress=False).model
+    assert not model.leaked
+    m = data.train.flatten(1).mean(0)
+    # one step each, from zero: a moves along -grad f_a = m; then b along -grad f_b (Adam: sign)
+    assert torch.allclose(model.a.detach(), 0.1 * m, atol=1e-6)
+    assert torch.allclose(model.b.detach(), torch.full_like(m, 0.1), atol=1e-6)
+
+
+def test_two_optimizer_game_non_finite_names_the_player(tmp_path, game):
+    config = Config(model="quadratic-game", data="tiny", epochs=1, batch_size=8, lr=1e30)
+    with pytest.raises(NonFiniteLossError, match="non-finite 'player_a' loss at epoch 1, batch "
+                                                 r"\d+: the parameters of player_a have "
+                                                 "diverged.*No epoch had finished, so no checkpoint was written"):
+        train(config, tmp_path / "run", data=tiny_data(64), progress=False)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, game):
+    data = tiny_data(64)
+    config = Config(data="tiny", epochs=1, batch_size=32, hidden=8, depth=1,
+                    latent="normal/normal:2")
+    train(config, tmp_path / "run", data=data, progress=False)
+    with pytest.raises(ValueError, match="holds a different run \\(model: 'vae' -> "
+                                         "'quadratic-game'\\)"):
+        train(config.replace(model="quadratic-game"), tmp_path / "run", data=data, resume=True,
+              progress=False)
+
+
+def test_a_checkpoint_from_before_the_models_registry_still_loads(tmp_path):
+    """tests/data/legacy-run was written by the single-optimizer trainer (one 'optimizer' key,
+    no model name): it loads, evaluates to the numbers that trainer's code computed, and
+    resumes for another epoch."""
+    from autovae.evaluate import evaluate
+
+    expected = json.loads((LEGACY / "expected.json").read_text())
+    run_folder = tmp_path / "legacy"
+    shutil.copytree(LEGACY, run_folder)
+    _, config, model, data = load_trained(run_folder)
+    torch.manual_seed(0)
+    metrics = evaluate(model, data.test, nll_samples=10)
+    assert metrics["elbo"] == pytest.approx(expected["test_elbo"], rel=1e-6)
+    assert metrics["nll"] == pytest.approx(expected["test_nll"], rel=1e-6)
+    assert metrics["recon_mse"] == pytest.approx(expected["recon_mse"], rel=1e-6)
+    result = train(config.replace(epochs=3), run_folder, resume=True, progress=False)
+    assert [r["epoch"] for r in result.run.history()] == [1, 2, 3]
+    assert set(result.run.load_checkpoint()["optimizers"]) == {"model"}
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(tmp_path):
+    data = tiny_data(64)
+    config = Config(data="tiny", epochs=2, batch_size=32, hidden=8, depth=1,
+                    latent="normal/normal:2")
+    whole = train(config, tmp_path / "whole", data=data, progress=False).model
+    Run(tmp_path / "early").save_config(config)  # what a run killed in epoch 1 leaves
+    resumed = train(config, tmp_path / "early", data=data, resume=True, progress=False).model
+    assert torch.equal(_params(whole), _params(resumed))
 
 
 def test_resume_in_process_is_exact(tmp_path):
@@ -108,14 +258,17 @@ def test_nll_is_below_minus_elbo_and_improves_with_k(tmp_path):
     config = Config(data="tiny", epochs=3, batch_size=32, hidden=32, depth=1,
                     latent="logistic/normal:2,normal/normal:2", lr=1e-2)
     model = train(config, tmp_path / "run", data=data, progress=False).model
-    from autovae.evaluate import evaluate
+    from autovae.evaluate import evaluate, prefixed
 
     torch.manual_seed(1)
+    model.train()
     few = evaluate(model, data.test, nll_samples=2)
+    assert model.training, "evaluate restores the model's train/eval mode"
     many = evaluate(model, data.test, nll_samples=500)
-    assert many["test_nll"] <= -many["test_elbo"]
-    assert many["test_nll"] < few["test_nll"] <= -few["test_elbo"] + 0.5
-    assert {"test_elbo", "test_nll", "nll_samples"} <= set(many)
+    assert many["nll"] <= -many["elbo"]
+    assert many["nll"] < few["nll"] <= -few["elbo"] + 0.5
+    assert {"test_elbo", "test_nll", "nll_samples", "recon_mse", "test_images"} <= set(
+        prefixed(many, "test"))
 
 
 def test_a_different_run_in_the_folder_is_refused(tmp_path):
@@ -146,8 +299,8 @@ def test_non_finite_loss_names_the_term(tmp_path):
     data = tiny_data(64)
     config = Config(data="tiny", epochs=1, batch_size=32, hidden=8, depth=1,
                     latent="normal/normal:2", lr=1e30)
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at epoch 1, batch 2: the "
-                                                 "encoder output is non-finite"):
+    with pytest.raises(NonFiniteLossError, match="non-finite 'model' loss at epoch 1, batch 2: "
+                                                 "the encoder output is non-finite"):
         train(config, tmp_path / "run", data=data, progress=False)
     skipped = train(config.replace(on_nonfinite="skip"), tmp_path / "skip", data=data,
                     progress=False)
@@ -176,14 +329,14 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
-@needs_fmnist
-def test_cli_end_to_end(tmp_path, capsys):
+@pytest.mark.parametrize("dataset", REAL_DATA)
+def test_cli_end_to_end(tmp_path, capsys, dataset):
     run = str(tmp_path / "run")
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL[dataset].items()]
     assert main(["train", "--run", run, "--epochs", "1", "--quiet", *flags]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_nll"] <= -metrics["test_elbo"] and metrics["nll_samples"] == 20
-    assert main(["evaluate", run, "--nll-samples", "5", "--limit", "200", "--quiet"]) == 0
+    assert main(["evaluate", run, "--nll-samples", "5", "--test-limit", "200", "--quiet"]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["nll_samples"] == 5
     for command in (["sample", run, "--n", "16"], ["reconstruct", run, "--n", "8"],
                     ["embed", run], ["interpolate", run, "--pairs", "2", "--steps", "5"]):
@@ -210,11 +363,9 @@ def test_tensorboard_scalars_when_installed(tmp_path):
 
 def test_conv_network_and_user_modules():
     from autovae.beliefs import LatentSpec, likelihood
-    from autovae.model import VAE
+    from autovae.models import VAE
 
     config = Config(network="conv", hidden=128, latent="normal/normal:4", likelihood="beta")
-    from autovae.model import build_model
-
     model = build_model(config, (3, 32, 32))
     x = torch.rand(5, 3, 32, 32)
     value = model.estimate(x).value

@@ -11,63 +11,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .beliefs import FAMILIES, PAIRS, PairKind, family, kl
 from .config import Config, load_config
-from .model import NonFiniteLossError
-
-_MARK = {PairKind.CLOSED: "", PairKind.CONDITIONAL: "*", PairKind.NUMERICAL: "~",
-         PairKind.INFINITE: ""}
-
-
-# -- pairs ---------------------------------------------------------------------------------------
-def pair_matrix(loc: float, scale: float, prior_loc: float, prior_scale: float) -> str:
-    """The 7x7 table of KL(posterior || prior) at the given parameters, as text."""
-    names = list(FAMILIES)
-    width = 12
-    lines = [
-        f"KL(q || p), q = posterior(loc={loc:g}, scale={scale:g}) in rows, "
-        f"p = prior(loc={prior_loc:g}, scale={prior_scale:g}) in columns",
-        "".ljust(width) + "".join(n.rjust(width) for n in names),
-    ]
-    for q_name in names:
-        q = family(q_name, torch.tensor(loc, dtype=torch.float64),
-                   torch.tensor(scale, dtype=torch.float64))
-        cells = []
-        for p_name in names:
-            p = family(p_name, torch.tensor(prior_loc, dtype=torch.float64),
-                       torch.tensor(prior_scale, dtype=torch.float64))
-            info = PAIRS[(q_name, p_name)]
-            value = kl(q, p).item()
-            text = "inf" if math.isinf(value) else f"{value:.4f}"
-            cells.append((text + _MARK[info.kind]).rjust(width))
-        lines.append(q_name.ljust(width) + "".join(cells))
-    lines += [
-        "",
-        "plain: closed form   *: closed form, finite only under a condition   "
-        "~: numerical (quadrature)",
-        "inf:  infinite here; pairs infinite for every parameter are refused in a LatentSpec:",
-    ]
-    by_reason: dict[str, list[str]] = {}
-    for (q_name, p_name), info in PAIRS.items():
-        if info.kind is PairKind.INFINITE:
-            by_reason.setdefault(info.note, []).append(f"{q_name}/{p_name}")
-    for reason, pairs in by_reason.items():
-        lines.append(f"  {reason}:\n    {', '.join(pairs)}")
-    for (q_name, p_name), info in PAIRS.items():
-        if info.kind is PairKind.CONDITIONAL:
-            lines.append(f"  {q_name}/{p_name} (conditional): {info.note}")
-    return "\n".join(lines)
+from .models import NonFiniteLossError
 
 
 def _cmd_pairs(args: argparse.Namespace) -> int:
-    print(pair_matrix(args.loc, args.scale, args.prior_loc, args.prior_scale))
+    from .beliefs import pair_table
+
+    print(pair_table(args.loc, args.scale, args.prior_loc, args.prior_scale))
     return 0
 
 
@@ -95,9 +51,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(run, model, x_test, nll_samples: int, progress: bool) -> dict:
-    from .evaluate import evaluate
+    from .evaluate import evaluate, prefixed
 
-    metrics = evaluate(model, x_test, nll_samples=nll_samples, progress=progress)
+    metrics = prefixed(evaluate(model, x_test, nll_samples=nll_samples, progress=progress),
+                       "test")
     run.save_metrics(metrics)
     print(json.dumps(metrics, indent=2))
     return metrics
@@ -105,7 +62,7 @@ def _evaluate(run, model, x_test, nll_samples: int, progress: bool) -> dict:
 
 def _load(args: argparse.Namespace):
     """(run, config, model, data) of an existing run folder."""
-    from .train import load_trained
+    from .run import load_trained
 
     loaded = load_trained(args.run, args.device)
     torch.manual_seed(args.seed)
@@ -118,52 +75,44 @@ def _split(data, name: str):
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     run, config, model, data = _load(args)
-    x = data.test if args.limit is None else data.test[: args.limit]
+    x = data.test if args.test_limit is None else data.test[: args.test_limit]
     _evaluate(run, model, x, args.nll_samples or config.nll_samples, not args.quiet)
     if args.quality:
         from .evaluate import evaluate_quality
 
-        metrics = evaluate_quality(model, data, args.quality_samples, args.inception_weights)
+        metrics = evaluate_quality(model, data, args.quality_images, args.inception_weights)
         run.save_metrics(metrics)
         print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .pictures import save_grid
+    from .pictures import sample_picture
 
     run, _, model, _ = _load(args)
-    path = save_grid(model.generate(args.n), args.out or run.folder / "samples.png")
-    print(path)
+    print(sample_picture(model, args.out or run.folder / "samples.png", args.n))
     return 0
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .pictures import save_reconstructions
+    from .pictures import reconstruction_picture
 
     run, _, model, data = _load(args)
     x, _ = _split(data, args.split)
-    x = x[: args.n]
-    path = save_reconstructions(x, model.reconstruct(x), args.out or run.folder /
-                                "reconstructions.png", n=args.n)
-    print(path)
+    print(reconstruction_picture(model, x, args.out or run.folder / "reconstructions.png",
+                                 args.n))
     return 0
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from .pictures import latent_map
+    from .pictures import latent_picture
 
     run, _, model, data = _load(args)
     x, labels = _split(data, args.split)
-    codes = torch.cat([model.embed(x[i:i + 1000]) for i in range(0, x.shape[0], 1000)]).cpu()
-    codes_path = Path(args.out or run.folder / f"codes_{args.split}.npy")
-    codes_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(codes_path, codes.numpy())
-    map_path = latent_map(codes, None if labels is None else labels.cpu(),
-                          codes_path.with_suffix(".png"), class_names=data.classes,
-                          title=f"{model.latent} on {data.name} ({args.split})")
-    print(codes_path)
-    print(map_path)
+    path = Path(args.out or run.folder / f"codes_{args.split}.npy")
+    for written in latent_picture(model, x, labels, path, class_names=data.classes,
+                                  title=f"{model.latent} on {data.name} ({args.split})"):
+        print(written)
     return 0
 
 
@@ -171,13 +120,15 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     from .pictures import interpolate_codes, save_interpolation
 
     run, _, model, data = _load(args)
+    if not model.has_encoder:
+        raise ValueError(f"model {model.name!r} has no encoder, so it cannot interpolate "
+                         "between data points")
     x, _ = _split(data, args.split)
     codes = model.embed(x[: 2 * args.pairs])
     path_z = interpolate_codes(codes[: args.pairs], codes[args.pairs: 2 * args.pairs],
                                args.steps, args.mode)
     frames = model.likelihood.mean(model.decode(path_z))
-    path = save_interpolation(frames, args.out or run.folder / "interpolation.png")
-    print(path)
+    print(save_interpolation(frames, args.out or run.folder / "interpolation.png"))
     return 0
 
 
@@ -195,22 +146,17 @@ def _study_args(args: argparse.Namespace):
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .search import PRESETS, SearchSpace, StudySpec, report, run_search
+    from .search import PRESETS, SearchSpace, StudySpec, analyze, run_search
 
     storage, name, folder = _study_args(args)
     space, base_values = PRESETS[args.preset]
     if args.space:
-        text = Path(args.space).read_text() if Path(args.space).is_file() else None
-        if text is None:
-            raise ValueError(f"search-space file {args.space} not found")
-        space = SearchSpace.from_dict(yaml.safe_load(text) or {})
+        space = SearchSpace.from_file(args.space)
     base = load_config(args.config, **{**base_values, **_config_overrides(args)})
     spec = StudySpec(space, base, args.objective or ["nll"], args.trials, args.sampler,
                      args.pruner, args.validation_nll_samples)
     study = run_search(storage, name, folder, spec, workers=args.workers)
-    print(report(study, folder))
+    print(analyze(study, folder))
     return 0
 
 
@@ -235,10 +181,10 @@ def _load_study(args: argparse.Namespace):
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .search import report
+    from .search import analyze
 
     study, folder = _load_study(args)
-    print(report(study, folder))
+    print(analyze(study, folder))
     return 0
 
 
@@ -287,10 +233,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str | None = N
         parser.add_argument("--out", default=None, help=out_help)
 
 
-def _objective_names():
-    from .search.study import OBJECTIVES
+def _search_names() -> dict[str, list[str]]:
+    """The names the search offers, read from its registries."""
+    from .search import OBJECTIVES, PRESETS, PRUNERS, SAMPLERS
 
-    return OBJECTIVES
+    return {"objective": sorted(OBJECTIVES), "preset": list(PRESETS),
+            "sampler": list(SAMPLERS), "pruner": list(PRUNERS)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,10 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
-        "train", help="train a VAE into a run folder (then evaluate it)",
-        description="Train a VAE. Settings come from the defaults (the seed paper's: MLP 3x400, "
-                    "20 latents, Adam 1e-4, batch 1000, 100 epochs, Fashion-MNIST), then "
-                    "--config FILE, then flags. A checkpoint is written every epoch; --resume "
+        "train", help="train a model (a VAE by default) into a run folder, then evaluate it",
+        description="Train a model (--model; a VAE by default). Settings come from the "
+                    "defaults (the seed paper's: MLP 3x400, 20 latents, Adam 1e-4, batch 1000, "
+                    "100 epochs, Fashion-MNIST), then --config FILE, then flags. A checkpoint is written every epoch; --resume "
                     "continues an interrupted run exactly.")
     train.add_argument("--run", default="runs/default", help="run folder (default runs/default)")
     train.add_argument("--config", default=None, help="YAML, TOML or JSON config file")
@@ -321,12 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(evaluate)
     evaluate.add_argument("--nll-samples", type=int, default=None,
                           help="K for the NLL (default: the run's nll_samples)")
-    evaluate.add_argument("--limit", type=int, default=None, help="first N test images only")
+    evaluate.add_argument("--test-limit", type=int, default=None,
+                          help="evaluate the first N test images only")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--quality", action="store_true",
                           help="add FID, KID, IS (domain features unless --inception-weights), "
                                "PSNR, SSIM and the balance metric BM")
-    evaluate.add_argument("--quality-samples", type=int, default=10000,
+    evaluate.add_argument("--quality-images", type=int, default=10000,
                           help="generated and real images for FID/KID/IS (10000)")
     evaluate.add_argument("--inception-weights", default=None,
                           help="local weights-inception-2015-12-05-6726825d.pth for standard "
@@ -379,19 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create (or resume) a study and run workers on it. The objective trains "
                     "each trial like 'autovae train' and scores it on the validation set.")
     study_options(search)
-    search.add_argument("--preset", default="quick", choices=("quick", "paper"),
+    names = _search_names()
+    search.add_argument("--preset", default="quick", choices=names["preset"],
                         help="search space and base settings (default quick)")
     search.add_argument("--space", default=None, help="YAML search-space file (overrides the "
                                                       "preset's space)")
     search.add_argument("--config", default=None, help="base config file")
     search.add_argument("--trials", type=int, default=20, help="finished trials wanted (20)")
     search.add_argument("--workers", type=int, default=1, help="worker processes here (1)")
-    search.add_argument("--objective", action="append", choices=sorted(_objective_names()),
+    search.add_argument("--objective", action="append", choices=names["objective"],
                         help="objective, repeat for multi-objective (default nll)")
-    search.add_argument("--sampler", default="tpe", choices=("tpe", "cmaes", "random", "gp",
-                                                              "nsga2"))
-    search.add_argument("--pruner", default="median",
-                        choices=("median", "halving", "hyperband", "none"))
+    search.add_argument("--sampler", default="tpe", choices=names["sampler"])
+    search.add_argument("--pruner", default="median", choices=names["pruner"])
     search.add_argument("--validation-nll-samples", type=int, default=50,
                         help="K for the validation NLL objective (50)")
     _add_config_flags(search)

@@ -40,6 +40,7 @@ class Config:
     binarize: str = _opt("none", "binarize pixels: none, static (once) or dynamic (each batch)",
                          choices=("none", "static", "dynamic"))
     # model
+    model: str = _opt("vae", "the model to train: vae, or beta-vae (the VAE with beta != 1)")
     latent: str = _opt("normal/normal:20",
                        "latent blocks, e.g. 'logistic/normal:14,cauchy/cauchy:6' or "
                        "'70%% logistic/normal, 30%% cauchy/cauchy' (with latent_dim)")
@@ -51,7 +52,8 @@ class Config:
                                    choices=(None, "shared", "pixel"))
     network: str = _opt("mlp", "mlp, or conv (for 28x28 and 32x32 images)",
                         choices=("mlp", "conv"))
-    hidden: int = _opt(400, "hidden units per layer (mlp) or base channels (conv)")
+    hidden: int = _opt(400, "hidden units per layer (mlp); the conv net has hidden/8 base "
+                            "channels (at least 16)")
     depth: int = _opt(3, "hidden layers of the mlp")
     latent_clip: float | None = _opt(None, "clamp latent draws to [-c, c] before the decoder "
                                            "(tames heavy-tailed posteriors)")
@@ -89,6 +91,9 @@ class Config:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
         if self.beta < 0 or self.warmup_epochs < 0:
             raise ValueError("beta and warmup_epochs must be >= 0")
+        from .models import model_class
+
+        self.model = model_class(self.model).name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

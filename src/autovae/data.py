@@ -1,8 +1,10 @@
 """Datasets by name, offline sources first.
 
-``load_data(name)`` returns a :class:`DataSplits`: float32 images in [0, 1] shaped (N, C, H, W)
-(or (N, D) for vector data, or with ``flatten=True``), split into train / val / test, with int64
-labels and class names when the source has them.
+``load_data(name)`` returns a :class:`DataSplits`: float32 samples shaped (N, C, H, W) (or (N, D)
+for vector data, or with ``flatten=True``), split into train / val / test, with int64 labels and
+class names when the source has them. Images are in [0, 1] (uint8 is divided by 255); other
+numbers are kept as they are: whether they fit is the likelihood's to judge (a Bernoulli needs
+[0, 1], a Gaussian takes any real value, e.g. log-permeability fields).
 
 Names (case-insensitive, ``_`` and ``-`` interchangeable), see :data:`DATASETS`:
 
@@ -23,8 +25,8 @@ Names (case-insensitive, ``_`` and ``-`` interchangeable), see :data:`DATASETS`:
 
   Array layouts: (N, D) vectors; (N, H, W) greyscale images (a channel axis is added);
   (N, C, H, W); or (N, H, W, C), which is assumed when the last axis is 1 or 3 and the second
-  is not, and transposed to (N, C, H, W). Values: uint8 (divided by 255), bool, or numbers
-  already in [0, 1].
+  is not, and transposed to (N, C, H, W). Values: uint8 (divided by 255), bool, or any finite
+  numbers (kept as they are).
 
 ``root`` defaults to ``$AUTOVAE_DATA`` or ``~/.cache/autovae/data``. Nothing is downloaded
 unless ``download=True``.
@@ -65,7 +67,7 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 @dataclass
 class DataSplits:
-    """Train / val / test tensors (float32 in [0, 1]) with int64 labels when known."""
+    """Train / val / test float32 tensors with int64 labels when known."""
 
     name: str
     train: torch.Tensor
@@ -384,11 +386,12 @@ def _read_path(path: Path) -> _Source:
 
 
 def _images(x: np.ndarray, source: str, channels_last: bool | None) -> np.ndarray:
-    """Check dtype, finiteness, range and layout; return (N, D) or (N, C, H, W), not yet scaled."""
+    """Check dtype, finiteness and layout; return (N, D) or (N, C, H, W), not yet scaled. The
+    range of the values is the likelihood's to judge (``Likelihood.validate``)."""
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{source}: dtype {x.dtype} is not a real number type; "
-                         f"give uint8 0..255 or floats in [0, 1]")
+                         f"give uint8 0..255 images or real numbers")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4:
@@ -405,13 +408,6 @@ def _images(x: np.ndarray, source: str, channels_last: bool | None) -> np.ndarra
         bad = int(x.size - np.isfinite(x).sum())
         raise ValueError(f"{source}: has {bad} NaN or infinite values; remove or replace them "
                          f"(e.g. np.nan_to_num) first")
-    if x.dtype not in (np.uint8, np.bool_):
-        lo, hi = x.min(), x.max()
-        if lo < 0 or hi > 1:
-            fix = ("cast it with x.astype(np.uint8)" if x.dtype.kind in "iu" and hi <= 255
-                   else "scale it first, e.g. x = (x - x.min()) / (x.max() - x.min())")
-            raise ValueError(f"{source}: values must be uint8 or in [0, 1], got min {lo} and "
-                             f"max {hi}; {fix}")
     return x
 
 

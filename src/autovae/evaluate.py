@@ -1,9 +1,14 @@
-"""Evaluation of a trained VAE: bounds, importance-sampled NLL, reconstruction error.
+"""Evaluation of a trained model: bounds, importance-sampled NLL, reconstruction, sample quality.
 
-All values are in nats per data point, averaged over the test set. ``test_nll`` is
-``-log p(x)`` estimated by the IWAE bound with K = ``nll_samples`` draws, so it sits at or
-below ``-test_elbo`` and falls (towards the true NLL) as K grows. NLLs of different likelihood
-beliefs are not comparable: Bernoulli is a pmf, the others are densities.
+:func:`evaluate` computes what the model's capabilities allow, on any split: a model with a
+bound gets its ELBO, its own bound and the NLL; a model with an encoder gets the reconstruction
+error. Keys are unprefixed (``elbo``, ``nll``, ...): callers name the split
+(:func:`prefixed` gives ``test_elbo``, ``test_nll``, ... as ``metrics.json`` holds them).
+
+All values are in nats per data point, averaged over the data. ``nll`` is ``-log p(x)``
+estimated by the IWAE bound with K = ``nll_samples`` draws, so it sits at or below ``-elbo`` and
+falls (towards the true NLL) as K grows. NLLs of different likelihood beliefs are not
+comparable: Bernoulli is a pmf, the others are densities.
 """
 
 from __future__ import annotations
@@ -12,89 +17,98 @@ import time
 
 import torch
 
-from .bounds import Bound
-from .model import VAE
+from .models import Model, evaluation_mode
 
-__all__ = ["elbo_and_bound", "evaluate"]
+__all__ = ["evaluate", "evaluate_quality", "prefixed", "sample_quality_of"]
 
-_ELBO = Bound(alpha=1.0, samples=1)
-
-
-def elbo_and_bound(model: VAE, x: torch.Tensor):
-    """(the single-sample ELBO estimate, the model's own bound per data point) on ``x``; one pass
-    when the model's bound is that ELBO (beta only changes the surrogate, not the value)."""
-    elbo = model.estimate(x, _ELBO)
-    bound = model.bound
-    if bound.samples == 1 and bound.analytic_kl:
-        return elbo, elbo.value
-    return elbo, model.estimate(x).value
+# keys that describe the evaluation rather than measure the split
+_DESCRIPTIVE = ("nll_samples", "bound_name", "likelihood", "latent", "model", "evaluate_seconds")
 
 
-@torch.no_grad()
-def evaluate(model: VAE, x: torch.Tensor, nll_samples: int = 1000, batch_size: int = 500,
+def prefixed(metrics: dict, split: str) -> dict:
+    """``metrics`` with measured keys renamed ``{split}_{key}``; ``images`` becomes
+    ``{split}_images``, ``recon_mse`` and the descriptive keys keep their names."""
+    return {k if k in _DESCRIPTIVE or k == "recon_mse" else f"{split}_{k}": v
+            for k, v in metrics.items()}
+
+
+def evaluate(model: Model, x: torch.Tensor, nll_samples: int = 1000, batch_size: int = 500,
              nll_batch_size: int = 100, progress: bool = False) -> dict:
-    """Test metrics of ``model`` on ``x`` (shape (N, *event_shape)), as a dict."""
-    model.eval()
+    """Metrics of ``model`` on ``x`` (shape (N, *event_shape)), as a dict (see the module)."""
     started = time.perf_counter()
-    sums = {"test_elbo": 0.0, "test_bound": 0.0, "recon_mse": 0.0, "test_log_lik": 0.0,
-            "test_kl": 0.0}
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size]
-        e, bound = elbo_and_bound(model, xb)
-        sums["test_elbo"] += e.value.sum().item()
-        sums["test_log_lik"] += e.log_lik.sum().item()
-        sums["test_kl"] += e.kl.sum().item()
-        sums["test_bound"] += bound.sum().item()
-        err = (model.reconstruct(xb) - xb).pow(2).flatten(1).mean(1)
-        sums["recon_mse"] += err.sum().item()
-    nll = 0.0
-    chunks = range(0, x.shape[0], nll_batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc=f"NLL (K={nll_samples})", leave=False)
-    for start in chunks:
-        nll -= model.log_likelihood(x[start:start + nll_batch_size], nll_samples).sum().item()
     n = x.shape[0]
-    metrics = {k: v / n for k, v in sums.items()}
-    metrics.update({
-        "test_nll": nll / n,
-        "nll_samples": nll_samples,
-        "test_images": n,
-        "bound": model.bound.name,
-        "likelihood": model.likelihood.name,
-        "latent": str(model.latent),
-        "evaluate_seconds": time.perf_counter() - started,
-    })
-    model.train()
+    metrics: dict = {}
+    with evaluation_mode(model):
+        if model.has_bound:
+            sums = {"elbo": 0.0, "bound": 0.0, "log_lik": 0.0, "kl": 0.0}
+            for start in range(0, n, batch_size):
+                e, bound = model.elbo_and_bound(x[start:start + batch_size])
+                sums["elbo"] += e.value.sum().item()
+                sums["log_lik"] += e.log_lik.sum().item()
+                sums["kl"] += e.kl.sum().item()
+                sums["bound"] += bound.sum().item()
+            metrics.update({k: v / n for k, v in sums.items()})
+        if model.has_encoder:
+            err = sum((model.reconstruct(x[i:i + batch_size]) - x[i:i + batch_size])
+                      .pow(2).flatten(1).mean(1).sum().item() for i in range(0, n, batch_size))
+            metrics["recon_mse"] = err / n
+        if model.has_bound:
+            chunks = range(0, n, nll_batch_size)
+            if progress:
+                from tqdm.auto import tqdm
+
+                chunks = tqdm(chunks, desc=f"NLL (K={nll_samples})", leave=False)
+            nll = -sum(model.log_likelihood(x[i:i + nll_batch_size], nll_samples).sum().item()
+                       for i in chunks)
+            metrics.update(nll=nll / n, nll_samples=nll_samples, bound_name=model.bound.name,
+                           likelihood=model.likelihood.name, latent=str(model.latent))
+    metrics.update(images=n, model=model.name,
+                   evaluate_seconds=time.perf_counter() - started)
     return metrics
 
 
-def evaluate_quality(model: VAE, data, samples: int = 10000, weights_path=None,
+def _in_batches(make, n: int, batch_size: int) -> torch.Tensor:
+    return torch.cat([make(start, min(batch_size, n - start)).cpu()
+                      for start in range(0, n, batch_size)])
+
+
+def sample_quality_of(model: Model, real: torch.Tensor, extractor, batch_size: int = 1000,
+                      **options) -> dict:
+    """FID, KID and IS of ``len(real)`` images generated by ``model`` against ``real`` on the
+    features of ``extractor`` (see :func:`autovae.quality.sample_quality`). Likelihood means
+    of Gaussian or Laplace beliefs may leave [0, 1]: they are clamped, as pixels would be."""
+    from .quality import sample_quality
+
+    with evaluation_mode(model):
+        fake = _in_batches(lambda _, k: model.generate(k), len(real), batch_size).clamp(0, 1)
+    options.setdefault("kid_subset_size", min(1000, len(real)))
+    return sample_quality(real.cpu(), fake, extractor, **options)
+
+
+def evaluate_quality(model: Model, data, images: int = 10000, weights_path=None,
                      batch_size: int = 1000) -> dict:
-    """Sample quality of ``model`` against ``data.test``: FID, KID and IS on named features
-    (the domain classifier of the dataset, or Inception from a local ``weights_path``), and
-    reconstruction MSE, PSNR, SSIM and the AVA balance metric BM on the test images."""
+    """Sample quality of ``model`` against the first ``images`` of ``data.test``: FID, KID and
+    IS on named features (the domain classifier of the dataset, or Inception from a local
+    ``weights_path``); for a model with an encoder also PSNR, SSIM and the AVA balance metric
+    BM of its reconstructions (clamped to [0, 1]). ``recon_mse`` is :func:`evaluate`'s."""
     from .quality import (
         balance_metric_images,
         domain_classifier,
         inception_features,
         reconstruction_metrics,
-        sample_quality,
     )
 
-    model.eval()
     # the classifier is trained once on the whole named dataset (not this run's subset) and cached
     extractor = (inception_features(weights_path) if weights_path is not None
                  else domain_classifier(data.name))
-    real = data.test[:samples].cpu()
-    # likelihood means of gaussian/laplace beliefs may leave [0, 1]: show them as pixels would be
-    fake = torch.cat([model.generate(min(batch_size, real.shape[0] - start)).cpu()
-                      for start in range(0, real.shape[0], batch_size)]).clamp(0, 1)
-    metrics = sample_quality(real, fake, extractor, kid_subset_size=min(1000, real.shape[0]))
-    recon = torch.cat([model.reconstruct(real[i:i + batch_size].to(data.test.device)).cpu()
-                       for i in range(0, real.shape[0], batch_size)]).clamp(0, 1)
-    metrics.update({f"recon_{k}": v for k, v in reconstruction_metrics(real, recon).items()})
-    metrics["balance_metric"] = balance_metric_images(recon, real)
-    model.train()
+    real = data.test[:images]
+    metrics = sample_quality_of(model, real, extractor, batch_size)
+    if model.has_encoder:
+        with evaluation_mode(model):
+            recon = _in_batches(lambda i, k: model.reconstruct(real[i:i + k]), len(real),
+                                batch_size).clamp(0, 1)
+        real = real.cpu()
+        scores = reconstruction_metrics(real, recon)
+        metrics.update(recon_psnr=scores["psnr"], recon_ssim=scores["ssim"],
+                       balance_metric=balance_metric_images(recon, real))
     return metrics

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .run import Run, atomic_write
+from ._files import atomic_write
+from .run import Run, StudyFolder
 
 __all__ = ["collect_runs", "write_report"]
 
@@ -40,22 +41,27 @@ _UNITS = {
 }
 
 
+def _validation_score(history: list[dict]) -> float | None:
+    """Minus the last epoch's first validation number (val_elbo for a VAE): lower is better."""
+    if not history:
+        return None
+    keys = [k for k in history[-1] if k.startswith("val_")]
+    key = "val_elbo" if "val_elbo" in keys else (keys[0] if keys else None)
+    return None if key is None else -history[-1][key]
+
+
 def collect_runs(paths: list[str | Path], top: int = 3) -> list[Path]:
     """Run folders from run folders and study folders (a study gives the ``top`` trials with
     the best final validation ELBO)."""
     runs: list[Path] = []
     for p in map(Path, paths):
+        study = StudyFolder(p)
         if Run(p).has_config():
             runs.append(p)
-        elif (p / "trials").is_dir():
-            analysis = p / "analysis.json"
-            ranked = []
-            for trial in sorted((p / "trials").iterdir()):
-                if (trial / "checkpoint.pt").is_file():
-                    history = Run(trial).history()
-                    if history and "val_elbo" in history[-1]:
-                        ranked.append((-history[-1]["val_elbo"], trial))
-            if not ranked and not analysis.exists():
+        elif study.trials_dir.is_dir():
+            ranked = [(score, run.folder) for run in study.trial_runs()
+                      if (score := _validation_score(run.history())) is not None]
+            if not ranked and not study.analysis_path.exists():
                 raise ValueError(f"study folder {p} has no finished trials")
             runs += [t for _, t in sorted(ranked)[:top]]
         else:
@@ -102,25 +108,17 @@ def _curves(history: list[dict]) -> str | None:
 
 
 def _pictures(folder: Path) -> dict[str, str]:
-    """Samples, reconstructions and latent map as base64 PNG, made from the checkpoint if the
-    run folder lacks them."""
-    from .pictures import latent_map, save_grid, save_reconstructions
-    from .train import load_trained
+    """The run's pictures (:func:`autovae.pictures.run_pictures`) as base64 PNG, made from
+    the checkpoint where the run folder lacks them."""
+    from .models import model_class
+    from .pictures import picture_files, run_pictures
+    from .run import load_trained
 
-    files = {"samples": folder / "samples.png", "reconstructions": folder / "reconstructions.png",
-             "latent map": folder / "codes_test.png"}
+    files = picture_files(folder, model_class(Run(folder).load_config().model).has_encoder)
     if not all(f.exists() for f in files.values()):
         _, _, model, data = load_trained(folder, "cpu")
         torch.manual_seed(0)
-        if not files["samples"].exists():
-            save_grid(model.generate(64), files["samples"])
-        x = data.test[:2000]
-        if not files["reconstructions"].exists():
-            save_reconstructions(x[:16], model.reconstruct(x[:16]), files["reconstructions"])
-        if not files["latent map"].exists():
-            labels = None if data.test_labels is None else data.test_labels[:2000]
-            latent_map(model.embed(x), labels, files["latent map"], class_names=data.classes,
-                       title=f"{model.latent} ({data.name}, test)")
+        files = run_pictures(model, data, folder, only_missing=True)
     return {k: _file_png(v) for k, v in files.items()}
 
 
@@ -142,7 +140,8 @@ def _run_section(folder: Path) -> str:
     curves = _curves(run.history())
     pictures = _pictures(folder)
     parts = [f"<section><h2>{html.escape(folder.name)}</h2>",
-             f"<p class=latent>{html.escape(config.latent)} &middot; likelihood "
+             f"<p class=latent>{html.escape(config.model)} &middot; "
+             f"{html.escape(config.latent)} &middot; likelihood "
              f"{html.escape(config.likelihood)} &middot; alpha {config.alpha:g}, K "
              f"{config.samples}, beta {config.beta:g} &middot; {html.escape(config.data)}</p>"]
     parts.append("<h3>metrics</h3>" + (_metrics_table(metrics) if metrics else

@@ -1,46 +1,37 @@
-"""A run folder: the resolved config, the latest checkpoint, per-epoch metrics, evaluation.
+"""Run and study folders, and loading a trained run (without importing the trainer).
 
     RUN/config.yaml      the resolved config (every key, defaults included)
-    RUN/checkpoint.pt    model, optimizer, RNG states and epoch; written atomically each epoch
+    RUN/checkpoint.pt    model, every optimizer's state, scaler, RNG states and epoch; written
+                         atomically each epoch
     RUN/metrics.jsonl    one JSON line per finished epoch
     RUN/metrics.json     the evaluation (``autovae evaluate``)
 
+    STUDY/study.db       the embedded SQLite store (unless another storage is given)
+    STUDY/trials/NNNNN/  one run folder per trial
+    STUDY/analysis.json  what ``autovae study`` found; STUDY/retrain/ the retrained runs
+
 Checkpoints hold only tensors and plain containers and load with ``weights_only=True``: loading
-one never executes pickled code.
+one never executes pickled code. :func:`load_trained` gives the model of a run folder in
+evaluation mode; the CLI, reports and latent-space MCMC use it, never :mod:`autovae.train`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from ._files import atomic_write
 from .config import Config
+from .data import DataSplits, binarize, load_data
+from .models import Model, build_model
 
-__all__ = ["Run", "atomic_write"]
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(file)`` on a new temp file beside ``path``, fsync it, then rename it over
-    ``path``: readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": never clobbers; the umask sets the permissions
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["Run", "StudyFolder", "load_trained", "prepare", "resolve_device"]
 
 
 class Run:
@@ -104,8 +95,99 @@ class Run:
         text = "".join(json.dumps(r) + "\n" for r in rows)
         atomic_write(self.history_path, lambda f: f.write(text.encode()))
 
+    def metrics(self) -> dict[str, Any]:
+        """The evaluation so far (``metrics.json``), empty if there is none."""
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+
     def save_metrics(self, metrics: dict[str, Any]) -> None:
-        existing = json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+        existing = self.metrics()
         existing.update(metrics)
         text = json.dumps(existing, indent=2) + "\n"
         atomic_write(self.metrics_path, lambda f: f.write(text.encode()))
+
+
+class StudyFolder:
+    """The files of one study (see the module docstring)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.db_path = self.folder / "study.db"
+        self.trials_dir = self.folder / "trials"
+        self.analysis_path = self.folder / "analysis.json"
+        self.retrain_dir = self.folder / "retrain"
+        self.retrain_path = self.folder / "retrain.json"
+
+    def __repr__(self) -> str:
+        return f"StudyFolder({str(self.folder)!r})"
+
+    def trial(self, number: int) -> Path:
+        """The run folder of trial ``number``."""
+        return self.trials_dir / f"{number:05d}"
+
+    def trial_runs(self) -> list[Run]:
+        """Every trial run folder that holds a checkpoint, in trial order."""
+        if not self.trials_dir.is_dir():
+            return []
+        return [Run(p) for p in sorted(self.trials_dir.iterdir()) if Run(p).has_checkpoint()]
+
+    def is_study(self) -> bool:
+        return self.trials_dir.is_dir() or self.analysis_path.is_file()
+
+
+# -- loading a trained run --------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """A torch device from 'cpu', 'cuda', 'cuda:N' or 'auto', with a clear error if absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; "
+                         "use --device cpu")
+    return device
+
+
+def prepare(config: Config, device: torch.device | str = "cpu") -> DataSplits:
+    """Load, binarize (static) and move the data the config names."""
+    val_size = config.val_size
+    if val_size is not None and val_size >= 1:
+        val_size = int(val_size)
+    data = load_data(config.data, config.data_root, val_size=val_size, seed=config.seed,
+                     limit=config.limit, download=config.download)
+    if config.binarize == "static":
+        g = torch.Generator().manual_seed(config.seed + 7)
+        data = dataclasses.replace(data, train=binarize(data.train, g),
+                                   val=binarize(data.val, g), test=binarize(data.test, g))
+    return data.to(device)
+
+
+def load_trained(folder, device: str | None = None) -> tuple[Run, Config, Model, DataSplits]:
+    """(run, config, model in eval mode, data) of an existing run folder, from its checkpoint."""
+    run = Run(folder)
+    config = run.load_config()
+    device = resolve_device(device or config.device)
+    checkpoint = run.load_checkpoint(map_location=device)
+    data = prepare(config, device)
+    model = build_model(config, data.event_shape).to(device)
+    load_model_state(model, checkpoint, run)
+    model.eval()
+    return run, config, model, data
+
+
+def load_model_state(model: Model, checkpoint: dict[str, Any], run: Run) -> None:
+    """Load the checkpoint's weights into ``model``, refusing a checkpoint of another model or
+    of other settings with a message that says what differs."""
+    saved = checkpoint.get("model_name", "vae")  # checkpoints before the models registry: VAEs
+    if saved != model.name:
+        raise ValueError(f"{run.checkpoint_path} holds a {saved!r} model, but the config asks for "
+                         f"{model.name!r}; train the {model.name!r} into another folder")
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:  # size mismatch, missing or unexpected keys
+        reason = str(err).strip().splitlines()
+        detail = reason[1].strip() if len(reason) > 1 else reason[0]
+        raise ValueError(f"{run.checkpoint_path} does not fit the network that "
+                         f"{run.config_path} describes ({detail}); was config.yaml edited? "
+                         "Restore its settings or train a new run") from None

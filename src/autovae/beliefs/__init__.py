@@ -8,10 +8,19 @@
 * :func:`likelihood` builds a likelihood belief p(x | decoder output).
 """
 
-from .divergence import PAIRS, PairInfo, PairKind, kl, numerical_kl, pair_info
+from .divergence import (
+    PAIRS,
+    PairInfo,
+    PairKind,
+    as_family,
+    kl,
+    numerical_kl,
+    pair_info,
+    pair_table,
+)
 from .families import FAMILIES, LocationScale, family, family_class
 from .latent import Block, LatentSpec, Posterior
-from .likelihoods import LIKELIHOODS, Likelihood, likelihood
+from .likelihoods import LIKELIHOODS, Likelihood, likelihood, likelihood_class
 
 __all__ = [
     "FAMILIES",
@@ -24,10 +33,13 @@ __all__ = [
     "PairInfo",
     "PairKind",
     "Posterior",
+    "as_family",
     "family",
     "family_class",
     "kl",
     "likelihood",
+    "likelihood_class",
     "numerical_kl",
     "pair_info",
+    "pair_table",
 ]

@@ -14,10 +14,9 @@ import math
 
 import torch
 
-from .families import EULER_GAMMA
+from ._math import EULER_GAMMA, HALF_LOG_2PI
 
 _LOG_2 = math.log(2.0)
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _HALF_LOG_PI_2 = 0.5 * math.log(math.pi / 2)
 _SQRT_2_PI = math.sqrt(2 / math.pi)
 
@@ -48,7 +47,7 @@ def kl_laplace_normal(m, s, mu, sigma):
 def kl_logistic_normal(m, s, mu, sigma):
     """log(sigma/s) + log(2 pi)/2 + pi^2 r^2 / 6 + delta^2/2 - 2."""
     d, delta, r, log_ratio = _common(m, s, mu, sigma)
-    return log_ratio + _HALF_LOG_2PI + (math.pi**2 / 6) * r * r + 0.5 * delta * delta - 2
+    return log_ratio + HALF_LOG_2PI + (math.pi**2 / 6) * r * r + 0.5 * delta * delta - 2
 
 
 def kl_uniform_normal(m, s, mu, sigma):
@@ -61,7 +60,7 @@ def kl_gumbel_normal(m, s, mu, sigma):
     """log(sigma/s) + log(2 pi)/2 + pi^2 r^2 / 12 + (delta + gamma r)^2 / 2 - gamma - 1."""
     d, delta, r, log_ratio = _common(m, s, mu, sigma)
     shift = delta + EULER_GAMMA * r
-    return (log_ratio + _HALF_LOG_2PI + (math.pi**2 / 12) * r * r + 0.5 * shift * shift
+    return (log_ratio + HALF_LOG_2PI + (math.pi**2 / 12) * r * r + 0.5 * shift * shift
             - EULER_GAMMA - 1)
 
 
@@ -69,7 +68,7 @@ def kl_exponential_normal(m, s, mu, sigma):
     """log(sigma/s) + log(2 pi)/2 + r^2/2 + (delta + r)^2/2 - 1."""
     d, delta, r, log_ratio = _common(m, s, mu, sigma)
     shift = delta + r
-    return log_ratio + _HALF_LOG_2PI + 0.5 * r * r + 0.5 * shift * shift - 1
+    return log_ratio + HALF_LOG_2PI + 0.5 * r * r + 0.5 * shift * shift - 1
 
 
 # -- prior: Laplace -----------------------------------------------------------------------------
@@ -146,7 +145,7 @@ def kl_uniform_cauchy(m, s, mu, sigma):
 def kl_normal_gumbel(m, s, mu, sigma):
     """log(sigma/s) + delta + exp(-delta + r^2/2) - log(2 pi)/2 - 1/2."""
     d, delta, r, log_ratio = _common(m, s, mu, sigma)
-    return log_ratio + delta + torch.exp(-delta + 0.5 * r * r) - _HALF_LOG_2PI - 0.5
+    return log_ratio + delta + torch.exp(-delta + 0.5 * r * r) - HALF_LOG_2PI - 0.5
 
 
 def kl_laplace_gumbel(m, s, mu, sigma):

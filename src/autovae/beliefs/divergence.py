@@ -6,13 +6,16 @@
   in ``special.py``);
 * ``+inf``, where the KL is infinite for every parameter (support mismatch or a divergent moment),
   or outside the parameter region of a *conditional* pair;
-* otherwise a deterministic Gauss-Legendre estimate in the posterior's quantile space,
+* otherwise a deterministic tanh-sinh quadrature estimate in the posterior's quantile space,
   ``sum_i w_i [log q(F_q^-1(u_i)) - log p(F_q^-1(u_i))]``, whose gradients flow through the
   quantile function.
 
 ``PAIRS`` is the queryable table behind that choice: the search uses it to keep impossible pairs
-out. Every pair is also registered with :func:`torch.distributions.kl.register_kl`, so
-``torch.distributions.kl_divergence`` works on autovae's families.
+out, and each conditional pair carries the rule (``constrain``) that a :class:`LatentSpec` uses
+to keep it finite. Every pair is also registered with
+:func:`torch.distributions.kl.register_kl`, so ``torch.distributions.kl_divergence`` works on
+autovae's families, and between them and torch's own ``Normal``, ``Laplace``, ``Cauchy``,
+``Uniform``, ``Gumbel`` and ``Exponential`` (in both directions); :func:`kl` accepts those too.
 """
 
 from __future__ import annotations
@@ -25,15 +28,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import distributions as td
 from torch.distributions.kl import register_kl
 
 from . import closed_forms as cf
 from . import special as sf
-from .families import FAMILIES, LocationScale, family_class
+from .families import FAMILIES, LocationScale, family, family_class
 
-__all__ = ["PAIRS", "PairInfo", "PairKind", "kl", "numerical_kl", "pair_info"]
+__all__ = ["PAIRS", "PairInfo", "PairKind", "as_family", "kl", "numerical_kl", "pair_info",
+           "pair_table"]
 
 KLFormula = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (raw_loc, raw_scale, softplus scale, prior loc, prior scale, min_scale) -> (loc, scale)
+Constraint = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+MARGIN = 1e-3  # conditional pairs keep this relative distance from the edge of finiteness
 
 
 class PairKind(str, enum.Enum):
@@ -51,7 +60,8 @@ class PairInfo:
 
     ``formula`` is the closed form (for NUMERICAL pairs with ``equal_scale`` set, the closed form
     that holds only when the two scales are equal); ``note`` says why a pair is infinite, or the
-    condition under which a conditional pair is finite.
+    condition under which a conditional pair is finite; ``constrain`` (conditional pairs only)
+    maps raw encoder outputs to a posterior (loc, scale) inside that region.
     """
 
     posterior: str
@@ -60,6 +70,12 @@ class PairInfo:
     formula: KLFormula | None = None
     equal_scale: bool = False
     note: str = ""
+    constrain: Constraint | None = None
+
+    def __post_init__(self):
+        if (self.kind is PairKind.CONDITIONAL) != (self.constrain is not None):
+            raise ValueError(f"{self.posterior}/{self.prior}: a conditional pair needs a "
+                             "constrain rule, and only a conditional pair has one")
 
     @property
     def finite(self) -> bool:
@@ -70,6 +86,32 @@ class PairInfo:
 _SUPPORT = "support mismatch: the posterior puts mass outside the prior's bounded support"
 _CAUCHY_TAIL = ("divergent moment: a Cauchy posterior's tails make E_q[-log p] infinite; "
                 "pair a Cauchy posterior with a Cauchy prior")
+
+
+def _below(sigma: torch.Tensor, raw: torch.Tensor, min_scale: float) -> torch.Tensor:
+    """A scale in [min_scale, (1 - MARGIN) * sigma): strictly below the prior's."""
+    return (sigma * (1 - MARGIN) * torch.sigmoid(raw)).clamp(min=min_scale)
+
+
+def _narrower(raw_loc, raw_scale, scale, mu, sigma, min_scale):
+    """Scale below the prior's (Laplace or logistic posterior, Gumbel prior)."""
+    return raw_loc, _below(sigma, raw_scale, min_scale)
+
+
+def _nested(raw_loc, raw_scale, scale, mu, sigma, min_scale):
+    """The posterior interval nested in the prior's (uniform/uniform)."""
+    half = _below(sigma, raw_scale, min_scale)
+    return mu + (sigma - half) * torch.tanh(raw_loc), half
+
+
+def _start_after(raw_loc, raw_scale, scale, mu, sigma, min_scale):
+    """The posterior starts after the prior's start (exponential/exponential)."""
+    return mu + F.softplus(raw_loc), scale
+
+
+def _interval_after(raw_loc, raw_scale, scale, mu, sigma, min_scale):
+    """The whole posterior interval after the prior's start (uniform/exponential)."""
+    return mu + scale + F.softplus(raw_loc), scale
 
 
 def _build_table() -> dict[tuple[str, str], PairInfo]:
@@ -97,14 +139,18 @@ def _build_table() -> dict[tuple[str, str], PairInfo]:
         ("exponential", "gumbel"): cf.kl_exponential_gumbel,
     }
     conditional = {
-        ("laplace", "gumbel"): (cf.kl_laplace_gumbel, "finite only when scale < prior scale"),
-        ("logistic", "gumbel"): (cf.kl_logistic_gumbel, "finite only when scale < prior scale"),
+        ("laplace", "gumbel"): (cf.kl_laplace_gumbel, "finite only when scale < prior scale",
+                                _narrower),
+        ("logistic", "gumbel"): (cf.kl_logistic_gumbel, "finite only when scale < prior scale",
+                                 _narrower),
         ("uniform", "uniform"): (cf.kl_uniform_uniform,
-                                 "finite only when [loc-scale, loc+scale] lies inside the prior's"),
+                                 "finite only when [loc-scale, loc+scale] lies inside the prior's",
+                                 _nested),
         ("uniform", "exponential"): (cf.kl_uniform_exponential,
-                                     "finite only when loc - scale >= prior loc"),
+                                     "finite only when loc - scale >= prior loc",
+                                     _interval_after),
         ("exponential", "exponential"): (cf.kl_exponential_exponential,
-                                         "finite only when loc >= prior loc"),
+                                         "finite only when loc >= prior loc", _start_after),
     }
     equal_scale = {
         ("logistic", "logistic"): sf.kl_logistic_logistic_equal_scale,
@@ -118,8 +164,9 @@ def _build_table() -> dict[tuple[str, str], PairInfo]:
             if key in closed:
                 info = PairInfo(q, p, PairKind.CLOSED, closed[key])
             elif key in conditional:
-                formula, note = conditional[key]
-                info = PairInfo(q, p, PairKind.CONDITIONAL, formula, note=note)
+                formula, note, constrain = conditional[key]
+                info = PairInfo(q, p, PairKind.CONDITIONAL, formula, note=note,
+                                constrain=constrain)
             elif p in ("uniform", "exponential") or (q == "cauchy" and p == "exponential"):
                 info = PairInfo(q, p, PairKind.INFINITE, note=_SUPPORT)
             elif q == "cauchy":
@@ -192,11 +239,38 @@ def numerical_kl(q: LocationScale, p: LocationScale,
 
 
 # -- dispatch -----------------------------------------------------------------------------------
+# torch's own families, as autovae's (loc, scale): same densities, autovae's parameterisation
+_TORCH_FAMILIES = {
+    td.Normal: ("normal", lambda d: (d.loc, d.scale)),
+    td.Laplace: ("laplace", lambda d: (d.loc, d.scale)),
+    td.Cauchy: ("cauchy", lambda d: (d.loc, d.scale)),
+    td.Gumbel: ("gumbel", lambda d: (d.loc, d.scale)),
+    td.Uniform: ("uniform", lambda d: ((d.low + d.high) / 2, (d.high - d.low) / 2)),
+    td.Exponential: ("exponential", lambda d: (torch.zeros_like(d.rate), 1 / d.rate)),
+}
+
+
+def as_family(d, what: str = "distribution") -> LocationScale:
+    """``d`` as an autovae family: autovae's own are returned as they are; torch's Normal,
+    Laplace, Cauchy, Gumbel, Uniform and Exponential are converted (same density)."""
+    if isinstance(d, LocationScale):
+        return d
+    converter = _TORCH_FAMILIES.get(type(d))
+    if converter is None:
+        torch_names = ", ".join(f"torch.distributions.{c.__name__}" for c in _TORCH_FAMILIES)
+        raise ValueError(f"{what}: {type(d).__name__} is not supported; give an autovae family "
+                         f"(autovae.family(name, loc, scale)) or one of {torch_names}")
+    name, params = converter
+    return family_class(name)(*params(d), validate_args=False)
+
+
 def kl(q: LocationScale, p: LocationScale) -> torch.Tensor:
     """KL(q || p), elementwise over the broadcast batch shape of q and p.
 
     Closed form where one exists, +inf where the KL is infinite, a quadrature estimate otherwise.
+    ``q`` and ``p`` are autovae families or torch's equivalents (see :func:`as_family`).
     """
+    q, p = as_family(q, "q (the posterior)"), as_family(p, "p (the prior)")
     info = PAIRS[(q.name, p.name)]
     args = torch.broadcast_tensors(q.loc, q.scale, p.loc, p.scale)
     if info.kind is PairKind.INFINITE:
@@ -212,9 +286,58 @@ def kl(q: LocationScale, p: LocationScale) -> torch.Tensor:
 
 
 def _register_all() -> None:
-    for q_cls in FAMILIES.values():
-        for p_cls in FAMILIES.values():
+    """Every pair of autovae families, and each autovae family against each torch family that
+    has an autovae counterpart, both ways (torch's own pairs stay torch's)."""
+    ours, theirs = list(FAMILIES.values()), list(_TORCH_FAMILIES)
+    for q_cls in ours:
+        for p_cls in ours + theirs:
             register_kl(q_cls, p_cls)(kl)
+            if p_cls in theirs:
+                register_kl(p_cls, q_cls)(kl)
 
 
 _register_all()
+
+
+_MARK = {PairKind.CLOSED: "", PairKind.CONDITIONAL: "*", PairKind.NUMERICAL: "~",
+         PairKind.INFINITE: ""}
+
+
+def pair_table(loc: float = 0.3, scale: float = 0.7, prior_loc: float = 0.0,
+               prior_scale: float = 1.0) -> str:
+    """The 7x7 table of KL(posterior || prior) at the given parameters, as text."""
+    names = list(FAMILIES)
+    width = 12
+    lines = [
+        f"KL(q || p), q = posterior(loc={loc:g}, scale={scale:g}) in rows, "
+        f"p = prior(loc={prior_loc:g}, scale={prior_scale:g}) in columns",
+        "".ljust(width) + "".join(n.rjust(width) for n in names),
+    ]
+    for q_name in names:
+        q = family(q_name, torch.tensor(loc, dtype=torch.float64),
+                   torch.tensor(scale, dtype=torch.float64))
+        cells = []
+        for p_name in names:
+            p = family(p_name, torch.tensor(prior_loc, dtype=torch.float64),
+                       torch.tensor(prior_scale, dtype=torch.float64))
+            info = PAIRS[(q_name, p_name)]
+            value = kl(q, p).item()
+            text = "inf" if math.isinf(value) else f"{value:.4f}"
+            cells.append((text + _MARK[info.kind]).rjust(width))
+        lines.append(q_name.ljust(width) + "".join(cells))
+    lines += [
+        "",
+        "plain: closed form   *: closed form, finite only under a condition   "
+        "~: numerical (quadrature)",
+        "inf:  infinite here; pairs infinite for every parameter are refused in a LatentSpec:",
+    ]
+    by_reason: dict[str, list[str]] = {}
+    for (q_name, p_name), info in PAIRS.items():
+        if info.kind is PairKind.INFINITE:
+            by_reason.setdefault(info.note, []).append(f"{q_name}/{p_name}")
+    for reason, pairs in by_reason.items():
+        lines.append(f"  {reason}:\n    {', '.join(pairs)}")
+    for (q_name, p_name), info in PAIRS.items():
+        if info.kind is PairKind.CONDITIONAL:
+            lines.append(f"  {q_name}/{p_name} (conditional): {info.note}")
+    return "\n".join(lines)

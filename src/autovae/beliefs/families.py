@@ -32,8 +32,7 @@ import torch
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import broadcast_all
 
-EULER_GAMMA = 0.57721566490153286061
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+from ._math import EULER_GAMMA, HALF_LOG_2PI
 
 __all__ = [
     "FAMILIES",
@@ -141,12 +140,12 @@ class Normal(LocationScale):
     """Normal(mean=loc, std=scale)."""
 
     name = "normal"
-    _entropy_std = 0.5 + _HALF_LOG_2PI
+    _entropy_std = 0.5 + HALF_LOG_2PI
     _variance_std = 1.0
 
     @staticmethod
     def _log_prob_std(z):
-        return -0.5 * z * z - _HALF_LOG_2PI
+        return -0.5 * z * z - HALF_LOG_2PI
 
     @staticmethod
     def _icdf_std(u):

@@ -34,7 +34,6 @@ from .families import LocationScale, family_class
 __all__ = ["Block", "LatentSpec", "Posterior"]
 
 MIN_SCALE = 1e-4
-_MARGIN = 1e-3  # conditional pairs keep this relative distance from the edge of finiteness
 
 
 @dataclass(frozen=True)
@@ -229,23 +228,11 @@ class LatentSpec(nn.Module):
 
     def _constrain(self, i: int, raw_loc: torch.Tensor, raw_scale: torch.Tensor,
                    scale: torch.Tensor):
-        """(loc, scale) of a conditional block, kept inside the region where the KL is finite."""
+        """(loc, scale) of a conditional block, kept inside the region where the KL is finite
+        by the pair's own rule (``PAIRS[pair].constrain``)."""
         block = self.blocks[i]
-        mu, sigma = self.prior_params(i)
-        pair = (block.posterior, block.prior)
-        if pair in {("laplace", "gumbel"), ("logistic", "gumbel")}:
-            return raw_loc, self._below(sigma, raw_scale)
-        if pair == ("exponential", "exponential"):
-            return mu + F.softplus(raw_loc), scale
-        if pair == ("uniform", "exponential"):
-            return mu + scale + F.softplus(raw_loc), scale
-        # uniform/uniform: the posterior interval stays nested in the prior's
-        half = self._below(sigma, raw_scale)
-        return mu + (sigma - half) * torch.tanh(raw_loc), half
-
-    def _below(self, sigma: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        """A scale in [min_scale, (1 - margin) * sigma): strictly below the prior's."""
-        return (sigma * (1 - _MARGIN) * torch.sigmoid(raw)).clamp(min=self.min_scale)
+        rule = PAIRS[(block.posterior, block.prior)].constrain
+        return rule(raw_loc, raw_scale, scale, *self.prior_params(i), self.min_scale)
 
     def median(self, q: Posterior) -> torch.Tensor:
         """The posterior median per dim, (*batch, dim): a point code for every family (a Cauchy

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._math import HALF_LOG_2PI, LOG2, inverse_softplus, softplus
+
 __all__ = [
     "LIKELIHOODS",
     "BernoulliLikelihood",
@@ -48,26 +50,13 @@ __all__ = [
     "continuous_bernoulli_log_norm",
     "continuous_bernoulli_mean",
     "likelihood",
+    "likelihood_class",
     "likelihood_names",
 ]
 
-_LOG2 = math.log(2.0)
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _CB_SERIES_LOGNORM = 1e-2  # |logit| below which log C uses its Taylor series (spec section 5)
 _CB_SERIES_MEAN = 1e-1  # |logit| below which the CB mean uses its Taylor series
 _CB_SERIES_SAMPLE = 1e-3  # |logit| below which the CB sampler uses a first-order expansion
-
-
-def _softplus(x: Tensor) -> Tensor:
-    """Exact, overflow-free softplus (no linear cut-off like ``F.softplus``'s threshold)."""
-    return -F.logsigmoid(-x)
-
-
-def _inv_softplus(y: float) -> float:
-    """Inverse of softplus for a positive python float."""
-    if y <= 0:
-        raise ValueError(f"inverse softplus needs a positive value, got {y}")
-    return y + math.log(-math.expm1(-y))
 
 
 def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
@@ -82,7 +71,7 @@ def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
     a_safe = torch.where(small, torch.ones_like(a), a)  # keeps log(0) out of the unused branch
     large = torch.log(a_safe) - torch.log(-torch.expm1(-a_safe)) + torch.log1p(torch.exp(-a_safe))
     e2 = logits * logits
-    series = _LOG2 + e2 / 12.0 - 7.0 * e2 * e2 / 1440.0
+    series = LOG2 + e2 / 12.0 - 7.0 * e2 * e2 / 1440.0
     return torch.where(small, series, large)
 
 
@@ -123,10 +112,12 @@ class Likelihood(nn.Module):
 
     Subclasses set ``name`` / ``num_params`` and implement ``_log_prob``, ``_mean`` and
     ``_sample`` on the split, element-wise parameters; ``_check_values`` adds support checks.
+    ``takes_scale`` says whether the class takes a scale (``sigma``, ``learn_sigma``).
     """
 
     name: str = "likelihood"
     num_params: int = 1
+    takes_scale: bool = False
 
     def __init__(self, event_shape: Sequence[int] | int) -> None:
         super().__init__()
@@ -224,7 +215,8 @@ class Likelihood(nn.Module):
             lo, hi = float(x.min()), float(x.max())
             raise ValueError(
                 f"{self.name}: data must lie in [0, 1] but range over [{lo:g}, {hi:g}]; scale "
-                "the data to [0, 1] first (e.g. x / 255 for 8-bit pixels, or min-max scaling)"
+                "the data to [0, 1] first (e.g. x / 255 for 8-bit pixels, or min-max scaling), "
+                "or use a likelihood for real values (--likelihood gaussian or laplace)"
             )
 
 
@@ -258,7 +250,7 @@ class ContinuousBernoulliLikelihood(BernoulliLikelihood):
     logit-space form :func:`continuous_bernoulli_log_norm`; logits are not clamped.
     """
 
-    name = "continuous_bernoulli"
+    name = "continuous-bernoulli"
 
     def _log_prob(self, x: Tensor, logits: Tensor) -> Tensor:
         return super()._log_prob(x, logits) + continuous_bernoulli_log_norm(logits)
@@ -289,6 +281,7 @@ class _LocScaleLikelihood(Likelihood):
     """
 
     _LEARN_MODES = ("shared", "pixel")
+    takes_scale = True
 
     def __init__(
         self,
@@ -329,14 +322,14 @@ class _LocScaleLikelihood(Likelihood):
                 )
             self.fixed_scale = None
             shape = () if learn == "shared" else self.event_shape
-            self.raw_scale = nn.Parameter(torch.full(shape, _inv_softplus(scale - min_scale)))
+            self.raw_scale = nn.Parameter(torch.full(shape, inverse_softplus(scale - min_scale)))
 
     @property
     def scale(self) -> Tensor:
         """Current scale: shape ``()`` if fixed or shared, ``event_shape`` if per pixel."""
         if self.raw_scale is None:
             return torch.tensor(self.fixed_scale)
-        return self.min_scale + _softplus(self.raw_scale)
+        return self.min_scale + softplus(self.raw_scale)
 
     def _scale_terms(self) -> tuple[Tensor | float, Tensor | float]:
         """(scale, log scale); python floats when fixed so float64 data keep full precision."""
@@ -377,7 +370,7 @@ class GaussianLikelihood(_LocScaleLikelihood):
     def _log_prob(self, x: Tensor, loc: Tensor) -> Tensor:
         s, log_s = self._scale_terms()
         z = (x - loc) / s
-        return -_HALF_LOG_2PI - log_s - 0.5 * z * z
+        return -HALF_LOG_2PI - log_s - 0.5 * z * z
 
     def _standard_noise(self, like: Tensor) -> Tensor:
         return torch.randn_like(like)
@@ -394,7 +387,7 @@ class LaplaceLikelihood(_LocScaleLikelihood):
 
     def _log_prob(self, x: Tensor, loc: Tensor) -> Tensor:
         s, log_s = self._scale_terms()
-        return -_LOG2 - log_s - (x - loc).abs() / s
+        return -LOG2 - log_s - (x - loc).abs() / s
 
     def _standard_noise(self, like: Tensor) -> Tensor:
         return torch.empty_like(like).exponential_() - torch.empty_like(like).exponential_()
@@ -442,7 +435,7 @@ class BetaLikelihood(Likelihood):
         return torch.cat([raw_a, raw_b], dim=raw_a.dim() - n)
 
     def _conc(self, raw: Tensor) -> Tensor:
-        return _softplus(raw) + self.min_concentration
+        return softplus(raw) + self.min_concentration
 
     def _log_prob(self, x: Tensor, raw_a: Tensor, raw_b: Tensor) -> Tensor:
         a, b = self._conc(raw_a), self._conc(raw_b)
@@ -484,11 +477,7 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
         BetaLikelihood,
     )
 }
-_ALIASES = {"bce": "bernoulli", "cb": "continuous_bernoulli", "normal": "gaussian"}
-
-
-def _canonical(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+_ALIASES = {"bce": "bernoulli", "cb": "continuous-bernoulli", "normal": "gaussian"}
 
 
 def likelihood_names() -> list[str]:
@@ -496,15 +485,21 @@ def likelihood_names() -> list[str]:
     return list(LIKELIHOODS)
 
 
-def likelihood(name: str, event_shape: Sequence[int] | int, **options) -> Likelihood:
-    """Build a likelihood by name (case-insensitive, ``-`` and ``_`` interchangeable).
-
-    Names: bernoulli (alias bce), continuous_bernoulli (cb), gaussian (normal), laplace, beta.
-    ``options`` go to the class constructor.
-    """
-    key = _canonical(name)
+def likelihood_class(name: str) -> type[Likelihood]:
+    """The likelihood class for ``name``: case-insensitive, ``-`` and ``_`` interchangeable,
+    aliases bce, cb and normal. The one place likelihood names are normalised."""
+    key = str(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in LIKELIHOODS:
         valid = ", ".join(list(LIKELIHOODS) + [f"{a} (={t})" for a, t in _ALIASES.items()])
         raise ValueError(f"unknown likelihood {name!r}; valid names: {valid}")
-    return LIKELIHOODS[key](event_shape, **options)
+    return LIKELIHOODS[key]
+
+
+def likelihood(name: str, event_shape: Sequence[int] | int, **options) -> Likelihood:
+    """Build a likelihood by name (see :func:`likelihood_class`).
+
+    Names: bernoulli (alias bce), continuous-bernoulli (cb), gaussian (normal), laplace, beta.
+    ``options`` go to the class constructor.
+    """
+    return likelihood_class(name)(event_shape, **options)

@@ -31,6 +31,8 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from ._math import EULER_GAMMA, LOG2, softplus
+
 __all__ = [
     "exp1",
     "scaled_exp1",
@@ -45,8 +47,6 @@ __all__ = [
     "kl_gumbel_logistic_equal_scale",
 ]
 
-EULER_GAMMA = 0.57721566490153286060651209008240243
-_LOG2 = math.log(2.0)
 _PI2_6 = math.pi**2 / 6.0
 
 # Branch layout of the e^z E1(z) core (tuned against mpmath, see tests/test_special.py):
@@ -224,7 +224,7 @@ def _softplus_int_core(t: Tensor) -> Tensor:
     p = torch.zeros_like(t)
     for c in reversed(_A_TAYLOR):
         p = p * t2 + c
-    taylor = math.pi**2 / 12 + tn * (_LOG2 + tn * 0.25 + t2 * p)
+    taylor = math.pi**2 / 12 + tn * (LOG2 + tn * 0.25 + t2 * p)
     # |t| > 1: B = -Li2(-u) = sum_k (-1)^(k+1) u^k / k^2 with u = e^-|t|; A(t) = B for t < 0 and
     # A(t) = pi^2/6 + t^2/2 - B for t > 0 (the inversion formula of Li2)
     u = torch.exp(-torch.where(near, torch.ones_like(t), t.abs()))
@@ -246,7 +246,7 @@ class _SoftplusIntegral(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (t,) = ctx.saved_tensors
-        return grad * _softplus(t)
+        return grad * softplus(t)
 
 
 def softplus_integral(t: Tensor) -> Tensor:
@@ -257,11 +257,6 @@ def softplus_integral(t: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # helpers for the KL functions
 # ---------------------------------------------------------------------------------------------
-
-
-def _softplus(x: Tensor) -> Tensor:
-    """log(1 + e^x) without the x > 20 cut-off of torch.nn.functional.softplus (error 2e-9)."""
-    return torch.logaddexp(x, torch.zeros_like(x))
 
 
 def _float_dtype(*xs) -> torch.dtype:
@@ -366,7 +361,7 @@ def kl_gumbel_laplace(m: Tensor, s: Tensor, mu: Tensor, sigma: Tensor) -> Tensor
     m, s, mu, sigma = _tensors(m, s, mu, sigma)
     d = m - mu
     r = s / sigma
-    return (torch.log(sigma) - torch.log(s) + (_LOG2 - EULER_GAMMA - 1.0) + d / sigma
+    return (torch.log(sigma) - torch.log(s) + (LOG2 - EULER_GAMMA - 1.0) + d / sigma
             + EULER_GAMMA * r + 2.0 * r * _exp1_of_exp(d / s))
 
 
@@ -391,7 +386,7 @@ def _mean_softplus_uniform(a: Tensor, r: Tensor) -> Tensor:
     p = torch.sigmoid(-at)
     v = p * (1.0 - p)
     r2 = rt * rt
-    taylor = _softplus(-at) + r2 * v * (
+    taylor = softplus(-at) + r2 * v * (
         1.0 / 6.0 + r2 * ((1.0 - 6.0 * v) / 120.0 + r2 * (1.0 - 30.0 * v + 120.0 * v * v) / 5040.0))
 
     # far (r - a < -2): sum_k (-1)^(k+1) e^{k(r-a)} (1 - e^{-2kr}) / (2 k^2 r), terms O(e^{-2k})
@@ -417,7 +412,7 @@ def kl_uniform_logistic(m: Tensor, s: Tensor, mu: Tensor, sigma: Tensor) -> Tens
     # even in delta: -delta + 2 E softplus(Z) = |delta| + 2 E softplus(-|delta| + W), W ~ U(-r, r)
     a = torch.abs((m - mu) / sigma)
     r = s / sigma
-    return torch.log(sigma) - torch.log(s) - _LOG2 + a + 2.0 * _mean_softplus_uniform(a, r)
+    return torch.log(sigma) - torch.log(s) - LOG2 + a + 2.0 * _mean_softplus_uniform(a, r)
 
 
 # |delta| below _LL_TAYLOR: delta coth(delta/2) - 2 = 2 sum_n B_2n delta^2n / (2n)! (radius 2 pi);
@@ -459,7 +454,7 @@ def kl_exponential_logistic_equal_scale(
     for n in range(_EL_SERIES_TERMS, 0, -1):
         series = (series + (1.0 if n % 2 else -1.0) / (n * (n + 1))) * c
     de = _keep(~use_series, delta, 0.0)
-    direct = (1.0 + torch.exp(de)) * _softplus(-de) - 1.0
+    direct = (1.0 + torch.exp(de)) * softplus(-de) - 1.0
     return delta + 2.0 * torch.where(use_series, series, direct)
 
 

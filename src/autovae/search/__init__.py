@@ -4,10 +4,19 @@ The objective trains with the same code as ``autovae train``; a study runs on on
 embedded SQLite store, or on many sharing a PostgreSQL database.
 """
 
-from .analysis import importances, report, retrain_best, trial_table
+from .analysis import analyze, importances, retrain_best, trial_table
 from .space import PRESETS, SearchSpace, allocate
-from .study import OBJECTIVES, StudySpec, create_study, open_storage, run_search, run_worker
+from .study import (
+           OBJECTIVES,
+           PRUNERS,
+           SAMPLERS,
+           StudySpec,
+           create_study,
+           open_storage,
+           run_search,
+           run_worker,
+)
 
-__all__ = ["OBJECTIVES", "PRESETS", "SearchSpace", "StudySpec", "allocate", "create_study",
-           "importances", "open_storage", "report", "retrain_best", "run_search", "run_worker",
-           "trial_table"]
+__all__ = ["OBJECTIVES", "PRESETS", "PRUNERS", "SAMPLERS", "SearchSpace", "StudySpec", "allocate",
+           "analyze", "create_study", "importances", "open_storage", "retrain_best", "run_search",
+           "run_worker", "trial_table"]

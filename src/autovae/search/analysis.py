@@ -1,7 +1,7 @@
 """What a study found: best trials, top pairings, parameter importance, plots, retraining.
 
-``report(study, folder)`` prints the table, computes fANOVA and PED-ANOVA importances and writes
-``history.png``, ``parallel.png`` and ``importance.png`` (``pareto.png`` for several
+``analyze(study, folder)`` returns the table as text, computes fANOVA and PED-ANOVA importances
+and writes ``history.png``, ``parallel.png`` and ``importance.png`` (``pareto.png`` for several
 objectives) into the study folder. ``retrain_best`` trains the best configuration again with a
 full budget, next to normal/normal with the same network and budget, over several seeds.
 """
@@ -16,11 +16,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from ..beliefs import LatentSpec
 from ..config import Config
-from ..run import Run
+from ..run import Run, StudyFolder
 from .study import OBJECTIVES, load_spec
 
-__all__ = ["importances", "report", "retrain_best", "trial_table"]
+__all__ = ["analyze", "importances", "retrain_best", "trial_table"]
 
 
 def trial_table(study: optuna.Study, top: int = 10) -> str:
@@ -103,7 +104,7 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     return written
 
 
-def report(study: optuna.Study, folder: Path) -> str:
+def analyze(study: optuna.Study, folder: Path) -> str:
     """The analysis as text; plots and ``analysis.json`` are written into ``folder``."""
     spec = load_spec(study)
     lines = [f"study {study.study_name!r}: objectives "
@@ -134,7 +135,8 @@ def report(study: optuna.Study, folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     plots = _plots(study, folder)
     lines.append("plots: " + ", ".join(str(p) for p in plots))
-    (folder / "analysis.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    StudyFolder(folder).analysis_path.write_text(json.dumps(result, indent=2, default=str)
+                                                 + "\n")
     return "\n".join(lines)
 
 
@@ -146,7 +148,7 @@ def best_config(study: optuna.Study, folder: Path) -> Config:
     spec = load_spec(study)
     sign = 1 if spec.directions[0] == "minimize" else -1
     best = min(complete, key=lambda t: sign * t.values[0])
-    return Run(folder / "trials" / f"{best.number:05d}").load_config()
+    return Run(StudyFolder(folder).trial(best.number)).load_config()
 
 
 def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
@@ -156,8 +158,9 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     evaluate them on the test set. When the best trial's bound is not the ELBO, a third model,
     normal/normal with the best trial's bound, separates the gain of the pairing from the gain
     of the bound. Returns and writes ``retrain.json`` in ``folder``."""
-    from ..evaluate import evaluate
-    from ..train import prepare, train
+    from ..evaluate import evaluate, prefixed
+    from ..run import prepare
+    from ..train import train
 
     best = best_config(study, folder)
     changes = {"limit": limit}
@@ -166,7 +169,7 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     if nll_samples is not None:
         changes["nll_samples"] = nll_samples
     best = best.replace(**changes)
-    dim = sum(int(b.rsplit(":", 1)[1]) for b in best.latent.split(","))
+    dim = LatentSpec.parse(best.latent, best.latent_dim).dim
     models = {"best": best,
               "normal/normal": best.replace(latent=f"normal/normal:{dim}", latent_dim=None,
                                             alpha=1.0, samples=1)}
@@ -179,11 +182,11 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     for seed in range(seeds):
         for key, config in models.items():
             slug = key.replace("/", "-").replace(", ", "-").replace(" ", "-")
-            run_folder = folder / "retrain" / f"{slug}-seed{seed}"
+            run_folder = StudyFolder(folder).retrain_dir / f"{slug}-seed{seed}"
             resume = Run(run_folder).has_checkpoint()
             config = config.replace(seed=seed)
             model = train(config, run_folder, data=data, resume=resume, progress=progress).model
-            metrics = evaluate(model, data.test, nll_samples=config.nll_samples)
+            metrics = prefixed(evaluate(model, data.test, nll_samples=config.nll_samples), "test")
             Run(run_folder).save_metrics(metrics)
             results[key]["runs"].append({"seed": seed, "test_nll": metrics["test_nll"],
                                          "test_elbo": metrics["test_elbo"]})
@@ -196,5 +199,5 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     if "normal/normal, same bound" in results:
         results["pairing_gain_nats"] = (results["normal/normal, same bound"]["test_nll_mean"]
                                         - results["best"]["test_nll_mean"])
-    (folder / "retrain.json").write_text(json.dumps(results, indent=2) + "\n")
+    StudyFolder(folder).retrain_path.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -13,13 +13,12 @@ the seed network, alpha and K searched) and ``quick`` (five pairs, a small netwo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..beliefs import PAIRS, Block, LatentSpec
-from ..beliefs.likelihoods import likelihood_names
+from ..beliefs import PAIRS, Block, LatentSpec, likelihood_class
 from ..config import Config
 
 __all__ = ["PRESETS", "SearchSpace", "allocate"]
@@ -76,11 +75,10 @@ class SearchSpace:
         self.pairs = normalised
         if not self.likelihoods:
             raise ValueError("the search space has no likelihoods")
-        valid = set(likelihood_names()) | {"bce", "cb", "normal", "continuous-bernoulli"}
-        for name in self.likelihoods:
-            if name.replace("-", "_").lower() not in {v.replace("-", "_") for v in valid}:
-                raise ValueError(f"unknown likelihood {name!r} in the search space; valid: "
-                                 f"{', '.join(likelihood_names())}")
+        try:
+            self.likelihoods = [likelihood_class(name).name for name in self.likelihoods]
+        except ValueError as err:
+            raise ValueError(f"search space: {err}") from None
         for name in ("alpha", "samples", "beta", "latent_dim", "hidden", "depth", "lr"):
             low, high = getattr(self, name)
             if not low <= high:
@@ -94,8 +92,24 @@ class SearchSpace:
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(self).items()}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+    @classmethod
+    def from_file(cls, path) -> SearchSpace:
+        """A space from a YAML file (keys as :class:`SearchSpace`'s fields)."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"search-space file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"search-space file {path} is not valid YAML{where}: "
+                             f"{getattr(err, 'problem', err)}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"search-space file {path} must hold a mapping of keys to values")
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:

@@ -33,8 +33,8 @@ from optuna.trial import TrialState
 
 from ..config import Config
 from ..data import DataSplits
-from ..model import NonFiniteLossError
-from ..run import Run
+from ..models import NonFiniteLossError, model_class
+from ..run import Run, StudyFolder
 from .space import SearchSpace
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "StudySpec", "create_study", "open_storage",
@@ -43,7 +43,7 @@ __all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "StudySpec", "create_study", "op
 # objective name -> (direction, what it measures)
 OBJECTIVES = {
     "nll": ("minimize", "validation NLL, -log p(x) by IWAE with nll_samples draws (nats)"),
-    "bound": ("minimize", "minus the validation ELBO (nats)"),
+    "elbo": ("minimize", "minus the validation ELBO (nats)"),
     "recon_mse": ("minimize", "validation reconstruction mean squared error"),
     "kl": ("minimize", "validation KL(q || p), the rate (nats)"),
     "params": ("minimize", "number of model parameters"),
@@ -51,8 +51,35 @@ OBJECTIVES = {
     "fid": ("minimize", "FID of generated against validation images on the dataset's domain "
                         "features (autovae.quality)"),
 }
-SAMPLERS = ("tpe", "cmaes", "random", "gp", "nsga2")
-PRUNERS = ("median", "halving", "hyperband", "none")
+# objectives that need a model with a bound, or with an encoder
+_NEEDS_BOUND = {"nll", "elbo", "kl"}
+_NEEDS_ENCODER = {"recon_mse"}
+_RENAMED = {"bound": "elbo"}  # objective names of studies made by earlier versions
+
+
+def _cmaes(seed: int | None, multi: bool):
+    return optuna.samplers.CmaEsSampler(
+        seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed),
+        warn_independent_sampling=False)
+
+
+# name -> factory(seed, multi_objective); the CLI offers exactly these names
+SAMPLERS = {
+    "tpe": lambda seed, multi: optuna.samplers.TPESampler(seed=seed),
+    "cmaes": _cmaes,
+    "random": lambda seed, multi: optuna.samplers.RandomSampler(seed=seed),
+    "gp": lambda seed, multi: optuna.samplers.GPSampler(seed=seed),
+    "nsga2": lambda seed, multi: optuna.samplers.NSGAIISampler(
+        seed=seed, population_size=10 if multi else 50),
+}
+# name -> factory(epochs)
+PRUNERS = {
+    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    "halving": lambda epochs: optuna.pruners.SuccessiveHalvingPruner(),
+    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(min_resource=1,
+                                                               max_resource=epochs),
+    "none": lambda epochs: optuna.pruners.NopPruner(),
+}
 # Heartbeat period of a running trial; a trial silent for 3 periods is failed and retried.
 HEARTBEAT_SECONDS = float(os.environ.get("AUTOVAE_HEARTBEAT_SECONDS", "10"))
 
@@ -70,6 +97,7 @@ class StudySpec:
     validation_nll_samples: int = 50
 
     def __post_init__(self):
+        self.objectives = [_RENAMED.get(o, o) for o in self.objectives]
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         if not self.objectives or unknown:
             raise ValueError(f"unknown objective(s) {unknown or '(none)'}; choose from "
@@ -82,7 +110,14 @@ class StudySpec:
             raise ValueError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
         if self.sampler == "cmaes" and len(self.objectives) > 1:
             raise ValueError("CMA-ES is single-objective; use tpe or nsga2 for several objectives")
-        if not self.space.comparable_likelihoods and set(self.objectives) & {"nll", "bound"}:
+        model = model_class(self.base.model)
+        for needs, has, what in ((_NEEDS_BOUND, model.has_bound, "a bound"),
+                                 (_NEEDS_ENCODER, model.has_encoder, "an encoder")):
+            if set(self.objectives) & needs and not has:
+                raise ValueError(f"objective(s) {sorted(set(self.objectives) & needs)} need "
+                                 f"{what}, which model {model.name!r} has not; choose from "
+                                 f"{', '.join(sorted(set(OBJECTIVES) - needs))}")
+        if not self.space.comparable_likelihoods and set(self.objectives) & {"nll", "elbo"}:
             raise ValueError("the space searches several likelihoods, whose NLLs and bounds are "
                              "not comparable (a pmf vs densities); fix one likelihood or use the "
                              "recon_mse objective")
@@ -110,7 +145,7 @@ def open_storage(url: str | None, folder: Path, heartbeat: bool = True):
     """An Optuna storage for ``url`` (None: SQLite in ``folder``), with a clear error if bad."""
     if url is None:
         folder.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{(folder / 'study.db').resolve()}"
+        url = f"sqlite:///{StudyFolder(folder).db_path.resolve()}"
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -152,30 +187,6 @@ def _redact(url: str) -> str:
     return url
 
 
-def _sampler(name: str, seed: int | None, multi: bool):
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(
-            seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed),
-            warn_independent_sampling=False)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=10 if multi else 50)
-
-
-def _pruner(name: str, epochs: int):
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
-    return optuna.pruners.NopPruner()
-
-
 def create_study(storage, name: str, spec: StudySpec) -> optuna.Study:
     """Create the study (or load it, if it exists with the same spec); refuses a mismatch."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -188,7 +199,8 @@ def create_study(storage, name: str, spec: StudySpec) -> optuna.Study:
         if saved is None:
             raise ValueError(f"study {name!r} exists but was not made by autovae; pick another "
                              "--study name")
-        old, new = json.loads(saved), json.loads(spec.to_json())
+        old = json.loads(StudySpec.from_json(saved).to_json())  # names of earlier versions
+        new = json.loads(spec.to_json())
         diffs = [k for k in ("space", "objectives", "sampler", "pruner", "base",
                              "validation_nll_samples") if old[k] != new[k]]
         if diffs:
@@ -207,22 +219,19 @@ def create_study(storage, name: str, spec: StudySpec) -> optuna.Study:
 def _evaluate_trial(model, data: DataSplits, spec: StudySpec, seconds: float) -> dict[str, float]:
     import torch
 
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, sample_quality_of
 
-    x = data.val
     torch.manual_seed(0)
-    metrics = evaluate(model, x, nll_samples=spec.validation_nll_samples)
-    scores = {"nll": metrics["test_nll"], "bound": -metrics["test_elbo"],
-              "recon_mse": metrics["recon_mse"], "kl": metrics["test_kl"],
-              "params": float(sum(p.numel() for p in model.parameters())), "seconds": seconds}
+    metrics = evaluate(model, data.val, nll_samples=spec.validation_nll_samples)
+    scores = {"params": float(sum(p.numel() for p in model.parameters())), "seconds": seconds}
+    if model.has_bound:
+        scores.update(nll=metrics["nll"], elbo=-metrics["elbo"], kl=metrics["kl"])
+    if model.has_encoder:
+        scores["recon_mse"] = metrics["recon_mse"]
     if "fid" in spec.objectives:
-        from ..quality import domain_classifier, sample_quality
+        from ..quality import domain_classifier
 
-        real = x.cpu()
-        fake = model.generate(real.shape[0]).cpu().clamp(0, 1)
-        quality = sample_quality(real, fake, domain_classifier(data.name),
-                                 kid_subset_size=min(1000, real.shape[0]))
-        scores["fid"] = quality["fid"]
+        scores["fid"] = sample_quality_of(model, data.val, domain_classifier(data.name))["fid"]
     return scores
 
 
@@ -240,13 +249,15 @@ class Objective:
         config = self.spec.space.suggest(trial, self.spec.base)
         config = config.replace(seed=self.spec.base.seed + origin)
         trial.set_user_attr("latent", config.latent)
-        run_folder = self.folder / "trials" / f"{trial.number:05d}"
+        run_folder = StudyFolder(self.folder).trial(trial.number)
         resume = self._adopt_failed_run(trial, origin, run_folder)
         single = len(self.spec.objectives) == 1
 
+        keys = model_class(config.model).validation_keys  # higher is better, first is reported
+
         def report(row, model):
-            if single and "val_elbo" in row:
-                trial.report(-row["val_elbo"], step=row["epoch"] - 1)
+            if single and keys and keys[0] in row:
+                trial.report(-row[keys[0]], step=row["epoch"] - 1)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
@@ -270,7 +281,7 @@ class Objective:
         """A retried trial continues the dead worker's run from its last checkpoint."""
         if run_folder.exists():
             return Run(run_folder).has_checkpoint()
-        old = self.folder / "trials" / f"{origin:05d}"
+        old = StudyFolder(self.folder).trial(origin)
         if origin != trial.number and Run(old).has_checkpoint():
             shutil.copytree(old, run_folder)
             trial.set_user_attr("resumed_from_trial", int(origin))
@@ -289,7 +300,7 @@ def load_spec(study: optuna.Study) -> StudySpec:
 def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0,
                seed: int | None = None, data: DataSplits | None = None) -> int:
     """Run trials of an existing study until it holds its budget of finished trials."""
-    from ..train import prepare
+    from ..run import prepare
 
     storage = open_storage(storage_url, folder)
     try:
@@ -299,8 +310,8 @@ def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0
                          "with 'autovae search' first") from None
     spec = load_spec(study)
     seed = spec.base.seed * 1000 + worker if seed is None else seed
-    study.sampler = _sampler(spec.sampler, seed, len(spec.objectives) > 1)
-    study.pruner = _pruner(spec.pruner, spec.base.epochs)
+    study.sampler = SAMPLERS[spec.sampler](seed, len(spec.objectives) > 1)
+    study.pruner = PRUNERS[spec.pruner](spec.base.epochs)
     data = data if data is not None else prepare(spec.base)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=done)) >= spec.trials:

@@ -3,7 +3,11 @@
 Every choice is an object: the networks are any ``nn.Module`` with the right shapes, the latent
 space a :class:`~autovae.beliefs.LatentSpec`, the likelihood a
 :class:`~autovae.beliefs.Likelihood`, the objective a :class:`~autovae.bounds.Bound`.
-:func:`build_model` makes all of them from a :class:`~autovae.config.Config` by name.
+:meth:`VAE.from_config` makes all of them from a :class:`~autovae.config.Config` by name.
+
+The beta-VAE (Higgins et al. 2017) is this model with ``beta != 1`` (``--model beta-vae``
+names it, and refuses ``beta = 1``); a KL warm-up ramps beta up from 0 over ``warmup_epochs``.
+beta changes the gradient surrogate only: the logged bound is always the true bound.
 """
 
 from __future__ import annotations
@@ -14,18 +18,17 @@ import math
 import torch
 from torch import nn
 
-from .beliefs import LatentSpec, Likelihood, likelihood
-from .bounds import Bound, BoundEstimate
-from .nets import build_networks
+from ..beliefs import LatentSpec, Likelihood, likelihood, likelihood_class
+from ..bounds import Bound, BoundEstimate
+from ..nets import build_networks
+from .base import Model, StepContext
 
-__all__ = ["VAE", "NonFiniteLossError", "build_model"]
+__all__ = ["VAE"]
+
+_ELBO = Bound(alpha=1.0, samples=1)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss went non-finite; the message names the terms (see :meth:`VAE.diagnose`)."""
-
-
-class VAE(nn.Module):
+class VAE(Model):
     """A variational autoencoder with free posterior, prior and likelihood beliefs.
 
     Args:
@@ -35,16 +38,67 @@ class VAE(nn.Module):
         likelihood: the likelihood belief p(x | decoder output).
         bound: the training objective (ELBO, beta-ELBO, VR, IWAE, ...).
         latent_clip: clamp draws to [-c, c] before the decoder (heavy-tailed posteriors).
+        warmup_epochs: KL warm-up, beta ramps up linearly from 0 over this many epochs.
     """
+
+    name = "vae"
+    has_bound = has_encoder = has_likelihood = True
+    validation_keys = ("val_elbo", "val_bound")
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: LatentSpec,
                  likelihood: Likelihood, bound: Bound | None = None,
-                 latent_clip: float | None = None):
+                 latent_clip: float | None = None, warmup_epochs: float = 0.0):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.latent, self.likelihood = latent, likelihood
         self.bound = bound or Bound()
         self.latent_clip = latent_clip
+        self.warmup_epochs = warmup_epochs
+
+    @classmethod
+    def from_config(cls, config, event_shape) -> VAE:
+        """A VAE from a :class:`~autovae.config.Config` and the data's event shape."""
+        latent = LatentSpec.parse(config.latent, dim=config.latent_dim,
+                                  learn_prior=config.learn_prior)
+        lik_class = likelihood_class(config.likelihood)
+        options = ({"sigma": config.sigma, "learn_sigma": config.learn_sigma}
+                   if lik_class.takes_scale else {})
+        lik = likelihood(config.likelihood, tuple(event_shape), **options)
+        encoder, decoder = build_networks(config.network, event_shape, latent.encoder_outputs,
+                                          latent.dim, lik.out_event_shape, config.hidden,
+                                          config.depth)
+        bound = Bound(alpha=config.alpha, samples=config.samples, beta=config.beta,
+                      analytic_kl=config.analytic_kl)
+        return cls(encoder, decoder, latent, lik, bound, config.latent_clip,
+                   config.warmup_epochs)
+
+    # -- training (the loop's contract, see autovae.models.base) --------------------------------
+    def configure_optimizers(self, config) -> dict[str, torch.optim.Optimizer]:
+        return {"model": torch.optim.Adam(self.parameters(), lr=config.lr)}
+
+    def beta_at(self, progress: float) -> float:
+        """The KL weight after ``progress`` epochs (the warm-up ramp, then the bound's beta)."""
+        if self.warmup_epochs > 0:
+            return self.bound.beta * min(1.0, progress / self.warmup_epochs)
+        return self.bound.beta
+
+    def training_step(self, x: torch.Tensor, ctx: StepContext):
+        beta = self.beta_at(ctx.progress)
+        est = self(x, beta=beta)
+        ctx.log("train_bound", est.value)
+        ctx.log("train_log_lik", est.log_lik)
+        ctx.log("train_kl", est.kl)
+        ctx.set("beta", beta)
+        yield "model", -est.surrogate.mean()
+
+    def validation_metrics(self, x: torch.Tensor, batch_size: int) -> dict[str, float]:
+        """Mean bound (the run's) and ELBO over ``x``."""
+        totals = {"bound": 0.0, "elbo": 0.0}
+        for start in range(0, x.shape[0], batch_size):
+            elbo, bound = self.elbo_and_bound(x[start:start + batch_size])
+            totals["bound"] += bound.sum().item()
+            totals["elbo"] += elbo.value.sum().item()
+        return {k: v / x.shape[0] for k, v in totals.items()}
 
     # -- the generative path --------------------------------------------------------------------
     def posterior(self, x: torch.Tensor):
@@ -79,7 +133,15 @@ class VAE(nn.Module):
 
     forward = estimate
 
-    def diagnose(self, x: torch.Tensor) -> list[str]:
+    def elbo_and_bound(self, x: torch.Tensor) -> tuple[BoundEstimate, torch.Tensor]:
+        """(the single-sample ELBO estimate, the model's own bound per data point) on ``x``;
+        one pass when the model's bound is that ELBO (beta only changes the surrogate)."""
+        elbo = self.estimate(x, _ELBO)
+        if self.bound.samples == 1 and self.bound.analytic_kl:
+            return elbo, elbo.value
+        return elbo, self.estimate(x).value
+
+    def diagnose(self, x: torch.Tensor, term: str = "model") -> list[str]:
         """Name every term that is non-finite on this batch (empty if all are finite)."""
         problems = []
         with torch.no_grad():
@@ -126,9 +188,11 @@ class VAE(nn.Module):
         return total - math.log(samples)
 
     @torch.no_grad()
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent codes: the posterior median of every dim, (B, dim)."""
-        return self.latent.median(self.posterior(x))
+    def embed(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Latent codes: the posterior median of every dim, (B, dim), ``batch_size`` at a
+        time."""
+        return torch.cat([self.latent.median(self.posterior(x[i:i + batch_size]))
+                          for i in range(0, x.shape[0], batch_size)])
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,21 +202,5 @@ class VAE(nn.Module):
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
         """The likelihood mean decoded from n draws of the prior."""
-        device = next(self.parameters()).device
-        return self.likelihood.mean(self.decode(self.latent.sample_prior(n).to(device)))
+        return self.likelihood.mean(self.decode(self.latent.sample_prior(n).to(self.device)))
 
-
-def build_model(config, event_shape) -> VAE:
-    """A VAE from a :class:`~autovae.config.Config` and the data's event shape."""
-    latent = LatentSpec.parse(config.latent, dim=config.latent_dim,
-                              learn_prior=config.learn_prior)
-    options = {}
-    if config.likelihood.replace("_", "-").lower() in ("gaussian", "normal", "laplace"):
-        options = {"sigma": config.sigma, "learn_sigma": config.learn_sigma}
-    lik = likelihood(config.likelihood, tuple(event_shape), **options)
-    encoder, decoder = build_networks(config.network, event_shape, latent.encoder_outputs,
-                                      latent.dim, lik.out_event_shape, config.hidden,
-                                      config.depth)
-    bound = Bound(alpha=config.alpha, samples=config.samples, beta=config.beta,
-                  analytic_kl=config.analytic_kl)
-    return VAE(encoder, decoder, latent, lik, bound, config.latent_clip)

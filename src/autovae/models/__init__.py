@@ -1,0 +1,51 @@
+"""Models by name: every model the training loop can train (``Config.model``).
+
+A model is a :class:`Model` (see :mod:`autovae.models.base` for the contract): it declares its
+optimizers, yields the losses of one training step, and says what it can do through class
+attributes (``has_bound``, ``has_encoder``, ``has_likelihood``). Add a model by subclassing
+:class:`Model`, giving it a ``from_config(config, event_shape)`` classmethod and registering it
+in :data:`MODELS`.
+
+* ``vae``: the VAE with free posterior, prior and likelihood beliefs and any bound;
+* ``beta-vae``: the same model, named for users who look for it; it refuses ``beta = 1``.
+"""
+
+from __future__ import annotations
+
+from .base import Model, NonFiniteLossError, StepContext, evaluation_mode
+from .vae import VAE
+
+
+class BetaVAE(VAE):
+    """The beta-VAE of Higgins et al. (2017): a :class:`VAE` whose KL weight ``beta`` is not 1
+    (beta > 1 for disentangling, beta < 1 as Xia & Zabaras use 0.5 for sharper priors)."""
+
+    name = "beta-vae"
+
+    @classmethod
+    def from_config(cls, config, event_shape) -> BetaVAE:
+        if config.beta == 1.0:
+            raise ValueError("model beta-vae with beta = 1 is the plain VAE; set beta (e.g. "
+                             "--beta 4 as Higgins et al., or --beta 0.5 as Xia & Zabaras), or "
+                             "use --model vae")
+        return super().from_config(config, event_shape)
+
+
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (VAE, BetaVAE)}
+
+
+def model_class(name: str) -> type[Model]:
+    """The model class registered as ``name`` (case-insensitive, ``_`` as ``-``)."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    return MODELS[key]
+
+
+def build_model(config, event_shape) -> Model:
+    """The model ``config.model`` names, built from the config and the data's event shape."""
+    return model_class(config.model).from_config(config, tuple(event_shape))
+
+
+__all__ = ["MODELS", "VAE", "BetaVAE", "Model", "NonFiniteLossError", "StepContext",
+           "build_model", "evaluation_mode", "model_class"]

@@ -1,0 +1,133 @@
+"""What every trainable model provides, and the context the training loop hands it.
+
+The loop (:func:`autovae.train.train`) owns the mechanics that must exist once: data order and
+RNG, AMP and gradient scaling, ``zero_grad`` / ``backward`` / clip / ``step``, the non-finite
+policy, checkpoints and exact resume. A model owns its objective:
+
+* :meth:`Model.configure_optimizers` returns ``{name: optimizer}`` (several for adversarial
+  models);
+* :meth:`Model.training_step` *yields* ``(optimizer_name, loss)`` pairs in the order they are
+  to be stepped: the yield order is the alternation (a GAN yields its discriminator loss, then
+  its generator loss). Each loss is back-propagated into the parameters of its own optimizer
+  only, so the other optimizers' parameters and gradients are untouched. A loss is computed
+  after the previous step was taken (the generator resumes after the loop stepped), so each
+  loss sees the parameters as they are then; a loss must not reuse a graph that an earlier
+  yielded loss already back-propagated through;
+* :meth:`Model.validation_metrics` gives the per-epoch ``val_*`` numbers;
+* capabilities are class attributes (``has_bound``, ``has_encoder``, ``has_likelihood``), the
+  way ``torch.distributions`` says ``has_rsample``: evaluation, pictures, reports and the search
+  show what a model supports instead of assuming a VAE.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["Model", "NonFiniteLossError", "StepContext", "evaluation_mode"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss went non-finite; the message names the term (see :meth:`Model.diagnose`)."""
+
+
+@dataclass
+class StepContext:
+    """Where the loop is, and a place for the model to log per-batch numbers.
+
+    ``progress`` is the epoch as a real number (2.5 = half-way through the third epoch).
+    ``log(name, values)`` adds per-data-point values (a tensor of shape (B,), or a number
+    counted once per data point of the batch) to the epoch's mean ``name``; ``set(name, value)``
+    records a number whose last value is reported (e.g. the current beta). What a batch logs
+    counts only once the loop commits the batch (a skipped batch logs nothing).
+    """
+
+    epoch: int
+    batch: int
+    batches: int
+    batch_size: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    _pending: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _pending_last: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def progress(self) -> float:
+        return self.epoch + self.batch / self.batches
+
+    def log(self, name: str, values) -> None:
+        if isinstance(values, torch.Tensor):
+            total = values.detach().double().sum()
+        else:
+            total = torch.tensor(float(values) * self.batch_size, dtype=torch.float64)
+        previous = self._pending.get(name)
+        self._pending[name] = total if previous is None else previous + total
+
+    def set(self, name: str, value: float) -> None:
+        self._pending_last[name] = float(value)
+
+    def commit(self) -> None:
+        """Count the batch's logged values (the loop calls this after the batch's steps)."""
+        for name, total in self._pending.items():
+            previous = self.sums.get(name)
+            self.sums[name] = total if previous is None else previous + total.to(previous.device)
+        self.last.update(self._pending_last)
+        self.discard()
+
+    def discard(self) -> None:
+        """Forget the batch's logged values (a skipped batch)."""
+        self._pending.clear()
+        self._pending_last.clear()
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module):
+    """``model.eval()`` and ``torch.no_grad()`` inside; the previous train/eval mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+class Model(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of the models the loop trains; see the module docstring for the contract."""
+
+    name: str = "model"
+    has_bound: bool = False       # log p(x) bound and importance-sampled NLL
+    has_encoder: bool = False     # x -> code: reconstructions, embeddings, interpolations
+    has_likelihood: bool = False  # p(x | z): likelihood means, NLL
+    # keys of the per-epoch row that the pruner and reports may read, best first
+    validation_keys: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def configure_optimizers(self, config) -> dict[str, torch.optim.Optimizer]:
+        """``{name: optimizer}``; the names are those :meth:`training_step` yields."""
+
+    @abc.abstractmethod
+    def training_step(self, x: torch.Tensor, ctx: StepContext
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(optimizer_name, scalar loss)`` for one batch, in stepping order."""
+
+    def validation_metrics(self, x: torch.Tensor, batch_size: int) -> dict[str, float]:
+        """Per-data-point means over ``x`` (called in evaluation mode); empty by default."""
+        return {}
+
+    def diagnose(self, x: torch.Tensor, term: str) -> list[str]:
+        """Say which part of the loss ``term`` is non-finite on this batch (empty: unknown)."""
+        return []
+
+    @abc.abstractmethod
+    def generate(self, n: int) -> torch.Tensor:
+        """``n`` generated data points (the likelihood mean, or the generator's output)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
