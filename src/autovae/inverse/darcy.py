@@ -119,8 +119,8 @@ class DarcySolver:
         self._nf = nf
 
     def _transmissibilities(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ka, kb = k[self._a], k[self._b]
-        return 2.0 * ka * kb / (ka + kb), 2.0 * k[self._dir]
+        # harmonic mean 2 / (1/k_a + 1/k_b): the two half-cells in series, no overflow
+        return 2.0 / (1.0 / k[self._a] + 1.0 / k[self._b]), 2.0 * k[self._dir]
 
     def matrix(self, k: np.ndarray) -> sp.csc_matrix:
         """The (n^2, n^2) finite-volume matrix A(k) for cell permeabilities k (n, n)."""
@@ -181,14 +181,13 @@ class DarcySolver:
         for b, lu in enumerate(lus):
             lam = lu.solve(g[b], trans="T")
             kb, pb = k[b], p[b]
-            ka_, kb_ = kb[self._a], kb[self._b]
-            t = 2.0 * ka_ * kb_ / (ka_ + kb_)
+            t, _ = self._transmissibilities(kb)
             # dA/dT_face has +1 on the diagonal, -1 off it: lambda^T dA p = (dl)(dp) per face
             w = (lam[self._a] - lam[self._b]) * (pb[self._a] - pb[self._b])
             grad = np.zeros(self.n * self.n)
-            # dT/dlog k_a = T k_b / (k_a + k_b), dT/dlog k_b = T k_a / (k_a + k_b)
-            np.add.at(grad, self._a, w * t * kb_ / (ka_ + kb_))
-            np.add.at(grad, self._b, w * t * ka_ / (ka_ + kb_))
+            # dT/dlog k_a = T^2 / (2 k_a), dT/dlog k_b = T^2 / (2 k_b)
+            np.add.at(grad, self._a, w * t * (t / (2.0 * kb[self._a])))
+            np.add.at(grad, self._b, w * t * (t / (2.0 * kb[self._b])))
             np.add.at(grad, self._dir, lam[self._dir] * pb[self._dir] * 2.0 * kb[self._dir])
             out[b] = -grad
         return out.reshape(len(p), self.n, self.n)
