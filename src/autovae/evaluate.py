@@ -27,7 +27,11 @@ _DESCRIPTIVE = ("nll_samples", "bound_name", "likelihood", "latent", "model", "e
 
 def prefixed(metrics: dict, split: str) -> dict:
     """``metrics`` with measured keys renamed ``{split}_{key}``; ``images`` becomes
-    ``{split}_images``, ``recon_mse`` and the descriptive keys keep their names."""
+    ``{split}_images``, ``recon_mse`` and the descriptive keys keep their names.
+
+    >>> prefixed({"elbo": -250.0, "nll": 245.1, "nll_samples": 1000, "images": 10000}, "test")
+    {'test_elbo': -250.0, 'test_nll': 245.1, 'nll_samples': 1000, 'test_images': 10000}
+    """
     return {k if k in _DESCRIPTIVE or k == "recon_mse" else f"{split}_{k}": v
             for k, v in metrics.items()}
 

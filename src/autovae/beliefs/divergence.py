@@ -269,6 +269,12 @@ def kl(q: LocationScale, p: LocationScale) -> torch.Tensor:
 
     Closed form where one exists, +inf where the KL is infinite, a quadrature estimate otherwise.
     ``q`` and ``p`` are autovae families or torch's equivalents (see :func:`as_family`).
+
+    >>> q = family("logistic", torch.tensor(0.3), torch.tensor(0.7))
+    >>> kl(q, torch.distributions.Normal(0.0, 1.0))  # closed form
+    tensor(0.1266)
+    >>> kl(family("cauchy", 0.0, 1.0), family("normal", 0.0, 1.0))  # divergent moment
+    tensor(inf)
     """
     q, p = as_family(q, "q (the posterior)"), as_family(p, "p (the prior)")
     info = PAIRS[(q.name, p.name)]

@@ -35,7 +35,11 @@ MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (VAE, BetaVAE)}
 
 
 def model_class(name: str) -> type[Model]:
-    """The model class registered as ``name`` (case-insensitive, ``_`` as ``-``)."""
+    """The model class registered as ``name`` (case-insensitive, ``_`` as ``-``).
+
+    >>> model_class("Beta_VAE").name, model_class("vae").has_bound
+    ('beta-vae', True)
+    """
     key = str(name).strip().lower().replace("_", "-")
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
