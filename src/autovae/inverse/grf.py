@@ -282,30 +282,49 @@ def _embedding_size(n: int, name: str, nu, scales: Sequence[tuple[float, float]]
         m = _nice(m + 1 + m // 4)
 
 
-def _draw_scales(length_scale, n_fields: int, distribution: str, anisotropic: bool,
+def _ranges(length_scale, anisotropic: bool) -> tuple[float, float, float, float]:
+    """(lo_x, hi_x, lo_y, hi_y) from a number, a range (lo, hi), or with ``anisotropic`` a pair
+    of ranges ((lo_x, hi_x), (lo_y, hi_y))."""
+    try:
+        if isinstance(length_scale, (int, float)):
+            v = float(length_scale)
+            out = (v, v, v, v)
+        elif anisotropic and not isinstance(length_scale[0], (int, float)):
+            (a, b), (c, d) = length_scale
+            out = (float(a), float(b), float(c), float(d))
+        else:
+            lo, hi = (float(v) for v in length_scale)
+            out = (lo, hi, lo, hi)
+    except (TypeError, ValueError):
+        out = (math.nan,) * 4
+    ok = all(math.isfinite(v) and v > 0 for v in out) and out[0] <= out[1] and out[2] <= out[3]
+    if not ok:
+        raise ValueError("length_scale must be positive: a number, a range (lo, hi) with "
+                         "0 < lo <= hi, or with anisotropic=True ((lo_x, hi_x), (lo_y, hi_y)); "
+                         f"got {length_scale!r}")
+    return out
+
+
+def _draw_scales(ranges, n_fields: int, distribution: str, anisotropic: bool,
                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list]:
     """Per-field (l_x, l_y) and the extreme pairs that fix the embedding size."""
-    if isinstance(length_scale, (int, float)):
-        lx, ly = _scales(length_scale)
-        full = torch.full((n_fields,), lx, dtype=torch.float64)
-        return full, torch.full((n_fields,), ly, dtype=torch.float64), [(lx, ly)]
-    lo, hi = (float(v) for v in length_scale)
-    if not (0 < lo <= hi and math.isfinite(hi)):
-        raise ValueError(f"length_scale must be a positive number or a range (lo, hi) with "
-                         f"0 < lo <= hi; got {length_scale!r}")
     if distribution not in ("uniform", "log-uniform"):
         raise ValueError(f"length_scale_distribution must be 'uniform' or 'log-uniform'; "
                          f"got {distribution!r}")
 
-    def draw():
+    def draw(lo, hi):
+        if lo == hi:
+            return torch.full((n_fields,), lo, dtype=torch.float64)
         u = torch.rand(n_fields, generator=gen, dtype=torch.float64)
         if distribution == "uniform":
             return lo + (hi - lo) * u
         return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
 
-    lx = draw()
-    ly = draw() if anisotropic else lx
-    extremes = [(lo, lo), (hi, hi)] + ([(lo, hi), (hi, lo)] if anisotropic else [])
+    lox, hix, loy, hiy = ranges
+    lx = draw(lox, hix)
+    ly = draw(loy, hiy) if anisotropic else lx
+    extremes = sorted({(a, b) for a in (lox, hix) for b in (loy, hiy)
+                       if anisotropic or (a, b) in ((lox, loy), (hix, hiy))})
     return lx, ly, extremes
 
 
@@ -329,9 +348,10 @@ def sample_grf(n_fields: int, n: int = 16, kernel: str = "squared_exponential",
                generator: torch.Generator | None = None) -> torch.Tensor:
     """(n_fields, n, n) float32 GRF draws on the cell-centre grid.
 
-    ``length_scale``: a number or (l_x, l_y) (fixed), or a range (lo, hi) from which each field
-    draws its own length scale (``length_scale_distribution`` uniform or log-uniform; with
-    ``anisotropic`` l_x and l_y are drawn independently). ``method``: ``fft`` (circulant
+    ``length_scale``: a number (fixed) or a range (lo, hi) from which each field draws its own
+    length scale (``length_scale_distribution`` uniform or log-uniform); with ``anisotropic``
+    l_x and l_y are drawn independently, from the same range or from ((lo_x, hi_x),
+    (lo_y, hi_y)) (equal ends fix them). ``method``: ``fft`` (circulant
     embedding, any length scales) or ``kl`` (cached eigendecomposition; fixed length scale,
     n <= 32 is quick). Same seed, same fields.
     """
@@ -344,15 +364,20 @@ def sample_grf(n_fields: int, n: int = 16, kernel: str = "squared_exponential",
     if not math.isfinite(mean):
         raise ValueError(f"mean must be finite; got {mean!r}")
     gen = _generator(seed, generator)
+    ranges = _ranges(length_scale, anisotropic)
     if method == "kl":
-        lx, ly = _scales(length_scale)
+        lx, hx, ly, hy = ranges
+        if lx != hx or ly != hy:
+            raise ValueError("method='kl' needs a fixed length scale (a number, or with "
+                             "anisotropic=True ((l_x, l_x), (l_y, l_y))); use method='fft' for "
+                             "a range")
         lam, phi = _kl_basis(n, name, nu, lx, ly, float(variance))
         xi = torch.randn(n_fields, n * n, generator=gen, dtype=torch.float64)
         u = xi @ (phi * lam.sqrt()).T + mean
         return u.reshape(n_fields, n, n).float()
     if method != "fft":
         raise ValueError(f"method must be 'fft' or 'kl'; got {method!r}")
-    lx, ly, extremes = _draw_scales(length_scale, int(n_fields), length_scale_distribution,
+    lx, ly, extremes = _draw_scales(ranges, int(n_fields), length_scale_distribution,
                                     anisotropic, gen)
     if name == "squared_exponential":
         out = _sample_separable(n, lx, ly, len(extremes) == 1, gen)
