@@ -21,6 +21,15 @@ def test_pairs_prints_the_matrix(capsys):
     assert rows["cauchy"][0] == "inf"
 
 
+def test_datasets_lists_the_registry(capsys):
+    from autovae.data import DATASETS
+
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for info in DATASETS.values():
+        assert f"{info.name:16}{info.description}" in out
+
+
 def test_bad_input_is_one_line_and_exit_code_2(capsys):
     assert main(["pairs", "--scale", "-1"]) == 2
     err = capsys.readouterr().err

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-from torch import distributions as td
 from conftest import as_float, load_vectors
+from torch import distributions as td
 
 from autovae.beliefs import FAMILIES, PAIRS, PairKind, family, kl, numerical_kl, pair_info
 

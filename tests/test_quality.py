@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from autovae.quality import features as quality
 from autovae.data import DataSplits, load_data
 from autovae.quality import (
     DomainClassifier,
@@ -27,6 +26,7 @@ from autovae.quality import (
     reconstruction_metrics,
     sample_quality,
 )
+from autovae.quality import features as quality
 
 QUICK_ACCURACY = 0.75  # 1 epoch on 10k training images: about 0.84
 FULL_ACCURACY = 0.88  # 2 epochs on all 55k: about 0.91

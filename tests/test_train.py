@@ -197,7 +197,8 @@ def test_two_optimizer_game_non_finite_names_the_player(tmp_path, game):
     config = Config(model="quadratic-game", data="tiny", epochs=1, batch_size=8, lr=1e30)
     with pytest.raises(NonFiniteLossError, match="non-finite 'player_a' loss at epoch 1, batch "
                                                  r"\d+: the parameters of player_a have "
-                                                 "diverged.*No epoch had finished, so no checkpoint was written"):
+                                                 "diverged.*No epoch had finished, so no "
+                                                 "checkpoint was written"):
         train(config, tmp_path / "run", data=tiny_data(64), progress=False)
 
 

@@ -20,6 +20,15 @@ from .config import Config, load_config
 from .models import NonFiniteLossError
 
 
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+
+    for info in DATASETS.values():
+        print(f"{info.name:16}{info.description}")
+    print("or a path: a .npy / .npz file, or a folder of images (see the README)")
+    return 0
+
+
 def _cmd_pairs(args: argparse.Namespace) -> int:
     from .beliefs import pair_table
 
@@ -253,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model (a VAE by default) into a run folder, then evaluate it",
         description="Train a model (--model; a VAE by default). Settings come from the "
                     "defaults (the seed paper's: MLP 3x400, 20 latents, Adam 1e-4, batch 1000, "
-                    "100 epochs, Fashion-MNIST), then --config FILE, then flags. A checkpoint is written every epoch; --resume "
-                    "continues an interrupted run exactly.")
+                    "100 epochs, Fashion-MNIST), then --config FILE, then flags. A checkpoint "
+                    "is written every epoch; --resume continues an interrupted run exactly.")
     train.add_argument("--run", default="runs/default", help="run folder (default runs/default)")
     train.add_argument("--config", default=None, help="YAML, TOML or JSON config file")
     train.add_argument("--resume", action="store_true", help="continue the run in --run")
@@ -364,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="training images (default: all)")
     retrain.add_argument("--quiet", action="store_true")
     retrain.set_defaults(run_command=_cmd_retrain_best)
+
+    datasets = sub.add_parser("datasets", help="list the datasets --data accepts by name")
+    datasets.set_defaults(run_command=_cmd_datasets)
 
     pairs = sub.add_parser(
         "pairs", help="print the KL matrix of every (posterior, prior) pair of families",

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvDecoder", "ConvEncoder", "mlp", "build_networks"]
+__all__ = ["NETWORKS", "ConvDecoder", "ConvEncoder", "build_networks", "mlp"]
 
 _ACTIVATION = nn.ReLU
 
@@ -100,15 +100,25 @@ class ConvDecoder(nn.Module):
         return out
 
 
+def _mlp_pair(event_shape, encoder_outputs, dim, out_event_shape, hidden, depth):
+    return (MLPEncoder(event_shape, encoder_outputs, hidden, depth),
+            MLPDecoder(dim, out_event_shape, hidden, depth))
+
+
+def _conv_pair(event_shape, encoder_outputs, dim, out_event_shape, hidden, depth):
+    channels = max(16, hidden // 8)
+    return (ConvEncoder(event_shape, encoder_outputs, channels),
+            ConvDecoder(dim, out_event_shape, channels))
+
+
+# name -> (event_shape, encoder_outputs, dim, out_event_shape, hidden, depth) -> (enc, dec)
+NETWORKS = {"mlp": _mlp_pair, "conv": _conv_pair}
+
+
 def build_networks(kind: str, event_shape, encoder_outputs: int, dim: int, out_event_shape,
                    hidden: int = 400, depth: int = 3) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) by name: ``mlp`` (hidden units x depth) or ``conv`` (hidden/8 base
     channels, at least 16)."""
-    if kind == "mlp":
-        return (MLPEncoder(event_shape, encoder_outputs, hidden, depth),
-                MLPDecoder(dim, out_event_shape, hidden, depth))
-    if kind == "conv":
-        channels = max(16, hidden // 8)
-        return (ConvEncoder(event_shape, encoder_outputs, channels),
-                ConvDecoder(dim, out_event_shape, channels))
-    raise ValueError(f"unknown network {kind!r}; valid networks are: mlp, conv")
+    if kind not in NETWORKS:
+        raise ValueError(f"unknown network {kind!r}; valid networks are: {', '.join(NETWORKS)}")
+    return NETWORKS[kind](event_shape, encoder_outputs, dim, out_event_shape, hidden, depth)
