@@ -1,11 +1,16 @@
 """Gaussian random fields on the unit square: the log-permeability prior of the Darcy benchmark.
 
 Fields live on the n x n cell-centre grid of [0, 1]^2: row i = y, column j = x, centre of cell
-(i, j) at ((j + 0.5) / n, (i + 0.5) / n). Two samplers:
+(i, j) at ((j + 0.5) / n, (i + 0.5) / n). Samplers, all exact for the grid covariance, each
+field with its own length scale if asked (the GRF "with uncertain length scales" of Xia &
+Zabaras 2022):
 
-* circulant embedding (Dietrich & Newsam 1997; "fft"): exact Gaussian draws of the grid
-  covariance, one spectrum per field, so every field may have its own length scale (the GRF
-  "with uncertain length scales" of Xia & Zabaras 2022);
+* ``method="fft"``: for the squared exponential, which is separable (C = C_y kron C_x),
+  u = A_y Z A_x^T with n x n factors A A^T = C_1d (batched 1-D eigendecompositions); for
+  Matern kernels, circulant embedding (Dietrich & Newsam 1997) on a torus padded until the
+  clipped negative spectrum is below 1e-4 of the trace. Measured on one busy core: 38k SE
+  16 x 16 fields/s, 2.5k 64 x 64; Matern 5/2 with l in [0.1, 0.5] 3.6k and 150 fields/s
+  (a padded 2-D FFT spectrum per field);
 * Karhunen-Loeve ("kl"): the eigendecomposition of the n^2 x n^2 kernel matrix, cached, for a
   fixed length scale. :class:`KLExpansion` truncates it to ``dim`` terms, the usual
   low-dimensional baseline prior: u = mean + sum_k sqrt(lambda_k) phi_k z_k, z ~ N(0, I).
@@ -117,7 +122,7 @@ def cell_centres(n: int) -> np.ndarray:
 
 
 def _scales(length_scale) -> tuple[float, float]:
-    """A fixed length scale: a number (isotropic) or (l_x, l_y)."""
+    """A fixed length scale: a number (isotropic) or (l_x, l_y) (here a pair is not a range)."""
     if isinstance(length_scale, (int, float)):
         lx = ly = float(length_scale)
     else:
