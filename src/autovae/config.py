@@ -19,10 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._checks import check, check_readable, syntax_error
+
 __all__ = ["Config", "load_config"]
 
 
 def _opt(default, help: str, **kw):
+    """A config field: ``help`` for --help; ``choices=`` a set of allowed values; ``domain=`` a
+    numeric domain of :data:`autovae._checks.DOMAINS` (positive, nonnegative, finite, real,
+    count, index), checked whenever a value enters (file, flag, ``replace``)."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -35,8 +40,10 @@ class Config:
     data_root: str | None = _opt(None, "folder with downloaded datasets")
     download: bool = _opt(False, "let torchvision download a missing dataset")
     val_size: float | None = _opt(None, "validation images carved from the training set: a "
-                                        "count, or a fraction < 1 (default: the dataset's)")
-    limit: int | None = _opt(None, "use at most this many training images (quick runs)")
+                                        "count, or a fraction < 1 (default: the dataset's)",
+                                domain="nonnegative")
+    limit: int | None = _opt(None, "use at most this many training images (quick runs)",
+                             domain="count")
     binarize: str = _opt("none", "binarize pixels: none, static (once) or dynamic (each batch)",
                          choices=("none", "static", "dynamic"))
     # model
@@ -44,53 +51,59 @@ class Config:
     latent: str = _opt("normal/normal:20",
                        "latent blocks, e.g. 'logistic/normal:14,cauchy/cauchy:6' or "
                        "'70%% logistic/normal, 30%% cauchy/cauchy' (with latent_dim)")
-    latent_dim: int | None = _opt(None, "total latent dims, needed when latent uses percentages")
+    latent_dim: int | None = _opt(None, "total latent dims, needed when latent uses percentages",
+                                  domain="count")
     learn_prior: bool = _opt(False, "learn the priors' loc and scale")
     likelihood: str = _opt("bernoulli", "bernoulli, continuous-bernoulli, gaussian, laplace, beta")
-    sigma: float = _opt(1.0, "fixed (or initial) scale of a gaussian/laplace likelihood")
+    sigma: float = _opt(1.0, "fixed (or initial) scale of a gaussian/laplace likelihood",
+                        domain="positive")
     learn_sigma: str | None = _opt(None, "learn the likelihood scale: shared or pixel",
                                    choices=(None, "shared", "pixel"))
     network: str = _opt("mlp", "mlp, or conv (for 28x28 and 32x32 images)",
                         choices=("mlp", "conv"))
     hidden: int = _opt(400, "hidden units per layer (mlp); the conv net has hidden/8 base "
-                            "channels (at least 16)")
-    depth: int = _opt(3, "hidden layers of the mlp")
+                            "channels (at least 16)", domain="count")
+    depth: int = _opt(3, "hidden layers of the mlp", domain="count")
     latent_clip: float | None = _opt(None, "clamp latent draws to [-c, c] before the decoder "
-                                           "(tames heavy-tailed posteriors)")
+                                           "(tames heavy-tailed posteriors)",
+                                domain="positive")
     # bound
-    alpha: float = _opt(1.0, "Renyi order: 1 = ELBO, 0 = IWAE, -inf = VR-max")
-    samples: int = _opt(1, "K, importance samples per data point while training")
-    beta: float = _opt(1.0, "weight of the KL term (beta-VAE)")
+    alpha: float = _opt(1.0, "Renyi order: 1 = ELBO, 0 = IWAE, -inf = VR-max", domain="real")
+    samples: int = _opt(1, "K, importance samples per data point while training",
+                       domain="count")
+    beta: float = _opt(1.0, "weight of the KL term (beta-VAE)", domain="nonnegative")
     analytic_kl: bool = _opt(True, "use the closed-form KL when the bound is an ELBO")
+    # Fisher autoencoder: a penalty on the training surrogate; the logged bound stays the bound
+    fisher_weight: float = _opt(0.0, "weight xi of the Fisher penalty xi |J - J_c| (0: off; "
+                                     "Zheng et al. use 0.1)")
+    fisher_target: float = _opt(5.0, "target J_c of the posterior's location Fisher "
+                                     "information, mean per latent dim (1: as wide as N(0, 1))")
+    fisher_estimator: str = _opt("closed-form", "J by its closed form, or by the authors' "
+                                 "Monte-Carlo score estimator", choices=("closed-form", "score"))
     # optimisation
-    epochs: int = _opt(100, "training epochs")
-    batch_size: int = _opt(1000, "mini-batch size")
-    lr: float = _opt(1e-4, "Adam learning rate")
-    warmup_epochs: float = _opt(0.0, "KL warm-up: beta ramps up from 0 over this many epochs")
-    clip_grad: float | None = _opt(None, "clip the gradient norm to this value")
+    epochs: int = _opt(100, "training epochs", domain="count")
+    batch_size: int = _opt(1000, "mini-batch size", domain="count")
+    lr: float = _opt(1e-4, "Adam learning rate", domain="positive")
+    warmup_epochs: float = _opt(0.0, "KL warm-up: beta ramps up from 0 over this many epochs",
+                                domain="nonnegative")
+    clip_grad: float | None = _opt(None, "clip the gradient norm to this value",
+                                    domain="positive")
     seed: int = _opt(0, "random seed")
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
     amp: bool = _opt(False, "mixed precision on CUDA (with a gradient scaler)")
     on_nonfinite: str = _opt("stop", "when a loss goes non-finite: stop, or skip the batch",
                              choices=("stop", "skip"))
-    compile: bool = _opt(False, "torch.compile the model")
+    compile: bool = _opt(False, "torch.compile the model's networks")
     # evaluation
-    nll_samples: int = _opt(1000, "K for the importance-sampled test NLL")
+    nll_samples: int = _opt(1000, "K for the importance-sampled test NLL", domain="count")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
-        if self.val_size is not None and self.val_size < 0:
-            raise ValueError(f"val_size must be >= 0, got {self.val_size}")
-        for name in ("depth", "hidden", "samples", "epochs", "batch_size",
-                     "nll_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "sigma"):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
-        if self.beta < 0 or self.warmup_epochs < 0:
-            raise ValueError("beta and warmup_epochs must be >= 0")
+        for name in ("fisher_weight", "fisher_target"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         from .models import model_class
 
         self.model = model_class(self.model).name
@@ -157,13 +170,17 @@ def _coerce(f: dataclasses.Field, value):
     if choices is not None and value not in choices:
         raise ValueError(f"{f.name} must be one of {', '.join(str(c) for c in choices)}, "
                          f"got {value!r}")
+    if f.metadata.get("domain") and value is not None:
+        value = check(f.name, value, f.metadata["domain"])
     return value
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"config file {path} not found")
-    text = path.read_text()
+    check_readable(path, "config file")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not a text file") from None
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
@@ -183,7 +200,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     except ValueError:
         raise
     except Exception as err:  # the parsers' own error types
-        raise ValueError(f"config file {path} is not valid {suffix[1:]}: {err}") from None
+        raise syntax_error(f"config file {path}", suffix[1:].upper(), err) from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values")
     return data

@@ -5,6 +5,9 @@ bound gets its ELBO, its own bound and the NLL; a model with an encoder gets the
 error. Keys are unprefixed (``elbo``, ``nll``, ...): callers name the split
 (:func:`prefixed` gives ``test_elbo``, ``test_nll``, ... as ``metrics.json`` holds them).
 
+A model whose posterior families have a location Fisher information also gets ``fisher`` (its
+mean per latent dim) and ``entropy_power``: its point in the Fisher-Shannon plane.
+
 All values are in nats per data point, averaged over the data. ``nll`` is ``-log p(x)``
 estimated by the IWAE bound with K = ``nll_samples`` draws, so it sits at or below ``-elbo`` and
 falls (towards the true NLL) as K grows. NLLs of different likelihood beliefs are not
@@ -56,6 +59,8 @@ def evaluate(model: Model, x: torch.Tensor, nll_samples: int = 1000, batch_size:
             err = sum((model.reconstruct(x[i:i + batch_size]) - x[i:i + batch_size])
                       .pow(2).flatten(1).mean(1).sum().item() for i in range(0, n, batch_size))
             metrics["recon_mse"] = err / n
+            if hasattr(model, "fisher_shannon"):  # the Fisher-Shannon plane (Stam: J N >= 1)
+                metrics.update(model.fisher_shannon(x, batch_size))
         if model.has_bound:
             chunks = range(0, n, nll_batch_size)
             if progress:

@@ -38,6 +38,8 @@ _UNITS = {
     "recon_psnr": ("reconstruction PSNR", "dB"),
     "recon_ssim": ("reconstruction SSIM", "1 is identical"),
     "balance_metric": ("balance metric BM (AVA)", "in [0, 0.25]"),
+    "test_fisher": ("posterior location Fisher information J", "per latent dim"),
+    "test_entropy_power": ("posterior entropy power N", "Stam: J N >= 1"),
 }
 
 
@@ -102,6 +104,36 @@ def _curves(history: list[dict]) -> str | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image (higher is better)")
     ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fisher_shannon_plane(runs: list[Path]) -> str | None:
+    """Each run with test_fisher and test_entropy_power as a point in the Fisher-Shannon plane,
+    with Stam's bound J N = 1 (no posterior lies below it; Gaussians lie on it)."""
+    points = [(run.name, m["test_fisher"], m["test_entropy_power"]) for run in runs
+              if {"test_fisher", "test_entropy_power"} <= set(m := Run(run).metrics())]
+    if not points:
+        return None
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ns = [p[2] for p in points]
+    grid = np.geomspace(min(ns) / 3, max(ns) * 3, 100)
+    ax.plot(grid, 1 / grid, "k--", lw=1, label="Stam's bound J N = 1")
+    for name, j, n in points:
+        ax.scatter([n], [j], s=30)
+        ax.annotate(name, (n, j), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("entropy power N (per latent dim)")
+    ax.set_ylabel("location Fisher information J (per latent dim)")
+    ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
     return _png(fig)
@@ -190,6 +222,9 @@ def write_report(paths: list[str | Path], out: str | Path | None = None, top: in
             f"<h1>{html.escape(title)}</h1><p>NLLs of different likelihood beliefs are not "
             "comparable (Bernoulli is a pmf, the others densities); bounds are in nats per "
             "image, higher is better.</p><div class=runs>"
-            + "".join(_run_section(r) for r in runs) + "</div></body></html>")
+            + "".join(_run_section(r) for r in runs) + "</div>"
+            + (f"<h2>Fisher-Shannon plane</h2><img alt='Fisher-Shannon plane' "
+               f"src='data:image/png;base64,{plane}'>" if (plane := _fisher_shannon_plane(runs))
+               else "") + "</body></html>")
     atomic_write(out, lambda f: f.write(page.encode()))
     return out

@@ -157,8 +157,9 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
         run.folder.mkdir(parents=True, exist_ok=True)
     run.truncate_history(start_epoch)
     run.save_config(config)
-    if config.compile:
-        model.compile()
+    if config.compile:  # each network in place; the model's step code stays eager
+        for module in model.children():
+            module.compile()
     board = _tensorboard(run)
 
     n = data.train.shape[0]

@@ -48,7 +48,11 @@ def model_class(name: str) -> type[Model]:
 
 def build_model(config, event_shape) -> Model:
     """The model ``config.model`` names, built from the config and the data's event shape."""
-    return model_class(config.model).from_config(config, tuple(event_shape))
+    cls = model_class(config.model)
+    if config.fisher_weight > 0 and not cls.has_encoder:
+        raise ValueError(f"fisher_weight penalises an encoder's posterior, and model "
+                         f"{cls.name!r} has no encoder; set fisher_weight: 0")
+    return cls.from_config(config, tuple(event_shape))
 
 
 __all__ = ["MODELS", "VAE", "BetaVAE", "Model", "NonFiniteLossError", "StepContext",

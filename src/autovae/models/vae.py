@@ -7,25 +7,54 @@ space a :class:`~autovae.beliefs.LatentSpec`, the likelihood a
 
 The beta-VAE (Higgins et al. 2017) is this model with ``beta != 1`` (``--model beta-vae``
 names it, and refuses ``beta = 1``); a KL warm-up ramps beta up from 0 over ``warmup_epochs``.
-beta changes the gradient surrogate only: the logged bound is always the true bound.
+The Fisher autoencoder (Zheng et al. 2019) is this model with a :class:`FisherPenalty`
+``xi |J - J_c|`` on the posterior's location Fisher information J, for any posterior family
+that has one. beta and the penalty change the gradient surrogate only: the logged bound is
+always the true bound. The posterior's J (mean per latent dim) and entropy power N are logged
+every epoch (``train_fisher``, ``val_fisher``, ...): Stam's inequality says ``J N >= 1``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..beliefs import LatentSpec, Likelihood, likelihood, likelihood_class
+from ..beliefs import (
+    LatentSpec,
+    Likelihood,
+    fisher_information_available,
+    fisher_penalty,
+    likelihood,
+    likelihood_class,
+    posterior_fisher,
+    posterior_fisher_shannon,
+)
+from ..beliefs.fisher import check_fisher
 from ..bounds import Bound, BoundEstimate
 from ..nets import build_networks
 from .base import Model, StepContext
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "FisherPenalty"]
 
 _ELBO = Bound(alpha=1.0, samples=1)
+
+
+@dataclass(frozen=True)
+class FisherPenalty:
+    """``weight * |mean J - target|`` added to the loss (Zheng et al. 2019), J the posterior's
+    location Fisher information per latent dim, by ``estimator`` ("closed-form" or "score")."""
+
+    weight: float = 0.1
+    target: float = 5.0
+    estimator: str = "closed-form"
+
+    def __call__(self, latent: LatentSpec, q) -> torch.Tensor:
+        return fisher_penalty(posterior_fisher(latent, q, self.estimator), self.target,
+                              self.weight)
 
 
 class VAE(Model):
@@ -39,6 +68,7 @@ class VAE(Model):
         bound: the training objective (ELBO, beta-ELBO, VR, IWAE, ...).
         latent_clip: clamp draws to [-c, c] before the decoder (heavy-tailed posteriors).
         warmup_epochs: KL warm-up, beta ramps up linearly from 0 over this many epochs.
+        fisher: a Fisher-autoencoder penalty (None: none).
     """
 
     name = "vae"
@@ -47,13 +77,19 @@ class VAE(Model):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: LatentSpec,
                  likelihood: Likelihood, bound: Bound | None = None,
-                 latent_clip: float | None = None, warmup_epochs: float = 0.0):
+                 latent_clip: float | None = None, warmup_epochs: float = 0.0,
+                 fisher: FisherPenalty | None = None):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.latent, self.likelihood = latent, likelihood
         self.bound = bound or Bound()
         self.latent_clip = latent_clip
         self.warmup_epochs = warmup_epochs
+        if fisher is not None:
+            check_fisher(latent)  # refuses posteriors without a location Fisher information
+        self.fisher = fisher
+        self.measures_fisher = all(fisher_information_available(b.posterior)[0]
+                                   for b in latent.blocks)
 
     @classmethod
     def from_config(cls, config, event_shape) -> VAE:
@@ -69,8 +105,10 @@ class VAE(Model):
                                           config.depth)
         bound = Bound(alpha=config.alpha, samples=config.samples, beta=config.beta,
                       analytic_kl=config.analytic_kl)
+        fisher = (FisherPenalty(config.fisher_weight, config.fisher_target,
+                                config.fisher_estimator) if config.fisher_weight > 0 else None)
         return cls(encoder, decoder, latent, lik, bound, config.latent_clip,
-                   config.warmup_epochs)
+                   config.warmup_epochs, fisher)
 
     # -- training (the loop's contract, see autovae.models.base) --------------------------------
     def configure_optimizers(self, config) -> dict[str, torch.optim.Optimizer]:
@@ -84,21 +122,50 @@ class VAE(Model):
 
     def training_step(self, x: torch.Tensor, ctx: StepContext):
         beta = self.beta_at(ctx.progress)
-        est = self(x, beta=beta)
+        q, est = self.posterior_and_estimate(x, beta=beta)
         ctx.log("train_bound", est.value)
         ctx.log("train_log_lik", est.log_lik)
         ctx.log("train_kl", est.kl)
         ctx.set("beta", beta)
-        yield "model", -est.surrogate.mean()
+        loss = -est.surrogate.mean()
+        if self.fisher is not None:
+            loss = loss + self.fisher(self.latent, q)
+        if self.measures_fisher:
+            for name, value in zip(("train_fisher", "train_entropy_power"),
+                                   self._fisher_shannon(q), strict=True):
+                ctx.log(name, value)
+        yield "model", loss
 
     def validation_metrics(self, x: torch.Tensor, batch_size: int) -> dict[str, float]:
-        """Mean bound (the run's) and ELBO over ``x``."""
+        """Mean bound (the run's) and ELBO over ``x``, and the posterior's Fisher information
+        and entropy power where its families have them."""
         totals = {"bound": 0.0, "elbo": 0.0}
         for start in range(0, x.shape[0], batch_size):
             elbo, bound = self.elbo_and_bound(x[start:start + batch_size])
             totals["bound"] += bound.sum().item()
             totals["elbo"] += elbo.value.sum().item()
-        return {k: v / x.shape[0] for k, v in totals.items()}
+        totals.update(self.fisher_shannon(x, batch_size))
+        return {k: v / x.shape[0] if k in ("bound", "elbo") else v for k, v in totals.items()}
+
+    def _fisher_shannon(self, q) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J per latent dim, entropy power N) per data point, detached."""
+        with torch.no_grad():
+            J, N = posterior_fisher_shannon(self.latent, q)
+        return J / self.latent.dim, N
+
+    def fisher_shannon(self, x: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+        """Means over ``x`` of the posterior's location Fisher information per latent dim
+        (``fisher``) and entropy power (``entropy_power``): the model's point in the
+        Fisher-Shannon plane (Stam: ``fisher * entropy_power >= 1``). Empty when a posterior
+        family has no location Fisher information."""
+        if not self.measures_fisher:
+            return {}
+        sums = torch.zeros(2, dtype=torch.float64)
+        for start in range(0, x.shape[0], batch_size):
+            J, N = self._fisher_shannon(self.posterior(x[start:start + batch_size]))
+            sums += torch.stack([J.double().sum(), N.double().sum()]).cpu()
+        return {"fisher": sums[0].item() / x.shape[0],
+                "entropy_power": sums[1].item() / x.shape[0]}
 
     # -- the generative path --------------------------------------------------------------------
     def posterior(self, x: torch.Tensor):
@@ -124,12 +191,18 @@ class VAE(Model):
                  beta: float | None = None) -> BoundEstimate:
         """The bound per data point (value and gradient surrogate); ``beta`` overrides the
         bound's (KL warm-up)."""
+        return self.posterior_and_estimate(x, bound, beta)[1]
+
+    def posterior_and_estimate(self, x: torch.Tensor, bound: Bound | None = None,
+                               beta: float | None = None):
+        """(q(z | x), :meth:`estimate`) from one encoder pass."""
         bound = bound or self.bound
         if beta is not None and beta != bound.beta:
             bound = dataclasses.replace(bound, beta=beta)
         q, log_lik, log_p, log_q = self.terms(x, bound.samples)
         analytic = bound.is_elbo and bound.analytic_kl and self.latent.all_closed_form
-        return bound.estimate(log_lik, log_p, log_q, self.latent.kl(q) if analytic else None)
+        return q, bound.estimate(log_lik, log_p, log_q,
+                                 self.latent.kl(q) if analytic else None)
 
     forward = estimate
 

@@ -4,7 +4,8 @@ Latent dimensions are exchangeable, so the pairing is encoded as one weight in [
 candidate (posterior, prior) pair, not as a categorical per dimension: the weights are
 normalised and turned into block sizes by largest-remainder rounding (a weight that rounds to
 zero dimensions drops its block). Pairs whose KL is infinite for every parameter are refused up
-front. Every other setting is a fixed value or a range (floats may be log-scaled).
+front. Every other setting is a fixed value or a range (floats may be log-scaled), among them
+the Fisher-autoencoder penalty's ``fisher_weight`` and ``fisher_target``.
 
 Presets: ``paper`` (the seed's seven posteriors against normal/Laplace/Cauchy/logistic priors,
 the seed network, alpha and K searched) and ``quick`` (five pairs, a small network, short runs).
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..beliefs import PAIRS, Block, LatentSpec, likelihood_class
+from ..beliefs import PAIRS, Block, LatentSpec, fisher_information_available, likelihood_class
 from ..config import Config
 
 __all__ = ["PRESETS", "SearchSpace", "allocate"]
@@ -53,6 +54,8 @@ class SearchSpace:
     hidden: tuple[int, int] = (400, 400)
     depth: tuple[int, int] = (3, 3)
     lr: Range = (1e-4, 1e-4)
+    fisher_weight: Range = (0.0, 0.0)
+    fisher_target: Range = (5.0, 5.0)
 
     def __post_init__(self):
         if not self.pairs:
@@ -79,11 +82,19 @@ class SearchSpace:
             self.likelihoods = [likelihood_class(name).name for name in self.likelihoods]
         except ValueError as err:
             raise ValueError(f"search space: {err}") from None
-        for name in ("alpha", "samples", "beta", "latent_dim", "hidden", "depth", "lr"):
+        for name in ("alpha", "samples", "beta", "latent_dim", "hidden", "depth", "lr",
+                     "fisher_weight", "fisher_target"):
             low, high = getattr(self, name)
             if not low <= high:
                 raise ValueError(f"search range {name}: low {low} > high {high}")
             setattr(self, name, (low, high))
+        if self.fisher_weight[1] > 0:
+            no_fisher = [p for p in self.pairs
+                         if not fisher_information_available(p.split("/")[0])[0]]
+            if no_fisher:
+                raise ValueError(f"search space: fisher_weight can be > 0, but the posteriors of "
+                                 f"{', '.join(no_fisher)} have no location Fisher information; "
+                                 "drop those pairs or fix fisher_weight: [0, 0]")
         if self.latent_dim[0] < 1 or self.samples[0] < 1 or self.lr[0] <= 0:
             raise ValueError("latent_dim and samples must be >= 1 and lr > 0")
 
@@ -141,6 +152,8 @@ class SearchSpace:
             hidden=_int(trial, "hidden", self.hidden, log=True),
             depth=_int(trial, "depth", self.depth),
             lr=_float(trial, "lr", self.lr, log=True),
+            fisher_weight=_float(trial, "fisher_weight", self.fisher_weight, log=True),
+            fisher_target=_float(trial, "fisher_target", self.fisher_target, log=True),
         )
         config = base.replace(**changes)
         LatentSpec.parse(config.latent)  # fails loudly if a block were impossible
