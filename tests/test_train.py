@@ -268,8 +268,10 @@ def test_nll_is_below_minus_elbo_and_improves_with_k(tmp_path):
     many = evaluate(model, data.test, nll_samples=500)
     assert many["nll"] <= -many["elbo"]
     assert many["nll"] < few["nll"] <= -few["elbo"] + 0.5
-    assert {"test_elbo", "test_nll", "nll_samples", "recon_mse", "test_images"} <= set(
-        prefixed(many, "test"))
+    assert {"test_elbo", "test_nll", "nll_samples", "recon_mse", "test_images",
+            "active_units"} <= set(prefixed(many, "test"))
+    codes = model.embed(data.test)
+    assert many["active_units"] == int((codes.var(0) > 0.01).sum()) and many["active_units"] <= 4
 
 
 def test_a_different_run_in_the_folder_is_refused(tmp_path):
@@ -386,3 +388,21 @@ def test_conv_network_and_user_modules():
         (-custom.estimate(x).surrogate.mean()).backward()
         opt.step()
     assert custom.estimate(x).value.mean() > before + 1
+
+
+def test_active_units_count_the_dims_whose_code_varies():
+    """An encoder whose first two code dims follow the data and last two are constant has
+    exactly two active units."""
+    from autovae.beliefs import LatentSpec, likelihood
+    from autovae.evaluate import active_units
+    from autovae.models import VAE
+
+    class HalfEncoder(torch.nn.Module):
+        def forward(self, x):
+            flat = x.flatten(1)
+            loc = torch.stack([flat[:, 0], flat[:, 1], 0 * flat[:, 0], 0 * flat[:, 0] + 3], 1)
+            return torch.cat([4 * loc, torch.zeros_like(loc)], 1)
+
+    latent = LatentSpec.parse("normal/normal:2,logistic/normal:2")
+    model = VAE(HalfEncoder(), torch.nn.Linear(4, 6), latent, likelihood("gaussian", (6,)))
+    assert active_units(model, torch.rand(200, 6)) == 2

@@ -22,15 +22,17 @@ import torch
 
 from .models import Model, evaluation_mode
 
-__all__ = ["evaluate", "evaluate_quality", "prefixed", "sample_quality_of"]
+__all__ = ["active_units", "evaluate", "evaluate_quality", "prefixed", "sample_quality_of"]
 
 # keys that describe the evaluation rather than measure the split
-_DESCRIPTIVE = ("nll_samples", "bound_name", "likelihood", "latent", "model", "evaluate_seconds")
+_DESCRIPTIVE = ("nll_samples", "bound_name", "likelihood", "latent", "model", "evaluate_seconds",
+                "active_units")
 
 
 def prefixed(metrics: dict, split: str) -> dict:
     """``metrics`` with measured keys renamed ``{split}_{key}``; ``images`` becomes
-    ``{split}_images``, ``recon_mse`` and the descriptive keys keep their names.
+    ``{split}_images``; ``recon_mse``, ``active_units`` and the descriptive keys keep their
+    names.
 
     >>> prefixed({"elbo": -250.0, "nll": 245.1, "nll_samples": 1000, "images": 10000}, "test")
     {'test_elbo': -250.0, 'test_nll': 245.1, 'nll_samples': 1000, 'test_images': 10000}
@@ -59,6 +61,7 @@ def evaluate(model: Model, x: torch.Tensor, nll_samples: int = 1000, batch_size:
             err = sum((model.reconstruct(x[i:i + batch_size]) - x[i:i + batch_size])
                       .pow(2).flatten(1).mean(1).sum().item() for i in range(0, n, batch_size))
             metrics["recon_mse"] = err / n
+            metrics["active_units"] = active_units(model, x, batch_size)
             if hasattr(model, "fisher_shannon"):  # the Fisher-Shannon plane (Stam: J N >= 1)
                 metrics.update(model.fisher_shannon(x, batch_size))
         if model.has_bound:
@@ -74,6 +77,17 @@ def evaluate(model: Model, x: torch.Tensor, nll_samples: int = 1000, batch_size:
     metrics.update(images=n, model=model.name,
                    evaluate_seconds=time.perf_counter() - started)
     return metrics
+
+
+def active_units(model: Model, x: torch.Tensor, batch_size: int = 500,
+                 threshold: float = 0.01) -> int:
+    """Latent dims whose point code varies over the data: ``Var_x(code_u) > threshold``
+    (Burda et al. 2016, with the posterior median as the code, which every family has)."""
+    with evaluation_mode(model):
+        codes = _in_batches(lambda i, k: model.embed(x[i:i + k]), x.shape[0], batch_size)
+    if codes.shape[0] < 2:
+        return 0
+    return int((codes.double().var(0) > threshold).sum())
 
 
 def _in_batches(make, n: int, batch_size: int) -> torch.Tensor:

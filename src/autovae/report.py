@@ -38,6 +38,7 @@ _UNITS = {
     "recon_psnr": ("reconstruction PSNR", "dB"),
     "recon_ssim": ("reconstruction SSIM", "1 is identical"),
     "balance_metric": ("balance metric BM (AVA)", "in [0, 0.25]"),
+    "active_units": ("active latent units", "Var of the code > 0.01"),
     "test_fisher": ("posterior location Fisher information J", "per latent dim"),
     "test_entropy_power": ("posterior entropy power N", "Stam: J N >= 1"),
 }
