@@ -80,6 +80,34 @@ class Config:
                                      "information, mean per latent dim (1: as wide as N(0, 1))")
     fisher_estimator: str = _opt("closed-form", "J by its closed form, or by the authors' "
                                  "Monte-Carlo score estimator", choices=("closed-form", "score"))
+    # adversarial models (gan, vae-gan, ava0..ava5; refused on models that do not read them)
+    disc_network: str = _opt("mlp", "image discriminator: mlp, or conv (any image size)",
+                             choices=("mlp", "conv"))
+    disc_hidden: int = _opt(256, "hidden units per discriminator layer (conv: hidden/8 base "
+                                 "channels, at least 16)")
+    disc_depth: int = _opt(2, "hidden layers of the discriminators (conv: at most depth + 1 "
+                              "convolutions)")
+    disc_lr: float | None = _opt(None, "the discriminators' learning rate (default: lr)")
+    spectral_norm: bool = _opt(False, "spectral normalisation of every discriminator layer")
+    code_disc_hidden: int | None = _opt(None, "hidden units of AVA's encoder discriminator on "
+                                              "codes (default: disc_hidden)")
+    gan_loss: str | None = _opt(None, "generator loss: minimax log(1 - d) or non-saturating "
+                                      "-log d (default: the preset's)",
+                                choices=(None, "minimax", "non-saturating"))
+    ava_preset: str = _opt("modern", "modern (autograd, coupled encoder, non-saturating, Adam) "
+                                     "or paper (the AVA slides: surrogates of the printed "
+                                     "updates, KL-only encoder, minimax, SGD lr/sqrt(t))",
+                           choices=("modern", "paper"))
+    ava_grad_mode: str | None = _opt(None, "autograd, or paper (the author's update equations "
+                                           "5-7, 10, 13-14, 16); default: the preset's",
+                                     choices=(None, "autograd", "paper"))
+    couple_encoder: bool | None = _opt(None, "AVA: let the reconstruction gradient reach the "
+                                             "encoder (default: the preset's)")
+    vaegan_gamma: float = _opt(0.01, "VAE-GAN: the decoder's weight of the feature "
+                                     "reconstruction, the GAN term gets 1 - gamma (Larsen's "
+                                     "code: 0.01)")
+    equilibrium: float | None = _opt(0.4, "VAE-GAN equilibrium margin around a BCE of 0.68 "
+                                          "(Larsen's code: 0.4); none: always train both")
     # optimisation
     epochs: int = _opt(100, "training epochs", domain="count")
     batch_size: int = _opt(1000, "mini-batch size", domain="count")
@@ -107,6 +135,18 @@ class Config:
         from .models import model_class
 
         self.model = model_class(self.model).name
+        for name in ("disc_hidden", "disc_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.disc_lr is not None and not (self.disc_lr > 0 and math.isfinite(self.disc_lr)):
+            raise ValueError(f"disc_lr must be a positive number, got {self.disc_lr}")
+        if not 0 <= self.vaegan_gamma <= 1:
+            raise ValueError(f"vaegan_gamma must be in [0, 1], got {self.vaegan_gamma}")
+        if self.equilibrium is not None and not self.equilibrium > 0:
+            raise ValueError(f"equilibrium must be a margin > 0 (or none), got {self.equilibrium}")
+        from .models.adversarial import check_settings
+
+        check_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,7 +237,11 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             raise ValueError(f"config file {path} must be .yaml, .yml, .toml or .json")
-    except ValueError:
+    except json.JSONDecodeError as err:  # a ValueError, but a syntax error too
+        raise syntax_error(f"config file {path}", "JSON", err) from None
+    except ValueError as err:
+        if type(err).__name__ == "TOMLDecodeError":  # tomllib's is a ValueError too
+            raise syntax_error(f"config file {path}", "TOML", err) from None
         raise
     except Exception as err:  # the parsers' own error types
         raise syntax_error(f"config file {path}", suffix[1:].upper(), err) from None

@@ -7,11 +7,13 @@ attributes (``has_bound``, ``has_encoder``, ``has_likelihood``). Add a model by 
 in :data:`MODELS`.
 
 * ``vae``: the VAE with free posterior, prior and likelihood beliefs and any bound;
-* ``beta-vae``: the same model, named for users who look for it; it refuses ``beta = 1``.
+* ``beta-vae``: the same model, named for users who look for it; it refuses ``beta = 1``;
+* ``gan``, ``vae-gan``, ``ava0`` ... ``ava5``: the adversarial models (:mod:`.adversarial`).
 """
 
 from __future__ import annotations
 
+from .adversarial import AVA0, AVA1, AVA2, AVA3, AVA4, AVA5, GAN, VAEGAN
 from .base import Model, NonFiniteLossError, StepContext, evaluation_mode
 from .vae import VAE
 
@@ -31,7 +33,8 @@ class BetaVAE(VAE):
         return super().from_config(config, event_shape)
 
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (VAE, BetaVAE)}
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (VAE, BetaVAE, GAN, VAEGAN, AVA0,
+                                                            AVA1, AVA2, AVA3, AVA4, AVA5)}
 
 
 def model_class(name: str) -> type[Model]:
