@@ -367,7 +367,7 @@ def test_image_folder_flat_colour_and_jpeg(tmp_path):
     rgb = pattern(5, 3, 4, 3)  # (N, H, W, C) with H = 3: the folder reader knows it is HWC
     for i, img in enumerate(rgb):
         save_png(tmp_path / f"c{i}.png", img)
-    save_png(tmp_path / "grey.png", np.full((3, 4), 200, np.uint8))  # grey among colour: RGB
+    save_png(tmp_path / "grey.png", np.full((3, 4, 3), 200, np.uint8))  # (mixed: refused)
     save_png(tmp_path / "photo.jpg", np.full((3, 4, 3), 90, np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")
     d = load_data(str(tmp_path), val_size=1)
@@ -393,7 +393,7 @@ def test_datasplits_to_and_repr():
 
 def test_registry_names():
     assert set(DATASETS) == {"fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "svhn",
-                             "digits"}
+                             "digits", "orbit"}
 
 
 def test_binarize():

@@ -14,13 +14,18 @@ Names (case-insensitive, ``_`` and ``-`` interchangeable), see :data:`DATASETS`:
 * ``mnist``, ``kmnist``: IDX files in ``<root>/<MNIST|KMNIST>/raw/``, else torchvision.
 * ``cifar10``, ``cifar100``, ``svhn``: torchvision's classes and on-disk layouts (SVHN needs scipy).
 * ``digits``: scikit-learn's 1797 8x8 handwritten digits (values 0..16 divided by 16).
+* ``orbit``: the AVA paper's 36 RGB images of 64x100 (shipped in ``autovae/datasets/orbit``,
+  MIT licence; 21 distinct, all 36 kept as the paper's BM averages over them). Their alpha is
+  opaque everywhere and is dropped. As in the paper, ``train`` and ``test`` are the same 36
+  images and ``val`` is empty.
 * a path to your own data:
 
   - ``.npy``: one array of samples (no labels); the test set is carved from it;
   - ``.npz``: key ``x`` (optional ``y``: int labels), test carved from it; or keys ``x_train``
     and ``x_test`` (optional ``y_train`` and ``y_test``, both or neither) for your own test set;
     optional ``classes`` (array of names) in either case;
-  - a folder of 8-bit images (PNG, JPEG, BMP, GIF, TIFF, WebP), all the same size, either all
+  - a folder of 8-bit images (PNG, JPEG, BMP, GIF, TIFF, WebP), all the same size and all
+    greyscale or all colour (RGB; an alpha channel is dropped, not composited), either all
     directly in the folder (no labels) or in class subfolders (labels = sorted subfolder names).
 
   Array layouts: (N, D) vectors; (N, H, W) greyscale images (a channel axis is added);
@@ -256,6 +261,16 @@ def _load_fashion_mnist(root: Path, download: bool) -> _Source:
                      extra_dirs=[root, DEBIAN_FASHION_MNIST], apt="dataset-fashion-mnist")
 
 
+ORBIT_DIR = Path(__file__).resolve().parent / "datasets" / "orbit"
+
+
+def _load_orbit(root: Path, download: bool) -> _Source:
+    """The 36 orbit PNGs, RGB (alpha is 255 everywhere in them, so dropping it loses nothing);
+    the test set is the training set, the paper's protocol."""
+    x = _read_image_folder(ORBIT_DIR).x_train
+    return _Source(x, None, x, None, None, channels_last=True)
+
+
 def _load_digits(root: Path, download: bool) -> _Source:
     return _Source(*_digits_arrays(), None, None, [str(i) for i in range(10)])
 
@@ -293,6 +308,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("svhn", "SVHN cropped digits, 73k+26k 32x32 colour", _load_svhn),
         DatasetInfo("digits", "scikit-learn 8x8 digits, 1797 greyscale (1197/300/300)",
                     _load_digits, val_size=300, test_size=300),
+        DatasetInfo("orbit", "the AVA paper's 36 RGB 64x100 images (21 distinct); test = train",
+                    _load_orbit, val_size=0),
     ]
 }
 _ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
@@ -360,8 +377,12 @@ def _read_image_folder(folder: Path) -> _Source:
             h, w = arrays[0].shape[:2]
             raise ValueError(f"{p}: is {arrays[-1].shape[1]}x{arrays[-1].shape[0]} but {files[0]} "
                              f"is {w}x{h}; resize all images to one size")
-    if any(a.ndim == 3 for a in arrays):  # some colour: make every image RGB
-        arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays]
+    colour = [p for p, a in zip(files, arrays, strict=True) if a.ndim == 3]
+    if colour and len(colour) < len(files):
+        grey = next(p for p, a in zip(files, arrays, strict=True) if a.ndim == 2)
+        raise ValueError(f"{folder}: mixes greyscale ({grey.name}) and colour ({colour[0].name}) "
+                         f"images; convert them all to one mode (e.g. PIL's "
+                         f"Image.convert('RGB')) first")
     x = np.stack(arrays)
     if not per_class:
         return _Source(x, None, None, None, None, channels_last=True)
