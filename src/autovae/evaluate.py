@@ -108,12 +108,31 @@ def sample_quality_of(model: Model, real: torch.Tensor, extractor, batch_size: i
     return sample_quality(real.cpu(), fake, extractor, **options)
 
 
+def best_images(model: Model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The AVA paper's "best" image of ``model`` for each image of ``x`` (AVA notes 1.8),
+    clamped to [0, 1]: a model with an encoder decodes the point code of each image (z = the
+    posterior median, r = 0); a generator without one gives its image at the prior's median
+    (z = 0, ``best_image()``), the one image compared with every image of ``x``."""
+    with evaluation_mode(model):
+        if model.has_encoder:
+            best = _in_batches(lambda i, k: model.reconstruct(x[i:i + k]), len(x), batch_size)
+        elif hasattr(model, "best_image"):
+            best = model.best_image().cpu().expand(len(x), *x.shape[1:])
+        else:
+            raise ValueError(f"model {model.name} has no encoder and no best_image(); its "
+                             "best images are undefined")
+    return best.clamp(0, 1)
+
+
 def evaluate_quality(model: Model, data, images: int = 10000, weights_path=None,
                      batch_size: int = 1000) -> dict:
     """Sample quality of ``model`` against the first ``images`` of ``data.test``: FID, KID and
-    IS on named features (the domain classifier of the dataset, or Inception from a local
-    ``weights_path``); for a model with an encoder also PSNR, SSIM and the AVA balance metric
-    BM of its reconstructions (clamped to [0, 1]). ``recon_mse`` is :func:`evaluate`'s."""
+    IS on named features (the domain classifier of a labelled dataset, or Inception from a
+    local ``weights_path``; skipped, with ``sample_quality`` saying why, for unlabelled data
+    without weights); PSNR, SSIM and the AVA balance metric BM of the model's best images
+    (:func:`best_images`) as ``best_psnr``, ``best_ssim``, ``balance_metric``; for a model
+    with an encoder, those best images are its reconstructions, also given as ``recon_psnr``
+    and ``recon_ssim``. ``recon_mse`` is :func:`evaluate`'s."""
     from .quality import (
         balance_metric_images,
         domain_classifier,
@@ -121,17 +140,20 @@ def evaluate_quality(model: Model, data, images: int = 10000, weights_path=None,
         reconstruction_metrics,
     )
 
-    # the classifier is trained once on the whole named dataset (not this run's subset) and cached
-    extractor = (inception_features(weights_path) if weights_path is not None
-                 else domain_classifier(data.name))
     real = data.test[:images]
-    metrics = sample_quality_of(model, real, extractor, batch_size)
+    if weights_path is not None:
+        metrics = sample_quality_of(model, real, inception_features(weights_path), batch_size)
+    elif data.train_labels is not None:
+        # trained once on the whole named dataset (not this run's subset) and cached
+        metrics = sample_quality_of(model, real, domain_classifier(data.name), batch_size)
+    else:
+        metrics = {"sample_quality": f"skipped: {data.name} has no labels for a domain "
+                                     "classifier; pass Inception weights (--inception-weights)"}
+    best = best_images(model, real, batch_size)
+    real = real.cpu()
+    scores = reconstruction_metrics(real, best)
+    metrics.update(best_psnr=scores["psnr"], best_ssim=scores["ssim"],
+                   balance_metric=balance_metric_images(best, real))
     if model.has_encoder:
-        with evaluation_mode(model):
-            recon = _in_batches(lambda i, k: model.reconstruct(real[i:i + k]), len(real),
-                                batch_size).clamp(0, 1)
-        real = real.cpu()
-        scores = reconstruction_metrics(real, recon)
-        metrics.update(recon_psnr=scores["psnr"], recon_ssim=scores["ssim"],
-                       balance_metric=balance_metric_images(recon, real))
+        metrics.update(recon_psnr=scores["psnr"], recon_ssim=scores["ssim"])
     return metrics
