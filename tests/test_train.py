@@ -340,7 +340,10 @@ def test_cli_end_to_end(tmp_path, capsys, dataset):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_nll"] <= -metrics["test_elbo"] and metrics["nll_samples"] == 20
     assert main(["evaluate", run, "--nll-samples", "5", "--test-limit", "200", "--quiet"]) == 0
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["nll_samples"] == 5
+    # a partial evaluation is written beside the full one, never over it (issue 11)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    partial = tmp_path / "run" / "metrics_partial_200images_K5.json"
+    assert json.loads(partial.read_text())["nll_samples"] == 5
     for command in (["sample", run, "--n", "16"], ["reconstruct", run, "--n", "8"],
                     ["embed", run], ["interpolate", run, "--pairs", "2", "--steps", "5"]):
         assert main(command) == 0, command

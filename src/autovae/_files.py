@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -21,7 +22,19 @@ def atomic_write(path: Path, write) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if _disk_full(err):
+            raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent}: could "
+                          f"not write {path.name} (the previous one, if any, is intact); free "
+                          "some space there and run again") from None
         raise
     return path
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` means the disk is full: an OSError ENOSPC/EDQUOT, or torch.save's
+    RuntimeError that buries "No space left on device" in its text."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, RuntimeError) and "No space left on device" in str(err)

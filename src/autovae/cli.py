@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import errno
 import json
 import sys
 from pathlib import Path
 
 import torch
 
+from ._checks import check_folder, flag_type
 from .config import Config, load_config
 from .models import NonFiniteLossError
+
+_COUNT = flag_type("count", "count")  # integers >= 1
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -46,9 +51,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .run import Run
     from .train import train
 
-    run = Run(args.run)
+    run = Run(check_folder(args.run, "run folder"))
     overrides = _config_overrides(args)
-    if args.resume:
+    if args.resume and not run.has_config() and not run.has_checkpoint():
+        print(f"{run.folder} holds no started run (killed before it recorded its settings); "
+              "starting it from scratch with the given settings", file=sys.stderr)
+        config = load_config(args.config, **overrides)
+    elif args.resume:
         config = run.load_config().replace(**overrides)
     else:
         config = load_config(args.config, **overrides)
@@ -59,11 +68,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(run, model, x_test, nll_samples: int, progress: bool) -> dict:
+def _evaluate(run, model, x_test, nll_samples: int, progress: bool,
+              full_images: int | None = None) -> dict:
+    """Evaluate on ``x_test`` into RUN/metrics.json; a partial evaluation (fewer than
+    ``full_images`` test images, or fewer NLL samples than metrics.json holds) is written beside
+    it, named for what it is, so that it never replaces the full one."""
     from .evaluate import evaluate, prefixed
 
     metrics = prefixed(evaluate(model, x_test, nll_samples=nll_samples, progress=progress),
                        "test")
+    stored = run.metrics().get("nll_samples")
+    images = x_test.shape[0]
+    if (full_images is not None and images < full_images) or (
+            stored is not None and model.has_bound and nll_samples < stored):
+        path = run.partial_metrics_path(images, nll_samples)
+        run.save_metrics(metrics, path)
+        print(json.dumps(metrics, indent=2))
+        print(f"partial evaluation ({images} of {full_images or images} test images, K = "
+              f"{nll_samples}) written to {path}; {run.metrics_path} keeps the full one",
+              file=sys.stderr)
+        return metrics
     run.save_metrics(metrics)
     print(json.dumps(metrics, indent=2))
     return metrics
@@ -85,7 +109,8 @@ def _split(data, name: str):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     run, config, model, data = _load(args)
     x = data.test if args.test_limit is None else data.test[: args.test_limit]
-    _evaluate(run, model, x, args.nll_samples or config.nll_samples, not args.quiet)
+    _evaluate(run, model, x, args.nll_samples or config.nll_samples, not args.quiet,
+              full_images=data.test.shape[0])
     if args.quality:
         from .evaluate import evaluate_quality
 
@@ -133,6 +158,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         raise ValueError(f"model {model.name!r} has no encoder, so it cannot interpolate "
                          "between data points")
     x, _ = _split(data, args.split)
+    if x.shape[0] < 2 * args.pairs:
+        raise ValueError(f"--pairs {args.pairs} needs {2 * args.pairs} {args.split} images; the "
+                         f"run's {args.split} split has {x.shape[0]}")
     codes = model.embed(x[: 2 * args.pairs])
     path_z = interpolate_codes(codes[: args.pairs], codes[args.pairs: 2 * args.pairs],
                                args.steps, args.mode)
@@ -237,7 +265,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str | None = None) -> None:
     parser.add_argument("run", help="the run folder")
     parser.add_argument("--device", default=None, help="override the run's device")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the draws (default 0)")
+    parser.add_argument("--seed", type=flag_type("--seed", "index"), default=0,
+                        help="seed for the draws (default 0)")
     if out_help:
         parser.add_argument("--out", default=None, help=out_help)
 
@@ -276,15 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="test ELBO, VR bound, IWAE NLL, reconstruction "
                                                "error; written to RUN/metrics.json")
     _add_run_arguments(evaluate)
-    evaluate.add_argument("--nll-samples", type=int, default=None,
+    evaluate.add_argument("--nll-samples", type=_COUNT, default=None,
                           help="K for the NLL (default: the run's nll_samples)")
-    evaluate.add_argument("--test-limit", type=int, default=None,
+    evaluate.add_argument("--test-limit", type=_COUNT, default=None,
                           help="evaluate the first N test images only")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--quality", action="store_true",
                           help="add FID, KID, IS (domain features unless --inception-weights), "
                                "PSNR, SSIM and the balance metric BM")
-    evaluate.add_argument("--quality-images", type=int, default=10000,
+    evaluate.add_argument("--quality-images", type=_COUNT, default=10000,
                           help="generated and real images for FID/KID/IS (10000)")
     evaluate.add_argument("--inception-weights", default=None,
                           help="local weights-inception-2015-12-05-6726825d.pth for standard "
@@ -293,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="a PNG grid of images generated from the prior")
     _add_run_arguments(sample, "PNG path (default RUN/samples.png)")
-    sample.add_argument("--n", type=int, default=64, help="how many (default 64)")
+    sample.add_argument("--n", type=_COUNT, default=64, help="how many (default 64)")
     sample.set_defaults(run_command=_cmd_sample)
 
     for name, helptext, default_n in (
@@ -303,11 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_arguments(p, f"PNG path (default RUN/{name}.png)")
         p.add_argument("--split", default="test", choices=("train", "val", "test"))
         if name == "reconstruct":
-            p.add_argument("--n", type=int, default=default_n, help="how many (default 16)")
+            p.add_argument("--n", type=_COUNT, default=default_n, help="how many (default 16)")
             p.set_defaults(run_command=_cmd_reconstruct)
         else:
-            p.add_argument("--pairs", type=int, default=default_n, help="rows (default 4)")
-            p.add_argument("--steps", type=int, default=10, help="columns (default 10)")
+            p.add_argument("--pairs", type=_COUNT, default=default_n, help="rows (default 4)")
+            p.add_argument("--steps", type=_COUNT, default=10, help="columns (default 10)")
             p.add_argument("--mode", default="linear", choices=("linear", "slerp"))
             p.set_defaults(run_command=_cmd_interpolate)
 
@@ -321,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "best trials), side by side")
     report.add_argument("paths", nargs="+", help="run folders and/or study folders")
     report.add_argument("--out", default=None, help="HTML path (default FIRST_RUN/report.html)")
-    report.add_argument("--top", type=int, default=3, help="best trials per study (3)")
+    report.add_argument("--top", type=_COUNT, default=3, help="best trials per study (3)")
     report.set_defaults(run_command=_cmd_report)
 
     def study_options(p, dir_default="runs/search"):
@@ -343,20 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--space", default=None, help="YAML search-space file (overrides the "
                                                       "preset's space)")
     search.add_argument("--config", default=None, help="base config file")
-    search.add_argument("--trials", type=int, default=20, help="finished trials wanted (20)")
-    search.add_argument("--workers", type=int, default=1, help="worker processes here (1)")
+    search.add_argument("--trials", type=_COUNT, default=20, help="finished trials wanted (20)")
+    search.add_argument("--workers", type=_COUNT, default=1, help="worker processes here (1)")
     search.add_argument("--objective", action="append", choices=names["objective"],
                         help="objective, repeat for multi-objective (default nll)")
     search.add_argument("--sampler", default="tpe", choices=names["sampler"])
     search.add_argument("--pruner", default="median", choices=names["pruner"])
-    search.add_argument("--validation-nll-samples", type=int, default=50,
+    search.add_argument("--validation-nll-samples", type=_COUNT, default=50,
                         help="K for the validation NLL objective (50)")
     _add_config_flags(search)
     search.set_defaults(run_command=_cmd_search)
 
     worker = sub.add_parser("worker", help="run trials of an existing study (any machine)")
     study_options(worker)
-    worker.add_argument("--worker", type=int, default=0, help="worker index: seeds differ")
+    worker.add_argument("--worker", type=flag_type("--worker", "index"), default=0,
+                        help="worker index: seeds differ")
     worker.set_defaults(run_command=_cmd_worker)
 
     study = sub.add_parser("study", help="a study's best trials, importances and plots")
@@ -366,10 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = sub.add_parser("retrain-best", help="retrain the best trial and normal/normal "
                                                   "(same network and budget) over seeds")
     study_options(retrain)
-    retrain.add_argument("--epochs", type=int, default=None, help="epochs (default: the trial's)")
-    retrain.add_argument("--seeds", type=int, default=3, help="seeds per model (3)")
-    retrain.add_argument("--nll-samples", type=int, default=None, help="K for the test NLL")
-    retrain.add_argument("--limit", type=int, default=None,
+    retrain.add_argument("--epochs", type=_COUNT, default=None,
+                         help="epochs (default: the trial's)")
+    retrain.add_argument("--seeds", type=_COUNT, default=3, help="seeds per model (3)")
+    retrain.add_argument("--nll-samples", type=_COUNT, default=None, help="K for the test NLL")
+    retrain.add_argument("--limit", type=_COUNT, default=None,
                          help="training images (default: all)")
     retrain.add_argument("--quiet", action="store_true")
     retrain.set_defaults(run_command=_cmd_retrain_best)
@@ -381,16 +412,64 @@ def build_parser() -> argparse.ArgumentParser:
         "pairs", help="print the KL matrix of every (posterior, prior) pair of families",
         description="Print KL(q || p) for all 49 ordered pairs of families at one setting of "
                     "the parameters, with how each is computed.")
+    # the families check their parameters (one line naming the family and the parameter)
     pairs.add_argument("--loc", type=float, default=0.3, help="posterior loc (default 0.3)")
     pairs.add_argument("--scale", type=float, default=0.7, help="posterior scale (default 0.7)")
     pairs.add_argument("--prior-loc", type=float, default=0.0, help="prior loc (default 0)")
     pairs.add_argument("--prior-scale", type=float, default=1.0, help="prior scale (default 1)")
     pairs.set_defaults(run_command=_cmd_pairs)
+    parser.commands = sub.choices  # name -> subcommand parser, for its own usage in errors
     return parser
 
 
+# names users try for a flag, and the flag autovae calls it
+_SYNONYMS = {"learning-rate": "lr", "learning_rate": "lr", "num-epochs": "epochs",
+             "n-epochs": "epochs", "k": "samples", "latent-size": "latent-dim",
+             "z-dim": "latent-dim", "bs": "batch-size", "dataset": "data", "output": "out",
+             "num-trials": "trials", "n-trials": "trials", "jobs": "workers", "n-jobs": "workers"}
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """'unrecognized arguments: ...' with 'did you mean --x' for each unknown flag."""
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for token in extra:
+        if not token.startswith("-"):
+            continue
+        flag = token.split("=", 1)[0]
+        name = flag.lstrip("-")
+        guess = ("--" + _SYNONYMS[name] if "--" + _SYNONYMS.get(name, "") in known
+                 else next(iter(difflib.get_close_matches(flag, known, n=1, cutoff=0.6)), None))
+        hints.append(f"{flag} (did you mean {guess}?)" if guess else flag)
+    return ("unrecognized arguments: " + " ".join(extra)
+            + (f"; unknown flag(s): {', '.join(hints)}" if hints else "")
+            + f"; see 'autovae {parser.prog.split()[-1]} --help'")
+
+
+def _negative_values_joined(argv: list[str]) -> list[str]:
+    """``--alpha -inf`` as ``--alpha=-inf``: argparse reads a value that starts with '-' and
+    is not a plain negative number (-inf, -1e3) as a flag."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-"):
+            try:
+                float(token)
+            except ValueError:
+                out.append(token)
+                continue
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = _negative_values_joined(list(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own usage and a suggestion, not the top-level usage
+        command = parser.commands[args.command]
+        command.error(_unrecognized(command, extra))
     try:
         return args.run_command(args)
     except ValueError as err:  # bad input: one clear line, no traceback
@@ -399,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"autovae: stopped: {err}", file=sys.stderr)
         return 3
+    except OSError as err:  # the machine's fault, not the program's: disk full, permissions
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO):
+            raise
+        print(f"autovae: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("autovae: interrupted; the last epoch's checkpoint is intact (use --resume)",
               file=sys.stderr)

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 import yaml
 
+from ._checks import syntax_error
 from ._files import atomic_write
-from .config import Config
+from .config import Config, unknown
 from .data import DataSplits, binarize, load_data
 from .models import Model, build_model
 
@@ -55,8 +56,17 @@ class Run:
         if not self.has_config():
             raise ValueError(f"{self.folder} is not a run folder (no config.yaml); train into it "
                              "first with 'autovae train --run FOLDER'")
-        data = yaml.safe_load(self.config_path.read_text()) or {}
-        return Config(**data)
+        try:
+            data = yaml.safe_load(self.config_path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise syntax_error(self.config_path, "YAML", err) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.config_path} must hold a mapping of settings")
+        unknown(data)
+        try:
+            return Config(**data)
+        except ValueError as err:
+            raise ValueError(f"{self.config_path}: {err}") from None
 
     def save_config(self, config: Config) -> None:
         text = yaml.safe_dump(config.to_dict(), sort_keys=False)
@@ -83,7 +93,20 @@ class Run:
     def history(self) -> list[dict[str, Any]]:
         if not self.history_path.is_file():
             return []
-        return [json.loads(line) for line in self.history_path.read_text().splitlines() if line]
+        text = self.history_path.read_text()
+        lines = text.splitlines()
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if number == len(lines) and not text.endswith("\n"):
+                    break  # a line cut by a kill mid-write: its epoch never checkpointed
+                err.lineno = number
+                raise syntax_error(self.history_path, "JSON", err) from None
+        return rows
 
     def append_history(self, row: dict[str, Any]) -> None:
         with self.history_path.open("a") as f:
@@ -97,13 +120,34 @@ class Run:
 
     def metrics(self) -> dict[str, Any]:
         """The evaluation so far (``metrics.json``), empty if there is none."""
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+        if not self.metrics_path.is_file():
+            return {}
+        try:
+            return json.loads(self.metrics_path.read_text())
+        except json.JSONDecodeError as err:
+            raise syntax_error(self.metrics_path, "JSON", err) from None
 
-    def save_metrics(self, metrics: dict[str, Any]) -> None:
-        existing = self.metrics()
+    def save_metrics(self, metrics: dict[str, Any], path: Path | None = None) -> None:
+        """Merge ``metrics`` into ``metrics.json`` (or into ``path``, for a partial one)."""
+        path = self.metrics_path if path is None else Path(path)
+        existing = Run(self.folder).metrics() if path == self.metrics_path else {}
         existing.update(metrics)
         text = json.dumps(existing, indent=2) + "\n"
-        atomic_write(self.metrics_path, lambda f: f.write(text.encode()))
+        atomic_write(path, lambda f: f.write(text.encode()))
+
+    def partial_metrics_path(self, images: int, nll_samples: int) -> Path:
+        """Where an evaluation on ``images`` test images with K = ``nll_samples`` is written
+        when it is not the run's full evaluation (``metrics.json`` is never replaced by one)."""
+        return self.folder / f"metrics_partial_{images}images_K{nll_samples}.json"
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files that a killed writer left (``.NAME.PID.ID.tmp``); the process
+        that trains a run owns its folder, so none of them is in use."""
+        stale = [p for p in self.folder.glob(".*.tmp") if p.is_file()] if self.folder.is_dir() \
+            else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
 
 class StudyFolder:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ._checks import check_folder
 from .config import Config
 from .data import DataSplits, binarize
 from .models import Model, NonFiniteLossError, StepContext, build_model, evaluation_mode
@@ -133,13 +134,18 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
     ``on_epoch(row, model)`` is called after each epoch's checkpoint with that epoch's metrics
     (the search reports them to Optuna and may raise to stop the run there).
     """
-    run = Run(run_folder)
+    run = Run(check_folder(run_folder, "run folder"))
     if resume:
-        _check_resume(run, config)
+        if run.has_config() or run.has_checkpoint():
+            _check_resume(run, config)
         resume = run.has_checkpoint()  # killed before its first checkpoint: start afresh
     elif run.has_checkpoint():
         raise ValueError(f"{run.folder} already holds a run; pass --resume to continue it, "
                          "or choose another --run folder")
+    if not resume:  # record the settings first: a run killed at any moment can be resumed
+        run.folder.mkdir(parents=True, exist_ok=True)
+        run.save_config(config)
+    run.remove_stale_temp_files()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -153,6 +159,10 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     start_epoch = _load_checkpoint(run, model, optimizers, scaler, data_gen) if resume else 0
+    if start_epoch > config.epochs:  # config.yaml must keep agreeing with the checkpoint
+        raise ValueError(f"{run.checkpoint_path} has already trained {start_epoch} epochs, more "
+                         f"than epochs={config.epochs}; resume with --epochs {start_epoch} or "
+                         "more (the run is left as it is)")
     if start_epoch == 0:
         run.folder.mkdir(parents=True, exist_ok=True)
     run.truncate_history(start_epoch)
