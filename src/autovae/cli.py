@@ -211,8 +211,8 @@ def _load_study(args: argparse.Namespace):
 
     storage, name, folder = _study_args(args)
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(storage, folder,
-                                                                       heartbeat=False)), folder
+        return optuna.load_study(study_name=name, storage=open_storage(
+            storage, folder, heartbeat=False, create=False)), folder
     except KeyError:
         raise ValueError(f"no study {name!r} in {storage or folder}") from None
 

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .._checks import check, check_readable, syntax_error
 from ..beliefs import PAIRS, Block, LatentSpec, fisher_information_available, likelihood_class
 from ..config import Config
+
+_CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 __all__ = ["PRESETS", "SearchSpace", "allocate"]
 
@@ -58,6 +62,13 @@ class SearchSpace:
     fisher_target: Range = (5.0, 5.0)
 
     def __post_init__(self):
+        for name in ("pairs", "likelihoods"):  # "a, b" or a list
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"search space {name} must be a list of names, got {value!r}")
+            setattr(self, name, list(value))
         if not self.pairs:
             raise ValueError("the search space has no candidate pairs; list some, e.g. "
                              "pairs: [normal/normal, logistic/normal]")
@@ -84,10 +95,7 @@ class SearchSpace:
             raise ValueError(f"search space: {err}") from None
         for name in ("alpha", "samples", "beta", "latent_dim", "hidden", "depth", "lr",
                      "fisher_weight", "fisher_target"):
-            low, high = getattr(self, name)
-            if not low <= high:
-                raise ValueError(f"search range {name}: low {low} > high {high}")
-            setattr(self, name, (low, high))
+            setattr(self, name, _range(name, getattr(self, name)))
         if self.fisher_weight[1] > 0:
             no_fisher = [p for p in self.pairs
                          if not fisher_information_available(p.split("/")[0])[0]]
@@ -95,8 +103,6 @@ class SearchSpace:
                 raise ValueError(f"search space: fisher_weight can be > 0, but the posteriors of "
                                  f"{', '.join(no_fisher)} have no location Fisher information; "
                                  "drop those pairs or fix fisher_weight: [0, 0]")
-        if self.latent_dim[0] < 1 or self.samples[0] < 1 or self.lr[0] <= 0:
-            raise ValueError("latent_dim and samples must be >= 1 and lr > 0")
 
     # -- serialisation: a study remembers its space --------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -108,19 +114,17 @@ class SearchSpace:
         """A space from a YAML file (keys as :class:`SearchSpace`'s fields)."""
         import yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"search-space file {path} not found")
+        path = check_readable(path, "search-space file")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ValueError(f"search-space file {path} is not valid YAML{where}: "
-                             f"{getattr(err, 'problem', err)}") from None
+            raise syntax_error(f"search-space file {path}", "YAML", err) from None
         if not isinstance(data, dict):
             raise ValueError(f"search-space file {path} must hold a mapping of keys to values")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"search-space file {path}: {err}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
@@ -162,6 +166,27 @@ class SearchSpace:
     @property
     def comparable_likelihoods(self) -> bool:
         return len(self.likelihoods) == 1
+
+
+def _range(name: str, value) -> tuple:
+    """``value`` (a number, or [low, high]) as a (low, high) range whose ends lie in the
+    domain of the config key ``name`` (finite where the range is searched)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = (value, value)  # a single value fixes the setting
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) not in (1, 2):
+        raise ValueError(f"search range {name} must be a value or [low, high], got {value!r}")
+    low, high = (value[0], value[0]) if len(value) == 1 else value
+    domain = _CONFIG_FIELDS[name].metadata.get("domain")
+    if domain == "real" and low != high:
+        domain = "finite"  # Optuna draws from finite ranges only
+    for end, which in ((low, "low"), (high, "high")):
+        try:
+            check(name, end, domain or "finite")
+        except ValueError as err:
+            raise ValueError(f"search range {name} ({which} end): {err}") from None
+    if not low <= high:
+        raise ValueError(f"search range {name}: low {low} > high {high}")
+    return (low, high)
 
 
 def _float(trial, name: str, bounds: Range, log: bool = False) -> float:

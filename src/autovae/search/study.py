@@ -31,6 +31,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from .._checks import check_folder
 from ..config import Config
 from ..data import DataSplits
 from ..models import NonFiniteLossError, model_class
@@ -141,21 +142,41 @@ class StudySpec:
 
 
 # -- storage ------------------------------------------------------------------------------------
-def open_storage(url: str | None, folder: Path, heartbeat: bool = True):
-    """An Optuna storage for ``url`` (None: SQLite in ``folder``), with a clear error if bad."""
+def open_storage(url: str | None, folder: Path, heartbeat: bool = True, create: bool = True):
+    """An Optuna storage for ``url`` (None: SQLite in ``folder``), with a clear error if bad.
+
+    ``create=False`` (read-only commands) refuses a store that does not exist yet instead of
+    making one, and creates no folder. A SQLite file that is empty or cut short is refused.
+    """
+    folder = Path(folder)
     if url is None:
+        db = StudyFolder(folder).db_path
+        if not create and not db.is_file():
+            raise ValueError(f"no study in {folder} (no {db.name}); create one with "
+                             f"'autovae search --dir {folder}'")
+        check_folder(folder, "study folder")
         folder.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{StudyFolder(folder).db_path.resolve()}"
+        url = f"sqlite:///{db.resolve()}"
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
         path = Path(url[len("journal:"):]).expanduser()
+        if path.is_dir():
+            raise ValueError(f"journal storage {path} is a folder; name a file in it, e.g. "
+                             f"journal:{path / 'study.log'}")
+        if not create and not path.is_file():
+            raise ValueError(f"no journal storage {path}; create the study with 'autovae search'")
+        check_folder(path.parent, "folder of the journal storage")
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if not url.startswith(("sqlite://", "postgresql", "mysql")):
-        raise ValueError(f"bad storage URL {url!r}: use sqlite:///path.db, journal:PATH or "
-                         "postgresql+psycopg2://user:password@host:5432/database")
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = _postgres_driver(url)
+    if not url.startswith(("sqlite:///", "postgresql+", "mysql")):
+        raise ValueError(f"bad storage URL {_redact(url)!r}: use sqlite:///path.db, journal:PATH "
+                         "or postgresql+psycopg2://user:password@host:5432/database")
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        _check_sqlite_file(Path(url[len("sqlite:///"):]), create)
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 120}
@@ -176,6 +197,55 @@ def open_storage(url: str | None, folder: Path, heartbeat: bool = True):
     except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot open storage {_redact(url)}: {first}") from None
+
+
+def _postgres_driver(url: str) -> str:
+    """``postgresql://`` names SQLAlchemy's default driver (psycopg 3 in SQLAlchemy 2.1): use it
+    when installed, else psycopg2 when that is, else say which to install."""
+    rest = url.split("://", 1)[1]
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        return f"{dialect}://{rest}"
+    raise ValueError(f"storage {_redact(url)} needs a PostgreSQL driver: pip install "
+                     "psycopg2-binary and use postgresql+psycopg2://...")
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path, create: bool) -> None:
+    """Refuse a SQLite store that is a folder, in a missing folder, empty or cut short: an
+    empty file must not silently become a new store, nor a truncated one lose trials."""
+    if path.is_dir():
+        raise ValueError(f"SQLite storage {path} is a folder; name a file, e.g. "
+                         f"sqlite:///{path / 'study.db'}")
+    if not path.exists():
+        if not create:
+            raise ValueError(f"no SQLite storage {path}")
+        if not path.parent.is_dir():
+            raise ValueError(f"SQLite storage {path}: its folder {path.parent} does not exist; "
+                             "create it first or name another file")
+        return
+    with open(path, "rb") as f:
+        header = f.read(100)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"SQLite storage {path} is empty (0 bytes), not a study store; restore "
+                         "it from a backup, or move it away to start a new study")
+    if len(header) < 100 or not header.startswith(_SQLITE_HEADER):
+        raise ValueError(f"SQLite storage {path} is not a SQLite database (damaged header); "
+                         "restore it from a backup")
+    page = int.from_bytes(header[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]  # the in-header size is current
+    if size % page or (valid and pages and size < pages * page):
+        raise ValueError(f"SQLite storage {path} is cut short ({size} bytes, expected "
+                         f"{pages * page if valid else 'a multiple of ' + str(page)}); restore it "
+                         "from a backup")
 
 
 def _redact(url: str) -> str:
