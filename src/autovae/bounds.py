@@ -30,6 +30,22 @@ def _check_alpha(alpha: float) -> float:
     return alpha
 
 
+def _check_samples_axis(name: str, t, k: int | None = None) -> torch.Tensor:
+    """Refuse what is not a (K, *batch) tensor with K >= 1: a 1-D tensor would be read as K
+    samples of a single data point, which is rarely what was meant."""
+    if not torch.is_tensor(t):
+        raise ValueError(f"{name} must be a tensor of shape (K, *batch), got {type(t).__name__}")
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have shape (K, *batch) (K samples per data point), got "
+                         f"shape {tuple(t.shape)}; for one data point use {name}[:, None]")
+    if t.shape[0] < 1:
+        raise ValueError(f"{name} has K = 0 samples (shape {tuple(t.shape)}); K must be >= 1")
+    if k is not None and t.shape[0] != k:
+        raise ValueError(f"{name} has K = {t.shape[0]} samples (shape {tuple(t.shape)}), but the "
+                         f"bound was built with samples={k}")
+    return t
+
+
 def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
     """The VR bound per data point from log-weights of shape (K, *batch); returns (*batch).
 
@@ -39,7 +55,7 @@ def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
     tends to mean + (1 - alpha)/2 * variance and to the ELBO as alpha -> 1.
     """
     alpha = _check_alpha(alpha)
-    k = log_weights.shape[0]
+    k = _check_samples_axis("log_weights", log_weights).shape[0]
     if alpha == -math.inf:
         return log_weights.max(0).values
     if alpha == math.inf:
@@ -60,6 +76,7 @@ def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
 def renyi_weights(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
     """The normalized gradient weights softmax_k((1 - alpha) log w_k), shape (K, *batch)."""
     alpha = _check_alpha(alpha)
+    _check_samples_axis("log_weights", log_weights)
     if math.isinf(alpha):
         pick = log_weights.argmax(0) if alpha < 0 else log_weights.argmin(0)
         return torch.zeros_like(log_weights).scatter_(0, pick.unsqueeze(0), 1.0)
@@ -126,6 +143,16 @@ class Bound:
         ``kl`` is the analytic KL per data point (*batch), or None when the pair has no closed
         form; it is used only when ``analytic_kl`` is set and the bound is an ELBO.
         """
+        terms = {"log_lik": log_lik, "log_p": log_p, "log_q": log_q}
+        for name, t in terms.items():
+            _check_samples_axis(name, t, self.samples)
+        shapes = {tuple(t.shape) for t in terms.values()}
+        if len(shapes) > 1:
+            raise ValueError("log_lik, log_p and log_q must have the same shape (K, *batch), got "
+                             + ", ".join(f"{n} {tuple(t.shape)}" for n, t in terms.items()))
+        if kl is not None and tuple(kl.shape) != tuple(log_p.shape[1:]):
+            raise ValueError(f"kl must have the batch shape {tuple(log_p.shape[1:])} of log_p, "
+                             f"got {tuple(kl.shape)}")
         log_ratio = log_q - log_p
         sampled_kl = log_ratio.mean(0)
         if self.is_elbo:

@@ -278,6 +278,11 @@ def kl(q: LocationScale, p: LocationScale) -> torch.Tensor:
     """
     q, p = as_family(q, "q (the posterior)"), as_family(p, "p (the prior)")
     info = PAIRS[(q.name, p.name)]
+    try:
+        torch.broadcast_shapes(q.batch_shape, p.batch_shape)
+    except RuntimeError:
+        raise ValueError(f"kl: q (the posterior) has batch shape {tuple(q.batch_shape)} and p "
+                         f"(the prior) {tuple(p.batch_shape)}; they do not broadcast") from None
     args = torch.broadcast_tensors(q.loc, q.scale, p.loc, p.scale)
     if info.kind is PairKind.INFINITE:
         return torch.full_like(args[0], math.inf)

@@ -359,4 +359,9 @@ def family(name: str, loc, scale, validate_args: bool | None = None) -> Location
     loc = torch.as_tensor(loc, dtype=torch.get_default_dtype()) if not torch.is_tensor(loc) else loc
     if not torch.is_tensor(scale):
         scale = torch.as_tensor(scale, dtype=loc.dtype)
+    try:
+        torch.broadcast_shapes(loc.shape, scale.shape)
+    except RuntimeError:
+        raise ValueError(f"{cls.name}: loc of shape {tuple(loc.shape)} and scale of shape "
+                         f"{tuple(scale.shape)} do not broadcast") from None
     return cls(loc, scale, validate_args=True if validate_args is None else validate_args)

@@ -26,6 +26,15 @@ Numerical decisions
   never vanishes and the scale is always ``>= min_scale``.
 * Beta clamps ``x`` to ``[eps, 1 - eps]`` inside ``log_prob``; ``eps`` is part of the reported
   likelihood and is kept as the attribute ``eps``.
+
+Data outside the support
+------------------------
+One policy, torch's: ``log_prob`` validates ``x`` by default (shape, NaN/inf and the belief's
+support, e.g. [0, 1] for Bernoulli, continuous Bernoulli and beta) and raises ``ValueError``
+with :meth:`Likelihood.validate`'s message, rather than return a meaningless number (Bernoulli
+at x = 2 is not a probability). For speed, once the data are known to be valid, switch it off per
+instance (``lik.validate_args = False``) or for all
+(``Likelihood.set_default_validate_args(False)``).
 """
 
 from __future__ import annotations
@@ -118,6 +127,17 @@ class Likelihood(nn.Module):
     name: str = "likelihood"
     num_params: int = 1
     takes_scale: bool = False
+    _validate_default: bool = True
+
+    #: check ``x`` in every :meth:`log_prob` (None: the class default, see
+    #: :meth:`set_default_validate_args`); set False on an instance to skip the check
+    validate_args: bool | None = None
+
+    @staticmethod
+    def set_default_validate_args(value: bool) -> None:
+        """Whether :meth:`log_prob` validates ``x`` by default (True; as
+        ``torch.distributions.Distribution.set_default_validate_args``)."""
+        Likelihood._validate_default = bool(value)
 
     def __init__(self, event_shape: Sequence[int] | int) -> None:
         super().__init__()
@@ -165,9 +185,23 @@ class Likelihood(nn.Module):
 
     # ----------------------------------------------------------------- public API
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
-        """log p(x | out) summed over the event dims; shape ``broadcast(batch, batch_x)``."""
-        self._check_shape(x)
+        """log p(x | out) summed over the event dims; shape ``broadcast(batch, batch_x)``.
+
+        ``x`` outside the support (or NaN/inf) is refused with :meth:`validate`'s message
+        unless validation is off (``validate_args``; see the module docstring)."""
+        check = self._validate_default if self.validate_args is None else self.validate_args
+        if check:
+            self.validate(x)
+        else:
+            self._check_shape(x)
         params = self.split(out)
+        n = self.event_dim
+        try:
+            torch.broadcast_shapes(x.shape[: x.dim() - n], out.shape[: out.dim() - n])
+        except RuntimeError:
+            raise ValueError(f"{self.name}: the batch shapes of x {tuple(x.shape)} and out "
+                             f"{tuple(out.shape)} do not broadcast (x is (*batch_x, "
+                             f"*event_shape), out (*batch, *out_event_shape))") from None
         elem = self._log_prob(x, *params)
         return elem.sum(dim=tuple(range(-self.event_dim, 0)))
 
