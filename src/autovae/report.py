@@ -59,7 +59,7 @@ def collect_runs(paths: list[str | Path], top: int = 3) -> list[Path]:
     runs: list[Path] = []
     for p in map(Path, paths):
         study = StudyFolder(p)
-        if Run(p).has_config():
+        if Run(p).has_config() or _is_chain(p):
             runs.append(p)
         elif study.trials_dir.is_dir():
             ranked = [(score, run.folder) for run in study.trial_runs()
@@ -68,8 +68,8 @@ def collect_runs(paths: list[str | Path], top: int = 3) -> list[Path]:
                 raise ValueError(f"study folder {p} has no finished trials")
             runs += [t for _, t in sorted(ranked)[:top]]
         else:
-            raise ValueError(f"{p} is neither a run folder (config.yaml) nor a study folder "
-                             "(trials/)")
+            raise ValueError(f"{p} is neither a run folder (config.yaml), a study folder "
+                             "(trials/) nor a chain folder of 'autovae invert' (summary.json)")
     if not runs:
         raise ValueError("no runs to report")
     return runs
@@ -166,6 +166,36 @@ def _metrics_table(metrics: dict) -> str:
         "</table>"
 
 
+def _is_chain(folder: Path) -> bool:
+    """A chain folder of ``autovae invert`` (or ``run_chains``): summary.json or chain.json."""
+    return (folder / "summary.json").is_file() or (folder / "chain.json").is_file()
+
+
+def _chain_section(folder: Path) -> str:
+    """An inversion's summary table and pictures (fields, traces, error bars)."""
+    path = folder / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    settings = summary.pop("settings", {})
+    summary.pop("acceptance_per_chain", None)
+    prior = str(settings.get("prior_description", ""))
+    sampler = str(settings.get("sampler", {}).get("sampler", ""))
+    parts = [f"<section><h2>{html.escape(folder.name)}</h2>",
+             f"<p class=latent>inversion &middot; prior {html.escape(prior)} &middot; "
+             f"{html.escape(sampler)}</p>"]
+    parts.append("<h3>summary</h3>" + (_metrics_table(summary) if summary else
+                                       "<p>no summary.json yet: run <code>autovae invert</code> "
+                                       "to the end</p>"))
+    for name in ("fields", "traces", "error_bars"):
+        if (folder / f"{name}.png").is_file():
+            parts.append(f"<h3>{name.replace('_', ' ')}</h3><img alt='{name}' "
+                         f"src='data:image/png;base64,{_file_png(folder / f'{name}.png')}'>")
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in settings.items())
+    parts.append(f"<details><summary>settings</summary><table>{rows}</table></details>"
+                 "</section>")
+    return "".join(parts)
+
+
 def _run_section(folder: Path) -> str:
     run = Run(folder)
     config = run.load_config()
@@ -223,7 +253,8 @@ def write_report(paths: list[str | Path], out: str | Path | None = None, top: in
             f"<h1>{html.escape(title)}</h1><p>NLLs of different likelihood beliefs are not "
             "comparable (Bernoulli is a pmf, the others densities); bounds are in nats per "
             "image, higher is better.</p><div class=runs>"
-            + "".join(_run_section(r) for r in runs) + "</div>"
+            + "".join(_chain_section(r) if _is_chain(r) else _run_section(r) for r in runs)
+            + "</div>"
             + (f"<h2>Fisher-Shannon plane</h2><img alt='Fisher-Shannon plane' "
                f"src='data:image/png;base64,{plane}'>" if (plane := _fisher_shannon_plane(runs))
                else "") + "</body></html>")

@@ -10,20 +10,113 @@ sigma_i = noise * |y_i| (``noise_kind="relative"``, Xia & Zabaras use 5%) or sig
 (``"absolute"``). Misfit metrics follow Xia & Zabaras (spec section 3.2): SSR of parameters and
 of observations, NSSWR (weighted SSR over the truth's, which should approach 1), and the
 relative L2 error of the posterior mean field.
+
+Decoders: :class:`RunDecoder` (a trained autovae run's likelihood mean, with its latent prior:
+:meth:`InverseProblem.from_run`) and :class:`KLDecoder` (the truncated Karhunen-Loeve expansion
+of the GRF prior, the baseline without a VAE: :meth:`InverseProblem.from_kl`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .grf import grf_covariance
 from .mcmc import Target
 
-__all__ = ["InverseProblem"]
+__all__ = ["InverseProblem", "KLDecoder", "RunDecoder", "run_prior"]
+
+
+class RunDecoder(torch.nn.Module):
+    """A trained model's decoder as a field map: z (B, d) -> likelihood mean (B, n, n).
+
+    A float64 copy of ``model`` (the original is untouched), frozen, in eval mode; the run's
+    ``latent_clip`` applies. The model must generate one-channel square fields (1, n, n).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        shape = tuple(model.likelihood.event_shape)
+        if len(shape) != 3 or shape[0] != 1 or shape[1] != shape[2]:
+            raise ValueError(f"the run's decoder generates data of shape {shape}, not one-channel "
+                             "square fields (1, n, n); train the run on a field dataset such as "
+                             "darcy-grf (N, 1, n, n)")
+        self.model = copy.deepcopy(model).double().eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.latent_dim = int(model.latent.dim)
+        self.n = shape[1]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        clip = self.model.latent_clip
+        z = z.to(torch.float64)
+        out = self.model.decoder(z if clip is None else z.clamp(-clip, clip))
+        return self.model.likelihood.mean(out)[:, 0]
+
+
+def run_prior(latent) -> str | Callable[[torch.Tensor], torch.Tensor]:
+    """``"normal"`` when every latent block's prior is N(0, 1), else the float64 log density
+    ``latent.log_p`` (z (B, d) -> (B,)), which RWM and NUTS accept and pCN refuses."""
+    standard = all(b.prior == "normal" for b in latent.blocks) and all(
+        bool((loc == 0).all() and (scale == 1).all())
+        for loc, scale in (latent.prior_params(i) for i in range(len(latent.blocks))))
+    if standard:
+        return "normal"
+    lat = copy.deepcopy(latent).double()
+    for param in lat.parameters():
+        param.requires_grad_(False)
+    return lambda z: lat.log_p(z.to(torch.float64))
+
+
+class KLDecoder:
+    """Truncated Karhunen-Loeve expansion of the GRF prior: z (B, dim) ~ N(0, I) -> (B, n, n).
+
+    The covariance is the GRF's (``grf_covariance``); with uncertain length scales (a range
+    (lo, hi), uniform as in the ``darcy-grf`` dataset) it is the length-scale average of the
+    kernel matrices (Gauss-Legendre, ``nodes`` points), i.e. the exact covariance of the
+    dataset's fields, and the expansion is its best ``dim``-term Gaussian approximation.
+    ``energy``: the kept fraction of the total variance.
+    """
+
+    def __init__(self, n: int, dim: int = 16, kernel: str = "squared_exponential",
+                 length_scale=(0.1, 0.5), variance: float = 1.0, nodes: int = 24):
+        if isinstance(length_scale, (int, float)):
+            cov = grf_covariance(n, kernel, float(length_scale), variance)
+        else:
+            lo, hi = (float(v) for v in length_scale)
+            if not 0 < lo <= hi:
+                raise ValueError(f"length_scale range must satisfy 0 < lo <= hi, got "
+                                 f"{length_scale!r}")
+            x, w = np.polynomial.legendre.leggauss(nodes)
+            cov = sum(wi / 2 * grf_covariance(n, kernel, lo + (hi - lo) * (xi + 1) / 2,
+                                              variance) for xi, wi in zip(x, w, strict=True))
+        if not (isinstance(dim, int) and 1 <= dim <= n * n):
+            raise ValueError(f"dim must be an integer in [1, {n * n}], got {dim!r}")
+        lam, phi = np.linalg.eigh(cov)
+        lam, phi = np.clip(lam[::-1], 0, None), phi[:, ::-1]
+        self.n, self.latent_dim, self.length_scale = n, dim, length_scale
+        self.energy = float(lam[:dim].sum() / lam.sum())
+        self.eigenvalues = torch.from_numpy(lam[:dim].copy())
+        self._basis = torch.from_numpy((phi[:, :dim] * np.sqrt(lam[:dim])).T.copy())
+        self.full_covariance = torch.from_numpy(cov)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        z = torch.as_tensor(z)
+        return (z @ self._basis.to(z.dtype)).reshape(-1, self.n, self.n)
+
+    def covariance(self) -> torch.Tensor:
+        """(n^2, n^2) covariance of the truncated expansion."""
+        return self._basis.T @ self._basis
+
+    def __repr__(self) -> str:
+        return (f"KLDecoder(n={self.n}, dim={self.latent_dim}, "
+                f"length_scale={self.length_scale}, energy={self.energy:.4f})")
 
 
 def _as_tensor(name: str, value, dtype=torch.float64) -> torch.Tensor:
@@ -130,6 +223,28 @@ class InverseProblem:
             raise ValueError(f"the forward model must return (B, P) = (1, {self.points.shape[0]})"
                              f" for one field, got {shape}")
         return tuple(field.shape[1:])
+
+    @classmethod
+    def from_run(cls, run_folder, forward, points, data, noise, noise_kind: str = "relative",
+                 device: str | None = "cpu") -> InverseProblem:
+        """The problem with a trained run's decoder (likelihood mean, reshaped to (B, n, n))
+        and its latent prior (:func:`run_prior`), loaded by :func:`autovae.run.load_trained`."""
+        from ..run import load_trained
+
+        _, _, model, _ = load_trained(Path(run_folder), device)
+        decoder = RunDecoder(model.cpu())
+        return cls(decoder, forward, points, data, noise, noise_kind,
+                   prior=run_prior(decoder.model.latent), dim=decoder.latent_dim,
+                   grid=(decoder.n, decoder.n))
+
+    @classmethod
+    def from_kl(cls, n: int, dim: int, forward, points, data, noise,
+                noise_kind: str = "relative", **grf) -> InverseProblem:
+        """The Karhunen-Loeve baseline: :class:`KLDecoder` (options ``grf``) with a N(0, I)
+        prior of the same dimension as the VAE it is compared with."""
+        decoder = KLDecoder(n, dim, **grf)
+        return cls(decoder, forward, points, data, noise, noise_kind, prior="normal", dim=dim,
+                   grid=(n, n))
 
     def __repr__(self) -> str:
         return (f"InverseProblem(dim={self.dim}, grid={self.grid}, points={self.points.shape[0]}, "
