@@ -142,9 +142,6 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
     elif run.has_checkpoint():
         raise ValueError(f"{run.folder} already holds a run; pass --resume to continue it, "
                          "or choose another --run folder")
-    if not resume:  # record the settings first: a run killed at any moment can be resumed
-        run.folder.mkdir(parents=True, exist_ok=True)
-        run.save_config(config)
     run.remove_stale_temp_files()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)

@@ -1,0 +1,354 @@
+"""Every input a user can get wrong, in one table (issue 11).
+
+Each CLI case asserts the exit code, that no traceback is shown, that the message names the
+input, that no file or folder appeared or changed anywhere under the test's root, and so that
+the earlier results (metrics.json, checkpoint.pt, config.yaml, metrics.jsonl, study.db) are
+byte-identical. Each library case asserts a ValueError whose message names the argument.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from autovae.cli import main
+from autovae.config import Config, load_config
+
+# a tiny run on scikit-learn's digits: 2 epochs so that '--resume --epochs 1' is a regression
+TRAIN = ["--data", "digits", "--hidden", "8", "--depth", "1", "--epochs", "2", "--batch-size",
+         "500", "--latent", "normal/normal:2", "--nll-samples", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A root folder with a trained run, a study store, broken copies and bad input files."""
+    root = tmp_path_factory.mktemp("bad_input")
+    run = root / "run"
+    assert main(["train", "--run", str(run), *TRAIN]) == 0
+    from autovae.search import SearchSpace, StudySpec, create_study, open_storage
+
+    space = SearchSpace(pairs=["normal/normal"], latent_dim=(2, 2), hidden=(8, 8), depth=(1, 1))
+    create_study(open_storage(None, root / "study"), "autovae",
+                 StudySpec(space, Config(data="digits", epochs=1), ["nll"], 2))
+    for name, edit in (("bad_yaml", lambda p: p.write_text(p.read_text() + "hidden: [1\n")),
+                       ("edited", lambda p: p.write_text(p.read_text().replace("hidden: 8",
+                                                                               "hidden: 9")))):
+        shutil.copytree(run, root / name)
+        edit(root / name / "config.yaml")
+    shutil.copytree(run, root / "cut_jsonl")
+    history = root / "cut_jsonl" / "metrics.jsonl"
+    lines = history.read_text().splitlines()
+    history.write_text(lines[0][:-5] + "\n" + lines[1] + "\n")  # a damaged middle line
+    for name, cut in (("cut_study", lambda b: b[:-1]), ("empty_study", lambda b: b"")):
+        (root / name).mkdir()
+        (root / name / "study.db").write_bytes(cut((root / "study" / "study.db").read_bytes()))
+    files = {
+        "bad.yaml": "epochs: 3\nlr: [1\n", "bad.json": '{"epochs": 3,\n "lr": }',
+        "bad.toml": "epochs = 3\nlr = \n", "unknown.yaml": "lattent: normal/normal:2\n",
+        "space_syntax.yaml": "pairs: [normal/normal\n", "space_hidden.yaml": "hidden: [0, 0]\n",
+        "space_beta.yaml": "beta: [-1, 1]\n", "space_alpha.yaml": "alpha: soon\n",
+        "space_key.yaml": "alpah: [0, 1]\n", "space_lr.yaml": "lr: [0, 0.1]\n",
+    }
+    for name, text in files.items():
+        (root / name).write_text(text)
+    (root / "a_folder").mkdir()
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(root.rglob("*"))}
+
+
+R = "{root}"
+CLI_CASES = [
+    # CLI-only counts and indices
+    ("sample --n -5", ["sample", R + "/run", "--n", "-5"], "--n"),
+    ("sample --n 0", ["sample", R + "/run", "--n", "0"], "--n"),
+    ("sample --n text", ["sample", R + "/run", "--n", "many"], "--n"),
+    ("reconstruct --n 0", ["reconstruct", R + "/run", "--n", "0"], "--n"),
+    ("interpolate --pairs 0", ["interpolate", R + "/run", "--pairs", "0"], "--pairs"),
+    ("interpolate --steps 0", ["interpolate", R + "/run", "--steps", "0"], "--steps"),
+    ("interpolate --pairs too many", ["interpolate", R + "/run", "--pairs", "100000"], "--pairs"),
+    ("evaluate --test-limit 0", ["evaluate", R + "/run", "--test-limit", "0"], "--test-limit"),
+    ("evaluate --nll-samples -1", ["evaluate", R + "/run", "--nll-samples", "-1"],
+     "--nll-samples"),
+    ("evaluate --quality-images 0", ["evaluate", R + "/run", "--quality", "--quality-images",
+                                     "0"], "--quality-images"),
+    ("evaluate --seed -1", ["evaluate", R + "/run", "--seed", "-1"], "--seed"),
+    ("evaluate --device", ["evaluate", R + "/run", "--device", "gpu9"], "device 'gpu9'"),
+    ("search --workers 0", ["search", "--dir", R + "/new", "--workers", "0"], "--workers"),
+    ("search --trials 0", ["search", "--dir", R + "/new", "--trials", "0"], "--trials"),
+    ("search --validation-nll-samples 0", ["search", "--dir", R + "/new",
+                                           "--validation-nll-samples", "0"],
+     "--validation-nll-samples"),
+    ("worker --worker -1", ["worker", "--dir", R + "/study", "--worker", "-1"], "--worker"),
+    ("report --top 0", ["report", R + "/run", "--top", "0"], "--top"),
+    ("retrain-best --seeds 0", ["retrain-best", "--dir", R + "/study", "--seeds", "0"],
+     "--seeds"),
+    # config keys (flags and files share one domain each)
+    ("--latent-clip 0", ["train", "--run", R + "/new", "--latent-clip", "0"], "latent_clip"),
+    ("--clip-grad 0", ["train", "--run", R + "/new", "--clip-grad", "0"], "clip_grad"),
+    ("--lr 0", ["train", "--run", R + "/new", "--lr", "0"], "lr"),
+    ("--lr nan", ["train", "--run", R + "/new", "--lr", "nan"], "lr"),
+    ("--lr inf", ["train", "--run", R + "/new", "--lr", "inf"], "lr"),
+    ("--alpha nan", ["train", "--run", R + "/new", "--alpha", "nan"], "alpha"),
+    ("--epochs 0", ["train", "--run", R + "/new", "--epochs", "0"], "epochs"),
+    ("--batch-size 0", ["train", "--run", R + "/new", "--batch-size", "0"], "batch_size"),
+    ("--hidden 0", ["train", "--run", R + "/new", "--hidden", "0"], "hidden"),
+    ("--depth 1.5", ["train", "--run", R + "/new", "--depth", "1.5"], "depth"),
+    ("--samples 0", ["train", "--run", R + "/new", "--samples", "0"], "samples"),
+    ("--beta -1", ["train", "--run", R + "/new", "--beta", "-1"], "beta"),
+    ("--sigma 0", ["train", "--run", R + "/new", "--sigma", "0"], "sigma"),
+    ("--val-size -1", ["train", "--run", R + "/new", "--val-size", "-1"], "val_size"),
+    ("--limit 0", ["train", "--run", R + "/new", "--limit", "0"], "limit"),
+    ("--latent-dim 0", ["train", "--run", R + "/new", "--latent-dim", "0"], "latent_dim"),
+    ("--warmup-epochs -1", ["train", "--run", R + "/new", "--warmup-epochs", "-1"],
+     "warmup_epochs"),
+    ("--nll-samples 0", ["train", "--run", R + "/new", "--nll-samples", "0"], "nll_samples"),
+    ("--binarize maybe", ["train", "--run", R + "/new", "--binarize", "maybe"], "binarize"),
+    ("--likelihood poisson", ["train", "--run", R + "/new", "--likelihood", "poisson"],
+     "poisson"),
+    ("--latent cauchy/normal", ["train", "--run", R + "/new", *TRAIN, "--latent",
+                                "cauchy/normal:2"], "cauchy/normal"),
+    ("--data missing.npy", ["train", "--run", R + "/new", "--data", R + "/missing.npy"],
+     "missing.npy"),
+    # flags argparse does not know: the command's usage and a suggestion
+    ("--learning-rate", ["train", "--run", R + "/new", "--learning-rate", "1"], "--lr"),
+    ("--ephocs", ["train", "--run", R + "/new", "--ephocs", "3"], "--epochs"),
+    ("sample --number", ["sample", R + "/run", "--number", "3"], "--n"),
+    # config files: the file and the line
+    ("--config bad.yaml", ["train", "--run", R + "/new", "--config", R + "/bad.yaml"],
+     "bad.yaml is not valid YAML at line 3"),
+    ("--config bad.json", ["train", "--run", R + "/new", "--config", R + "/bad.json"],
+     "bad.json is not valid JSON at line 2"),
+    ("--config bad.toml", ["train", "--run", R + "/new", "--config", R + "/bad.toml"],
+     "bad.toml is not valid TOML at line 2"),
+    ("--config unknown key", ["train", "--run", R + "/new", "--config", R + "/unknown.yaml"],
+     "did you mean 'latent'"),
+    ("--config missing", ["train", "--run", R + "/new", "--config", R + "/nope.yaml"],
+     "nope.yaml not found"),
+    ("--config folder", ["train", "--run", R + "/new", "--config", R + "/a_folder"],
+     "a_folder is a folder"),
+    # run folders: files in the way, runs to protect
+    ("train --run FILE", ["train", "--run", R + "/bad.yaml", *TRAIN], "bad.yaml is a file"),
+    ("train --run FILE/sub", ["train", "--run", R + "/bad.yaml/sub", *TRAIN],
+     "bad.yaml is a file"),
+    ("train over a run", ["train", "--run", R + "/run", *TRAIN], "already holds a run"),
+    ("--resume --epochs 1", ["train", "--run", R + "/run", "--resume", "--epochs", "1"],
+     "already trained 2 epochs"),
+    ("--resume --lr", ["train", "--run", R + "/run", "--resume", "--lr", "0.5"], "lr: "),
+    ("--resume cut metrics.jsonl", ["train", "--run", R + "/cut_jsonl", "--resume", "--epochs",
+                                    "3", "--quiet"], "metrics.jsonl is not valid JSON at line 1"),
+    ("evaluate config.yaml syntax", ["evaluate", R + "/bad_yaml"],
+     "config.yaml is not valid YAML at line"),
+    ("evaluate edited config.yaml", ["evaluate", R + "/edited"], "was config.yaml edited"),
+    ("evaluate missing run", ["evaluate", R + "/nothing"], "nothing is not a run folder"),
+    ("sample missing run", ["sample", R + "/nothing"], "nothing is not a run folder"),
+    ("report missing", ["report", R + "/nothing"], "nothing is neither"),
+    # studies and storages
+    ("study missing", ["study", "--dir", R + "/nothing"], "no study in"),
+    ("retrain-best missing", ["retrain-best", "--dir", R + "/nothing"], "no study in"),
+    ("study db cut by a byte", ["study", "--dir", R + "/cut_study"], "study.db is cut short"),
+    ("study db emptied", ["study", "--dir", R + "/empty_study"], "study.db is empty"),
+    ("search db emptied", ["search", "--dir", R + "/empty_study"], "study.db is empty"),
+    ("search --dir FILE", ["search", "--dir", R + "/bad.yaml"], "bad.yaml is a file"),
+    ("journal folder", ["search", "--dir", R + "/new", "--storage", "journal:" + R],
+     "is a folder"),
+    ("sqlite missing folder", ["search", "--dir", R + "/new", "--storage",
+                               "sqlite:///" + R + "/nowhere/x.db"], "nowhere does not exist"),
+    ("sqlite URL a folder", ["search", "--dir", R + "/new", "--storage",
+                             "sqlite:///" + R + "/a_folder"], "a_folder is a folder"),
+    ("unknown dialect", ["search", "--dir", R + "/new", "--storage", "redis://h/0"],
+     "bad storage URL 'redis://h/0'"),
+    ("postgres refused", ["search", "--dir", R + "/new", "--storage",
+                          "postgresql://u:pw@127.0.0.1:1/db"], "127.0.0.1:1"),
+    ("space syntax", ["search", "--dir", R + "/new", "--space", R + "/space_syntax.yaml"],
+     "space_syntax.yaml is not valid YAML at line"),
+    ("space hidden [0, 0]", ["search", "--dir", R + "/new", "--space",
+                             R + "/space_hidden.yaml"], "hidden"),
+    ("space beta [-1, 1]", ["search", "--dir", R + "/new", "--space", R + "/space_beta.yaml"],
+     "beta"),
+    ("space alpha text", ["search", "--dir", R + "/new", "--space", R + "/space_alpha.yaml"],
+     "alpha"),
+    ("space lr [0, ..]", ["search", "--dir", R + "/new", "--space", R + "/space_lr.yaml"], "lr"),
+    ("space unknown key", ["search", "--dir", R + "/new", "--space", R + "/space_key.yaml"],
+     "alpah"),
+    ("space missing", ["search", "--dir", R + "/new", "--space", R + "/nope.yaml"],
+     "nope.yaml not found"),
+    ("study, other space", ["search", "--dir", R + "/study", "--preset", "paper"],
+     "exists with a different"),
+]
+
+
+@pytest.mark.parametrize("argv, names", [c[1:] for c in CLI_CASES],
+                         ids=[c[0] for c in CLI_CASES])
+def test_cli_refuses_bad_input_and_keeps_earlier_results(world, capsys, argv, names):
+    before = _snapshot(world)
+    argv = [a.replace(R, str(world)) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    out, err = capsys.readouterr()
+    assert code == 2, (code, err)
+    assert "Traceback" not in out + err
+    assert names.replace(R, str(world)) in err, err
+    assert err.strip().splitlines()[-1].startswith("autovae"), err
+    assert _snapshot(world) == before  # no file written, changed or created
+
+
+def test_alpha_minus_inf_as_help_writes_it(world, capsys):
+    assert "Renyi order" in build_help("train")
+    run = world / "vrmax"
+    try:
+        assert main(["train", "--run", str(run), *TRAIN, "--epochs", "1", "--alpha", "-inf",
+                     "--samples", "2", "--no-evaluate"]) == 0
+        assert load_config(run / "config.yaml").alpha == -math.inf
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def build_help(command: str) -> str:
+    from autovae.cli import build_parser
+
+    return build_parser().commands[command].format_help()
+
+
+def test_partial_evaluation_is_written_beside_the_full_one(world, capsys):
+    run = world / "partial"
+    shutil.copytree(world / "run", run)
+    try:
+        full = (run / "metrics.json").read_bytes()
+        assert main(["evaluate", str(run), "--test-limit", "5", "--nll-samples", "2",
+                     "--quiet"]) == 0
+        assert main(["evaluate", str(run), "--nll-samples", "2", "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert (run / "metrics.json").read_bytes() == full
+        assert "partial evaluation (5 of" in err and "keeps the full one" in err
+        import json
+
+        five = json.loads((run / "metrics_partial_5images_K2.json").read_text())
+        assert five["test_images"] == 5 and five["nll_samples"] == 2
+        assert (run / "metrics_partial_300images_K2.json").is_file()
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_resume_of_a_run_killed_before_it_recorded_anything(world, capsys):
+    run = world / "never_started"
+    run.mkdir()
+    try:
+        assert main(["train", "--run", str(run), "--resume", *TRAIN, "--epochs", "1",
+                     "--no-evaluate"]) == 0
+        assert "starting it from scratch" in capsys.readouterr().err
+        assert (run / "checkpoint.pt").is_file()
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+# -- the library: the same classes of mistakes, as ValueErrors naming the argument ----------
+def _lib_cases():
+    from autovae.beliefs import family, kl, likelihood
+    from autovae.bounds import Bound, renyi_bound
+    from autovae.search import SearchSpace, open_storage
+
+    z23 = torch.zeros(2, 3)
+    normal3 = family("normal", torch.zeros(3), 1.0)
+    normal2 = family("normal", torch.zeros(2), 1.0)
+    bern = likelihood("bernoulli", (4,))
+    return [
+        ("renyi_bound K = 0", lambda: renyi_bound(torch.zeros(0, 3), 0.0), "K = 0"),
+        ("renyi_bound 1-D", lambda: renyi_bound(torch.zeros(5), 0.0), "(K, *batch)"),
+        ("renyi_bound list", lambda: renyi_bound([[0.0]], 0.0), "log_weights"),
+        ("renyi_bound alpha NaN", lambda: renyi_bound(z23, math.nan), "alpha"),
+        ("Bound samples 0", lambda: Bound(samples=0), "samples"),
+        ("Bound beta -1", lambda: Bound(beta=-1.0), "beta"),
+        ("estimate log_lik without K", lambda: Bound(0.0, 2).estimate(torch.zeros(3), z23, z23),
+         "log_lik"),
+        ("estimate log_p broadcast", lambda: Bound(0.0, 2).estimate(z23, torch.zeros(2, 1), z23),
+         "log_p (2, 1)"),
+        ("estimate K != samples", lambda: Bound(0.0, 5).estimate(z23, z23, z23), "samples=5"),
+        ("estimate kl shape", lambda: Bound(1.0, 2).estimate(z23, z23, z23, kl=torch.zeros(2)),
+         "kl"),
+        ("kl unsupported torch", lambda: kl(normal3, torch.distributions.Beta(1.0, 1.0)),
+         "Beta is not supported"),
+        ("kl not a distribution", lambda: kl(3.0, normal3), "q (the posterior)"),
+        ("kl shapes", lambda: kl(normal3, normal2), "batch shape (3,)"),
+        ("family shapes", lambda: family("normal", torch.zeros(3), torch.ones(2)),
+         "loc of shape (3,)"),
+        ("family name", lambda: family("student", 0.0, 1.0), "student"),
+        ("family scale 0", lambda: family("normal", 0.0, 0.0), "scale"),
+        ("family loc inf", lambda: family("normal", math.inf, 1.0), "loc"),
+        ("bernoulli x = 2", lambda: bern.log_prob(torch.full((1, 4), 2.0), torch.zeros(1, 4)),
+         "[0, 1]"),
+        ("continuous bernoulli x = 2", lambda: likelihood("cb", (4,)).log_prob(
+            torch.full((1, 4), 2.0), torch.zeros(1, 4)), "[0, 1]"),
+        ("likelihood NaN", lambda: likelihood("gaussian", (4,)).log_prob(
+            torch.full((1, 4), math.nan), torch.zeros(1, 4)), "NaN"),
+        ("likelihood batch shapes", lambda: bern.log_prob(torch.zeros(3, 4), torch.zeros(2, 4)),
+         "x (3, 4) and out (2, 4)"),
+        ("likelihood event shape", lambda: bern.log_prob(torch.zeros(3, 5), torch.zeros(3, 4)),
+         "event_shape (4,)"),
+        ("likelihood out shape", lambda: bern.log_prob(torch.zeros(3, 4), torch.zeros(3, 8)),
+         "decoder output has shape (3, 8)"),
+        ("likelihood event 0", lambda: likelihood("bernoulli", (0,)), "event_shape"),
+        ("likelihood name", lambda: likelihood("poisson", 4), "poisson"),
+        ("config latent_clip 0", lambda: Config(latent_clip=0), "latent_clip"),
+        ("config clip_grad 0", lambda: Config().replace(clip_grad=0.0), "clip_grad"),
+        ("config epochs -1", lambda: load_config(epochs=-1), "epochs"),
+        ("config alpha NaN", lambda: Config(alpha=math.nan), "alpha"),
+        ("config samples 1.5", lambda: Config(samples=1.5), "samples"),
+        ("space hidden [0, 0]", lambda: SearchSpace.from_dict({"hidden": [0, 0]}), "hidden"),
+        ("space beta [-1, 1]", lambda: SearchSpace.from_dict({"beta": [-1, 1]}), "beta"),
+        ("space alpha [0, 1, 2]", lambda: SearchSpace.from_dict({"alpha": [0, 1, 2]}), "alpha"),
+        ("space samples 1.5", lambda: SearchSpace.from_dict({"samples": [1.5, 2]}), "samples"),
+        ("space pairs", lambda: SearchSpace.from_dict({"pairs": 3}), "pairs"),
+        ("storage sqlite folder", lambda: open_storage("sqlite:////nonexistent/x.db", Path(".")),
+         "/nonexistent does not exist"),
+    ]
+
+
+LIB_CASES = _lib_cases()
+
+
+@pytest.mark.parametrize("call, names", [c[1:] for c in LIB_CASES],
+                         ids=[c[0] for c in LIB_CASES])
+def test_library_refuses_bad_arguments_naming_them(call, names):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert names in str(err.value), str(err.value)
+
+
+def test_counts_and_domains_are_checked_once_by_class():
+    from autovae._checks import DOMAINS, check
+
+    assert check("n", 3.0, "count") == 3 and isinstance(check("n", 3.0, "count"), int)
+    assert check("alpha", -math.inf, "real") == -math.inf
+    for domain, bad in (("count", 0), ("count", True), ("count", 2.5), ("positive", 0.0),
+                        ("positive", math.inf), ("nonnegative", -1e-9), ("finite", math.nan),
+                        ("real", math.nan), ("index", -1), ("count", "3")):
+        with pytest.raises(ValueError, match=re.escape(f"setting must be {DOMAINS[domain][2]}")):
+            check("setting", bad, domain)
+
+
+def test_log_prob_validation_can_be_switched_off_for_speed():
+    from autovae.beliefs import likelihood
+    from autovae.beliefs.likelihoods import Likelihood
+
+    lik = likelihood("bernoulli", (4,))
+    x, out = torch.full((1, 4), 2.0), torch.zeros(1, 4)
+    lik.validate_args = False
+    assert torch.isfinite(lik.log_prob(x, out)).all()
+    Likelihood.set_default_validate_args(False)
+    try:
+        assert torch.isfinite(likelihood("bernoulli", (4,)).log_prob(x, out)).all()
+    finally:
+        Likelihood.set_default_validate_args(True)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        likelihood("bernoulli", (4,)).log_prob(x, out)
