@@ -233,8 +233,11 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
         if on_epoch is not None:
             on_epoch(row, model)
         if progress:
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in row.items()
-                              if k.startswith(("train_", "val_")))
+            # the first training number and the model's own validation keys; the rest is in
+            # metrics.jsonl and TensorBoard
+            keys = [k for k in row if k.startswith("train_")][:1] + [
+                k for k in model.validation_keys if k in row]
+            shown = "  ".join(f"{k} {row[k]:.3f}" for k in keys)
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}  {shown}  ({seconds:.1f}s, "
                        f"{row['images_per_second']:.0f} img/s)")
     if board is not None:
