@@ -1,14 +1,14 @@
 #!/bin/sh
 # The three VAE priors of the inverse-problem experiment (docs/inverse.md): 16 latent dims,
 # MLP 3x400, Gaussian likelihood with sigma^2 = 1/2 (the summed-MSE loss of Xia & Zabaras),
-# 30 epochs, batch 64, Adam 2e-4, on the 23,000 training fields of darcy-grf (16x16).
+# 15 epochs, batch 64, Adam 2e-4, on the 23,000 training fields of darcy-grf (16x16).
 set -e
 OUT=${1:-runs/inverse}
 for BETA in 1 0.5 2; do
   RUN=$OUT/vae-beta$BETA
-  if [ -f "$RUN/checkpoint.pt" ] && [ "$(wc -l < "$RUN/metrics.jsonl")" -ge 30 ]; then continue; fi
+  if [ -f "$RUN/checkpoint.pt" ] && [ "$(wc -l < "$RUN/metrics.jsonl")" -ge 15 ]; then continue; fi
   MODEL=vae; [ "$BETA" = 1 ] || MODEL=beta-vae
   autovae train --run "$RUN" --data darcy-grf --likelihood gaussian --sigma 0.7071 \
     --latent normal/normal:16 --model $MODEL --beta $BETA --network mlp --hidden 400 --depth 3 \
-    --epochs 30 --batch-size 64 --lr 2e-4 --seed 0 --nll-samples 100 --quiet
+    --epochs 15 --batch-size 64 --lr 2e-4 --seed 0 --nll-samples 100 --quiet
 done

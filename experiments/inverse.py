@@ -1,0 +1,219 @@
+"""The inverse-problem experiment of docs/inverse.md (spec section 3.2), resumable.
+
+    OMP_NUM_THREADS=1 nice -n 10 sh -c \
+        'experiments/train_inverse_vaes.sh && python experiments/inverse.py'
+
+Stages (``--stage``, default all): ``tierA`` (linear-Gaussian problem with an analytic
+posterior, VAE prior fidelity), ``pcn`` and ``nuts`` (Tier B Darcy chains through
+``autovae.inverse.invert``, one chain folder each, resumed when re-run), ``tables``
+(docs/results/inverse.json and docs/results/inverse_tables.md from the folders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autovae.inverse import InverseProblem, KLDecoder, RunDecoder, observation_operator, run_chains
+from autovae.inverse import ess as ess_of
+from autovae.inverse.grf import sample_grf
+from autovae.inverse.invert import TRUTH_SEED_OFFSET, invert, regular_points
+from autovae.run import load_trained
+
+ROOT = Path("runs/inverse")
+RESULTS = Path("docs/results")
+N, DIM = 16, 16
+PRIORS = {"vae": "vae-beta1", "beta-vae 0.5": "vae-beta0.5", "beta-vae 2": "vae-beta2",
+          "kl": None}
+SEEDS = (0, 1, 2)
+PCN = {"chains": 4, "warmup": 1000, "samples": 2000}
+NUTS = {"chains": 2, "warmup": 150, "samples": 250}
+NUTS_JOBS = [("kl", 0), ("beta-vae 0.5", 0)]
+
+
+def _decoder(prior: str):
+    if PRIORS[prior] is None:
+        return KLDecoder(N, DIM)
+    _, _, model, _ = load_trained(ROOT / PRIORS[prior], "cpu")
+    return RunDecoder(model)
+
+
+# -- Tier A ---------------------------------------------------------------------------------------
+def tier_a() -> dict:
+    """y = H u + eta with u ~ GRF (the dataset's covariance C), H the bilinear read-out at the 64
+    points, sigma = 0.1: exact posterior in field space and, for the 16-term KL prior, in the
+    latent space, against pCN and NUTS; VAE priors' covariance against C."""
+    kl_full = KLDecoder(N, DIM)
+    C = kl_full.full_covariance
+    pts = regular_points(64)
+    H = torch.from_numpy(observation_operator(N, pts).toarray())
+    truth = sample_grf(1, N, seed=TRUTH_SEED_OFFSET)[0].double().reshape(-1)
+    sigma = 0.1
+    y = H @ truth + sigma * torch.randn(64, generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.float64)
+    K = H @ C @ H.T + sigma**2 * torch.eye(64, dtype=torch.float64)
+    m_exact = C @ H.T @ torch.linalg.solve(K, y)
+    C_post = C - C @ H.T @ torch.linalg.solve(K, H @ C)
+    sd_exact = C_post.diagonal().clamp_min(0).sqrt()
+
+    def forward(field, _pts):
+        return field.reshape(field.shape[0], -1) @ H.T.to(field.dtype)
+
+    out: dict = {"sigma": sigma, "observations": 64, "grid": N}
+    # latent-exact check with the KL-16 prior: z | y ~ N(m_z, S_z)
+    B = kl_full._basis  # (dim, n^2): field = z @ B
+    G = H @ B.T
+    S_z = torch.linalg.inv(torch.eye(DIM, dtype=torch.float64) + G.T @ G / sigma**2)
+    m_z = S_z @ G.T @ y / sigma**2
+    out["kl16_truncation"] = {
+        "energy": kl_full.energy,
+        "rel_l2_exact_kl16_mean_vs_exact_grf_mean":
+            InverseProblem.relative_l2((m_z @ B), m_exact)}
+    for sampler, opts in (("pcn", PCN), ("nuts", {"chains": 2, "warmup": 300, "samples": 1000})):
+        problem = InverseProblem(kl_full, forward, pts, y, sigma, "absolute", dim=DIM,
+                                 grid=(N, N))
+        t0 = time.perf_counter()
+        res = run_chains(problem.target(), sampler, ROOT / "tierA" / f"kl16-{sampler}", seed=0,
+                         **opts)
+        draws = torch.from_numpy(res.draws.reshape(-1, DIM))
+        ess = ess_of(res)
+        mean, cov = draws.mean(0), torch.cov(draws.T)
+        z = (mean - m_z) / (S_z.diagonal().sqrt() / torch.from_numpy(ess).sqrt())
+        out[f"kl16_{sampler}"] = {
+            **{k: opts[k] for k in opts}, "acceptance": float(np.mean(res.acceptance)),
+            "ess_bulk_min": float(ess.min()), "seconds": time.perf_counter() - t0,
+            "max_abs_z_mean": float(z.abs().max()),
+            "rel_frobenius_cov": float(torch.linalg.norm(cov - S_z) / torch.linalg.norm(S_z)),
+            "expected_rel_frobenius_mc": float(math.sqrt(
+                ((S_z**2).sum() + S_z.diagonal().sum() ** 2) / float(ess.mean()))
+                / torch.linalg.norm(S_z)),
+            "sd_ratio_min_max": [float(r) for r in
+                                 (cov.diagonal() / S_z.diagonal()).sqrt().aminmax()]}
+    # the VAE priors: covariance of decoded N(0, I) draws against C; posterior against exact
+    g = torch.Generator().manual_seed(1)
+    zs = torch.randn(20000, DIM, generator=g, dtype=torch.float64)
+    cn = torch.linalg.norm(C)
+    out["kl16_prior"] = {"rel_frobenius_cov": float(torch.linalg.norm(kl_full.covariance() - C)
+                                                     / cn),
+                         "mean_variance_ratio": float(kl_full.covariance().diagonal().mean()
+                                                      / C.diagonal().mean())}
+    for name in ("vae", "beta-vae 0.5", "beta-vae 2"):
+        dec = _decoder(name)
+        with torch.no_grad():
+            f = torch.cat([dec(zs[i:i + 5000]) for i in range(0, len(zs), 5000)]).reshape(
+                len(zs), -1)
+        cov = torch.cov(f.T)
+        problem = InverseProblem(dec, forward, pts, y, sigma, "absolute", dim=DIM, grid=(N, N))
+        res = run_chains(problem.target(), "pcn", ROOT / "tierA" / f"{PRIORS[name]}-pcn",
+                         seed=0, **PCN)
+        pm, psd = problem.posterior_fields(res.draws)
+        draws = res.draws.reshape(-1, DIM)
+        pick = torch.from_numpy(draws[np.linspace(0, len(draws) - 1, 2000).astype(int)])
+        with torch.no_grad():
+            fields = dec(pick).reshape(len(pick), -1)
+        lo, hi = torch.quantile(fields, 0.05, 0), torch.quantile(fields, 0.95, 0)
+        out[name] = {
+            "prior_rel_frobenius_cov": float(torch.linalg.norm(cov - C) / cn),
+            "prior_mean_variance_ratio": float(cov.diagonal().mean() / C.diagonal().mean()),
+            "prior_mean_abs": float(f.mean(0).abs().mean()),
+            "posterior_rel_l2_vs_exact_mean": InverseProblem.relative_l2(pm.reshape(-1),
+                                                                         m_exact),
+            "posterior_rel_l2_vs_truth": InverseProblem.relative_l2(pm.reshape(-1), truth),
+            "posterior_sd_ratio_mean": float((psd.reshape(-1) / sd_exact).mean()),
+            "coverage_90_truth": float(((truth >= lo) & (truth <= hi)).double().mean()),
+            "acceptance": float(np.mean(res.acceptance)),
+            "ess_bulk_min": float(ess_of(res).min())}
+    out["exact_rel_l2_vs_truth"] = InverseProblem.relative_l2(m_exact, truth)
+    out["exact_coverage_90_truth"] = float(((truth - m_exact).abs() <= 1.645 * sd_exact)
+                                           .double().mean())
+    _save("inverse_tierA.json", out)
+    return out
+
+
+# -- Tier B ---------------------------------------------------------------------------------------
+def _job(prior: str, seed: int, data: str, sampler: str) -> dict:
+    run = ROOT / PRIORS[prior] if PRIORS[prior] else ROOT / "vae-beta1"
+    out = ROOT / "tierB" / f"{prior.replace(' ', '')}-{data}-{sampler}-s{seed}"
+    opts = PCN if sampler == "pcn" else NUTS
+    r = invert(run, prior="kl" if PRIORS[prior] is None else "run", truth_seed=seed, seed=seed,
+               truth_resolution=64 if data == "fine" else None, sampler=sampler, out=out,
+               **opts)
+    return {"prior": prior, "seed": seed, "data": data, **r.summary}
+
+
+def tier_b(samplers) -> list[dict]:
+    rows = []
+    for sampler in samplers:
+        if sampler == "pcn":
+            jobs = [(p, s, "coarse") for p in PRIORS for s in SEEDS] + \
+                   [(p, 0, "fine") for p in PRIORS]
+        else:
+            jobs = [(p, s, "coarse") for p, s in NUTS_JOBS]
+        for prior, seed, data in jobs:
+            t0 = time.perf_counter()
+            rows.append(_job(prior, seed, data, sampler))
+            print(f"{sampler} {prior} {data} seed {seed}: {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+    return rows
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def _save(name: str, obj) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def _fmt(v, f="{:.3g}"):
+    return "n/a" if v is None else f.format(v)
+
+
+def tables() -> str:
+    rows = []
+    for path in sorted((ROOT / "tierB").glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        prior, data, sampler, seed = path.parent.name.rsplit("-", 3)
+        rows.append({"folder": path.parent.name, "prior": prior, "data": data,
+                     "sampler": sampler, "seed": int(seed[1:]), **s})
+    _save("inverse_tierB.json", rows)
+    lines = ["| prior | data | sampler | seed | acceptance | ESS bulk min / median per 2000 "
+             "| ESS tail min per 2000 | R-hat max | ESS/s | ESS per solve | NSSWR "
+             "| rel. L2 of mean | coverage 2sd | seconds |",
+             "|" + "---|" * 14]
+    for r in rows:
+        lines.append(
+            f"| {r['prior']} | {r['data']} | {r['sampler']} | {r['seed']} "
+            f"| {_fmt(r.get('acceptance'), '{:.3f}')} "
+            f"| {_fmt(r.get('ess_bulk_min_per_2000'), '{:.0f}')} / "
+            f"{_fmt(r.get('ess_bulk_median_per_2000'), '{:.0f}')} "
+            f"| {_fmt(r.get('ess_tail_min_per_2000'), '{:.0f}')} "
+            f"| {_fmt(r.get('rhat_max'), '{:.3f}')} | {_fmt(r.get('ess_per_second'))} "
+            f"| {_fmt(r.get('ess_per_eval'))} | {_fmt(r.get('nsswr'))} "
+            f"| {_fmt(r.get('rel_l2_mean'), '{:.3f}')} | {_fmt(r.get('coverage_2sd'), '{:.2f}')} "
+            f"| {_fmt(r.get('seconds'), '{:.0f}')} |")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "inverse_tables.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", default="all", choices=("all", "tierA", "pcn", "nuts",
+                                                           "tables"))
+    stage = parser.parse_args().stage
+    if stage in ("all", "tierA"):
+        print(json.dumps(tier_a(), indent=1), flush=True)
+    if stage in ("all", "pcn"):
+        tier_b(["pcn"])
+    if stage in ("all", "nuts"):
+        tier_b(["nuts"])
+    print(tables())
+
+
+if __name__ == "__main__":
+    main()
