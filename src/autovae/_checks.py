@@ -14,7 +14,14 @@ import numbers
 import os
 from pathlib import Path
 
-__all__ = ["DOMAINS", "check", "check_folder", "check_readable", "flag_type", "syntax_error"]
+__all__ = ["DOMAINS", "StudyFault", "check", "check_folder", "check_readable", "flag_type",
+           "syntax_error"]
+
+
+class StudyFault(RuntimeError):
+    """A fault of the machine or the database, not of the input (a database that stays down,
+    a worker that died before the budget was met): said in one line, exit code 1."""
+
 
 # domain -> (integers only, test, what is allowed)
 DOMAINS: dict[str, tuple[bool, object, str]] = {

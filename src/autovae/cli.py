@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_folder, flag_type
+from ._checks import StudyFault, check_folder, flag_type
 from .config import Config, load_config
 from .models import NonFiniteLossError
 
@@ -543,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"autovae: stopped: {err}", file=sys.stderr)
         return 3
+    except StudyFault as err:
+        print(f"autovae: error: {err}", file=sys.stderr)
+        return 1
     except OSError as err:  # the machine's fault, not the program's: disk full, permissions
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO):
             raise

@@ -31,15 +31,15 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from .._checks import check_folder
+from .._checks import StudyFault, check_folder
 from ..config import Config
 from ..data import DataSplits
 from ..models import NonFiniteLossError, model_class
 from ..run import Run, StudyFolder
 from .space import SearchSpace
 
-__all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "StudySpec", "create_study", "open_storage",
-           "run_worker", "run_search"]
+__all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "StudyFault", "StudySpec", "create_study",
+           "open_storage", "run_worker", "run_search"]
 
 # objective name -> (direction, what it measures)
 OBJECTIVES = {
@@ -191,12 +191,30 @@ def open_storage(url: str | None, folder: Path, heartbeat: bool = True, create: 
                               grace_period=3 * HEARTBEAT_SECONDS,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                   max_retry=2))
-            return RDBStorage(url, engine_kwargs=engine, **kwargs)
+            storage = RDBStorage(url, engine_kwargs=engine, **kwargs)
+            if heartbeat:
+                _beat_through_outages(storage)
+            return storage
     except ImportError as err:
         raise ValueError(f"storage {url!r} needs a database driver: {err}") from None
     except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot open storage {_redact(url)}: {first}") from None
+
+
+def _beat_through_outages(storage: RDBStorage) -> None:
+    """A heartbeat that meets a database outage is skipped, not fatal to the heartbeat thread
+    (the next beat retries; the trial is failed as stale only after three missed periods)."""
+    beat = storage.record_heartbeat
+
+    def record_heartbeat(trial_id: int) -> None:
+        try:
+            beat(trial_id)
+        except Exception as err:
+            if _database_error(err) is None:
+                raise
+
+    storage.record_heartbeat = record_heartbeat
 
 
 def _postgres_driver(url: str) -> str:
@@ -310,8 +328,22 @@ class Objective:
 
     def __init__(self, spec: StudySpec, folder: Path, data: DataSplits):
         self.spec, self.folder, self.data = spec, folder, data
+        self.current: int | None = None  # the number of the trial being run
 
     def __call__(self, trial: optuna.Trial):
+        self.current = trial.number
+        try:
+            return self._run(trial)
+        except Exception as err:  # a database error: the trial says why it failed, if it can
+            cause = _database_error(err)
+            if cause is not None:
+                try:
+                    trial.set_user_attr("failure", f"database error: {cause}")
+                except Exception:  # the database is still down
+                    pass
+            raise
+
+    def _run(self, trial: optuna.Trial):
         from ..train import train
 
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
@@ -326,10 +358,17 @@ class Objective:
         keys = model_class(config.model).validation_keys  # higher is better, first is reported
 
         def report(row, model):
-            if single and keys and keys[0] in row:
+            if not (single and keys and keys[0] in row):
+                return
+            try:
                 trial.report(-row[keys[0]], step=row["epoch"] - 1)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+                prune = trial.should_prune()
+            except Exception as err:  # a database outage: train on, unpruned this epoch
+                if _database_error(err) is None:
+                    raise
+                return
+            if prune:
+                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
         started = time.perf_counter()
         try:
@@ -369,33 +408,170 @@ def load_spec(study: optuna.Study) -> StudySpec:
 
 def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0,
                seed: int | None = None, data: DataSplits | None = None) -> int:
-    """Run trials of an existing study until it holds its budget of finished trials."""
+    """Run trials of an existing study until it holds its budget of finished trials.
+
+    A trial is started only while the finished and running trials fall short of the budget, so
+    workers never overshoot it (with heartbeats; a journal store has none, so there a worker
+    cannot tell a dead worker's trial from a live one and does not wait for it). Before it
+    returns, a worker waits for the other workers' running trials: a dead worker's trial is
+    failed after three missed heartbeats and retried, so none stays RUNNING. A database that
+    stops answering is retried with backoff for ``AUTOVAE_DB_RETRY_SECONDS`` (default 300);
+    the trial it interrupted is failed with its reason and retried.
+    """
     from ..run import prepare
 
     storage = open_storage(storage_url, folder)
+    where = _redact(storage_url or str(StudyFolder(folder).db_path))
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise ValueError(f"no study {name!r} in {_redact(storage_url or str(folder))}; create it "
-                         "with 'autovae search' first") from None
+        raise ValueError(f"no study {name!r} in {where}; create it with 'autovae search' "
+                         "first") from None
     spec = load_spec(study)
     seed = spec.base.seed * 1000 + worker if seed is None else seed
     study.sampler = SAMPLERS[spec.sampler](seed, len(spec.objectives) > 1)
     study.pruner = PRUNERS[spec.pruner](spec.base.epochs)
+    beats = isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None
+    if beats:
+        storage.heartbeat_stale_trial_callback = _RetryUnlessBudgetMet(spec.trials)
     data = data if data is not None else prepare(spec.base)
-    done = (TrialState.COMPLETE, TrialState.PRUNED)
-    if len(study.get_trials(deepcopy=False, states=done)) >= spec.trials:
-        return 0
-    budget = optuna.study.MaxTrialsCallback(spec.trials, states=done)
-
-    def too_many_failures(study, _trial):
-        if len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) > 2 * spec.trials:
-            study.stop()  # every trial fails: a broken space, not bad luck
-
+    objective = Objective(spec, folder, data)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(Objective(spec, folder, data), callbacks=[budget, too_many_failures],
-                   catch=(), gc_after_trial=True)
-    return 0
+    outage = _Outage(where)
+    interrupted: int | None = None  # a trial of ours that a database error cut short
+    while True:
+        try:
+            if interrupted is not None:
+                _fail_and_retry(study, interrupted, outage.cause, spec.trials)
+                interrupted = None
+            if beats:
+                with warnings.catch_warnings():  # "experimental" in Optuna 5
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            counts = _counts(study)
+            outage.over()
+            if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= spec.trials:
+                if beats and counts[TrialState.RUNNING]:  # wait: one may be a dead worker's
+                    time.sleep(HEARTBEAT_SECONDS)
+                    continue
+                _drop_unneeded_retries(study)
+                return 0
+            if counts[TrialState.FAIL] > 2 * spec.trials:
+                print(f"autovae: {counts[TrialState.FAIL]} trials failed, more than twice the "
+                      "budget: a broken space or settings, not bad luck; see the trials' "
+                      "'failure' attributes", file=sys.stderr)
+                return 0
+            busy = counts[TrialState.RUNNING] if beats else 0
+            if (counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + busy
+                    >= spec.trials):
+                time.sleep(HEARTBEAT_SECONDS)  # the budget is in other workers' hands
+                continue
+            objective.current = None
+            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=True)
+        except Exception as err:
+            cause = _database_error(err)
+            if cause is None:
+                raise
+            if objective.current is not None:
+                interrupted, objective.current = objective.current, None
+            outage.wait(cause)
+
+
+def _counts(study: optuna.Study) -> dict:
+    counts = dict.fromkeys(TrialState, 0)
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] += 1
+    return counts
+
+
+# How long a worker retries a database that does not answer before it gives up.
+DB_RETRY_SECONDS = float(os.environ.get("AUTOVAE_DB_RETRY_SECONDS", "300"))
+
+
+class _Outage:
+    """Backoff for a database that stopped answering: 0.5 s doubling to 10 s, for at most
+    ``DB_RETRY_SECONDS``; then one clear line (:class:`StudyFault`)."""
+
+    def __init__(self, where: str):
+        self.where, self.since, self.delay, self.cause = where, None, 0.5, ""
+
+    def wait(self, cause: str) -> None:
+        now = time.monotonic()
+        self.cause = cause
+        if self.since is None:
+            self.since = now
+            print(f"autovae: database {self.where} unavailable ({cause}); retrying for up to "
+                  f"{DB_RETRY_SECONDS:.0f} s", file=sys.stderr)
+        if now - self.since > DB_RETRY_SECONDS:
+            raise StudyFault(f"database {self.where} did not answer for {now - self.since:.0f} s "
+                             f"({cause}); the finished trials are kept: re-run the same command "
+                             "when it is back")
+        time.sleep(self.delay)
+        self.delay = min(2 * self.delay, 10.0)
+
+    def over(self) -> None:
+        if self.since is not None:
+            print(f"autovae: database {self.where} is back after "
+                  f"{time.monotonic() - self.since:.1f} s", file=sys.stderr)
+        self.since, self.delay = None, 0.5
+
+
+def _database_error(err: BaseException) -> str | None:
+    """The first line of the database error in ``err``'s chain (Optuna wraps it, or fails on
+    its own way out of a trial with it as the context), or None if there is none."""
+    import sqlalchemy.exc
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                            sqlalchemy.exc.DisconnectionError)):
+            text = str(getattr(err, "orig", None) or err).strip()
+            return text.splitlines()[0] if text else type(err).__name__
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class _RetryUnlessBudgetMet(RetryHeartbeatStaleTrialCallback):
+    """Retry a trial whose worker died (up to twice), unless the budget is met without it."""
+
+    def __init__(self, budget: int):
+        with warnings.catch_warnings():  # "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=2)
+        self.budget = budget
+
+    def __call__(self, study, trial) -> None:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if len(done) < self.budget:
+            super().__call__(study, trial)
+
+
+def _fail_and_retry(study: optuna.Study, number: int, cause: str, budget: int) -> None:
+    """Fail our trial ``number`` that a database outage interrupted, with the reason, and
+    queue its retry (which continues its run from the last checkpoint)."""
+    storage = study._storage
+    frozen = study.get_trials(deepcopy=False)[number]
+    if frozen.state == TrialState.RUNNING:
+        storage.set_trial_user_attr(frozen._trial_id, "failure", f"database outage: {cause}")
+        try:
+            storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # another worker failed it as stale and queued its retry
+    elif frozen.state != TrialState.FAIL:
+        return
+    _RetryUnlessBudgetMet(budget)(study, study.get_trials(deepcopy=False)[number])
+
+
+def _drop_unneeded_retries(study: optuna.Study) -> None:
+    """Fail the queued retries that the met budget no longer needs, saying why."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "failure",
+                                               "not run: the budget was met without it")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            pass  # another worker took it or dropped it first
 
 
 def run_search(storage_url: str | None, name: str, folder: Path, spec: StudySpec,
@@ -413,5 +589,10 @@ def run_search(storage_url: str | None, name: str, folder: Path, spec: StudySpec
              for i in range(workers)]
     codes = [p.wait() for p in procs]
     if any(codes):
-        raise RuntimeError(f"worker exit codes {codes}; re-run the same command to resume")
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if len(done) < spec.trials:
+            raise StudyFault(f"worker exit codes {codes} with {len(done)} of {spec.trials} "
+                             "trials finished; re-run the same command to resume")
+        print(f"autovae: worker exit codes {codes}, but the study holds its {spec.trials} "
+              "trials", file=sys.stderr)
     return study

@@ -1,0 +1,237 @@
+"""Faults injected on purpose (issue 11): a full disk, leftover temp files, a dead worker's
+trial near the end of a study, database errors inside a trial, PostgreSQL restarts and outages.
+The PostgreSQL ones are slow (``pytest -m slow``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autovae.cli import main
+from autovae.config import Config
+from autovae.search import SearchSpace, StudySpec, create_study, open_storage
+from autovae.search import study as study_mod
+
+TRAIN = ["--data", "digits", "--hidden", "8", "--depth", "1", "--batch-size", "500",
+         "--latent", "normal/normal:2", "--nll-samples", "3", "--quiet", "--no-evaluate"]
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+BASE = Config(data="digits", epochs=2, batch_size=250, hidden=8, depth=1, lr=3e-3,
+              limit=600, val_size=100, nll_samples=5)
+SPACE = SearchSpace(pairs=["normal/normal", "logistic/normal"], alpha=(0.0, 1.0),
+                    samples=(1, 2), latent_dim=(2, 2), hidden=(8, 8), depth=(1, 1))
+
+
+def test_disk_full_is_said_plainly_and_the_checkpoint_kept(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--run", str(run), *TRAIN, "--epochs", "1"]) == 0
+    before = (run / "checkpoint.pt").read_bytes()
+
+    def full(*args, **kwargs):  # what torch.save raises when the disk fills mid-write
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4352 vs "
+                           "4240: PytorchStreamWriter failed writing file data/3: No space left "
+                           "on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    capsys.readouterr()
+    assert main(["train", "--run", str(run), "--resume", "--epochs", "2", "--quiet",
+                 "--no-evaluate"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"no space left on the device of {run}" in err and "checkpoint.pt" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_leftover_temp_files_are_removed_on_resume(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--run", str(run), *TRAIN, "--epochs", "1"]) == 0
+    stale = run / ".checkpoint.pt.4242.0123456789ab.tmp"  # a writer SIGKILLed mid-write
+    stale.write_bytes(b"partial")
+    assert main(["train", "--run", str(run), "--resume", "--epochs", "2", "--quiet",
+                 "--no-evaluate"]) == 0
+    assert not stale.exists() and not list(run.glob(".*.tmp"))
+
+
+def _states(study):
+    return [t.state for t in study.get_trials()]
+
+
+def test_a_dead_workers_trial_near_the_end_is_failed_and_retried(tmp_path, monkeypatch):
+    """Before: the survivor reached the budget and returned, leaving the trial RUNNING."""
+    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.3)
+    spec = StudySpec(SPACE, BASE, ["nll"], trials=2, pruner="none", validation_nll_samples=5)
+    storage = open_storage(None, tmp_path)
+    study = create_study(storage, "s", spec)
+    dead = study.ask()  # a worker that took a trial, beat once, and died
+    storage.record_heartbeat(dead._trial_id)
+    study_mod.run_worker(None, "s", tmp_path)
+    study = optuna.load_study(study_name="s", storage=storage)
+    states = _states(study)
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert states.count(TrialState.COMPLETE) == 2  # the budget, not one more
+    assert study.get_trials()[dead.number].state == TrialState.FAIL
+
+
+def test_a_trial_cut_by_a_database_error_says_why_and_is_retried(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+
+    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.3)
+    original = optuna.trial.Trial.set_user_attr
+    calls = []
+
+    def flaky(self, key, value):
+        calls.append(key)
+        if calls == ["latent"]:  # the first write of the first trial meets an outage
+            raise sqlalchemy.exc.OperationalError(
+                "UPDATE trials", {}, Exception("server closed the connection unexpectedly"))
+        return original(self, key, value)
+
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", flaky)
+    spec = StudySpec(SPACE, BASE, ["nll"], trials=2, pruner="none", validation_nll_samples=5)
+    storage = open_storage(None, tmp_path)
+    create_study(storage, "s", spec)
+    assert study_mod.run_worker(None, "s", tmp_path) == 0
+    trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1
+    assert failed[0].user_attrs["failure"] == ("database error: server closed the connection "
+                                               "unexpectedly")
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 2
+
+
+def test_search_with_a_worker_dead_after_the_budget_exits_cleanly(tmp_path, monkeypatch,
+                                                                  capsys):
+    spec = StudySpec(SPACE, BASE.replace(epochs=1), ["nll"], trials=1, pruner="none",
+                     validation_nll_samples=5)
+    study_mod.run_search(None, "s", tmp_path, spec)
+
+    popen = subprocess.Popen
+
+    def dead_worker(cmd, env=None):  # a worker process that died (the budget is already met)
+        return popen([sys.executable, "-c", "import sys; sys.exit(137)"])
+
+    monkeypatch.setattr(study_mod.subprocess, "Popen", dead_worker)
+    study_mod.run_search(None, "s", tmp_path, spec, workers=2)
+    assert "holds its 1 trials" in capsys.readouterr().err
+    with pytest.raises(study_mod.StudyFault, match="0 of 2 trials finished"):
+        study_mod.run_search(None, "t", tmp_path, StudySpec(SPACE, BASE, ["nll"], 2), workers=2)
+
+
+# -- PostgreSQL: restarts and outages ------------------------------------------------------------
+@pytest.fixture
+def postgres(tmp_path):
+    """(url, pg_ctl(action)) of a private PostgreSQL server on 127.0.0.1."""
+    import glob
+    import shutil
+    import socket
+    import tempfile
+
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb or shutil.which("su") is None or os.geteuid() != 0:
+        pytest.skip("needs Debian's postgresql package and root (to run it as user postgres)")
+    bin_dir = Path(initdb[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="autovae-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    shutil.chown(root, "postgres")
+    shutil.chown(sock, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def as_postgres(cmd):
+        subprocess.run(["su", "postgres", "-c", cmd], check=True, capture_output=True)
+
+    def pg_ctl(action: str):
+        opts = f"-o '-c listen_addresses=127.0.0.1 -p {port} -k {sock}'"
+        as_postgres(f"{bin_dir}/pg_ctl -D {data} -l {root}/log -w -m fast {opts} {action}")
+
+    as_postgres(f"{bin_dir}/initdb -D {data} --auth=trust -U postgres")
+    pg_ctl("start")
+    try:
+        as_postgres(f"psql -X -q -h {sock} -p {port} -U postgres -c 'CREATE DATABASE autovae'")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/autovae", pg_ctl
+    finally:
+        pid_file = data / "postmaster.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGINT)
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _workers(url: str, folder: Path, n: int, env: dict) -> list[subprocess.Popen]:
+    cmd = [sys.executable, "-m", "autovae", "worker", "--study", "pg", "--dir", str(folder),
+           "--storage", url]
+    return [subprocess.Popen([*cmd, "--worker", str(i)], env=env, stderr=subprocess.PIPE,
+                             text=True) for i in range(n)]
+
+
+def _wait_for_checkpoint(folder: Path, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list(folder.glob("trials/*/checkpoint.pt")):
+            return
+        time.sleep(0.05)
+    raise AssertionError("no trial got going")
+
+
+@pytest.mark.slow
+def test_postgres_restart_is_survived_and_the_budget_met_exactly(postgres, tmp_path):
+    url, pg_ctl = postgres
+    spec = StudySpec(SPACE, BASE.replace(epochs=6), ["nll"], trials=4, pruner="none",
+                     validation_nll_samples=5)
+    create_study(open_storage(url, tmp_path), "pg", spec)
+    env = {**os.environ, "PYTHONPATH": SRC, "AUTOVAE_HEARTBEAT_SECONDS": "1"}
+    procs = _workers(url, tmp_path, 2, env)
+    _wait_for_checkpoint(tmp_path)
+    started = time.time()
+    pg_ctl("restart")  # -m fast: every connection is cut
+    restart_seconds = time.time() - started
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert not any("Traceback" in e for e in errors), errors
+    study = optuna.load_study(study_name="pg", storage=open_storage(url, tmp_path))
+    states = _states(study)
+    assert states.count(TrialState.COMPLETE) == 4, states
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    print(f"restart took {restart_seconds:.2f} s; states {states}")
+
+
+@pytest.mark.slow
+def test_a_long_outage_ends_with_one_clear_line(postgres, tmp_path):
+    url, pg_ctl = postgres
+    spec = StudySpec(SPACE, BASE.replace(epochs=30, limit=1000), ["nll"], trials=2,
+                     pruner="none", validation_nll_samples=5)
+    create_study(open_storage(url, tmp_path), "pg", spec)
+    env = {**os.environ, "PYTHONPATH": SRC, "AUTOVAE_HEARTBEAT_SECONDS": "1",
+           "AUTOVAE_DB_RETRY_SECONDS": "8"}
+    (proc,) = _workers(url, tmp_path, 1, env)
+    _wait_for_checkpoint(tmp_path)
+    pg_ctl("stop")
+    stopped = time.time()
+    err = proc.communicate(timeout=300)[1]
+    survived = time.time() - stopped
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("autovae: error: database postgresql+psycopg2://postgres")
+    assert "did not answer for" in last
+    assert survived >= 8, survived  # it retried for the whole allowance, then said so
+    print(f"worker retried for {survived:.1f} s; stderr: {err!r}")
