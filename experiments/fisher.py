@@ -10,7 +10,8 @@ reconstructions, active units, and its point (J, entropy power N) in the Fisher-
     python experiments/fisher.py --limit 60000 --epochs 50 --nll-samples 5000 --test-images 10000
 
 Writes RESULTS/results.json, RESULTS/table.md and RESULTS/plane.png (default docs/fisher/).
-Runs are resumable: an interrupted experiment continues from the finished runs' folders.
+Runs are resumable: an interrupted experiment continues from the finished runs' folders;
+``--table-only`` tabulates the runs evaluated so far without training anything.
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ PAIRINGS = ["normal/normal:20", "logistic/normal:20"]
 TARGET_FACTORS = {"low": 0.25, "high": 4.0}  # J_c = factor x the plain VAE's J
 
 
-def run_one(config: Config, folder: Path, test: torch.Tensor, nll_samples: int) -> dict:
+class NotYet(Exception):
+    """A run that has not been evaluated yet (with --table-only)."""
+
+
+def run_one(config: Config, folder: Path, test: torch.Tensor, nll_samples: int,
+            table_only: bool = False) -> dict:
     """Train (or resume) and evaluate one model; the metrics are cached in its run folder."""
     run = Run(folder)
     cached = run.metrics()
     if cached.get("experiment_nll_samples") == nll_samples:
         return cached
+    if table_only:
+        raise NotYet(folder)
     if not (run.has_checkpoint() and run.history()
             and run.history()[-1]["epoch"] == config.epochs):
         train(config, folder, resume=run.has_config(), progress=False)
@@ -60,6 +68,8 @@ def main() -> None:
     parser.add_argument("--nll-samples", type=int, default=1000)
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--weight", type=float, default=0.1, help="xi (Zheng et al.: 0.1)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="tabulate the runs evaluated so far; train nothing")
     args = parser.parse_args()
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,15 +81,21 @@ def main() -> None:
         slug = latent.split(":")[0].replace("/", "-")
         for seed in range(args.seeds):
             plain_config = base.replace(latent=latent, seed=seed)
-            plain = run_one(plain_config, runs / f"{slug}-vae-seed{seed}", test,
-                            args.nll_samples)
+            try:
+                plain = run_one(plain_config, runs / f"{slug}-vae-seed{seed}", test,
+                                args.nll_samples, args.table_only)
+            except NotYet:
+                continue
             rows.append({**plain, "latent": latent, "model": "VAE", "target": None,
                          "seed": seed})
             for name, factor in TARGET_FACTORS.items():
                 target = factor * plain["fisher"]
                 config = plain_config.replace(fisher_weight=args.weight, fisher_target=target)
-                metrics = run_one(config, runs / f"{slug}-fae-{name}-seed{seed}", test,
-                                  args.nll_samples)
+                try:
+                    metrics = run_one(config, runs / f"{slug}-fae-{name}-seed{seed}", test,
+                                      args.nll_samples, args.table_only)
+                except NotYet:
+                    continue
                 rows.append({**metrics, "latent": latent,
                              "model": f"FAE J_c = {factor:g} J_VAE", "target": target,
                              "seed": seed})
@@ -100,16 +116,16 @@ def write_table(rows: list[dict], path: Path, args) -> None:
             ("entropy_power", "N")]
     lines = [f"Fashion-MNIST, {args.limit} training images, {args.epochs} epochs, MLP 2x200, "
              f"20 latent dims, Bernoulli likelihood; test: first {args.test_images} test images, "
-             f"NLL with K = {args.nll_samples}; mean ± sd over {args.seeds} seeds; "
+             f"NLL with K = {args.nll_samples}; mean ± sd over the seeds (column n); "
              f"Fisher weight {args.weight}.", "",
-             "| latent | model | " + " | ".join(label for _, label in keys) + " |",
-             "|---" * (len(keys) + 2) + "|"]
+             "| latent | model | n | " + " | ".join(label for _, label in keys) + " |",
+             "|---" * (len(keys) + 3) + "|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["latent"], row["model"]), []).append(row)
     for (latent, model), group in groups.items():
         cells = [_mean_sd([r[k] for r in group]) for k, _ in keys]
-        lines.append(f"| {latent} | {model} | " + " | ".join(cells) + " |")
+        lines.append(f"| {latent} | {model} | {len(group)} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -130,6 +146,8 @@ def plane(rows: list[dict], path: Path) -> None:
         for latent, marker in markers.items():
             pts = [(r["entropy_power"], r["fisher"]) for r in rows
                    if r["model"] == model and r["latent"] == latent]
+            if not pts:
+                continue
             ax.scatter(*zip(*pts, strict=True), c=colour, marker=marker, s=28,
                        label=f"{model}, {latent.split(':')[0]}")
     ax.set_xscale("log")
