@@ -47,7 +47,8 @@ class Config:
     binarize: str = _opt("none", "binarize pixels: none, static (once) or dynamic (each batch)",
                          choices=("none", "static", "dynamic"))
     # model
-    model: str = _opt("vae", "the model to train: vae, or beta-vae (the VAE with beta != 1)")
+    model: str = _opt("vae", "the model to train: vae, beta-vae (the VAE with beta != 1), gan, "
+                                "vae-gan, or ava0..ava5")
     latent: str = _opt("normal/normal:20",
                        "latent blocks, e.g. 'logistic/normal:14,cauchy/cauchy:6' or "
                        "'70%% logistic/normal, 30%% cauchy/cauchy' (with latent_dim)")
