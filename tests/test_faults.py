@@ -211,7 +211,12 @@ def test_postgres_restart_is_survived_and_the_budget_met_exactly(postgres, tmp_p
     states = _states(study)
     assert states.count(TrialState.COMPLETE) == 4, states
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    print(f"restart took {restart_seconds:.2f} s; states {states}")
+    for t in study.get_trials(states=(TrialState.FAIL,)):  # each failure says why, is retried
+        assert t.user_attrs.get("failure") or any(
+            r.system_attrs.get("failed_trial") == t.number for r in study.get_trials()), t
+    reasons = [t.user_attrs.get("failure", "stale heartbeat")
+               for t in study.get_trials(states=(TrialState.FAIL,))]
+    print(f"restart took {restart_seconds:.2f} s; states {[s.name for s in states]}; {reasons}")
 
 
 @pytest.mark.slow
@@ -233,5 +238,5 @@ def test_a_long_outage_ends_with_one_clear_line(postgres, tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("autovae: error: database postgresql+psycopg2://postgres")
     assert "did not answer for" in last
-    assert survived >= 8, survived  # it retried for the whole allowance, then said so
+    assert 8 <= survived < 60, survived  # it retried for its allowance, then said so
     print(f"worker retried for {survived:.1f} s; stderr: {err!r}")

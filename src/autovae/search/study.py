@@ -506,7 +506,7 @@ class _Outage:
             raise StudyFault(f"database {self.where} did not answer for {now - self.since:.0f} s "
                              f"({cause}); the finished trials are kept: re-run the same command "
                              "when it is back")
-        time.sleep(self.delay)
+        time.sleep(min(self.delay, DB_RETRY_SECONDS - (now - self.since) + 0.05))
         self.delay = min(2 * self.delay, 10.0)
 
     def over(self) -> None:
