@@ -393,7 +393,8 @@ def test_datasplits_to_and_repr():
 
 def test_registry_names():
     assert set(DATASETS) == {"fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "svhn",
-                             "digits", "orbit"}
+                             "digits", "orbit", "darcy-grf", "darcy-grf-8", "darcy-grf-32",
+                             "darcy-grf-64"}
 
 
 def test_binarize():
