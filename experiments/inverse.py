@@ -34,7 +34,15 @@ PRIORS = {"vae": "vae-beta1", "beta-vae 0.5": "vae-beta0.5", "beta-vae 2": "vae-
 SEEDS = (0, 1, 2)
 PCN = {"chains": 4, "warmup": 1000, "samples": 2000}
 NUTS = {"chains": 2, "warmup": 150, "samples": 250}
-NUTS_JOBS = [("kl", 0), ("beta-vae 0.5", 0)]
+NUTS_JOBS = [("kl", 0), ("vae", 0), ("beta-vae 0.5", 0)]
+
+
+def _ready(prior: str) -> bool:
+    """The prior's VAE has finished training (the KL prior needs none)."""
+    if PRIORS[prior] is None:
+        return (ROOT / "vae-beta1" / "checkpoint.pt").is_file()
+    history = ROOT / PRIORS[prior] / "metrics.jsonl"
+    return history.is_file() and len(history.read_text().splitlines()) >= 15
 
 
 def _decoder(prior: str):
@@ -104,6 +112,8 @@ def tier_a() -> dict:
                          "mean_variance_ratio": float(kl_full.covariance().diagonal().mean()
                                                       / C.diagonal().mean())}
     for name in ("vae", "beta-vae 0.5", "beta-vae 2"):
+        if not _ready(name):
+            continue
         dec = _decoder(name)
         with torch.no_grad():
             f = torch.cat([dec(zs[i:i + 5000]) for i in range(0, len(zs), 5000)]).reshape(
@@ -151,11 +161,14 @@ def tier_b(samplers) -> list[dict]:
     rows = []
     for sampler in samplers:
         if sampler == "pcn":
-            jobs = [(p, s, "coarse") for p in PRIORS for s in SEEDS] + \
+            jobs = [(p, s, "coarse") for s in SEEDS for p in PRIORS] + \
                    [(p, 0, "fine") for p in PRIORS]
         else:
             jobs = [(p, s, "coarse") for p, s in NUTS_JOBS]
         for prior, seed, data in jobs:
+            if not _ready(prior):
+                print(f"{sampler} {prior}: its VAE is not trained yet, skipped", flush=True)
+                continue
             t0 = time.perf_counter()
             rows.append(_job(prior, seed, data, sampler))
             print(f"{sampler} {prior} {data} seed {seed}: {time.perf_counter() - t0:.0f} s",
