@@ -351,9 +351,10 @@ class VAEGAN(VAE):
                                               "adam")}
 
     def _kl(self, q, z):
+        """KL(q(z|x) || p(z)) per data point, shape (B,), for draws z of shape (B, dim)."""
         if self.latent.all_closed_form and self.bound.analytic_kl:
             return self.latent.kl(q)
-        return self.latent.log_q(q, z) - self.latent.log_p(z)
+        return self.latent.log_q(q, z[None])[0] - self.latent.log_p(z[None])[0]
 
     def training_step(self, x: torch.Tensor, ctx: StepContext):
         beta = self.beta_at(ctx.progress)
@@ -362,7 +363,7 @@ class VAEGAN(VAE):
             f_real = disc.features(x)
         q = self.posterior(x)
         z = self.latent.rsample(q, 1)[0]
-        kl = self._kl(q, z[None])[0]
+        kl = self._kl(q, z)
         f_tilde = disc.features(self.likelihood.mean(self.decode(z)))
         llike = 0.5 * _sum_event((f_real - f_tilde) ** 2)  # -log N(Dis_l(x) | Dis_l(x~), I)
         ctx.log("train_kl", kl)
