@@ -5,7 +5,6 @@ The PostgreSQL ones are slow (``pytest -m slow``)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -129,53 +128,6 @@ def test_search_with_a_worker_dead_after_the_budget_exits_cleanly(tmp_path, monk
 
 
 # -- PostgreSQL: restarts and outages ------------------------------------------------------------
-@pytest.fixture
-def postgres(tmp_path):
-    """(url, pg_ctl(action)) of a private PostgreSQL server on 127.0.0.1."""
-    import glob
-    import shutil
-    import socket
-    import tempfile
-
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdb or shutil.which("su") is None or os.geteuid() != 0:
-        pytest.skip("needs Debian's postgresql package and root (to run it as user postgres)")
-    bin_dir = Path(initdb[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="autovae-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    shutil.chown(root, "postgres")
-    shutil.chown(sock, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def as_postgres(cmd):
-        subprocess.run(["su", "postgres", "-c", cmd], check=True, capture_output=True)
-
-    def pg_ctl(action: str):
-        opts = f"-o '-c listen_addresses=127.0.0.1 -p {port} -k {sock}'"
-        as_postgres(f"{bin_dir}/pg_ctl -D {data} -l {root}/log -w -m fast {opts} {action}")
-
-    as_postgres(f"{bin_dir}/initdb -D {data} --auth=trust -U postgres")
-    pg_ctl("start")
-    try:
-        as_postgres(f"psql -X -q -h {sock} -p {port} -U postgres -c 'CREATE DATABASE autovae'")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/autovae", pg_ctl
-    finally:
-        pid_file = data / "postmaster.pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text().split()[0])
-            os.kill(pid, signal.SIGINT)
-            for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def _workers(url: str, folder: Path, n: int, env: dict) -> list[subprocess.Popen]:
     cmd = [sys.executable, "-m", "autovae", "worker", "--study", "pg", "--dir", str(folder),
            "--storage", url]

@@ -1,13 +1,9 @@
 """AutoVAE search: space, studies on SQLite and a real PostgreSQL server, killed workers."""
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -154,49 +150,8 @@ def test_sqlite_workers_one_killed_mid_trial(tmp_path):
     _two_workers_one_killed(None, tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def postgres_url():
-    """A private PostgreSQL server on 127.0.0.1, stopped by its PID afterwards."""
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdb or shutil.which("su") is None or os.geteuid() != 0:
-        pytest.skip("needs Debian's postgresql package and root (to run it as user postgres)")
-    bin_dir = Path(initdb[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="autovae-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    shutil.chown(root, "postgres")
-    shutil.chown(sock, "postgres")
-    port = _free_port()
-
-    def as_postgres(cmd):
-        subprocess.run(["su", "postgres", "-c", cmd], check=True, capture_output=True)
-
-    as_postgres(f"{bin_dir}/initdb -D {data} --auth=trust -U postgres")
-    as_postgres(f"{bin_dir}/pg_ctl -D {data} -l {root}/log -w -o "
-                f"'-c listen_addresses=127.0.0.1 -p {port} -k {sock}' start")
-    pid = int((data / "postmaster.pid").read_text().split()[0])
-    try:
-        as_postgres(f"psql -X -q -h {sock} -p {port} -U postgres -c 'CREATE DATABASE autovae'")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/autovae"
-    finally:
-        os.kill(pid, signal.SIGINT)  # "fast" shutdown: disconnects the remaining clients
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def test_postgres_workers_one_killed_mid_trial(postgres_url, tmp_path):
-    _two_workers_one_killed(postgres_url, tmp_path)
+def test_postgres_workers_one_killed_mid_trial(postgres, tmp_path):
+    _two_workers_one_killed(postgres[0], tmp_path)
 
 
 def test_cli_search_with_two_local_workers_then_resume(tmp_path, capsys, monkeypatch):

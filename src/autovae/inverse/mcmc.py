@@ -27,6 +27,7 @@ warm-up restarts that chain's warm-up from its seed, which also reproduces the s
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import math
@@ -106,7 +107,7 @@ class Target:
 
 
 # -- Metropolis kernels -------------------------------------------------------------------------
-class _MetropolisKernel:
+class _MetropolisKernel(abc.ABC):
     """Shared Metropolis machinery; subclasses define the proposal and the energy."""
 
     name = "metropolis"
@@ -133,11 +134,13 @@ class _MetropolisKernel:
                 "shared_step": self.shared_step, "adapt_rate": self.adapt_rate}
 
     # subclasses
-    def _propose(self, z, step, gen):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _propose(self, z, step, gen):
+        """A proposal for each chain of z (C, d), with step sizes ``step`` (C,)."""
 
-    def _energy(self, phi, log_prior):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _energy(self, phi, log_prior):
+        """The part of the potential that the acceptance ratio compares."""
 
     def _max_log_step(self) -> float:
         return math.inf
