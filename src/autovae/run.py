@@ -130,7 +130,7 @@ class Run:
     def save_metrics(self, metrics: dict[str, Any], path: Path | None = None) -> None:
         """Merge ``metrics`` into ``metrics.json`` (or into ``path``, for a partial one)."""
         path = self.metrics_path if path is None else Path(path)
-        existing = Run(self.folder).metrics() if path == self.metrics_path else {}
+        existing = self.metrics() if path == self.metrics_path else {}
         existing.update(metrics)
         text = json.dumps(existing, indent=2) + "\n"
         atomic_write(path, lambda f: f.write(text.encode()))
@@ -173,9 +173,6 @@ class StudyFolder:
         if not self.trials_dir.is_dir():
             return []
         return [Run(p) for p in sorted(self.trials_dir.iterdir()) if Run(p).has_checkpoint()]
-
-    def is_study(self) -> bool:
-        return self.trials_dir.is_dir() or self.analysis_path.is_file()
 
 
 # -- loading a trained run --------------------------------------------------------------------
