@@ -155,7 +155,7 @@ def plane(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("entropy power N (per latent dim)")
     ax.set_ylabel("location Fisher information J (per latent dim)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
