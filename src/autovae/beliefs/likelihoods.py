@@ -229,11 +229,11 @@ class Likelihood(nn.Module):
         """
         x = torch.as_tensor(x)
         self._check_shape(x)
-        if x.is_floating_point() or x.is_complex():
+        if x.is_floating_point() and x.numel() and not all(
+                math.isfinite(v) for v in torch.aminmax(x)):  # NaN and inf reach min or max
             if torch.isnan(x).any():
                 raise ValueError(f"{self.name}: data contain NaN; clean or impute the data first")
-            if torch.isinf(x).any():
-                raise ValueError(f"{self.name}: data contain inf; clean or clip the data first")
+            raise ValueError(f"{self.name}: data contain inf; clean or clip the data first")
         self._check_values(x)
 
     def extra_repr(self) -> str:
@@ -245,8 +245,10 @@ class Likelihood(nn.Module):
         """Belief-specific support check (default: any finite value)."""
 
     def _check_unit_interval(self, x: Tensor) -> None:
-        if (x < 0).any() or (x > 1).any():
-            lo, hi = float(x.min()), float(x.max())
+        if x.numel() == 0:
+            return
+        lo, hi = (float(v) for v in torch.aminmax(x))  # one pass over the data
+        if lo < 0 or hi > 1:
             raise ValueError(
                 f"{self.name}: data must lie in [0, 1] but range over [{lo:g}, {hi:g}]; scale "
                 "the data to [0, 1] first (e.g. x / 255 for 8-bit pixels, or min-max scaling), "
