@@ -179,8 +179,11 @@ def two_player_plain_step_ms(d: DataSplits, batch: int) -> float:
     return 1000 * (time.perf_counter() - start) / len(order)
 
 
-def median_of(repeats: int, f) -> float:
-    return statistics.median(f() for _ in range(repeats))
+def interleaved_medians(repeats: int, *fs) -> list[float]:
+    """Median of each of ``fs`` over ``repeats`` rounds, each round calling them in turn, so
+    that drift over the run (allocator growth, clock changes) hits every one alike."""
+    rounds = [[f() for f in fs] for _ in range(repeats)]
+    return [statistics.median(r[i] for r in rounds) for i in range(len(fs))]
 
 
 def main() -> None:
@@ -195,10 +198,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {d.name}, "
           f"{d.train.shape[0]} training images; matmul peak {peak:.1f} GFLOP/s")
 
-    plain = median_of(args.repeats, lambda: plain_images_per_second(d))
-    ours = median_of(args.repeats, lambda: autovae_images_per_second(d, "normal/normal:20"))
-    mixed = median_of(args.repeats, lambda: autovae_images_per_second(
-        d, "logistic/normal:14,cauchy/cauchy:6"))
+    plain, ours, mixed = interleaved_medians(
+        args.repeats, lambda: plain_images_per_second(d),
+        lambda: autovae_images_per_second(d, "normal/normal:20"),
+        lambda: autovae_images_per_second(d, "logistic/normal:14,cauchy/cauchy:6"))
     print("\n(a) training, seed MLP, batch 1000 (median images/s)")
     for name, v in (("plain PyTorch loop", plain), ("autovae train", ours)):
         print(f"  {name:30}{v:9.0f} img/s {v * TRAIN_FLOPS / 1e9:7.1f} GFLOP/s "
@@ -211,8 +214,9 @@ def main() -> None:
 
     print("\n(d) two optimizers per step (generator + discriminator MLPs, median ms/step)")
     for batch in (64, 256):
-        plain2 = median_of(args.repeats, lambda b=batch: two_player_plain_step_ms(d, b))
-        loop2 = median_of(args.repeats, lambda b=batch: two_player_autovae_step_ms(d, b))
+        plain2, loop2 = interleaved_medians(
+            args.repeats, lambda b=batch: two_player_plain_step_ms(d, b),
+            lambda b=batch: two_player_autovae_step_ms(d, b))
         print(f"  batch {batch:4}: hand-written {plain2:6.3f} ms, autovae loop {loop2:6.3f} ms, "
               f"overhead {loop2 - plain2:+.3f} ms/step ({plain2 / loop2:.2f}x of hand-written)")
 
