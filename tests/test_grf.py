@@ -130,7 +130,9 @@ def test_kl_expansion_eigenvalues_and_truncated_covariance():
     n = 16
     kl = KLExpansion(n, "squared_exponential", length_scale=0.2, variance=1.5, dim=16)
     lam = kl.eigenvalues.numpy()
-    assert lam.shape == (16,) and np.all(lam > 0) and np.all(np.diff(lam) < 0)
+    # non-increasing: on a square grid the x and y modes have exactly equal eigenvalues, whose
+    # computed order and last digits depend on the LAPACK path (thread count)
+    assert lam.shape == (16,) and np.all(lam > 0) and np.all(np.diff(lam) <= 1e-12 * lam[0])
     full = np.linalg.eigvalsh(grf_covariance(n, "se", 0.2, 1.5))[::-1]
     np.testing.assert_allclose(lam, full[:16], rtol=1e-10)
     assert kl.energy == pytest.approx(full[:16].sum() / full.sum(), rel=1e-10)
