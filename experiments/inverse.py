@@ -30,11 +30,11 @@ ROOT = Path("runs/inverse")
 RESULTS = Path("docs/results")
 N, DIM = 16, 16
 PRIORS = {"vae": "vae-beta1", "beta-vae 0.5": "vae-beta0.5", "beta-vae 2": "vae-beta2",
-          "kl": None}
+          "fisher-ae": "fae-w0.1-t5", "kl": None}
 SEEDS = (0, 1, 2)
 PCN = {"chains": 4, "warmup": 1000, "samples": 2000}
 NUTS = {"chains": 2, "warmup": 150, "samples": 250}
-NUTS_JOBS = [("kl", 0), ("vae", 0), ("beta-vae 0.5", 0)]
+NUTS_JOBS = [("kl", 0), ("vae", 0), ("beta-vae 0.5", 0), ("beta-vae 2", 0), ("fisher-ae", 0)]
 
 
 def _ready(prior: str) -> bool:
@@ -111,7 +111,7 @@ def tier_a() -> dict:
                                                      / cn),
                          "mean_variance_ratio": float(kl_full.covariance().diagonal().mean()
                                                       / C.diagonal().mean())}
-    for name in ("vae", "beta-vae 0.5", "beta-vae 2"):
+    for name in ("vae", "beta-vae 0.5", "beta-vae 2", "fisher-ae"):
         if not _ready(name):
             continue
         dec = _decoder(name)
