@@ -9,6 +9,7 @@ import scipy.special
 import torch
 
 from autovae.inverse import (
+    KLDecoder,
     KLExpansion,
     cell_centres,
     correlation,
@@ -16,6 +17,7 @@ from autovae.inverse import (
     grf_fields,
     sample_grf,
 )
+from autovae.inverse.grf import canonical_eigh
 
 
 def sample_cov(u):
@@ -153,6 +155,56 @@ def test_kl_expansion_eigenvalues_and_truncated_covariance():
     np.testing.assert_allclose(whole.covariance().numpy(), grf_covariance(8, "matern32", 0.3),
                                atol=1e-10)
     assert whole.energy == pytest.approx(1.0)
+
+
+def _scrambled_eigh(eigh):
+    """torch.linalg.eigh as another LAPACK path may answer: each tied eigenspace in another
+    orthonormal basis, every eigenvector with a random sign."""
+    def scrambled(a):
+        lam, phi = eigh(a)
+        gen = torch.Generator().manual_seed(7)
+        if a.ndim == 3:  # the batched 1-D factors: distinct eigenvalues, signs only
+            signs = torch.randint(0, 2, lam.shape, generator=gen).to(lam.dtype) * 2 - 1
+            return lam, phi * signs[:, None, :]
+        phi = phi.clone()
+        k = 0
+        while k < len(lam):
+            end = k + 1
+            while end < len(lam) and float(lam[end] - lam[end - 1]) <= 1e-11 * float(lam[-1]):
+                end += 1
+            rot, _ = torch.linalg.qr(torch.randn(end - k, end - k, generator=gen,
+                                                 dtype=lam.dtype))
+            phi[:, k:end] = phi[:, k:end] @ rot
+            k = end
+        signs = torch.randint(0, 2, (len(lam),), generator=gen).to(lam.dtype) * 2 - 1
+        return lam, phi * signs
+    return scrambled
+
+
+def test_eigenbasis_does_not_depend_on_the_lapack_path(monkeypatch):
+    """A square grid's x and y modes tie exactly: whatever basis of the tied eigenspace and
+    whatever signs eigh returns, the KL modes (so a latent code's field, a truncated expansion
+    and a seeded draw) are the same."""
+    cov = grf_covariance(12, "se", 0.2)
+    lam, phi = canonical_eigh(cov)
+    assert float(lam[1] - lam[2]) < 1e-12 * float(lam[0])  # the tie this is about
+    field = KLDecoder(12, 16)(torch.ones(1, 16, dtype=torch.float64))
+    monkeypatch.setattr(torch.linalg, "eigh", _scrambled_eigh(torch.linalg.eigh))
+    lam2, phi2 = canonical_eigh(cov)
+    np.testing.assert_allclose(lam2.numpy(), lam.numpy(), atol=1e-12)
+    np.testing.assert_allclose(phi2[:, :40].numpy(), phi[:, :40].numpy(), atol=1e-8)
+    field2 = KLDecoder(12, 16)(torch.ones(1, 16, dtype=torch.float64))
+    np.testing.assert_allclose(field2.numpy(), field.numpy(), atol=1e-8)
+    # still an orthonormal eigenbasis of the covariance
+    c = torch.as_tensor(cov)
+    np.testing.assert_allclose((c @ phi2[:, :40]).numpy(), (phi2[:, :40] * lam2[:40]).numpy(),
+                               atol=1e-10)
+    np.testing.assert_allclose((phi2.T @ phi2).numpy(), np.eye(144), atol=1e-10)
+    # the separable sampler's 1-D factor is the symmetric square root: seeded fields unchanged
+    u = sample_grf(3, 12, length_scale=0.2, seed=3)
+    monkeypatch.undo()
+    np.testing.assert_allclose(u.numpy(), sample_grf(3, 12, length_scale=0.2, seed=3).numpy(),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("call,match", [

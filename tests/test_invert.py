@@ -130,6 +130,13 @@ def test_cli_invert_end_to_end_and_resume(run, capsys):
     # another problem in the same folder is refused
     assert main(args[:-1] + ["2"]) == 2
     assert "truth_seed" in capsys.readouterr().err
+    # so is a prior that now decodes the chain's codes to other fields (a retrained run)
+    problem = json.loads((out / "problem.json").read_text())
+    problem["decoder_probe"][0][0] += 0.01
+    (out / "problem.json").write_text(json.dumps(problem))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "decoded its codes to other fields" in err and "Traceback" not in err
     # the report shows the chain folder's summary and pictures
     assert main(["report", str(out), "--out", str(run / "r.html")]) == 0
     page = (run / "r.html").read_text()

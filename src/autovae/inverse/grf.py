@@ -33,6 +33,7 @@ import torch
 __all__ = [
     "KERNELS",
     "KLExpansion",
+    "canonical_eigh",
     "cell_centres",
     "correlation",
     "grf_covariance",
@@ -153,16 +154,47 @@ def grf_covariance(n: int, kernel: str = "squared_exponential", length_scale=0.2
     return float(variance) * _rho_numpy(np.sqrt(dx * dx + dy * dy), name, nu)
 
 
+def canonical_eigh(cov) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of a symmetric matrix, eigenvalues decreasing (negative round-off set to 0),
+    eigenvectors made unique.
+
+    LAPACK returns any orthonormal basis of a repeated eigenvalue's eigenspace, and any signs,
+    depending on its code path (the thread count): on a square grid an isotropic kernel's x and
+    y modes tie exactly, so a truncated expansion, or a latent code, would mean different fields
+    on different machines. Each tied group (eigenvalues within 1e-11 of the largest) is rotated
+    to the Gram-Schmidt basis of its projector applied to fixed seeded probe vectors, and every
+    mode's sign is the one with a positive overlap with a fixed probe: both depend only on the
+    eigenspace. Groups below 1e-10 of the largest eigenvalue (numerically null) are left as
+    they come.
+    """
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    lam, phi = torch.linalg.eigh(cov)
+    lam, phi = lam.flip(0).clamp_min(0.0), phi.flip(1).clone()
+    dim = len(lam)
+    top = float(lam[0])
+    probe = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    start = 0
+    while start < dim and float(lam[start]) > 1e-10 * top:
+        end = start + 1
+        while end < dim and float(lam[end - 1] - lam[end]) <= 1e-11 * top:
+            end += 1
+        if end - start > 1:
+            gen = torch.Generator().manual_seed(start + 1)
+            w = torch.randn(dim, end - start, generator=gen, dtype=torch.float64)
+            block = phi[:, start:end]
+            q, r = torch.linalg.qr(block @ (block.T @ w))
+            phi[:, start:end] = q * torch.sign(r.diagonal())
+        start = end
+    sign = torch.sign(probe @ phi)
+    sign[sign == 0] = 1.0
+    return lam, phi * sign
+
+
 @functools.lru_cache(maxsize=8)
 def _kl_basis(n: int, name: str, nu, lx: float, ly: float, variance: float):
-    """Eigenpairs of the kernel matrix, eigenvalues decreasing (negative round-off set to 0)."""
-    cov = torch.from_numpy(grf_covariance(n, name if nu is None else "matern", (lx, ly),
-                                          variance, nu))
-    lam, phi = torch.linalg.eigh(cov)
-    lam, phi = lam.flip(0).clamp_min(0.0), phi.flip(1)
-    # fix the sign of each mode (largest entry positive) so the basis is reproducible
-    sign = torch.sign(phi.gather(0, phi.abs().argmax(0, keepdim=True)))
-    return lam, phi * sign
+    """Eigenpairs of the kernel matrix (:func:`canonical_eigh`)."""
+    return canonical_eigh(grf_covariance(n, name if nu is None else "matern", (lx, ly),
+                                         variance, nu))
 
 
 class KLExpansion:
@@ -392,11 +424,14 @@ def sample_grf(n_fields: int, n: int = 16, kernel: str = "squared_exponential",
 
 
 def _factor_1d(n: int, scales: torch.Tensor) -> torch.Tensor:
-    """(B, n, n) float32 A with A A^T = the 1-D squared-exponential covariance at the centres."""
+    """(B, n, n) float32 A = A^T with A A^T = the 1-D squared-exponential covariance at the
+    centres."""
     c = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     d2 = (c[:, None] - c[None, :]) ** 2
     lam, vec = torch.linalg.eigh(torch.exp(-0.5 * d2 / scales[:, None, None] ** 2))
-    return (vec * lam.clamp_min(0).sqrt()[:, None, :]).float()
+    # the symmetric square root: unique, so a seed gives the same fields on every LAPACK path
+    # (an eigenvector's sign, which LAPACK leaves open, would flip a field's pattern)
+    return ((vec * lam.clamp_min(0).sqrt()[:, None, :]) @ vec.transpose(-1, -2)).float()
 
 
 def _sample_separable(n: int, lx: torch.Tensor, ly: torch.Tensor, fixed: bool,

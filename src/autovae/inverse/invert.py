@@ -235,7 +235,7 @@ def invert(run=None, *, prior: str = "run", grid: int | None = None, dim: int | 
                 "truth_seed": truth_seed, "truth_resolution": None if truth_fine is None else
                 int(truth_fine.shape[0]), "truth_file": None if truth_file is None else
                 str(truth_file)}
-    _check_problem(folder, settings)
+    _check_problem(folder, settings, _decoder_probe(decoder, d))
     target = problem.target()
     result = run_chains(target, kernel, folder, chains, warmup, samples, seed, thin,
                         checkpoint_every)
@@ -244,17 +244,33 @@ def invert(run=None, *, prior: str = "run", grid: int | None = None, dim: int | 
     return InversionResult(folder, problem, result, out_summary, target.evals)
 
 
-def _check_problem(folder: Path, settings: dict[str, Any]) -> None:
+def _decoder_probe(decoder, dim: int) -> list[list[float]]:
+    """16 values of the fields decoded at three fixed codes: a chain's draws mean these fields."""
+    z = torch.randn(3, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        fields = decoder(z).reshape(3, -1).double()
+    return fields[:, :: max(1, fields.shape[1] // 16)][:, :16].tolist()
+
+
+def _check_problem(folder: Path, settings: dict[str, Any], probe: list) -> None:
+    """Create the folder's problem.json, or check that it holds the same problem and that the
+    prior still decodes a code to the same field (a retrained run would silently change what
+    the stored draws mean)."""
     path = folder / "problem.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        old_probe = old.pop("decoder_probe", None)
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
             raise ValueError(f"{folder} holds an inversion of another problem (differs in "
                              f"{', '.join(diff)}); ask for the same problem or use another --out")
+        if old_probe is not None and not np.allclose(old_probe, probe, rtol=1e-6, atol=1e-6):
+            raise ValueError(f"{folder} holds a chain whose prior decoded its codes to other "
+                             "fields (the run was retrained or changed since): its draws would "
+                             "mean other fields; use another --out")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(path, settings)
+    _write_json(path, {**settings, "decoder_probe": probe})
 
 
 def _write_json(path: Path, obj) -> None:

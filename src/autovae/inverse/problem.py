@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .grf import grf_covariance
+from .grf import canonical_eigh, grf_covariance
 from .mcmc import Target
 
 __all__ = ["InverseProblem", "KLDecoder", "RunDecoder", "run_prior"]
@@ -98,8 +98,7 @@ class KLDecoder:
                                               variance) for xi, wi in zip(x, w, strict=True))
         if not (isinstance(dim, int) and 1 <= dim <= n * n):
             raise ValueError(f"dim must be an integer in [1, {n * n}], got {dim!r}")
-        lam, phi = np.linalg.eigh(cov)
-        lam, phi = np.clip(lam[::-1], 0, None), phi[:, ::-1]
+        lam, phi = (t.numpy() for t in canonical_eigh(cov))
         self.n, self.latent_dim, self.length_scale = n, dim, length_scale
         self.energy = float(lam[:dim].sum() / lam.sum())
         self.eigenvalues = torch.from_numpy(lam[:dim].copy())
