@@ -62,11 +62,33 @@ def _label(model: str) -> str:
     return LABEL.get(model, model.upper())
 
 
-def _done(path: Path) -> dict[str, dict]:
+ORBIT_BUDGET = ("epochs", "repeat", "hidden", "batch_size")
+FMNIST_BUDGET = ("limit", "fm_epochs", "nll_samples", "test_images", "quality_images")
+
+
+def _budget(args, keys) -> dict:
+    return {k: getattr(args, k) for k in keys}
+
+
+def _done(path: Path, budget: dict | None = None) -> dict[str, dict]:
+    """The finished runs of a results file by key. Rows written before budgets were recorded
+    ran the reduced budget. With ``budget``: refuse a file of runs at another budget (its
+    statistics would mix them)."""
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    keys = ORBIT_BUDGET if path.stem == "orbit" else FMNIST_BUDGET
+    for r in rows:
+        r.setdefault("budget", {k: REDUCED.get(k, 6) for k in keys})  # batch_size default 6
+        if budget is not None and r["budget"] != budget:
+            sys.exit(f"{path} holds runs at the budget {r['budget']}, not {budget}: use "
+                     "another --out for another budget")
     return {r["key"]: r for r in rows}
+
+
+def _budget_line(rows: list[dict]) -> str:
+    budgets = {json.dumps(r["budget"], sort_keys=True) for r in rows}
+    return f"\nBudget: {', '.join(sorted(budgets)) or '-'}\n"
 
 
 def _append(path: Path, row: dict) -> None:
@@ -98,7 +120,8 @@ def orbit_config(model: str, mode: str, lr: float, seed: int, args) -> Config:
 
 def run_orbit(args, out: Path, work: Path) -> list[dict]:
     path = out / "orbit.jsonl"
-    done = _done(path)
+    budget = _budget(args, ORBIT_BUDGET)
+    done = _done(path, budget)
     base = load_data("orbit")
     data = replace(base, train=base.train.repeat(args.repeat, 1, 1, 1))
     picks = sorted({round(i * (len(LRS) - 1) / max(1, args.lrs - 1)) for i in range(args.lrs)})
@@ -114,7 +137,7 @@ def run_orbit(args, out: Path, work: Path) -> list[dict]:
                     trained, diverged = _train(orbit_config(model, mode, lr, seed, args), data,
                                                work)
                     row = {"key": key, "mode": mode, "model": model, "lr": lr, "seed": seed,
-                           "diverged": diverged}
+                           "diverged": diverged, "budget": budget}
                     if trained is not None:
                         best = best_images(trained, base.test)
                         scores = reconstruction_metrics(base.test, best)
@@ -180,7 +203,8 @@ def fmnist_config(model: str, seed: int, args) -> Config:
 
 def run_fmnist(args, out: Path, work: Path) -> list[dict]:
     path = out / "fmnist.jsonl"
-    done = _done(path)
+    budget = _budget(args, FMNIST_BUDGET)
+    done = _done(path, budget)
     for seed in range(args.seeds):
         data = None
         for model in FMNIST_MODELS:
@@ -191,7 +215,8 @@ def run_fmnist(args, out: Path, work: Path) -> list[dict]:
             data = data if data is not None else prepare(config)
             started = time.perf_counter()
             trained, diverged = _train(config, data, work)
-            row = {"key": key, "model": model, "seed": seed, "diverged": diverged}
+            row = {"key": key, "model": model, "seed": seed, "diverged": diverged,
+                   "budget": budget}
             if trained is not None:
                 train_seconds = time.perf_counter() - started
                 torch.manual_seed(seed)
@@ -258,10 +283,15 @@ def main(argv=None) -> int:
             run_fmnist(args, out, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = "# AVA experiment tables (written by experiments/ava.py)\n\n"
-    text += f"Budget: {json.dumps({k: getattr(args, k) for k in FULL})}\n"
-    text += orbit_tables(list(_done(out / "orbit.jsonl").values()))
-    text += fmnist_table(list(_done(out / "fmnist.jsonl").values()))
+    text = "# AVA experiment tables (written by experiments/ava.py)\n"
+    orbit = list(_done(out / "orbit.jsonl").values())
+    fmnist = list(_done(out / "fmnist.jsonl").values())
+    if orbit:
+        lrs = sorted({r["lr"] for r in orbit}, reverse=True)
+        text += _budget_line(orbit) + f"Learning rates ({len(lrs)}): {lrs}\n"
+        text += orbit_tables(orbit)
+    if fmnist:
+        text += _budget_line(fmnist) + fmnist_table(fmnist)
     (out / "tables.md").write_text(text)
     print(text)
     return 0
