@@ -159,6 +159,20 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def reference_table() -> str:
+    """BM of images that need no model: what a value of BM means."""
+    x = load_data("orbit").test
+    refs = {"the 36 images themselves": x.clone(),
+            "their mean image, 36 times": x.mean(0, keepdim=True).expand_as(x).clone(),
+            "uniform noise (seed 0)": torch.rand(x.shape, generator=torch.Generator()
+                                                 .manual_seed(0)),
+            "constant gray 0.5 (an untrained sigmoid decoder)": torch.full_like(x, 0.5),
+            "constant black": torch.zeros_like(x), "constant white": torch.ones_like(x)}
+    lines = ["\n### orbit: BM of images that need no model\n", "| images | BM |", "|---|---|"]
+    lines += [f"| {name} | {balance_metric_images(img, x):.4f} |" for name, img in refs.items()]
+    return "\n".join(lines) + "\n"
+
+
 def orbit_tables(rows: list[dict]) -> str:
     lines = []
     for mode in ("paper", "modern"):
@@ -289,7 +303,7 @@ def main(argv=None) -> int:
     if orbit:
         lrs = sorted({r["lr"] for r in orbit}, reverse=True)
         text += _budget_line(orbit) + f"Learning rates ({len(lrs)}): {lrs}\n"
-        text += orbit_tables(orbit)
+        text += orbit_tables(orbit) + reference_table()
     if fmnist:
         text += _budget_line(fmnist) + fmnist_table(fmnist)
     (out / "tables.md").write_text(text)
