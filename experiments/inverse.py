@@ -34,7 +34,7 @@ PRIORS = {"vae": "vae-beta1", "beta-vae 0.5": "vae-beta0.5", "beta-vae 2": "vae-
 SEEDS = (0, 1, 2)
 PCN = {"chains": 4, "warmup": 1000, "samples": 2000}
 NUTS = {"chains": 2, "warmup": 150, "samples": 250}
-NUTS_JOBS = [("kl", 0), ("vae", 0), ("beta-vae 0.5", 0), ("beta-vae 2", 0), ("fisher-ae", 0)]
+NUTS_JOBS = [(prior, seed) for seed in SEEDS for prior in PRIORS]
 
 
 def _ready(prior: str) -> bool:
