@@ -175,16 +175,13 @@ class DarcySolver:
         p = np.stack([lu.solve(self._rhs) for lu in lus])
         return k.reshape(len(k), -1), lus, p
 
+    @np.errstate(over="ignore", invalid="ignore")
     def _adjoint(self, k: np.ndarray, lus, p: np.ndarray, g: np.ndarray) -> np.ndarray:
         """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve.
 
         At extreme fields (k ratios beyond ~1e150, as NUTS's first trial steps can reach) the
         products overflow: the gradient is then inf or NaN, returned as is without a warning,
         and the sampler rejects the step (Pyro's NUTS counts it as divergent)."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            return self._adjoint_unchecked(k, lus, p, g)
-
-    def _adjoint_unchecked(self, k: np.ndarray, lus, p: np.ndarray, g: np.ndarray) -> np.ndarray:
         out = np.empty_like(p)
         for b, lu in enumerate(lus):
             lam = lu.solve(g[b], trans="T")
