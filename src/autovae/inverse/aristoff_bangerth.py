@@ -1,0 +1,298 @@
+"""The Aristoff-Bangerth benchmark: 64 coefficients of a Poisson problem from 169 measurements.
+
+D. Aristoff and W. Bangerth, "A benchmark for the Bayesian inversion of coefficients in partial
+differential equations", SIAM Review 65(4), 2023 (arXiv:2102.07263); data and test vectors
+from ``dealii/code-gallery``, folder ``MCMC-Laplace`` (see ``data/aristoff_bangerth/README.md``).
+
+-div(a grad u) = 10 on (0, 1)^2, u = 0 on the boundary, with a = theta_k on the k-th of
+8 x 8 square blocks, block (bx, by) having index ``k = bx + 8 * by`` (x fastest). Q1 elements
+on a uniform 32 x 32 mesh; z holds u at the 13 x 13 points (i/14, j/14), i, j = 1..13, with
+index ``13 * (i - 1) + (j - 1)`` (x slowest) -- the benchmark's own orderings.
+
+    log L(theta)     = -|z(theta) - z_hat|^2 / (2 * 0.05^2)
+    log prior(theta) = -sum(ln(theta)^2) / (2 * 2^2)
+
+exactly as the benchmark writes them: no constants, no Jacobian. The posterior density is
+exp(log L + log prior) with respect to d theta; a sampler in phi = ln theta must add the
+Jacobian sum(phi) (``log_density_phi``), under which each phi_k is N(4, 4) under the prior.
+
+The solver: the 961 interior unknowns in natural order (x fastest) give a band matrix with
+half-bandwidth 32. A(theta) = sum_k theta_k A_k is assembled for a whole batch by one sparse
+product with the precomputed A_k in LAPACK's lower band storage, factorised by banded Cholesky
+(``dpbtrf``) and solved by ``dpbtrs``; the gradient reuses the factor for the adjoint solve.
+
+>>> import torch
+>>> p = AristoffBangerth()
+>>> theta = torch.ones(64, dtype=torch.float64)
+>>> round(p.log_likelihood(theta).item(), 6), p.log_prior(theta).item() == 0
+(-228.510844, True)
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.linalg import lapack
+
+__all__ = ["AristoffBangerth", "BandedPoissonQ1", "published_test_cases"]
+
+_DATA = "data/aristoff_bangerth"
+
+
+def _data_file(name: str):
+    return resources.files("autovae.inverse").joinpath(f"{_DATA}/{name}")
+
+
+def _load(name: str) -> np.ndarray:
+    return np.loadtxt(_data_file(name).open("r"), dtype=np.float64, ndmin=1)
+
+
+def published_test_cases() -> list[dict[str, np.ndarray | float]]:
+    """The ten published test vectors: dicts with theta (64), z (169), log_likelihood,
+    log_prior, as stored in code-gallery's ``MCMC-Laplace/testing`` (input.N/output.N)."""
+    cases = []
+    for i in range(10):
+        cases.append({
+            "theta": _load(f"testing/input.{i}.txt"),
+            "z": _load(f"testing/output.{i}.z.txt"),
+            "log_likelihood": float(_load(f"testing/output.{i}.loglikelihood.txt")[0]),
+            "log_prior": float(_load(f"testing/output.{i}.logprior.txt")[0]),
+        })
+    return cases
+
+
+class BandedPoissonQ1:
+    """Batched Q1 solver for the benchmark's 32 x 32 mesh (numpy in, numpy out, no checks).
+
+    ``solve(theta)``: (B, 64) -> z (B, 169) (and, with ``keep=True``, the Cholesky factors and
+    solutions that ``vjp`` needs); ``vjp(state, g_z)``: (B, 169) -> (B, 64), one adjoint solve
+    per batch element with the saved factor.
+    """
+
+    n_cells = 32  # cells per side
+    n_blocks = 8  # coefficient blocks per side
+
+    def __init__(self):
+        m, n = self.n_cells, self.n_cells - 1  # cells, interior nodes per side
+        self.n_dofs, self.kd = n * n, n + 1  # half-bandwidth: node (i, j) to (i+1, j+1)
+        h = 1.0 / m
+        # unit-coefficient Q1 stiffness (independent of h in 2-D); corners in the order
+        # (0, 0), (1, 0), (1, 1), (0, 1) of the cell
+        k_cell = np.array([[4, -1, -2, -1], [-1, 4, -1, -2], [-2, -1, 4, -1],
+                           [-1, -2, -1, 4]], dtype=np.float64) / 6.0
+        self.k_cell = k_cell
+
+        def node(i, j):  # interior node number, or n_dofs for a (zero) boundary node
+            inside = (i >= 1) & (i <= n) & (j >= 1) & (j <= n)
+            return np.where(inside, (i - 1) + n * (j - 1), self.n_dofs)
+
+        cx, cy = np.meshgrid(np.arange(m), np.arange(m), indexing="xy")
+        cx, cy = cx.ravel(), cy.ravel()  # cell (cx, cy), x fastest
+        self.cell_nodes = np.stack([node(cx, cy), node(cx + 1, cy), node(cx + 1, cy + 1),
+                                    node(cx, cy + 1)], axis=1)  # (1024, 4)
+        per = m // self.n_blocks
+        self.cell_param = (cx // per) + self.n_blocks * (cy // per)  # theta index per cell
+
+        # A_k in lower band storage ab[i - j, j] = A[i, j] (i >= j), stored column-major
+        # (Fortran order, as LAPACK wants it); scatter matrix (961 * 33, 64), duplicates summed
+        rows, cols, vals = [], [], []
+        for a in range(4):
+            for b in range(4):
+                i, j = self.cell_nodes[:, a], self.cell_nodes[:, b]
+                keep = (i < self.n_dofs) & (j < self.n_dofs) & (i >= j)
+                rows.append(j[keep] * (self.kd + 1) + (i[keep] - j[keep]))
+                cols.append(self.cell_param[keep])
+                vals.append(np.full(keep.sum(), k_cell[a, b]))
+        self._scatter = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=((self.kd + 1) * self.n_dofs, 64))
+        self.rhs = np.full(self.n_dofs, 10.0 * h * h)  # f = 10 times the nodal area h^2
+
+        # point evaluation: u at (a/14, b/14), bilinear in the containing cell
+        t = np.arange(1, 14) / 14.0
+        px, py = np.meshgrid(t, t, indexing="ij")  # z index 13 (a-1) + (b-1): x slowest
+        px, py = px.ravel(), py.ravel()
+        ix = np.minimum(np.floor(px * m).astype(np.int64), m - 1)
+        iy = np.minimum(np.floor(py * m).astype(np.int64), m - 1)
+        sx, sy = px * m - ix, py * m - iy
+        corners = [(0, 0, (1 - sx) * (1 - sy)), (1, 0, sx * (1 - sy)), (1, 1, sx * sy),
+                   (0, 1, (1 - sx) * sy)]
+        o_rows, o_cols, o_vals = [], [], []
+        for dx, dy, w in corners:
+            nd = node(ix + dx, iy + dy)
+            keep = nd < self.n_dofs
+            o_rows.append(np.arange(len(px))[keep])
+            o_cols.append(nd[keep])
+            o_vals.append(w[keep])
+        self.obs = sp.csr_matrix(
+            (np.concatenate(o_vals), (np.concatenate(o_rows), np.concatenate(o_cols))),
+            shape=(len(px), self.n_dofs))
+        self._obs_t = self.obs.T.tocsr()
+        # cell -> parameter summation as a dense (1024, 64) 0/1 matrix (for the gradient)
+        self._cell_to_param = np.zeros((m * m, 64))
+        self._cell_to_param[np.arange(m * m), self.cell_param] = 1.0
+
+    def band(self, theta: np.ndarray) -> np.ndarray:
+        """(B, 64) -> (B, 33, 961): A(theta) in LAPACK lower band storage, each matrix
+        Fortran-contiguous so that ``dpbtrf`` factorises it in place without a copy."""
+        ab = np.ascontiguousarray((self._scatter @ theta.T).T)
+        return ab.reshape(len(theta), self.n_dofs, self.kd + 1).transpose(0, 2, 1)
+
+    def _factor(self, ab: np.ndarray) -> np.ndarray:
+        c, info = lapack.dpbtrf(ab, lower=1, overwrite_ab=1)
+        if info != 0:
+            raise ValueError(f"the stiffness matrix is not numerically positive definite "
+                             f"(LAPACK dpbtrf info = {info}): theta's ratios are too extreme "
+                             "for double precision; keep theta within about 1e-150..1e150")
+        return c
+
+    def solve(self, theta: np.ndarray, keep: bool = False):
+        """(B, 64) coefficients -> z (B, 169); with ``keep``, also (factors, u) for ``vjp``."""
+        ab = self.band(theta)
+        u = np.empty((len(theta), self.n_dofs))
+        factors = [] if keep else None
+        for b in range(len(theta)):
+            c = self._factor(ab[b])
+            u[b] = lapack.dpbtrs(c, self.rhs, lower=1)[0]
+            if keep:
+                factors.append(c)
+        z = (self.obs @ u.T).T
+        return (z, (factors, u)) if keep else z
+
+    def vjp(self, state, g_z: np.ndarray) -> np.ndarray:
+        """(B, 169) cotangent dJ/dz -> (B, 64) dJ/dtheta by one adjoint solve each.
+
+        A is symmetric, so A lambda = H^T g_z with the forward's factor, and
+        dJ/dtheta_k = -lambda^T A_k u, summed cell by cell over the block's 16 cells.
+        """
+        factors, u = state
+        g_u = (self._obs_t @ g_z.T).T
+        lam = np.stack([lapack.dpbtrs(c, g, lower=1)[0] for c, g in zip(factors, g_u, strict=True)])
+        pad = np.zeros((len(u), 1))
+        uc = np.concatenate([u, pad], axis=1)[:, self.cell_nodes]  # (B, 1024, 4)
+        lc = np.concatenate([lam, pad], axis=1)[:, self.cell_nodes]
+        per_cell = ((lc @ self.k_cell) * uc).sum(-1)
+        return -per_cell @ self._cell_to_param
+
+
+class _ForwardMap(torch.autograd.Function):
+    """theta (B, 64) -> z (B, 169); backward: the adjoint solve with the saved factors."""
+
+    @staticmethod
+    def forward(ctx, theta, problem):
+        z, state = problem._solver.solve(theta.detach().cpu().numpy(), keep=True)
+        problem.solves += len(z)
+        ctx.problem, ctx.state = problem, state
+        return torch.from_numpy(z).to(theta.device)
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        g = grad_z.detach().cpu().double().numpy()
+        grad = ctx.problem._solver.vjp(ctx.state, g)
+        ctx.problem.solves += len(grad)
+        return torch.from_numpy(grad).to(grad_z.device), None
+
+
+class AristoffBangerth:
+    """The benchmark as a differentiable forward map and log densities (torch, float64).
+
+    ``forward(theta)``: (..., 64) coefficients (not logs) -> (..., 169) observations;
+    ``log_likelihood``, ``log_prior``, ``log_posterior`` (..., 64) -> (...), as the paper writes
+    them (density with respect to d theta, no constants); ``log_density_phi(phi)`` the same
+    posterior in phi = ln theta, Jacobian included. Gradients by autograd (adjoint solves).
+    ``solves`` counts PDE solves, forward and adjoint, per batch element.
+    """
+
+    n_params = 64
+    n_obs = 169
+    sigma = 0.05
+    prior_sd = 2.0
+
+    def __init__(self):
+        self._solver = BandedPoissonQ1()
+        self.data = torch.from_numpy(_load("z_hat.txt"))
+        theta_true = torch.ones(64, dtype=torch.float64)
+        theta_true[[9, 10, 17, 18]] = 0.1
+        theta_true[[45, 46, 53, 54]] = 10.0
+        self.theta_true = theta_true
+        self.solves = 0
+
+    def _check(self, x, name: str, positive: bool) -> torch.Tensor:
+        hint = " (pass torch.as_tensor(x, dtype=torch.float64))"
+        if not torch.is_tensor(x):
+            raise ValueError(f"{name} must be a torch.Tensor of dtype float64; got "
+                             f"{type(x).__name__}{hint}")
+        if x.dtype != torch.float64:
+            raise ValueError(f"{name} must have dtype torch.float64 (the benchmark's values "
+                             f"are checked to 1e-8); got {x.dtype}: convert with {name}.double()")
+        if x.ndim == 0 or x.shape[-1] != self.n_params:
+            raise ValueError(f"{name} must have shape (..., {self.n_params}) (one value per "
+                             f"8 x 8 block, x fastest); got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} must be finite; found {bad} NaN or inf entries")
+        if positive and (x <= 0).any():
+            raise ValueError(f"{name} must be > 0 everywhere: it holds the coefficients "
+                             f"themselves, not their logs (min {x.min().item():g}); "
+                             "for log-coefficients phi use theta = phi.exp() or "
+                             "log_density_phi(phi)")
+        return x
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        """(..., 64) coefficients -> (..., 169) observations z, differentiable in theta."""
+        theta = self._check(theta, "theta", positive=True)
+        flat = theta.reshape(-1, self.n_params)
+        if len(flat) == 0:
+            return theta.new_zeros((*theta.shape[:-1], self.n_obs))
+        if torch.is_grad_enabled() and theta.requires_grad:
+            z = _ForwardMap.apply(flat, self)
+        else:  # no factors kept
+            z = torch.from_numpy(self._solver.solve(flat.cpu().numpy())).to(theta.device)
+            self.solves += len(flat)
+        return z.reshape(*theta.shape[:-1], self.n_obs)
+
+    __call__ = forward
+
+    def log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
+        """-|z(theta) - z_hat|^2 / (2 sigma^2), sigma = 0.05; shape (...)."""
+        z = self.forward(theta)
+        return -((z - self.data.to(z.device)) ** 2).sum(-1) / (2 * self.sigma**2)
+
+    def log_prior(self, theta: torch.Tensor) -> torch.Tensor:
+        """-sum(ln(theta)^2) / (2 * 2^2), no constant and no Jacobian; shape (...)."""
+        theta = self._check(theta, "theta", positive=True)
+        return -(theta.log() ** 2).sum(-1) / (2 * self.prior_sd**2)
+
+    def log_posterior(self, theta: torch.Tensor) -> torch.Tensor:
+        """log L + log prior: the benchmark's unnormalised log density w.r.t. d theta."""
+        return self.log_likelihood(theta) + self.log_prior(theta)
+
+    def log_density_phi(self, phi: torch.Tensor) -> torch.Tensor:
+        """The posterior in phi = ln theta: log L(e^phi) + log prior(e^phi) + sum(phi).
+
+        The sum(phi) is the Jacobian |d theta / d phi|, so a sampler on phi (NUTS, MALA, a
+        Gaussian random walk) targets the benchmark's posterior; under the prior alone each
+        phi_k is N(4, 2^2). Shape (..., 64) -> (...), differentiable.
+        """
+        phi = self._check(phi, "phi", positive=False)
+        if (phi.abs() > 700).any():
+            raise ValueError("phi = ln theta must lie within [-700, 700] (exp overflows "
+                             f"beyond); got max |phi| = {phi.abs().max().item():g}")
+        return self.log_posterior(phi.exp()) + phi.sum(-1)
+
+    def log_density_phi_numpy(self, phi: np.ndarray) -> np.ndarray:
+        """``log_density_phi`` for a (B, 64) numpy batch, no checks or gradient (for samplers
+        that need only values, e.g. random-walk Metropolis over many chains)."""
+        theta = np.exp(phi)
+        z = self._solver.solve(theta)
+        self.solves += len(theta)
+        log_l = -((z - self.data.numpy()) ** 2).sum(-1) / (2 * self.sigma**2)
+        return log_l - (phi**2).sum(-1) / (2 * self.prior_sd**2) + phi.sum(-1)
+
+    def __repr__(self) -> str:
+        return (f"AristoffBangerth(n_params=64, n_obs=169, sigma={self.sigma}, "
+                f"prior_sd={self.prior_sd}, solves={self.solves})")
+
