@@ -9,8 +9,7 @@ import scipy.special
 import torch
 
 from autovae.inverse import (
-    KLDecoder,
-    KLExpansion,
+    KarhunenLoeve,
     cell_centres,
     correlation,
     grf_covariance,
@@ -130,7 +129,7 @@ def test_correlation_functions():
 
 def test_kl_expansion_eigenvalues_and_truncated_covariance():
     n = 16
-    kl = KLExpansion(n, "squared_exponential", length_scale=0.2, variance=1.5, dim=16)
+    kl = KarhunenLoeve(n, "squared_exponential", length_scale=0.2, variance=1.5, dim=16)
     lam = kl.eigenvalues.numpy()
     # non-increasing: on a square grid the x and y modes have exactly equal eigenvalues, whose
     # computed order and last digits depend on the LAPACK path (thread count)
@@ -151,7 +150,7 @@ def test_kl_expansion_eigenvalues_and_truncated_covariance():
     assert kl.decode(torch.zeros(16)).shape == (n, n)
     assert kl.decode(torch.zeros(1, 16, dtype=torch.float32)).dtype == torch.float32
     # all n^2 terms: the covariance is the kernel matrix itself
-    whole = KLExpansion(8, "matern32", 0.3, dim=64)
+    whole = KarhunenLoeve(8, "matern32", 0.3, dim=64)
     np.testing.assert_allclose(whole.covariance().numpy(), grf_covariance(8, "matern32", 0.3),
                                atol=1e-10)
     assert whole.energy == pytest.approx(1.0)
@@ -188,12 +187,12 @@ def test_eigenbasis_does_not_depend_on_the_lapack_path(monkeypatch):
     cov = grf_covariance(12, "se", 0.2)
     lam, phi = canonical_eigh(cov)
     assert float(lam[1] - lam[2]) < 1e-12 * float(lam[0])  # the tie this is about
-    field = KLDecoder(12, 16)(torch.ones(1, 16, dtype=torch.float64))
+    field = KarhunenLoeve(12, dim=16, length_scale_range=(0.1, 0.5)).params(torch.ones(1, 16, dtype=torch.float64))
     monkeypatch.setattr(torch.linalg, "eigh", _scrambled_eigh(torch.linalg.eigh))
     lam2, phi2 = canonical_eigh(cov)
     np.testing.assert_allclose(lam2.numpy(), lam.numpy(), atol=1e-12)
     np.testing.assert_allclose(phi2[:, :40].numpy(), phi[:, :40].numpy(), atol=1e-8)
-    field2 = KLDecoder(12, 16)(torch.ones(1, 16, dtype=torch.float64))
+    field2 = KarhunenLoeve(12, dim=16, length_scale_range=(0.1, 0.5)).params(torch.ones(1, 16, dtype=torch.float64))
     np.testing.assert_allclose(field2.numpy(), field.numpy(), atol=1e-8)
     # still an orthonormal eigenbasis of the covariance
     c = torch.as_tensor(cov)
@@ -219,8 +218,8 @@ def test_eigenbasis_does_not_depend_on_the_lapack_path(monkeypatch):
     (lambda: sample_grf(10, 8, method="cholesky"), "method must be"),
     (lambda: sample_grf(10, 8, length_scale_distribution="normal"), "length_scale_distrib"),
     (lambda: sample_grf(10, 8, seed=1, generator=torch.Generator()), "seed or generator"),
-    (lambda: KLExpansion(8, dim=65), "dim must be an integer in \\[1, n\\*n = 64\\]"),
-    (lambda: KLExpansion(8, dim=4).decode(torch.zeros(2, 5)), "z must have shape \\(B, 4\\)"),
+    (lambda: KarhunenLoeve(8, dim=65), "dim must be an integer in \\[1, n\\*n = 64\\]"),
+    (lambda: KarhunenLoeve(8, dim=4).decode(torch.zeros(2, 5)), "z must have shape \\(B, 4\\)"),
 ])
 def test_bad_inputs_raise_value_errors(call, match):
     with pytest.raises(ValueError, match=match):

@@ -21,7 +21,7 @@ from autovae.inverse.diagnostics import (
     summary,
     to_inference_data,
 )
-from autovae.inverse.mcmc import (
+from autovae.inverse import (
     NUTSKernel,
     PCNKernel,
     RWMKernel,
@@ -77,11 +77,11 @@ def _check_posterior(result, mean, cov, z_max=4.0, cov_tol=0.2):
     return z_scores
 
 
-@pytest.mark.parametrize("kernel", [PCNKernel(beta=0.2), RWMKernel(step_size=0.3)],
+@pytest.mark.parametrize("kernel", [PCNKernel(step_size=0.2), RWMKernel(step_size=0.3)],
                          ids=["pcn", "rwm"])
 def test_metropolis_samples_the_gaussian_posterior(tmp_path, kernel):
     phi, mean, cov = _gaussian()
-    r = run_chains(Target(phi, D), kernel, tmp_path / "c", chains=8, warmup=300, samples=1500,
+    r = run_chains(Target(phi, D), kernel, tmp_path / "c", chains=8, warmup=300, draws=1500,
                    seed=3, checkpoint_every=500)
     assert r.complete and r.draws.shape == (8, 1500, D)
     _check_posterior(r, mean, cov)
@@ -95,24 +95,25 @@ def test_metropolis_samples_the_gaussian_posterior(tmp_path, kernel):
 def test_nuts_samples_the_gaussian_posterior(tmp_path):
     phi, mean, cov = _gaussian()
     r = run_chains(Target(phi, D), NUTSKernel(), tmp_path / "c", chains=2, warmup=80,
-                   samples=200, seed=1, checkpoint_every=100)
+                   draws=200, seed=1, checkpoint_every=100)
     assert r.complete and r.draws.shape == (2, 200, D)
     _check_posterior(r, mean, cov, cov_tol=0.25)
     s = r.summary()
     assert s["rhat_max"] < 1.03 and s["divergences"] == 0
-    assert 0.6 < s["acceptance"] <= 1.0  # mean acceptance probability, dual averaging to 0.8
+    assert 0.6 < s["mean_accept_prob"] <= 1.0  # Pyro's, dual averaging toward 0.8
     # every leapfrog step is one gradient; setup's step-size search adds a few
     leapfrog = r.stats["n_steps"].sum() + r.warmup_stats["n_steps"].sum()
     assert leapfrog <= s["gradient_evals"] < leapfrog + 200
-    assert set(r.stats) >= {"accept_prob", "diverging", "n_steps", "tree_depth", "step_size"}
+    assert set(r.stats) >= {"accepted", "diverging", "n_steps", "tree_depth", "step_size", "lp"}
+    assert np.isfinite(r.stats["lp"]).all()  # the potential at each draw, from the memo
 
 
 def test_pcn_leaves_the_prior_invariant(tmp_path):
     """phi = 0: every proposal is accepted and the chain (an AR(1) with rho = sqrt(1 - beta^2))
     samples N(0, I)."""
     zero = Target(lambda z: torch.zeros(z.shape[0], dtype=z.dtype), 2)
-    r = run_chains(zero, PCNKernel(beta=0.6, adapt=False), tmp_path / "c", chains=16,
-                   warmup=0, samples=400, thin=10, seed=5, checkpoint_every=1000)
+    r = run_chains(zero, PCNKernel(step_size=0.6, adapt=False), tmp_path / "c", chains=16,
+                   warmup=0, draws=400, thin=10, seed=5, checkpoint_every=1000)
     assert np.all(r.acceptance == 1.0)
     x = r.draws.reshape(-1, 2)  # 6400 draws, lag-10 autocorrelation 0.8^10 = 0.11
     se = 1.0 / math.sqrt(x.shape[0] / 1.25)
@@ -122,13 +123,13 @@ def test_pcn_leaves_the_prior_invariant(tmp_path):
     assert sps.kstest(x[:, 1], "norm").pvalue > 1e-3
 
 
-@pytest.mark.parametrize("kernel,start", [(PCNKernel(beta=0.95, target_accept=0.3), "high"),
+@pytest.mark.parametrize("kernel,start", [(PCNKernel(step_size=0.95, target_accept=0.3), "high"),
                                           (RWMKernel(step_size=0.01, target_accept=0.3), "low")],
                          ids=["pcn", "rwm"])
 def test_step_adaptation_moves_toward_target_then_freezes(tmp_path, kernel, start):
     # a sharp posterior so that beta = 0.95 is far too bold; start at its mode
     phi, mode, _ = _gaussian(scale=25.0)
-    r = run_chains(Target(phi, D), kernel, tmp_path / "c", chains=8, warmup=600, samples=400,
+    r = run_chains(Target(phi, D), kernel, tmp_path / "c", chains=8, warmup=600, draws=400,
                    seed=2, checkpoint_every=250, init=torch.as_tensor(mode).expand(8, D))
     a = r.warmup_stats["accept_prob"]
     first, last = a[:, :3].mean(), a[:, -200:].mean()
@@ -144,14 +145,14 @@ def test_step_adaptation_moves_toward_target_then_freezes(tmp_path, kernel, star
 def test_shared_step_is_one_step_for_all_chains(tmp_path):
     phi, _, _ = _gaussian()
     r = run_chains(Target(phi, D), PCNKernel(shared_step=True), tmp_path / "c", chains=4,
-                   warmup=50, samples=10, seed=0)
+                   warmup=50, draws=10, seed=0)
     assert np.all(r.step_size == r.step_size[0])
 
 
 @pytest.mark.parametrize("sampler", ["pcn", "rwm"])
 def test_resume_after_a_kill_is_bit_identical(tmp_path, sampler):
     phi, _, _ = _gaussian()
-    kw = dict(chains=3, warmup=60, samples=80, thin=2, seed=11)
+    kw = dict(chains=3, warmup=60, draws=80, thin=2, seed=11)
     full = run_chains(Target(phi, D), sampler, tmp_path / "full", checkpoint_every=25, **kw)
     # killed mid-block during the sampling phase (after 130 of 220 steps), then resumed with
     # a different block size
@@ -173,7 +174,7 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, sampler):
 
 def test_nuts_resume_is_bit_identical_after_warmup_and_within_warmup(tmp_path):
     phi, _, _ = _gaussian()
-    kw = dict(chains=2, warmup=30, samples=40, seed=4, checkpoint_every=10)
+    kw = dict(chains=2, warmup=30, draws=40, seed=4, checkpoint_every=10)
     counted = Target(phi, D)
     full = run_chains(counted, NUTSKernel(), tmp_path / "full", **kw)
     for cut in (counted.evals // 4, (3 * counted.evals) // 4):  # chain 0 warm-up, chain 1
@@ -188,34 +189,35 @@ def test_nuts_resume_is_bit_identical_after_warmup_and_within_warmup(tmp_path):
 
 def test_finished_folder_is_read_back_and_other_settings_are_refused(tmp_path):
     phi, _, _ = _gaussian()
-    r = run_chains(Target(phi, D), "pcn", tmp_path / "c", chains=2, warmup=10, samples=20)
+    r = run_chains(Target(phi, D), "pcn", tmp_path / "c", chains=2, warmup=10, draws=20)
     counted = Target(phi, D)
-    r2 = run_chains(counted, "pcn", tmp_path / "c", chains=2, warmup=10, samples=20)
+    r2 = run_chains(counted, "pcn", tmp_path / "c", chains=2, warmup=10, draws=20)
     assert counted.evals == 0 and np.array_equal(r.draws, r2.draws)
     meta = json.loads((tmp_path / "c" / "chain.json").read_text())
     assert meta["status"] == "complete"
     with pytest.raises(ValueError, match="chains: folder 2, asked 3"):
-        run_chains(Target(phi, D), "pcn", tmp_path / "c", chains=3, warmup=10, samples=20)
-    with pytest.raises(ValueError, match="sampler"):
-        run_chains(Target(phi, D), "rwm", tmp_path / "c", chains=2, warmup=10, samples=20)
+        run_chains(Target(phi, D), "pcn", tmp_path / "c", chains=3, warmup=10, draws=20)
+    with pytest.raises(ValueError, match="kernel"):
+        run_chains(Target(phi, D), "rwm", tmp_path / "c", chains=2, warmup=10, draws=20)
 
 
 def test_bad_arguments_are_named(tmp_path):
     phi, _, _ = _gaussian()
     t = Target(phi, D)
-    with pytest.raises(ValueError, match="unknown sampler 'mala'"):
-        make_kernel("mala")
-    with pytest.raises(ValueError, match="beta"):
-        PCNKernel(beta=1.5)
+    with pytest.raises(ValueError, match="unknown kernel 'hmc'"):
+        make_kernel("hmc")
+    for bad in (1.5, 0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="step_size"):
+            PCNKernel(step_size=bad)
     with pytest.raises(ValueError, match="target_accept"):
         RWMKernel(target_accept=1.0)
-    with pytest.raises(ValueError, match="samples"):
-        run_chains(t, "pcn", tmp_path / "a", samples=0)
+    with pytest.raises(ValueError, match="draws"):
+        run_chains(t, "pcn", tmp_path / "a", draws=0)
     with pytest.raises(ValueError, match="init must have shape"):
         run_chains(t, "pcn", tmp_path / "b", chains=2, init=torch.zeros(3, D))
-    with pytest.raises(ValueError, match="pCN needs the N\\(0, I\\) latent prior"):
+    with pytest.raises(ValueError, match="pCN needs a N\\(0, I\\) prior"):
         run_chains(Target(phi, D, prior=lambda z: -z.abs().sum(-1)), "pcn", tmp_path / "c",
-                   warmup=1, samples=1)
+                   warmup=1, draws=1)
 
 
 def test_a_diverging_chain_stops_with_its_reason_and_keeps_its_draws(tmp_path):
@@ -226,7 +228,7 @@ def test_a_diverging_chain_stops_with_its_reason_and_keeps_its_draws(tmp_path):
     with pytest.warns(RuntimeWarning, match="NaN"):
         r = run_chains(Target(phi, 2, prior=lambda z: torch.zeros(z.shape[0])),
                        RWMKernel(step_size=0.5, adapt=False), tmp_path / "c", chains=2,
-                       warmup=0, samples=5000, seed=0, checkpoint_every=100,
+                       warmup=0, draws=5000, seed=0, checkpoint_every=100,
                        init=torch.zeros(2, 2))
     assert r.status == "diverged" and "NaN" in r.reason and "chains [" in r.reason
     assert 0 < r.draws.shape[1] < 5000 and np.isfinite(r.draws).all()
@@ -234,7 +236,7 @@ def test_a_diverging_chain_stops_with_its_reason_and_keeps_its_draws(tmp_path):
     assert load_netcdf(tmp_path / "c" / "posterior.nc").posterior.attrs["status"] == "diverged"
     # a start where phi is not finite stops at once
     with pytest.warns(RuntimeWarning, match="start point"):
-        r = run_chains(Target(phi, 2), "pcn", tmp_path / "d", chains=2, warmup=5, samples=5,
+        r = run_chains(Target(phi, 2), "pcn", tmp_path / "d", chains=2, warmup=5, draws=5,
                        init=torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
     assert r.status == "diverged" and "chains [1]" in r.reason
 
@@ -246,7 +248,7 @@ def test_nuts_stops_when_every_iteration_diverges(tmp_path):
 
     with pytest.warns(RuntimeWarning, match="diverged"):
         r = run_chains(Target(phi, 2), NUTSKernel(max_divergent_run=20, step_size=1.0),
-                       tmp_path / "c", chains=1, warmup=0, samples=200, seed=0,
+                       tmp_path / "c", chains=1, warmup=0, draws=200, seed=0,
                        init=torch.zeros(1, 2))
     assert r.status == "diverged" and "20 iterations in a row" in r.reason
     assert r.draws.shape[1] == 20 and r.stats["diverging"].all()
@@ -254,12 +256,12 @@ def test_nuts_stops_when_every_iteration_diverges(tmp_path):
 
 def test_inference_data_netcdf_round_trip(tmp_path):
     phi, _, _ = _gaussian()
-    r = run_chains(Target(phi, D), "pcn", tmp_path / "c", chains=2, warmup=20, samples=50)
+    r = run_chains(Target(phi, D), "pcn", tmp_path / "c", chains=2, warmup=20, draws=50)
     back = load_netcdf(tmp_path / "c" / "posterior.nc")
     assert np.array_equal(back.posterior["z"].values, r.draws)
     assert np.array_equal(back.sample_stats["acceptance_rate"].values, r.stats["accept_prob"])
     assert np.array_equal(back.warmup_posterior["z"].values, r.warmup_draws)
-    assert back.posterior.attrs["sampler"] == "pcn"
+    assert back.posterior.attrs["kernel"] == "pcn"
     assert back.posterior.attrs["potential_evals"] == r.potential_evals
     assert summary(back) == summary(r)
     idata = to_inference_data(np.zeros((2, 5, 3)) + np.arange(5)[None, :, None])

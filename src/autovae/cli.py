@@ -170,21 +170,29 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
+    from .inverse.config import FIELDS, InverseConfig
     from .inverse.invert import format_summary, invert
 
-    points = int(args.points) if args.points.isdigit() else args.points
-    result = invert(args.run, prior=args.prior, grid=args.grid, dim=args.dim, points=points,
-                    data_file=args.data, noise=args.noise, noise_kind=args.noise_kind,
-                    truth_seed=args.truth_seed, truth_resolution=args.truth_resolution,
-                    truth_file=args.truth_file, sampler=args.sampler, chains=args.chains,
-                    warmup=args.warmup, samples=args.samples, seed=args.seed, thin=args.thin,
-                    step_size=args.step_size, target_accept=args.target_accept, out=args.out,
-                    device=args.device)
+    given = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
+    config = (InverseConfig.from_file(args.config, **given) if args.config
+              else InverseConfig.from_dict(given))
+    result = invert(config, progress=not args.quiet)
     print(format_summary(result.summary))
-    print(f"{result.new_evals} new forward solves; written to {result.folder}")
+    print(f"{result.new_solves:,} new PDE solves; written to {result.folder}")
     if result.chains.status == "diverged":
         print(f"autovae: stopped: {result.chains.reason}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _cmd_serve_forward(args: argparse.Namespace) -> int:
+    from .inverse.forward import load_forward
+    from .inverse.umbridge import serve
+
+    model = load_forward(args.model)
+    print(f"serving {model.name} ({model.param_shape} -> {model.n_obs}) as UM-Bridge model "
+          f"{args.name or model.name} at http://{args.host}:{args.port}", flush=True)
+    serve(model, args.port, args.host, args.name)
     return 0
 
 
@@ -279,6 +287,32 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
                                help=help_text)
+
+
+def _add_inverse_flags(parser: argparse.ArgumentParser) -> None:
+    """The invert flags, generated from InverseConfig; old spellings are refused by name."""
+    from .inverse.config import FIELDS, RENAMED
+
+    for f in FIELDS.values():
+        meta = f.metadata
+        help_text = f"{meta['help']} (default: {f.default})"
+        if meta["positional"]:
+            parser.add_argument(f.name, nargs="?", default=None, help=help_text)
+            continue
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            metavar=f.name.upper(), help=help_text)
+    for old, new in RENAMED.items():
+        parser.add_argument(f"--{old}", action=_Renamed, nargs="?", help=argparse.SUPPRESS,
+                            new=f"--{new}")
+
+
+class _Renamed(argparse.Action):
+    def __init__(self, *args, new: str, **kwargs):
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.new}; did you mean {self.new}?")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str | None = None) -> None:
@@ -425,50 +459,29 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.set_defaults(run_command=_cmd_retrain_best)
 
     invert = sub.add_parser(
-        "invert", help="infer a Darcy log-permeability field by MCMC in a run's latent space",
-        description="Bayesian inversion of the Darcy benchmark (spec 3.2): pressures at a "
-                    "regular grid of interior points with relative noise, the truth a GRF draw "
-                    "(--truth-seed) at the run's grid or a finer one. Writes a resumable chain "
-                    "folder with summary.json, posterior.nc (ArviZ) and pictures; re-running "
-                    "the same command continues it.")
-    invert.add_argument("run", nargs="?", default=None,
-                        help="run folder trained on darcy-grf fields (optional with --prior kl)")
-    invert.add_argument("--prior", default="run", choices=("run", "kl"),
-                        help="the run's decoder and latent prior, or the Karhunen-Loeve "
-                             "expansion of the GRF with the same dimension (default run)")
-    invert.add_argument("--grid", type=int, default=None, help="grid n for --prior kl alone")
-    invert.add_argument("--dim", type=int, default=None, help="latent dim for --prior kl alone")
-    invert.add_argument("--points", default="64",
-                        help="observation points: a square count (64 = 8x8 interior points) or "
-                             "a .npy/CSV file of (x, y) rows (default 64)")
-    invert.add_argument("--data", default=None,
-                        help="observed pressures (.npy/CSV, one per point) instead of data "
-                             "simulated from the truth")
-    invert.add_argument("--noise", type=float, default=0.05,
-                        help="noise: a fraction of |p| (relative) or a std (default 0.05)")
-    invert.add_argument("--noise-kind", default="relative", choices=("relative", "absolute"))
-    invert.add_argument("--truth-seed", type=int, default=0,
-                        help="the GRF truth and the noise draws (default 0)")
-    invert.add_argument("--truth-resolution", type=int, default=None,
-                        help="simulate the data on this finer grid (a multiple of the run's)")
-    invert.add_argument("--truth-file", default=None,
-                        help="a log-permeability field (R, R) .npy/CSV as the truth")
-    invert.add_argument("--sampler", default="pcn", choices=("pcn", "rwm", "nuts"))
-    invert.add_argument("--chains", type=int, default=4, help="chains (default 4)")
-    invert.add_argument("--warmup", type=int, default=1000, help="warm-up steps (default 1000)")
-    invert.add_argument("--samples", type=int, default=2000,
-                        help="kept draws per chain (default 2000)")
-    invert.add_argument("--thin", type=int, default=1, help="keep every n-th step (default 1)")
-    invert.add_argument("--step-size", type=float, default=None,
-                        help="initial pCN beta or RWM step (adapted during warm-up)")
-    invert.add_argument("--target-accept", type=float, default=None,
-                        help="target acceptance (pCN 0.27, RWM 0.234, NUTS 0.8)")
-    invert.add_argument("--seed", type=int, default=0, help="chain seed (default 0)")
-    invert.add_argument("--out", default=None,
-                        help="chain folder (default RUN/invert-SAMPLER-SEED, "
-                             "RUN/invert-kl-SAMPLER-SEED for --prior kl)")
-    invert.add_argument("--device", default=None, help="device to load the run on")
+        "invert", help="sample the posterior of an inverse problem by MCMC",
+        description="Bayesian inversion: the Darcy case (spec 3.2) in a run's latent space or "
+                    "a Karhunen-Loeve prior, the Aristoff-Bangerth benchmark, or your own "
+                    "forward model (a Python class or a UM-Bridge model). Writes a resumable "
+                    "chain folder with summary.json (diagnostics, costs per solve and per "
+                    "second, errors and calibration), posterior.nc (ArviZ) and pictures; "
+                    "re-running the same command continues it.")
+    _add_inverse_flags(invert)
+    invert.add_argument("--config", default=None,
+                        help="a YAML/TOML/JSON file of these settings (flags win)")
+    invert.add_argument("--quiet", action="store_true", help="no progress bars")
     invert.set_defaults(run_command=_cmd_invert)
+
+    serve_fwd = sub.add_parser(
+        "serve-forward", help="serve a forward model over HTTP (UM-Bridge protocol)",
+        description="Serve darcy, aristoff-bangerth or package.module:Class as a UM-Bridge "
+                    "model, for other UQ tools or for autovae invert --forward umbridge:URL.")
+    serve_fwd.add_argument("model", help="darcy, aristoff-bangerth or package.module:Class")
+    serve_fwd.add_argument("--port", type=int, default=4242)
+    serve_fwd.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve_fwd.add_argument("--name", default=None, help="the model's name (default: its own)")
+    serve_fwd.set_defaults(run_command=_cmd_serve_forward)
 
     datasets = sub.add_parser("datasets", help="list the datasets --data accepts by name")
     datasets.set_defaults(run_command=_cmd_datasets)

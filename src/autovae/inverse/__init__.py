@@ -1,61 +1,46 @@
-"""Bayesian inverse problems: GRF priors, the Darcy forward model (these two import nothing
-else from autovae), latent-space MCMC, ArviZ diagnostics and the inverse problem."""
+"""Bayesian inverse problems: priors (trained runs, Karhunen-Loeve, explicit), forward models
+(Darcy, Aristoff-Bangerth, your own class or a UM-Bridge model), MCMC kernels behind one
+contract, a resumable chain runner and ArviZ diagnostics.
 
-from autovae.inverse.darcy import DarcySolver, darcy_pressure, observation_operator
-from autovae.inverse.diagnostics import (
-    ess,
-    load_netcdf,
-    rhat,
-    save_netcdf,
-    summary,
-    to_inference_data,
-)
-from autovae.inverse.grf import (
-    KLExpansion,
-    cell_centres,
-    correlation,
-    grf_covariance,
-    grf_fields,
-    sample_grf,
-)
-from autovae.inverse.mcmc import (
-    ChainResult,
-    NUTSKernel,
-    PCNKernel,
-    RWMKernel,
-    Target,
-    load_chains,
-    make_kernel,
-    run_chains,
-)
-from autovae.inverse.problem import InverseProblem, KLDecoder, RunDecoder, run_prior
+Names are imported on first use, so that ``import autovae.inverse.grf`` (the datasets use it)
+does not load the samplers and ArviZ.
+"""
 
-__all__ = [
-    "DarcySolver",
-    "darcy_pressure",
-    "observation_operator",
-    "KLExpansion",
-    "cell_centres",
-    "correlation",
-    "grf_covariance",
-    "grf_fields",
-    "sample_grf",
-    "ChainResult",
-    "NUTSKernel",
-    "PCNKernel",
-    "RWMKernel",
-    "Target",
-    "load_chains",
-    "make_kernel",
-    "run_chains",
-    "ess",
-    "load_netcdf",
-    "rhat",
-    "save_netcdf",
-    "summary",
-    "to_inference_data",
-    "InverseProblem",
-    "KLDecoder",
-    "RunDecoder",
-    "run_prior",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "AristoffBangerth": "aristoff_bangerth",
+    "ChainFolder": "chains", "ChainResult": "chains", "load_chains": "chains",
+    "run_chains": "chains",
+    "InverseConfig": "config",
+    "DarcySolver": "darcy", "darcy_pressure": "darcy", "observation_operator": "darcy",
+    "ess": "diagnostics", "load_netcdf": "diagnostics", "rhat": "diagnostics",
+    "save_netcdf": "diagnostics", "summary": "diagnostics", "to_inference_data": "diagnostics",
+    "DarcyForward": "forward", "ForwardModel": "forward", "load_forward": "forward",
+    "regular_points": "forward",
+    "KarhunenLoeve": "grf", "cell_centres": "grf", "correlation": "grf",
+    "grf_covariance": "grf", "grf_fields": "grf", "sample_grf": "grf",
+    "InversionResult": "invert", "PROBLEMS": "invert", "invert": "invert",
+    "KERNELS": "kernels", "MALAKernel": "kernels", "MCMCKernel": "kernels",
+    "NUTSKernel": "kernels", "PCNKernel": "kernels", "RWMKernel": "kernels",
+    "Target": "kernels", "make_kernel": "kernels",
+    "DecoderPrior": "priors", "LogDensityPrior": "priors", "Prior": "priors",
+    "InverseProblem": "problem",
+    "UMBridgeForward": "umbridge",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

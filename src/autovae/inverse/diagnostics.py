@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import arviz as az
 import numpy as np
+
+from .._files import atomic_path
 
 __all__ = ["ess", "load_netcdf", "rhat", "save_netcdf", "summary", "to_inference_data"]
 
@@ -41,10 +42,11 @@ def to_inference_data(source, stats: dict[str, np.ndarray] | None = None,
             kw.update(warmup_posterior={"z": r.warmup_draws},
                       warmup_sample_stats=_stats(r.warmup_stats) or None, save_warmup=True)
         idata = az.from_dict(posterior={"z": r.draws}, dims={"z": ["z_dim"]}, **kw)
-        facts = {"sampler": r.sampler, "status": r.status, "reason": r.reason,
+        facts = {"kernel": r.kernel, "status": r.status, "reason": r.reason,
                  "sampling_time": r.seconds, "warmup_time": r.warmup_seconds,
                  "sampling_only_time": r.sampling_seconds,
                  "potential_evals": r.potential_evals, "gradient_evals": r.gradient_evals,
+                 "solves": r.solves,
                  "acceptance_per_chain": np.asarray(r.acceptance, dtype=float),
                  "step_size_per_chain": np.asarray(r.step_size, dtype=float),
                  "mean_accept_prob_per_chain": np.asarray(r.mean_accept_prob, dtype=float),
@@ -76,30 +78,45 @@ def _num(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+RHAT_CONVERGED = 1.05
+
+
 def summary(source) -> dict[str, Any]:
-    """Acceptance, ESS min/median (bulk and tail), R-hat max, ESS per second and per potential
-    evaluation (forward solve), divergences. ``ess_per_second`` divides the smallest bulk ESS by
-    the whole run's time, warm-up included; ``ess_per_eval`` by all potential evaluations."""
+    """Diagnostics and costs of a chain run, in the units that compare kernels honestly.
+
+    ESS (rank-normalised bulk and tail, min and median over parameters) per kept draw, per 1000
+    PDE solves (forward and adjoint counted, warm-up included) and per second (warm-up
+    included), from the smallest bulk ESS; ``rhat_max``; ``converged`` is R-hat <= 1.05, and a
+    run that is not gets a ``note`` that its ESS is a floor, not a measurement."""
     idata = to_inference_data(source)
     post = idata.posterior
     chains, draws, dim = post["z"].shape
     bulk, tail, rh = ess(idata, "bulk"), ess(idata, "tail"), rhat(idata)
     a = post.attrs
     out: dict[str, Any] = {
-        "sampler": a.get("sampler"), "status": a.get("status", "complete"),
+        "kernel": a.get("kernel", a.get("sampler")), "status": a.get("status", "complete"),
         "reason": a.get("reason", ""), "chains": int(chains), "draws": int(draws),
         "dim": int(dim),
         "ess_bulk_min": _num(bulk.min()), "ess_bulk_median": _num(np.median(bulk)),
         "ess_tail_min": _num(tail.min()), "ess_tail_median": _num(np.median(tail)),
         "rhat_max": _num(rh.max()),
     }
+    total = int(chains * draws)
+    out["ess_per_draw"] = _num(bulk.min() / total) if total else None
+    out["converged"] = bool(out["rhat_max"] is not None and out["rhat_max"] <= RHAT_CONVERGED)
+    if not out["converged"]:
+        out["note"] = (f"not converged (R-hat {out['rhat_max']:.3g} > {RHAT_CONVERGED}): ESS is a "
+                       "floor, not a measurement; run longer")
     acc = a.get("acceptance_per_chain")
     if acc is not None:
         acc = np.atleast_1d(np.asarray(acc, dtype=float))
         out["acceptance"] = _num(acc.mean())
         out["acceptance_per_chain"] = [float(x) for x in acc]
+    map_ = a.get("mean_accept_prob_per_chain")
+    if map_ is not None:
+        out["mean_accept_prob"] = _num(np.mean(map_))
     elif "sample_stats" in idata.groups() and "acceptance_rate" in idata.sample_stats:
-        out["acceptance"] = _num(idata.sample_stats["acceptance_rate"].mean())
+        out["mean_accept_prob"] = _num(idata.sample_stats["acceptance_rate"].mean())
     if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
         out["divergences"] = int(idata.sample_stats["diverging"].sum())
     seconds, evals = a.get("sampling_time"), a.get("potential_evals")
@@ -110,24 +127,18 @@ def summary(source) -> dict[str, Any]:
     if evals is not None:
         out["potential_evals"] = int(evals)
         out["gradient_evals"] = int(a.get("gradient_evals", 0))
-        out["ess_per_eval"] = _num(bulk.min() / evals) if evals > 0 else None
+        solves = int(a.get("solves", evals))
+        out["solves"] = solves
+        out["ess_per_1000_solves"] = _num(1000 * bulk.min() / solves) if solves > 0 else None
+        out["solves_per_second"] = _num(solves / seconds) if seconds else None
     return out
 
 
 def save_netcdf(idata: az.InferenceData, path: str | os.PathLike) -> Path:
     """Write ``idata`` to NetCDF (h5netcdf) atomically: a temp file, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         idata.to_netcdf(str(tmp), engine="h5netcdf")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_netcdf(path: str | os.PathLike) -> az.InferenceData:

@@ -12,7 +12,7 @@ Zabaras 2022):
   16 x 16 fields/s, 2.5k 64 x 64; Matern 5/2 with l in [0.1, 0.5] 3.6k and 150 fields/s
   (a padded 2-D FFT spectrum per field);
 * Karhunen-Loeve ("kl"): the eigendecomposition of the n^2 x n^2 kernel matrix, cached, for a
-  fixed length scale. :class:`KLExpansion` truncates it to ``dim`` terms, the usual
+  fixed length scale. :class:`KarhunenLoeve` truncates it to ``dim`` terms, the usual
   low-dimensional baseline prior: u = mean + sum_k sqrt(lambda_k) phi_k z_k, z ~ N(0, I).
 
 Kernels (r = distance / length scale): ``squared_exponential`` exp(-r^2 / 2); ``matern`` with
@@ -30,9 +30,11 @@ import numpy as np
 import scipy.special
 import torch
 
+from .priors import Prior
+
 __all__ = [
     "KERNELS",
-    "KLExpansion",
+    "KarhunenLoeve",
     "canonical_eigh",
     "cell_centres",
     "correlation",
@@ -197,19 +199,33 @@ def _kl_basis(n: int, name: str, nu, lx: float, ly: float, variance: float):
                                          variance, nu))
 
 
-class KLExpansion:
-    """Truncated Karhunen-Loeve expansion of a GRF on the n x n cell-centre grid.
+@functools.lru_cache(maxsize=8)
+def _range_basis(n: int, name: str, nu, lo: float, hi: float, variance: float):
+    """Eigenpairs of the length-scale average of the kernel matrices, scales uniform in
+    [lo, hi] (Gauss-Legendre, 24 nodes)."""
+    x, w = np.polynomial.legendre.leggauss(24)
+    kernel = name if nu is None else "matern"
+    cov = sum(wi / 2 * grf_covariance(n, kernel, lo + (hi - lo) * (xi + 1) / 2, variance, nu)
+              for xi, wi in zip(x, w, strict=True))
+    return canonical_eigh(cov)
 
-    ``decode(z)``: (B, dim) standard normals -> (B, n, n) fields
-    mean + sum_k sqrt(lambda_k) phi_k z_k. ``eigenvalues``: (dim,) lambda_k, decreasing;
+
+class KarhunenLoeve(Prior):
+    """Truncated Karhunen-Loeve expansion (``kle``) of a GRF on the n x n cell-centre grid.
+
+    ``decode(z)`` (also :meth:`params`, the prior's map): (B, dim) standard normals -> (B, n, n)
+    fields mean + sum_k sqrt(lambda_k) phi_k z_k. ``eigenvalues``: (dim,) lambda_k, decreasing;
     ``modes``: (dim, n, n) orthonormal phi_k; ``energy``: sum of the kept lambda_k over the
-    total variance. The eigendecomposition (O(n^6)) is cached per (n, kernel, length scale);
-    n = 64 takes tens of seconds once.
+    total variance. ``length_scale``: one scale, or (lx, ly); ``length_scale_range`` (lo, hi)
+    instead: scales uniform in that range (the ``darcy-grf`` datasets), whose covariance is the
+    scale average of the kernel matrices (Gauss-Legendre, 24 nodes), the exact covariance of
+    the dataset's fields. The eigendecomposition (O(n^6)) is cached per setting; n = 64 takes
+    tens of seconds once.
     """
 
     def __init__(self, n: int, kernel: str = "squared_exponential", length_scale=0.2,
                  variance: float = 1.0, dim: int = 16, mean: float = 0.0,
-                 nu: float | None = None):
+                 nu: float | None = None, length_scale_range: tuple[float, float] | None = None):
         n = _check_grid(n)
         name, nu = _kernel(kernel, nu)
         lx, ly = _scales(length_scale)
@@ -222,11 +238,31 @@ class KLExpansion:
             raise ValueError(f"mean must be finite; got {mean!r}")
         self.n, self.kernel, self.nu, self.dim = n, name, nu, int(dim)
         self.length_scale, self.variance, self.mean = (lx, ly), float(variance), float(mean)
-        lam, phi = _kl_basis(n, name, nu, lx, ly, float(variance))
+        self.length_scale_range = None
+        if length_scale_range is not None:
+            lo, hi = (float(v) for v in length_scale_range)
+            if not 0 < lo <= hi:
+                raise ValueError(f"length_scale_range must satisfy 0 < lo <= hi, got "
+                                 f"{length_scale_range!r}")
+            self.length_scale_range = (lo, hi)
+            lam, phi = _range_basis(n, name, nu, lo, hi, float(variance))
+        else:
+            lam, phi = _kl_basis(n, name, nu, lx, ly, float(variance))
         self.energy = float(lam[:dim].sum() / lam.sum())
         self._lam = lam[:dim].clone()
         self._phi = phi[:, :dim].clone()  # (n^2, dim) float64
         self._scaled = (self._phi * self._lam.sqrt()).T.contiguous()  # (dim, n^2)
+        self.param_shape = (n, n)
+
+    def params(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(z.to(torch.float64))
+
+    def describe(self) -> dict:
+        return {"prior": "kle", "dim": self.dim, "grid": self.n, "kernel": self.kernel,
+                "length_scale": list(self.length_scale),
+                "length_scale_range": None if self.length_scale_range is None
+                else list(self.length_scale_range), "variance": self.variance,
+                "mean": self.mean, "energy": self.energy}
 
     @property
     def eigenvalues(self) -> torch.Tensor:
@@ -263,7 +299,7 @@ class KLExpansion:
         return self._scaled.T @ self._scaled
 
     def __repr__(self) -> str:
-        return (f"KLExpansion(n={self.n}, kernel={self.kernel!r}, nu={self.nu}, "
+        return (f"KarhunenLoeve(n={self.n}, kernel={self.kernel!r}, nu={self.nu}, "
                 f"length_scale={self.length_scale}, variance={self.variance}, dim={self.dim}, "
                 f"energy={self.energy:.4f})")
 

@@ -1,0 +1,549 @@
+"""MCMC kernels behind one contract, and the target they sample.
+
+Every kernel advances all chains of a (C, d) batch by one iteration per :meth:`MCMCKernel.sample`
+call; the runner (:func:`autovae.inverse.chains.run_chains`) owns warm-up, thinning,
+checkpoints and resume, the shape of Pyro's ``MCMCKernel`` / ``_gen_samples`` split.
+
+* :class:`PCNKernel` -- preconditioned Crank-Nicolson for a N(0, I) prior; accepts on phi alone.
+* :class:`RWMKernel` -- random-walk Metropolis on the potential U = phi - log p0.
+* :class:`MALAKernel` -- Metropolis-adjusted Langevin on U (gradients by autograd).
+* :class:`NUTSKernel` -- Pyro's NUTS on U, one Pyro kernel per chain, through Pyro's public API.
+
+pCN, RWM and MALA adapt each chain's log step (Robbins-Monro toward a target acceptance, as
+``pyro.infer.mcmc.RandomWalkKernel``) during warm-up only. NUTS adapts step size and mass
+matrix in Pyro; its warm-up cannot be checkpointed (Pyro's adaptation state is not public), so
+an interrupted NUTS warm-up restarts from its seed, which reproduces the same draws.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["KERNELS", "MALAKernel", "MCMCKernel", "NUTSKernel", "PCNKernel", "RWMKernel",
+           "Target", "make_kernel"]
+
+
+# -- target -------------------------------------------------------------------------------------
+def _normal_log_prior(z: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (z * z).sum(-1)
+
+
+class Target:
+    """A posterior exp(-phi(z)) p0(z) on z of shape (C, d).
+
+    ``phi(z)``: misfit, z (C, d) -> (C,). ``prior``: ``"normal"`` (N(0, I), the one pCN needs)
+    or a callable log density z (C, d) -> (C,) (constants may be dropped). ``evals`` counts the
+    rows phi has been evaluated on. ``solves``: a callable returning the PDE solves spent so far
+    (forward and adjoint, e.g. a forward model's counter); without it, solves are the rows
+    evaluated plus the gradients taken. ``gradient``: False when phi cannot be differentiated
+    (gradient kernels are then refused, with ``gradient_reason``).
+    """
+
+    def __init__(self, phi: Callable[[torch.Tensor], torch.Tensor], dim: int,
+                 prior: str | Callable[[torch.Tensor], torch.Tensor] = "normal",
+                 dtype: torch.dtype = torch.float64, solves: Callable[[], int] | None = None,
+                 gradient: bool = True, gradient_reason: str = ""):
+        if not callable(phi):
+            raise ValueError(f"phi must be a callable z (C, d) -> (C,), got {type(phi).__name__}")
+        if isinstance(dim, bool) or int(dim) != dim or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if isinstance(prior, str) and prior == "normal":
+            self._log_prior = _normal_log_prior
+        elif callable(prior):
+            self._log_prior = prior
+        else:
+            raise ValueError(f"prior must be 'normal' or a callable log density, got {prior!r}")
+        self._phi = phi
+        self.dim = int(dim)
+        self.normal_prior = isinstance(prior, str)
+        self.dtype = dtype
+        self.evals = 0
+        self.gradients = 0
+        self._solves = solves
+        self.gradient = bool(gradient)
+        self.gradient_reason = gradient_reason
+
+    @property
+    def solves(self) -> int:
+        """PDE solves so far (forward and adjoint)."""
+        return int(self._solves()) if self._solves is not None else self.evals + self.gradients
+
+    def phi(self, z: torch.Tensor) -> torch.Tensor:
+        """Misfit, (C, d) -> (C,)."""
+        out = self._phi(z)
+        self.evals += z.shape[0]
+        if out.shape != z.shape[:1]:
+            raise ValueError(f"phi returned shape {tuple(out.shape)} for z of shape "
+                             f"{tuple(z.shape)}; it must return one value per row, "
+                             f"({z.shape[0]},)")
+        return out
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """Log prior density (up to a constant), (C, d) -> (C,)."""
+        return self._log_prior(z)
+
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        """U(z) = phi(z) - log p0(z), (C, d) -> (C,)."""
+        return self.phi(z) - self.log_prior(z)
+
+    def potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """U(z) (C,) and its gradient (C, d) by autograd (rows are independent)."""
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            u = self.potential(z)
+            finite = torch.isfinite(u)
+            (g,) = torch.autograd.grad(torch.where(finite, u, 0.0).sum(), z)
+        self.gradients += z.shape[0]
+        return u.detach(), g
+
+
+def _check_target_accept(value) -> float:
+    if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+        raise ValueError(f"target_accept must lie in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_step(name: str, value, upper: float = math.inf) -> float:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)
+                                       and 0 < value <= upper):
+        bound = f"in (0, {upper:g}]" if math.isfinite(upper) else "positive and finite"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+# -- the contract -------------------------------------------------------------------------------
+class MCMCKernel(abc.ABC):
+    """One iteration for every chain of a (C, d) batch.
+
+    ``setup(target, z0, seed, warmup)`` starts the chains; ``sample(target, gen, adapting)``
+    advances them one iteration and returns per-chain statistics (C,) including ``accepted`` (bool),
+    ``nonfinite`` (the chain cannot go on) and ``step_size``; ``end_warmup()`` freezes
+    adaptation; ``state_dict``/``load_state_dict`` hold what resume needs (with the runner's
+    generator, an exact continuation). ``z`` is the current state (C, d).
+    """
+
+    name = "kernel"
+    needs_gradient = False
+    checkpoint_in_warmup = True
+
+    def validate(self, target: Target) -> None:
+        """Refuse a target this kernel cannot sample, saying why and what to use."""
+        if self.needs_gradient and not target.gradient:
+            raise ValueError(f"--kernel {self.name} needs gradients, but {target.gradient_reason}"
+                             "; use a gradient-free kernel (pcn or rwm)")
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The settings that define the chain (stored, compared on resume)."""
+
+    @abc.abstractmethod
+    def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
+        """Start every chain at its row of z0 (C, d), before ``warmup`` adapting iterations;
+        returns the potential there (C,) (the runner refuses a non-finite start)."""
+
+    @abc.abstractmethod
+    def sample(self, target: Target, gen: torch.Generator, adapting: bool
+               ) -> dict[str, torch.Tensor]:
+        """One iteration for every chain; per-chain statistics (C,)."""
+
+    def end_warmup(self, target: Target) -> None:  # noqa: B027 (optional hook)
+        """Freeze adaptation (called once, after the last warm-up iteration)."""
+
+    def stop_reason(self) -> str:
+        """Why the run must stop now ("" to go on), checked after each sampling iteration."""
+        return ""
+
+    def mean_accept_prob(self) -> torch.Tensor | None:
+        """The kernel's own mean acceptance probability per chain, if it keeps one."""
+        return None
+
+    @abc.abstractmethod
+    def step_sizes(self) -> torch.Tensor:
+        """Current step size per chain, (C,) float64."""
+
+    @property
+    @abc.abstractmethod
+    def z(self) -> torch.Tensor:
+        """Current state, (C, d)."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """What resume needs."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+# -- Metropolis kernels -------------------------------------------------------------------------
+class MetropolisKernel(MCMCKernel):
+    """Metropolis-Hastings with a per-chain step adapted on its log; subclasses define the
+    proposal, the energy that the acceptance compares and any proposal correction."""
+
+    def __init__(self, step_size: float, target_accept: float, adapt: bool = True,
+                 shared_step: bool = False, adapt_rate: float = 0.5):
+        self.step_size = _check_step("step_size", step_size, self._max_step)
+        self.target_accept = _check_target_accept(target_accept)
+        if not (isinstance(adapt_rate, (int, float)) and adapt_rate > 0):
+            raise ValueError(f"adapt_rate must be positive, got {adapt_rate!r}")
+        self.adapt = bool(adapt)
+        self.shared_step = bool(shared_step)
+        self.adapt_rate = float(adapt_rate)
+        self.state: dict[str, Any] = {}
+
+    _max_step = math.inf
+
+    def config(self) -> dict[str, Any]:
+        return {"kernel": self.name, "step_size": self.step_size,
+                "target_accept": self.target_accept, "adapt": self.adapt,
+                "shared_step": self.shared_step, "adapt_rate": self.adapt_rate}
+
+    @abc.abstractmethod
+    def _propose(self, z, step, gen, grad):
+        """A proposal for each chain of z (C, d), with step sizes ``step`` (C, 1)."""
+
+    @abc.abstractmethod
+    def _energy(self, phi, log_prior):
+        """The part of the potential that the acceptance ratio compares."""
+
+    def _correction(self, z, z_new, grad, grad_new, step):
+        """log q(z | z') - log q(z' | z) (0 for symmetric proposals)."""
+        return 0.0
+
+    def _evaluate(self, target: Target, z: torch.Tensor):
+        """(phi, log p0, grad U or None) at z."""
+        if self.needs_gradient:
+            u, g = target.potential_and_grad(z)
+            lp = target.log_prior(z).detach()
+            return (u + lp), lp, g
+        with torch.no_grad():
+            return target.phi(z), target.log_prior(z), None
+
+    def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
+        phi, lp0, grad = self._evaluate(target, z0)
+        log_step = math.log(self.step_size)
+        self.state = {"z": z0.clone(), "phi": phi, "log_prior": lp0, "grad": grad,
+                      "log_step": torch.full((z0.shape[0],), log_step, dtype=z0.dtype),
+                      "t": 0}
+        return phi - lp0
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.state["z"]
+
+    def step_sizes(self) -> torch.Tensor:
+        return self.state["log_step"].exp().to(torch.float64)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state)
+
+    def sample(self, target: Target, gen: torch.Generator, adapting: bool
+               ) -> dict[str, torch.Tensor]:
+        s = self.state
+        z, step = s["z"], s["log_step"].exp().unsqueeze(-1)
+        z_new = self._propose(z, step, gen, s["grad"])
+        u = torch.rand(z.shape[0], generator=gen, dtype=z.dtype)
+        phi_new, lp0_new, grad_new = self._evaluate(target, z_new)
+        e_old = self._energy(s["phi"], s["log_prior"])
+        e_new = self._energy(phi_new, lp0_new)
+        bad = torch.isnan(e_new) | (e_new == -math.inf)
+        log_ratio = e_old - e_new + self._correction(z, z_new, s["grad"], grad_new, step)
+        log_ratio = torch.where(bad | torch.isnan(log_ratio), -math.inf, log_ratio)
+        accept_prob = torch.exp(torch.clamp(log_ratio, max=0.0))
+        accepted = u < accept_prob
+        acc = accepted.unsqueeze(-1)
+        s["z"] = torch.where(acc, z_new, z)
+        s["phi"] = torch.where(accepted, phi_new, s["phi"])
+        s["log_prior"] = torch.where(accepted, lp0_new, s["log_prior"])
+        if grad_new is not None:
+            s["grad"] = torch.where(acc, grad_new, s["grad"])
+        if adapting and self.adapt:
+            gain = max(0.001, self.adapt_rate / math.sqrt(1 + s["t"]))
+            err = accept_prob - self.target_accept
+            if self.shared_step:
+                err = err.mean().expand_as(err)
+            s["log_step"] = torch.clamp(s["log_step"] + gain * err, max=math.log(self._max_step))
+            s["t"] += 1
+        return {"accept_prob": accept_prob, "accepted": accepted, "nonfinite": bad,
+                "step_size": s["log_step"].exp(), "lp": s["log_prior"] - s["phi"]}
+
+
+class PCNKernel(MetropolisKernel):
+    """Preconditioned Crank-Nicolson for a N(0, I) prior.
+
+    z' = sqrt(1 - s^2) z + s xi, xi ~ N(0, I), accepted with min(1, exp(phi(z) - phi(z')))
+    (the prior cancels). The step s (in (0, 1]) is adapted on log s toward ``target_accept``
+    during warm-up, per chain unless ``shared_step`` (then by the chains' mean acceptance).
+    """
+
+    name = "pcn"
+    _max_step = 1.0
+
+    def __init__(self, step_size: float = 0.1, target_accept: float = 0.27, adapt: bool = True,
+                 shared_step: bool = False, adapt_rate: float = 0.5):
+        super().__init__(step_size, target_accept, adapt, shared_step, adapt_rate)
+
+    def validate(self, target: Target) -> None:
+        if not target.normal_prior:
+            raise ValueError("pCN needs a N(0, I) prior on the sampled coordinates; this prior "
+                             "is not N(0, I): use --kernel rwm, mala or nuts")
+
+    def _propose(self, z, step, gen, grad):
+        xi = torch.randn(z.shape, generator=gen, dtype=z.dtype)
+        return torch.sqrt(1 - step * step) * z + step * xi
+
+    def _energy(self, phi, log_prior):
+        return phi
+
+
+class RWMKernel(MetropolisKernel):
+    """Random-walk Metropolis z' = z + s xi on the full potential U = phi - log p0; the step s
+    is adapted on log s toward ``target_accept`` during warm-up (0.234, Roberts et al.)."""
+
+    name = "rwm"
+
+    def __init__(self, step_size: float = 0.1, target_accept: float = 0.234, adapt: bool = True,
+                 shared_step: bool = False, adapt_rate: float = 0.5):
+        super().__init__(step_size, target_accept, adapt, shared_step, adapt_rate)
+
+    def _propose(self, z, step, gen, grad):
+        return z + step * torch.randn(z.shape, generator=gen, dtype=z.dtype)
+
+    def _energy(self, phi, log_prior):
+        return phi - log_prior
+
+
+class MALAKernel(MetropolisKernel):
+    """Metropolis-adjusted Langevin: z' = z - s^2/2 grad U(z) + s xi, with the Hastings
+    correction of the asymmetric proposal; s adapted toward 0.574 (Roberts & Rosenthal 1998).
+    One gradient (a forward and an adjoint solve for a PDE) per iteration."""
+
+    name = "mala"
+    needs_gradient = True
+
+    def __init__(self, step_size: float = 0.05, target_accept: float = 0.574, adapt: bool = True,
+                 shared_step: bool = False, adapt_rate: float = 0.5):
+        super().__init__(step_size, target_accept, adapt, shared_step, adapt_rate)
+
+    def _propose(self, z, step, gen, grad):
+        return z - 0.5 * step * step * grad + step * torch.randn(z.shape, generator=gen,
+                                                                 dtype=z.dtype)
+
+    def _energy(self, phi, log_prior):
+        return phi - log_prior
+
+    def _correction(self, z, z_new, grad, grad_new, step):
+        def log_q(to, frm, g):  # log N(to; frm - s^2/2 g, s^2 I) up to a shared constant
+            d = to - frm + 0.5 * step * step * g
+            return -(d * d).sum(-1) / (2 * step[:, 0] ** 2)
+
+        return log_q(z, z_new, grad_new) - log_q(z_new, z, grad)
+
+
+# -- NUTS ---------------------------------------------------------------------------------------
+class NUTSKernel(MCMCKernel):
+    """Pyro's NUTS (``pyro.infer.mcmc.NUTS(potential_fn=...)``) on U, one Pyro kernel per chain.
+
+    Step size (dual averaging toward ``target_accept``) and a diagonal (``full_mass``: dense)
+    mass matrix are adapted by Pyro during warm-up; give it 50 steps or more. After warm-up the
+    kernels are rebuilt with the adapted step and mass matrix frozen (what resume rebuilds
+    too). Each chain keeps its own RNG stream. A run stops when one chain has
+    ``max_divergent_run`` divergent post-warm-up iterations in a row. Only Pyro's public API
+    is used: ``setup``, ``sample``, ``diagnostics``, ``logging``, ``step_size``,
+    ``inverse_mass_matrix`` and ``mass_matrix_adapter``.
+    """
+
+    name = "nuts"
+    needs_gradient = True
+    checkpoint_in_warmup = False
+
+    def __init__(self, target_accept: float = 0.8, max_tree_depth: int = 10,
+                 full_mass: bool = False, step_size: float = 1.0, max_divergent_run: int = 50):
+        self.target_accept = _check_target_accept(target_accept)
+        if isinstance(max_tree_depth, bool) or int(max_tree_depth) != max_tree_depth \
+                or not 1 <= max_tree_depth <= 20:
+            raise ValueError(f"max_tree_depth must be an integer in [1, 20], got "
+                             f"{max_tree_depth!r}")
+        self.max_tree_depth = int(max_tree_depth)
+        self.full_mass = bool(full_mass)
+        self.step_size = _check_step("step_size", step_size)
+        self.max_divergent_run = int(max_divergent_run)
+        self._chains: list[dict[str, Any]] = []
+        self._pyro: list[Any] = []
+        self._target: Target | None = None
+        self._memo: OrderedDict[bytes, float] = OrderedDict()
+
+    def config(self) -> dict[str, Any]:
+        return {"kernel": self.name, "target_accept": self.target_accept,
+                "max_tree_depth": self.max_tree_depth, "full_mass": self.full_mass,
+                "step_size": self.step_size, "max_divergent_run": self.max_divergent_run}
+
+    def validate(self, target: Target) -> None:
+        super().validate(target)
+        self._target = target  # the potential that load_state_dict's kernels are built on
+
+    def _potential_fn(self, params):
+        z = params["z"]
+        u = self._target.potential(z.unsqueeze(0)).squeeze(0)
+        if z.requires_grad:  # Pyro takes the gradient of this value
+            self._target.gradients += 1
+        key = z.detach().numpy().tobytes()
+        self._memo[key] = float(u.detach())
+        if len(self._memo) > 4096:
+            self._memo.popitem(last=False)
+        return u
+
+    def _make(self, step_size: float | None):
+        from pyro.infer.mcmc import NUTS
+
+        if step_size is None:
+            return NUTS(potential_fn=self._potential_fn, step_size=self.step_size,
+                        adapt_step_size=True, adapt_mass_matrix=True, full_mass=self.full_mass,
+                        target_accept_prob=self.target_accept,
+                        max_tree_depth=self.max_tree_depth)
+        return NUTS(potential_fn=self._potential_fn, step_size=step_size, adapt_step_size=False,
+                    adapt_mass_matrix=False, full_mass=self.full_mass,
+                    max_tree_depth=self.max_tree_depth)
+
+    def _start(self, c: int, warmup: int | None) -> None:
+        """(Re)build chain c's Pyro kernel: adapting over ``warmup`` steps, or frozen."""
+        cs = self._chains[c]
+        frozen = warmup is None
+        pk = self._make(cs["step_size"] if frozen else None)
+        pk.initial_params = {"z": cs["z"].clone()}
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(cs["rng"])
+            pk.setup(0 if frozen else warmup)
+            if not frozen:  # a frozen rebuild (after warm-up, or on resume) leaves it as is
+                cs["rng"] = torch.get_rng_state()
+        if frozen:
+            pk.mass_matrix_adapter.inverse_mass_matrix = {("z",): cs["imm"].clone()}
+        self._pyro[c] = pk
+
+    def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
+        self._target = target
+        self._chains = []
+        for c in range(z0.shape[0]):
+            rng = torch.Generator().manual_seed(_chain_seed(seed, c)).get_state()
+            self._chains.append({"z": z0[c].clone(), "rng": rng, "div_run": 0,
+                                 "divergences": 0, "step_size": self.step_size,
+                                 "imm": None, "frozen": False})
+        self._pyro = [None] * len(self._chains)
+        with torch.no_grad():
+            u0 = target.potential(z0)
+        if torch.isfinite(u0).all():
+            for c in range(len(self._chains)):
+                self._start(c, warmup)
+        return u0
+
+    @property
+    def z(self) -> torch.Tensor:
+        return torch.stack([cs["z"] for cs in self._chains])
+
+    def sample(self, target: Target, gen: torch.Generator, adapting: bool
+               ) -> dict[str, torch.Tensor]:
+        self._target = target
+        out: dict[str, list] = {k: [] for k in ("accepted", "diverging", "n_steps", "step_size",
+                                                "lp", "nonfinite")}
+        for cs, pk in zip(self._chains, self._pyro, strict=True):
+            calls0 = target.evals
+            div0 = _divergences(pk, 0)
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(cs["rng"])
+                params = pk.sample({"z": cs["z"]})
+                cs["rng"] = torch.get_rng_state()
+            z = params["z"].detach().clone()
+            diverging = _divergences(pk, div0) > div0
+            accepted = not torch.equal(z, cs["z"])
+            cs["z"] = z
+            lp = -self._memo.get(z.numpy().tobytes(), math.nan)
+            if not adapting:
+                cs["div_run"] = cs["div_run"] + 1 if diverging else 0
+                cs["divergences"] += int(diverging)
+            out["accepted"].append(accepted)
+            out["diverging"].append(diverging)
+            out["n_steps"].append(target.evals - calls0)
+            out["step_size"].append(float(pk.step_size))
+            out["lp"].append(lp)
+            out["nonfinite"].append(False)
+        stats = {k: torch.tensor(v) for k, v in out.items()}
+        stats["lp"] = stats["lp"].to(torch.float64)
+        stats["step_size"] = stats["step_size"].to(torch.float64)
+        stats["tree_depth"] = torch.ceil(torch.log2(stats["n_steps"].double() + 1)).long()
+        return stats
+
+    def stop_reason(self) -> str:
+        for c, cs in enumerate(self._chains):
+            if cs["div_run"] >= self.max_divergent_run:
+                return (f"NUTS chain {c}: {cs['div_run']} iterations in a row diverged (step "
+                        f"size {cs['step_size']:.3g}); the potential is too stiff or not "
+                        "smooth here: try pCN, or a higher --target-accept")
+        return ""
+
+    def mean_accept_prob(self) -> torch.Tensor:
+        """Pyro's running mean acceptance probability per chain (its ``logging()``, 3 digits)."""
+        return torch.tensor([float(pk.logging()["acc. prob"]) for pk in self._pyro],
+                            dtype=torch.float64)
+
+    def step_sizes(self) -> torch.Tensor:
+        return torch.tensor([cs["step_size"] if cs["frozen"] else float(pk.step_size)
+                             for cs, pk in zip(self._chains, self._pyro, strict=True)],
+                            dtype=torch.float64)
+
+    def end_warmup(self, target: Target) -> None:
+        self._target = target
+        for c, (cs, pk) in enumerate(zip(self._chains, self._pyro, strict=True)):
+            cs["step_size"] = float(pk.step_size)
+            cs["imm"] = pk.inverse_mass_matrix[("z",)].detach().clone()
+            cs["frozen"] = True
+            self._start(c, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"chains": [dict(cs) for cs in self._chains]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._chains = [dict(cs) for cs in state["chains"]]
+        self._pyro = [None] * len(self._chains)
+        for c in range(len(self._chains)):
+            self._start(c, None)
+
+
+def _divergences(pk, fallback: int) -> int:
+    """Divergent iterations so far, from Pyro's public ``diagnostics()``. That call divides by
+    the post-warm-up iteration count, so it fails when that count is 0 (before the first
+    draw, or right after the last warm-up iteration): ``fallback`` then."""
+    try:
+        return len(pk.diagnostics()["divergences"])
+    except ZeroDivisionError:
+        return fallback
+
+
+def _chain_seed(seed: int, chain: int) -> int:
+    return int(np.random.SeedSequence([int(seed), chain]).generate_state(1)[0])
+
+
+KERNELS: dict[str, type[MCMCKernel]] = {
+    "pcn": PCNKernel, "rwm": RWMKernel, "mala": MALAKernel, "nuts": NUTSKernel}
+
+
+def make_kernel(kernel: str | MCMCKernel, **options) -> MCMCKernel:
+    """A kernel from its name (one of :data:`KERNELS`) and options, or the kernel itself."""
+    if isinstance(kernel, str):
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        return KERNELS[kernel](**options)
+    if options:
+        raise ValueError("options go with a kernel name, not with a kernel instance")
+    if not isinstance(kernel, MCMCKernel):
+        raise ValueError(f"kernel must be a name or an MCMCKernel, got {type(kernel).__name__}")
+    return kernel

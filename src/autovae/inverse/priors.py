@@ -1,0 +1,140 @@
+"""Priors of an inverse problem: a density on the sampled coordinates z and the map z -> the
+forward model's parameters.
+
+* :class:`DecoderPrior` -- a trained run: its decoder (a VAE's likelihood mean, a GAN's
+  generator) and its latent prior; every model with a decoder or generator and a latent
+  prior can serve.
+* :class:`~autovae.inverse.grf.KarhunenLoeve` -- the truncated Karhunen-Loeve expansion of a GRF
+  (``kle``), N(0, I) coefficients.
+* :class:`LogDensityPrior` -- an explicit prior on positive parameters theta, sampled in
+  z = ln theta with the Jacobian added (the Aristoff-Bangerth benchmark's).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["DecoderPrior", "LogDensityPrior", "Prior"]
+
+
+class Prior(abc.ABC):
+    """z (B, dim) -> parameters (B, *param_shape), with a log density on z.
+
+    ``normal``: the density on z is N(0, I) (what pCN needs); else :meth:`log_prior` gives it.
+    """
+
+    dim: int
+    param_shape: tuple[int, ...]
+    normal = True
+
+    @abc.abstractmethod
+    def params(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, dim) -> (B, *param_shape), float64."""
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """Log density of z up to a constant, (B, dim) -> (B,)."""
+        return -0.5 * (z * z).sum(-1)
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Settings that identify the prior (problem.json)."""
+
+    def probe(self) -> list[list[float]]:
+        """16 values of the parameters at three fixed codes: a chain's draws mean these."""
+        z = torch.randn(3, self.dim, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64)
+        with torch.no_grad():
+            p = self.params(z).reshape(3, -1).double()
+        return p[:, :: max(1, p.shape[1] // 16)][:, :16].tolist()
+
+
+class DecoderPrior(Prior):
+    """A trained model as a prior: z ~ its latent prior, parameters = its decoder's output.
+
+    A float64 frozen copy of the model (the original is untouched); a VAE's ``latent_clip``
+    applies. One-channel outputs (1, n, n) become fields (n, n).
+    """
+
+    def __init__(self, model, description: str = ""):
+        if not getattr(model, "can_be_prior", _can_be_prior(model)):
+            raise ValueError(f"a {type(model).__name__} has no decoder or generator with a "
+                             "latent prior; it cannot serve as a prior")
+        self.model = copy.deepcopy(model).double().eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        latent = self.model.latent
+        self.dim = int(latent.dim)
+        with torch.no_grad():
+            shape = tuple(self._decode(torch.zeros(1, self.dim, dtype=torch.float64)).shape[1:])
+        self.param_shape = shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
+        self.normal = all(b.prior == "normal" for b in latent.blocks) and all(
+            bool((loc == 0).all() and (scale == 1).all())
+            for loc, scale in (latent.prior_params(i) for i in range(len(latent.blocks))))
+        self.description = description or str(latent)
+
+    @classmethod
+    def from_run(cls, folder, device: str | None = "cpu") -> DecoderPrior:
+        from ..run import load_trained
+
+        _, config, model, _ = load_trained(Path(folder), device or "cpu")
+        prior = cls(model.cpu(), f"{config.model} {model.latent}")
+        prior.config = config
+        return prior
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        if hasattr(m, "decoder") and hasattr(m, "likelihood"):
+            clip = getattr(m, "latent_clip", None)
+            return m.likelihood.mean(m.decoder(z if clip is None else z.clamp(-clip, clip)))
+        return m.generate_from(z).double()
+
+    def params(self, z: torch.Tensor) -> torch.Tensor:
+        out = self._decode(z.to(torch.float64))
+        return out.reshape(out.shape[0], *self.param_shape)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        if self.normal:
+            return super().log_prior(z)
+        return self.model.latent.log_p(z.to(torch.float64))
+
+    def describe(self) -> dict[str, Any]:
+        return {"prior": "run", "prior_description": self.description, "dim": self.dim}
+
+
+def _can_be_prior(model) -> bool:
+    has_map = (hasattr(model, "decoder") and hasattr(model, "likelihood")) or hasattr(
+        model, "generate_from")
+    return has_map and hasattr(model, "latent")
+
+
+class LogDensityPrior(Prior):
+    """A prior density on positive parameters theta (w.r.t. d theta), sampled in z = ln theta.
+
+    ``log_density(theta)`` (B, *shape) -> (B,); the density of z is then
+    log_density(e^z) + sum z (the Jacobian of theta = e^z), so a sampler in z targets the same
+    posterior in theta.
+    """
+
+    normal = False
+
+    def __init__(self, log_density: Callable[[torch.Tensor], torch.Tensor],
+                 param_shape: tuple[int, ...], name: str):
+        self._log_density = log_density
+        self.param_shape = tuple(param_shape)
+        self.dim = int(torch.tensor(self.param_shape).prod())
+        self.name = name
+
+    def params(self, z: torch.Tensor) -> torch.Tensor:
+        return z.to(torch.float64).exp().reshape(z.shape[0], *self.param_shape)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return self._log_density(self.params(z)) + z.sum(-1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"prior": self.name, "dim": self.dim}
