@@ -16,24 +16,27 @@ from autovae.beliefs.latent import LatentSpec
 from autovae.cli import main
 from autovae.config import Config
 from autovae.inverse import (
+    ChainFolder,
+    DarcyForward,
+    DecoderPrior,
     InverseProblem,
-    KLDecoder,
-    KLExpansion,
+    KarhunenLoeve,
     PCNKernel,
     darcy_pressure,
     grf_covariance,
+    regular_points,
     run_chains,
-    run_prior,
     sample_grf,
 )
-from autovae.inverse.invert import PICTURES, darcy_forward, regular_points, truth_field
+from autovae.inverse.invert import truth_field
 from autovae.run import load_trained
 from autovae.train import train
 
 SUMMARY_KEYS = {"status", "acceptance", "ess_bulk_min", "ess_bulk_median", "ess_tail_min",
-                "ess_tail_median", "rhat_max", "ess_per_second", "ess_per_eval", "nsswr",
-                "rel_l2_mean", "ess_bulk_min_per_2000", "potential_evals", "coverage_2sd",
-                "settings"}
+                "ess_tail_median", "rhat_max", "ess_per_second", "ess_per_draw",
+                "ess_per_1000_solves", "solves", "seconds", "converged", "nsswr",
+                "rel_l2_mean", "ess_bulk_min_per_2000", "potential_evals", "coverage_1sd",
+                "coverage_2sd", "coverage_50", "coverage_90", "coverage_95", "settings"}
 
 
 def _train(folder, data="darcy-grf-8", latent="normal/normal:4", limit=300):
@@ -52,17 +55,18 @@ def _problem(run):
     _, n = truth_field(8, truth_seed=3)
     pts = regular_points(16)
     y = darcy_pressure(n[None], pts)[0]
-    return InverseProblem.from_run(run, darcy_forward, pts, y, 0.05), pts, y
+    return InverseProblem(DecoderPrior.from_run(run), DarcyForward(8, 16), y, 0.05,
+                          "relative"), pts, y
 
 
 def test_from_run_potential_and_gradient(run):
     problem, pts, y = _problem(run)
     _, _, model, _ = load_trained(run, "cpu")
-    assert problem.dim == 4 and problem.grid == (8, 8) and problem.prior == "normal"
+    assert problem.dim == 4 and problem.prior.param_shape == (8, 8) and problem.prior.normal
     z = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         want = model.likelihood.mean(model.decode(z.float()))[:, 0].double()
-    assert torch.allclose(problem.fields(z), want, atol=1e-5)
+    assert torch.allclose(problem.params(z), want, atol=1e-5)
     # the potential by hand: darcy pressures of the decoded fields, 5% of |y|, N(0, I) prior
     r = (darcy_pressure(want, pts) - y) / (0.05 * y.abs())
     hand = 0.5 * (r * r).sum(-1) + 0.5 * (z * z).sum(-1)
@@ -78,79 +82,86 @@ def test_from_run_potential_and_gradient(run):
     assert torch.allclose(gp[0], g + z[0], rtol=1e-10)
 
 
-def test_run_prior_normal_or_log_density():
-    assert run_prior(LatentSpec.parse("normal/normal:3")) == "normal"
-    latent = LatentSpec.parse("normal/laplace:2,normal/normal:1")
-    log_p = run_prior(latent)
+def test_decoder_prior_normal_or_log_density(tmp_path):
+    lap = _train(tmp_path / "lap", latent="normal/laplace:2,normal/normal:1", limit=100)
+    prior = DecoderPrior.from_run(lap)
+    assert not prior.normal
     z = torch.tensor([[0.3, -1.2, 0.5]], dtype=torch.float64)
     want = -math.log(2) * 2 - 0.3 - 1.2 - 0.5 * math.log(2 * math.pi) - 0.125
-    assert float(log_p(z)[0]) == pytest.approx(want, rel=1e-12)
+    assert float(prior.log_prior(z)[0]) == pytest.approx(want, rel=1e-12)
 
 
-def test_kl_decoder_covariance():
-    fixed = KLDecoder(8, 10, length_scale=0.2)
-    assert torch.allclose(fixed.covariance(), KLExpansion(8, length_scale=0.2, dim=10)
-                          .covariance(), atol=1e-10)
+def test_karhunen_loeve_covariance():
+    fixed = KarhunenLoeve(8, length_scale=0.2, dim=10)
+    full = torch.from_numpy(grf_covariance(8, length_scale=0.2))
+    assert float(torch.linalg.norm(fixed.covariance() - full) / torch.linalg.norm(full)) < 0.2
     # uncertain length scales: the expansion of the dataset's own covariance
-    mix = KLDecoder(8, 64)
-    assert torch.allclose(mix.covariance(), mix.full_covariance, atol=1e-9)
+    mix = KarhunenLoeve(8, dim=64, length_scale_range=(0.1, 0.5))
     x = sample_grf(40000, 8, seed=5).double().reshape(40000, -1)
     emp = torch.cov(x.T)
-    assert float(torch.linalg.norm(emp - mix.full_covariance)
-                 / torch.linalg.norm(mix.full_covariance)) < 0.03
+    assert float(torch.linalg.norm(emp - mix.covariance())
+                 / torch.linalg.norm(mix.covariance())) < 0.03
     assert float(torch.linalg.norm(emp - torch.from_numpy(grf_covariance(8, length_scale=0.3)))
                  / torch.linalg.norm(emp)) > 0.05  # a single length scale is not the prior
-    assert 0.9 < KLDecoder(8, 16).energy < 1 and KLDecoder(8, 4).energy < KLDecoder(8, 16).energy
+    e16 = KarhunenLoeve(8, dim=16, length_scale_range=(0.1, 0.5)).energy
+    assert 0.9 < e16 < 1 and KarhunenLoeve(8, dim=4, length_scale_range=(0.1, 0.5)).energy < e16
 
 
 def test_cli_invert_end_to_end_and_resume(run, capsys):
     out = run / "chain"
-    args = ["invert", str(run), "--chains", "2", "--warmup", "150", "--samples", "150",
-            "--out", str(out), "--truth-seed", "1"]
+    args = ["invert", str(run), "--chains", "2", "--warmup", "150", "--draws", "150",
+            "--out", str(out), "--truth-seed", "1", "--quiet"]
     assert main(args) == 0
     first = capsys.readouterr().out
-    assert "602 new forward solves" in first and "status complete" in first
+    assert "602 new PDE solves" in first and "status complete" in first
     s = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(s), SUMMARY_KEYS - set(s)
     assert s["chains"] == 2 and s["draws"] == 150 and 0 < s["acceptance"] < 1
-    assert s["potential_evals"] == 2 * (1 + 150 + 150)
+    assert s["potential_evals"] == s["solves"] == 2 * (1 + 150 + 150)
     assert s["ess_bulk_min_per_2000"] == pytest.approx(s["ess_bulk_min"] * 2000 / 300)
-    assert s["nsswr"] > 0 and 0 < s["rel_l2_mean"] < 3 and s["settings"]["observations"] == 64
+    assert s["nsswr"] > 0 and 0 < s["rel_l2_mean"] < 3 and s["settings"]["kernel"] is None
     idata = az.from_netcdf(str(out / "posterior.nc"), engine="h5netcdf")
     assert idata.posterior["z"].shape == (2, 150, 4)
-    assert idata.observed_data["y"].shape == (64,) and idata.constant_data["truth"].shape == (8, 8)
-    for name in PICTURES:
+    assert idata.observed_data["y"].shape == (64,) and idata.constant_data["truth"].shape == (64,)
+    for name in ChainFolder.PICTURES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = (out / "state.pt").stat().st_mtime_ns
     assert main(args) == 0  # finished: no new solves, same chains
-    assert "0 new forward solves" in capsys.readouterr().out
+    assert "0 new PDE solves" in capsys.readouterr().out
     assert (out / "state.pt").stat().st_mtime_ns == state
     again = json.loads((out / "summary.json").read_text())
     assert again["ess_bulk_min"] == s["ess_bulk_min"] and again["potential_evals"] == 2 * 301
     # another problem in the same folder is refused
-    assert main(args[:-1] + ["2"]) == 2
+    assert main(args[:-2] + ["2", "--quiet"]) == 2
     assert "truth_seed" in capsys.readouterr().err
     # so is a prior that now decodes the chain's codes to other fields (a retrained run)
     problem = json.loads((out / "problem.json").read_text())
-    problem["decoder_probe"][0][0] += 0.01
+    problem["prior_probe"][0][0] += 0.01
     (out / "problem.json").write_text(json.dumps(problem))
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "decoded its codes to other fields" in err and "Traceback" not in err
+    assert "mapped its codes to other parameters" in err and "Traceback" not in err
     # the report shows the chain folder's summary and pictures
     assert main(["report", str(out), "--out", str(run / "r.html")]) == 0
     page = (run / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "ess bulk min" in page
 
 
-def test_kl_baseline_without_a_run(tmp_path, capsys):
-    out = tmp_path / "kl"
-    assert main(["invert", "--prior", "kl", "--grid", "8", "--dim", "4", "--chains", "2",
-                 "--warmup", "100", "--samples", "100", "--out", str(out)]) == 0
+def test_kle_baseline_without_a_run_and_renamed_flags(tmp_path, capsys):
+    out = tmp_path / "kle"
+    assert main(["invert", "--prior", "kle", "--grid", "8", "--dim", "4", "--chains", "2",
+                 "--warmup", "100", "--draws", "100", "--out", str(out), "--quiet"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["settings"]["prior"] == "kl" and s["settings"]["run"] is None
+    assert s["settings"]["prior"] == "kle" and s["settings"]["run"] is None
     assert s["draws"] == 100 and s["rel_l2_mean"] is not None
-    assert "Karhunen-Loeve 4 terms" in s["settings"]["prior_description"]
+    problem = json.loads((out / "problem.json").read_text())
+    assert problem["prior"] == "kle" and problem["dim"] == 4 and 0.5 < problem["energy"] < 1
+    for old, new in (("--samples", "--draws"), ("--sampler", "--kernel")):
+        with pytest.raises(SystemExit):
+            main(["invert", old, "10"])
+        assert f"{old} is now {new}" in capsys.readouterr().err
+    assert main(["invert", "--prior", "kl", "--out", str(tmp_path / "o")]) == 2
+    assert "did you mean 'kle'" in capsys.readouterr().err
 
 
 def _bad(tmp_path, run, name):
@@ -162,7 +173,7 @@ def _bad(tmp_path, run, name):
         return ["--points", str(f)], "outside the domain"
     if name == "data.npy":
         np.save(f, np.ones(10))
-        return ["--data", str(f)], "10 observations but there are 64"
+        return ["--data", str(f)], "data has 10 values but the forward model darcy gives 64"
     if name == "nan.npy":
         x = np.zeros((8, 8))
         x[3, 3] = np.nan
@@ -175,54 +186,68 @@ def _bad(tmp_path, run, name):
 
 
 @pytest.mark.parametrize("case", [
-    (["--noise", "0"], "--noise must be a positive"),
-    (["--noise", "-0.1"], "--noise must be a positive"),
+    (["--noise", "0"], "--noise must be positive"),
+    (["--noise", "-0.1"], "--noise must be >= 0"),
+    (["--noise", "nan"], "--noise must be finite"),
+    (["--step-size", "0"], "--step-size must be positive"),
+    (["--step-size", "nan"], "--step-size must be finite"),
+    (["--target-accept", "1.2"], "--target-accept must lie in (0, 1)"),
+    (["--kernel", "pcn", "--step-size", "1.5"], "step_size must be in (0, 1]"),
+    (["--chains", "0"], "--chains must be >= 1"),
+    (["--chains", "true"], "--chains must be an integer"),
+    (["--truth-resolution", "100000"], "beyond this tool's"),
+    (["--problem", "heat"], "--problem must be one of"),
+    (["--forward", "umbridge:http://127.0.0.1:9/model", "--problem", "custom", "--data", "x"],
+     "cannot reach a UM-Bridge server at http://127.0.0.1:9"),
     (["--points", "60"], "not a square number"),
     (["--truth-resolution", "12"], "multiple of 8"),
     "outside.csv", "data.npy", "nan.npy", "huge.npy",
 ])
 def test_bad_input_exit_2_with_one_line(case, run, tmp_path, capsys):
     args, words = _bad(tmp_path, run, case) if isinstance(case, str) else case
-    rc = main(["invert", str(run), "--chains", "1", "--warmup", "5", "--samples", "5",
+    rc = main(["invert", str(run), "--chains", "1", "--warmup", "5", "--draws", "5",
                "--out", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
     assert rc == 2 and words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / "state.pt").exists()  # nothing half-written
 
 
 def test_runs_that_do_not_fit(run, tmp_path, capsys):
-    # no run and no grid
-    assert main(["invert", "--prior", "kl", "--out", str(tmp_path / "o")]) == 2
-    assert "--grid and --dim" in capsys.readouterr().err
     # a run of two-channel data is not a field decoder
     x = np.random.default_rng(0).normal(size=(120, 2, 4, 4)).astype(np.float32)
     np.save(tmp_path / "two.npy", x)
     two = _train(tmp_path / "two", data=str(tmp_path / "two.npy"), limit=None)
     assert main(["invert", str(two), "--out", str(tmp_path / "o2")]) == 2
-    assert "not one-channel square fields (1, n, n)" in capsys.readouterr().err
+    assert "not square log-permeability fields" in capsys.readouterr().err
     # a Laplace latent prior: pCN refuses it, RWM samples it with the run's log p(z)
     lap = _train(tmp_path / "lap", latent="normal/laplace:3", limit=100)
-    common = ["--chains", "2", "--warmup", "50", "--samples", "50"]
-    assert main(["invert", str(lap), *common]) == 2
+    common = ["--chains", "2", "--warmup", "50", "--draws", "50", "--quiet"]
+    assert main(["invert", str(lap), "--kernel", "pcn", *common]) == 2
     assert "pCN needs" in capsys.readouterr().err
-    assert main(["invert", str(lap), "--sampler", "rwm", *common]) == 0
-    s = json.loads((lap / "invert-rwm-0" / "summary.json").read_text())
-    assert s["settings"]["prior_description"] == "normal/laplace:3" and s["draws"] == 50
+    assert main(["invert", str(lap), "--kernel", "rwm", *common]) == 0
+    problem = json.loads((lap / "invert-rwm-0" / "problem.json").read_text())
+    assert problem["prior_description"].endswith("normal/laplace:3")
+
+
+class _Blowup(KarhunenLoeve):
+    """log k = 400 z_0 everywhere: exp overflows once |z_0| > 1.77, the solve fails there."""
+
+    def __init__(self):
+        super().__init__(4, dim=2)
+
+    def params(self, z):
+        return (400 * z[:, :1, None]).expand(-1, 4, 4).to(torch.float64)
 
 
 def test_a_failing_solve_stops_the_chain_and_keeps_its_draws(tmp_path):
-    # log k = 400 z_0 everywhere: exp overflows once |z_0| > 1.77, the solve fails there
-    pts = regular_points(4)
-
-    def decoder(z):
-        return (400 * z[:, :1, None]).expand(-1, 4, 4)
-
-    y = darcy_pressure(torch.zeros(1, 4, 4, dtype=torch.float64), pts)[0]
-    problem = InverseProblem(decoder, darcy_forward, pts, y, 1e6, "absolute", dim=2)
-    phi = problem.phi(torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
+    forward = DarcyForward(4, 4)
+    y = forward(torch.zeros(1, 4, 4, dtype=torch.float64))[0]
+    problem = InverseProblem(_Blowup(), forward, y, 1e6, "absolute")
+    phi = problem.phi(torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
     assert torch.isnan(phi[0]) and torch.isfinite(phi[1])
-    kernel = PCNKernel(beta=0.9, adapt=False)  # near-flat misfit: proposals reach |z_0| > 1.77
+    kernel = PCNKernel(step_size=0.9, adapt=False)  # near-flat misfit: reaches |z_0| > 1.77
     with pytest.warns(RuntimeWarning, match="NaN"):
         res = run_chains(problem.target(), kernel, tmp_path / "c", chains=2, warmup=0,
-                         samples=3000, seed=0, init=torch.zeros(2, 2, dtype=torch.float64))
+                         draws=3000, seed=0, init=torch.zeros(2, 2, dtype=torch.float64))
     assert res.status == "diverged" and "forward model failed" in res.reason
     assert 0 < res.draws.shape[1] < 3000 and np.isfinite(res.draws).all()

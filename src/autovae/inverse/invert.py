@@ -256,9 +256,10 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     solves0 = problem.forward.solves
     result = run_chains(target, kernel, cf.path, cfg.chains, cfg.warmup, cfg.draws, cfg.seed,
                         cfg.thin, cfg.checkpoint_every, progress=progress)
+    new_solves = problem.forward.solves - solves0
     out = _summarise(problem, result, built, cfg)
     _write_outputs(cf, problem, result, out, built)
-    return InversionResult(cf.path, problem, result, out, problem.forward.solves - solves0)
+    return InversionResult(cf.path, problem, result, out, new_solves)
 
 
 def _sha(t: torch.Tensor) -> str:
