@@ -13,6 +13,7 @@ from .bounds import Bound, renyi_bound
 from .config import Config, load_config
 from .data import load_data
 from .evaluate import evaluate
+from .inverse import datasets as _inverse_datasets  # noqa: F401 (registers darcy-grf)
 from .models import MODELS, VAE, Model, build_model
 from .run import Run, load_trained
 from .train import train

@@ -15,8 +15,8 @@ Names (case-insensitive, ``_`` and ``-`` interchangeable), see :data:`DATASETS`:
 * ``cifar10``, ``cifar100``, ``svhn``: torchvision's classes and on-disk layouts (SVHN needs scipy).
 * ``digits``: scikit-learn's 1797 8x8 handwritten digits (values 0..16 divided by 16).
 * ``darcy-grf`` (16x16), ``darcy-grf-8``, ``darcy-grf-32``, ``darcy-grf-64``: real-valued
-  log-permeability Gaussian random fields (:func:`autovae.inverse.grf_fields`, seed 0), the
-  prior of the Darcy inverse problem; train on them with ``--likelihood gaussian``.
+  log-permeability Gaussian random fields, registered by :mod:`autovae.inverse.datasets`
+  (:func:`register_dataset`); train on them with ``--likelihood gaussian``.
 * ``orbit``: the AVA paper's 36 RGB images of 64x100 (shipped in ``autovae/datasets/orbit``,
   MIT licence; 21 distinct, all 36 kept as the paper's BM averages over them). Their alpha is
   opaque everywhere and is dropped. As in the paper, ``train`` and ``test`` are the same 36
@@ -290,20 +290,6 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _load_darcy_grf(n: int, count: int, root: Path, download: bool) -> _Source:
-    return _Source(_darcy_grf_arrays(n, count), None, None, None, None)
-
-
-@functools.lru_cache(maxsize=2)
-def _darcy_grf_arrays(n: int, count: int) -> np.ndarray:
-    """``count`` log-permeability GRF fields (count, 1, n, n), seed 0 (the same every call)."""
-    from .inverse.grf import grf_fields
-
-    x = grf_fields(count, n, seed=0).numpy()
-    x.flags.writeable = False  # shared by every caller through the cache
-    return x
-
-
 _DIGIT_NAMES = [str(i) for i in range(10)]
 _KMNIST_NAMES = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
 
@@ -327,18 +313,14 @@ DATASETS: dict[str, DatasetInfo] = {
                     _load_digits, val_size=300, test_size=300),
         DatasetInfo("orbit", "the AVA paper's 36 RGB 64x100 images (21 distinct); test = train",
                     _load_orbit, val_size=0),
-        # the Darcy benchmark's log-permeability prior (spec 3.2): squared-exponential GRF,
-        # unit variance, a length scale per field uniform in [0.1, 0.5]; the grid size is in
-        # the name (darcy-grf = 16x16), generated on the fly from seed 0 (gaussian likelihood)
-        *(DatasetInfo(f"darcy-grf{'' if n == 16 else f'-{n}'}",
-                      f"log-permeability GRF fields, {count // 1000}k {n}x{n} real-valued "
-                      "(Darcy inverse problems)",
-                      functools.partial(_load_darcy_grf, n, count), val_size=1000,
-                      test_size=1000)
-          for n, count in ((16, 25000), (8, 25000), (32, 25000), (64, 10000))),
     ]
 }
 _ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+def register_dataset(info: DatasetInfo) -> None:
+    """Make a dataset known to ``--data`` by name (``autovae.inverse`` registers its GRFs)."""
+    DATASETS[info.name] = info
 
 
 # --------------------------------------------------------------------------- user data

@@ -41,6 +41,16 @@ _UNITS = {
     "active_units": ("active latent units", "Var of the code > 0.01"),
     "test_fisher": ("posterior location Fisher information J", "per latent dim"),
     "test_entropy_power": ("posterior entropy power N", "Stam: J N >= 1"),
+    # chains of autovae invert
+    "solves": ("PDE solves", "forward and adjoint, warm-up included"),
+    "seconds": ("time", "s, warm-up included"),
+    "rhat_max": ("R-hat max", "<= 1.05 to trust the ESS"),
+    "ess_bulk_min": ("ESS bulk, min over parameters", "draws"),
+    "ess_per_draw": ("ESS (bulk min) per kept draw", ""),
+    "ess_per_1000_solves": ("ESS (bulk min) per 1000 solves", ""),
+    "ess_per_second": ("ESS (bulk min) per second", "1/s"),
+    "coverage_2sd": ("truth within 2 posterior sd", "fraction of parameters"),
+    "coverage_90": ("truth in the central 90% band", "fraction of parameters"),
 }
 
 
@@ -167,28 +177,43 @@ def _metrics_table(metrics: dict) -> str:
 
 
 def _is_chain(folder: Path) -> bool:
-    """A chain folder of ``autovae invert`` (or ``run_chains``): summary.json or chain.json."""
-    return (folder / "summary.json").is_file() or (folder / "chain.json").is_file()
+    """A chain folder of ``autovae invert`` (or ``run_chains``)."""
+    from .inverse.chains import ChainFolder
+
+    return ChainFolder(folder).is_chain()
+
+
+# the figures that compare kernels honestly come first (per draw, per 1000 solves, per second)
+_CHAIN_FIRST = ("status", "kernel", "chains", "draws", "solves", "seconds", "rhat_max", "note",
+                "ess_bulk_min", "ess_bulk_median", "ess_tail_min", "ess_tail_median",
+                "ess_per_draw", "ess_per_1000_solves", "ess_per_second", "rel_l2_mean",
+                "coverage_1sd", "coverage_2sd", "coverage_50", "coverage_90", "coverage_95")
 
 
 def _chain_section(folder: Path) -> str:
-    """An inversion's summary table and pictures (fields, traces, error bars)."""
-    path = folder / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    """An inversion's summary table (costs first) and pictures (fields, traces, error bars)."""
+    from .inverse.chains import ChainFolder
+
+    cf = ChainFolder(folder)
+    summary = cf.read_json(cf.summary) if cf.summary.is_file() else {}
+    problem = cf.read_json(cf.problem) if cf.problem.is_file() else {}
     settings = summary.pop("settings", {})
     summary.pop("acceptance_per_chain", None)
-    prior = str(settings.get("prior_description", ""))
-    sampler = str(settings.get("sampler", {}).get("sampler", ""))
+    summary = {**{k: summary[k] for k in _CHAIN_FIRST if k in summary}, **summary}
+    prior = str(problem.get("prior_description", problem.get("prior", "")))
+    what = " &middot; ".join(html.escape(str(x)) for x in (
+        problem.get("problem", ""), f"prior {prior}", problem.get("forward", ""),
+        summary.get("kernel", "")) if x)
     parts = [f"<section><h2>{html.escape(folder.name)}</h2>",
-             f"<p class=latent>inversion &middot; prior {html.escape(prior)} &middot; "
-             f"{html.escape(sampler)}</p>"]
+             f"<p class=latent>inversion &middot; {what}</p>"]
     parts.append("<h3>summary</h3>" + (_metrics_table(summary) if summary else
                                        "<p>no summary.json yet: run <code>autovae invert</code> "
                                        "to the end</p>"))
-    for name in ("fields", "traces", "error_bars"):
-        if (folder / f"{name}.png").is_file():
-            parts.append(f"<h3>{name.replace('_', ' ')}</h3><img alt='{name}' "
-                         f"src='data:image/png;base64,{_file_png(folder / f'{name}.png')}'>")
+    for name in cf.PICTURES:
+        if (folder / name).is_file():
+            title = name[:-4].replace("_", " ")
+            parts.append(f"<h3>{title}</h3><img alt='{title}' "
+                         f"src='data:image/png;base64,{_file_png(folder / name)}'>")
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in settings.items())
     parts.append(f"<details><summary>settings</summary><table>{rows}</table></details>"
