@@ -6,7 +6,8 @@
 Stages (``--stage``, default all): ``tierA`` (linear-Gaussian problem with an analytic
 posterior, VAE prior fidelity), ``pcn`` and ``nuts`` (Tier B Darcy chains through
 ``autovae.inverse.invert``, one chain folder each, resumed when re-run), ``tables``
-(docs/results/inverse.json and docs/results/inverse_tables.md from the folders).
+(docs/results/inverse_tierB.json from the folders, when there are any, and
+docs/results/inverse_tables.md from that JSON: runs offline from the stored JSON alone).
 """
 
 from __future__ import annotations
@@ -186,14 +187,30 @@ def _fmt(v, f="{:.3g}"):
     return "n/a" if v is None else f.format(v)
 
 
-def tables() -> str:
+def collect() -> list[dict] | None:
+    """Tier B rows from the chain folders' summary.json, saved to inverse_tierB.json; None
+    when there are no chain folders (the stored JSON is then left as it is)."""
     rows = []
     for path in sorted((ROOT / "tierB").glob("*/summary.json")):
         s = json.loads(path.read_text())
         prior, data, sampler, seed = path.parent.name.rsplit("-", 3)
         rows.append({"folder": path.parent.name, "prior": prior, "data": data,
                      "sampler": sampler, "seed": int(seed[1:]), **s})
+    if not rows:
+        return None
     _save("inverse_tierB.json", rows)
+    return rows
+
+
+def tables() -> str:
+    """inverse_tables.md from the chain folders if there are any, else from the stored
+    docs/results/inverse_tierB.json alone (offline: no run folders needed)."""
+    rows = collect()
+    if rows is None:
+        stored = RESULTS / "inverse_tierB.json"
+        if not stored.is_file():
+            raise SystemExit(f"no chain folders under {ROOT / 'tierB'} and no {stored}")
+        rows = json.loads(stored.read_text())
     lines = ["| prior | data | sampler | seed | acceptance | ESS bulk min / median per 2000 "
              "| ESS tail min per 2000 | R-hat max | ESS/s | ESS per solve | NSSWR "
              "| rel. L2 of mean | coverage 2sd | seconds |",
