@@ -150,7 +150,7 @@ def ratio_table(rows: list[dict]) -> str:
         if not pairs:
             continue
 
-        def rng(key, f="{:.2f}", pairs=pairs):
+        def rng(key, f="{:.1f}", pairs=pairs):
             v = [n[key] / p[key] for n, p, _ in pairs]
             return f"{f.format(np.mean(v))} ({f.format(min(v))}-{f.format(max(v))})"
 
@@ -170,13 +170,14 @@ def authors_table(rows: list[dict]) -> str:
     lines = ["| chain | draws | PDE solves | solves per draw | ESS min / median per draw "
              "| ESS per 1000 solves: min / median | per 1000 forward solves: min "
              "| min over authors' worst / best coordinate (per solve) "
-             "| median over authors' median (per solve) | R-hat |", "|" + "---|" * 10]
+             "| median over authors' median (per solve) "
+             "| min over authors' worst / best (per forward solve) | R-hat |", "|" + "---|" * 11]
     lines.append(
         f"| authors' pCN (1 chain, {a['steps']} steps, {a['burn_in']} burn-in) | {a['kept']} "
         f"| {a['solves']} (forward only) | {a['solves'] / a['kept']:.1f} "
         f"| {a['ess_min'] / a['kept']:.2g} / {a['ess_median'] / a['kept']:.2g} "
         f"| {per_k['ess_min']:.2f} / {per_k['ess_median']:.2f} (best coordinate "
-        f"{per_k['ess_max']:.2f}) | {per_k['ess_min']:.2f} | - | - | one chain: none |")
+        f"{per_k['ess_max']:.2f}) | {per_k['ess_min']:.2f} | - | - | - | one chain: none |")
     for (prior, data, sampler), group in _groups(rows).items():
         if sampler != "nuts" or data != "coarse":
             continue
@@ -198,6 +199,8 @@ def authors_table(rows: list[dict]) -> str:
             f"| {span([v / per_k['ess_min'] for v in mn])} / "
             f"{span([v / per_k['ess_max'] for v in mn])} "
             f"| {span([v / per_k['ess_median'] for v in md])} "
+            f"| {span([v / per_k['ess_min'] for v in fw])} / "
+            f"{span([v / per_k['ess_max'] for v in fw])} "
             f"| {max(r['rhat_max'] for r in group):.3f} (max) |")
     return "\n".join(lines) + "\n"
 
