@@ -221,6 +221,7 @@ def ranges(rows: list[dict]) -> str:
                  ("ESS per 1000 forward solves", [c["ess_per_1000_forward"] for c in cs],
                   "{:.3g}"),
                  ("ESS per second", [c["ess_per_second"] for c in cs], "{:.3g}"),
+                 ("PDE solves per run", [c["solves"] for c in cs], "{:.0f}"),
                  ("PDE solves per kept draw", [c["solves_per_draw"] for c in cs], "{:.3g}"),
                  ("seconds (warm-up included)", [c["seconds"] for c in cs], "{:.0f}"),
                  ("warm-up share of seconds", [r["warmup_seconds"] / r["seconds"]
@@ -230,6 +231,7 @@ def ranges(rows: list[dict]) -> str:
         if sampler == "nuts":
             iters = [r["chains"] * (r["draws"] + r["settings"]["warmup"]) for r in group]
             items[5:5] = [
+                ("gradient evaluations per run", [r["gradient_evals"] for r in group], "{:.0f}"),
                 ("gradient evaluations per kept draw (warm-up's charged to them)",
                  [c["grads_per_draw"] for c in cs], "{:.0f}"),
                 ("gradient evaluations per iteration (warm-up + sampling)",
