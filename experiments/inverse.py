@@ -6,7 +6,8 @@
 Stages (``--stage``, default all): ``tierA`` (linear-Gaussian problem with an analytic
 posterior, VAE prior fidelity), ``pcn`` and ``nuts`` (Tier B Darcy chains through
 ``autovae.inverse.invert``, one chain folder each, resumed when re-run), ``tables``
-(docs/results/inverse.json and docs/results/inverse_tables.md from the folders).
+(docs/results/inverse_tierB.json from the folders, when there are any, and
+docs/results/inverse_tables.md from that JSON: runs offline from the stored JSON alone).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import time
 from pathlib import Path
 
+import inverse_costs
 import numpy as np
 import torch
 
@@ -182,62 +184,32 @@ def _save(name: str, obj) -> None:
     (RESULTS / name).write_text(json.dumps(obj, indent=1) + "\n")
 
 
-def _fmt(v, f="{:.3g}"):
-    return "n/a" if v is None else f.format(v)
-
-
-def tables() -> str:
+def collect() -> list[dict] | None:
+    """Tier B rows from the chain folders' summary.json, saved to inverse_tierB.json; None
+    when there are no chain folders (the stored JSON is then left as it is)."""
     rows = []
     for path in sorted((ROOT / "tierB").glob("*/summary.json")):
         s = json.loads(path.read_text())
         prior, data, sampler, seed = path.parent.name.rsplit("-", 3)
         rows.append({"folder": path.parent.name, "prior": prior, "data": data,
                      "sampler": sampler, "seed": int(seed[1:]), **s})
+    if not rows:
+        return None
     _save("inverse_tierB.json", rows)
-    lines = ["| prior | data | sampler | seed | acceptance | ESS bulk min / median per 2000 "
-             "| ESS tail min per 2000 | R-hat max | ESS/s | ESS per solve | NSSWR "
-             "| rel. L2 of mean | coverage 2sd | seconds |",
-             "|" + "---|" * 14]
-    for r in rows:
-        lines.append(
-            f"| {r['prior']} | {r['data']} | {r['sampler']} | {r['seed']} "
-            f"| {_fmt(r.get('acceptance'), '{:.3f}')} "
-            f"| {_fmt(r.get('ess_bulk_min_per_2000'), '{:.0f}')} / "
-            f"{_fmt(r.get('ess_bulk_median_per_2000'), '{:.0f}')} "
-            f"| {_fmt(r.get('ess_tail_min_per_2000'), '{:.0f}')} "
-            f"| {_fmt(r.get('rhat_max'), '{:.3f}')} | {_fmt(r.get('ess_per_second'))} "
-            f"| {_fmt(r.get('ess_per_eval'))} | {_fmt(r.get('nsswr'))} "
-            f"| {_fmt(r.get('rel_l2_mean'), '{:.3f}')} | {_fmt(r.get('coverage_2sd'), '{:.2f}')} "
-            f"| {_fmt(r.get('seconds'), '{:.0f}')} |")
-    text = "\n".join(lines) + "\n\n" + _summary_table(rows)
-    (RESULTS / "inverse_tables.md").write_text(text)
-    return text
+    return rows
 
 
-SUMMARY_KEYS = [("acceptance", "acceptance", "{:.3f}"),
-                ("ess_bulk_min_per_2000", "ESS bulk min per 2000", "{:.1f}"),
-                ("rhat_max", "R-hat max", "{:.2f}"), ("ess_per_second", "ESS/s", "{:.3g}"),
-                ("nsswr", "NSSWR", "{:.2f}"), ("rel_l2_mean", "rel. L2 of mean", "{:.3f}"),
-                ("coverage_2sd", "coverage 2sd", "{:.2f}"), ("seconds", "seconds", "{:.0f}")]
-
-
-def _summary_table(rows: list[dict]) -> str:
-    """Mean +- sd over seeds per (prior, data, sampler)."""
-    lines = ["| prior | data | sampler | seeds | " + " | ".join(t for _, t, _ in SUMMARY_KEYS)
-             + " |", "|" + "---|" * (4 + len(SUMMARY_KEYS))]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r.get("status") == "complete":
-            groups.setdefault((r["prior"], r["data"], r["sampler"]), []).append(r)
-    for (prior, data, sampler), group in sorted(groups.items()):
-        cells = []
-        for key, _, f in SUMMARY_KEYS:
-            values = np.array([r[key] for r in group if r.get(key) is not None], dtype=float)
-            cells.append("n/a" if not len(values) else f.format(values.mean()) if len(values) == 1
-                         else f"{f.format(values.mean())} ± {f.format(values.std(ddof=1))}")
-        lines.append(f"| {prior} | {data} | {sampler} | {len(group)} | " + " | ".join(cells)
-                     + " |")
-    return "\n".join(lines) + "\n"
+def tables() -> str:
+    """inverse_tables.md from the chain folders if there are any, else from the stored
+    docs/results/inverse_tierB.json alone (offline: no run folders needed)."""
+    rows = collect()
+    if rows is None:
+        stored = RESULTS / "inverse_tierB.json"
+        if not stored.is_file():
+            raise SystemExit(f"no chain folders under {ROOT / 'tierB'} and no {stored}")
+        rows = json.loads(stored.read_text())
+    tier_a = RESULTS / "inverse_tierA.json"
+    return inverse_costs.write(rows, json.loads(tier_a.read_text()) if tier_a.is_file() else None)
 
 
 def main() -> None:
