@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from autovae.inverse import NUTSKernel, PCNKernel, Target, run_chains
 
 from autovae.inverse.diagnostics import ess
-from autovae.inverse.mcmc import NUTSKernel, PCNKernel, Target, run_chains
 
 DIM = 16
 
@@ -87,11 +87,12 @@ def bench_throughput(repeats: int, steps: int, chains: int = 8) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t = timed(lambda tmp=tmp, rep=rep: run_chains(
                 Target(phi, DIM), PCNKernel(), Path(tmp) / "c", chains=chains, warmup=steps // 4,
-                samples=steps - steps // 4, seed=rep, checkpoint_every=500))
+                draws=steps - steps // 4, seed=rep, checkpoint_every=500))
         rates["run_chains"].append(chains * steps / t)
         kernel, target = PCNKernel(), Target(phi, DIM)
         gen = torch.Generator().manual_seed(rep)
-        kernel.setup(target, torch.randn(chains, DIM, generator=gen, dtype=torch.float64))
+        kernel.setup(target, torch.randn(chains, DIM, generator=gen, dtype=torch.float64), rep,
+                     steps // 4)
         t = timed(lambda k=kernel, tg=target, g=gen: [k.sample(tg, g, i < steps // 4)
                                                       for i in range(steps)])
         rates["kernel only"].append(chains * steps / t)
@@ -119,20 +120,20 @@ def bench_ess(repeats: int, pcn_steps: int, nuts_steps: int, chains: int = 4) ->
         for name, (kernel, warmup, samples) in runs.items():
             with tempfile.TemporaryDirectory() as tmp:
                 r = run_chains(Target(phi, DIM), kernel, Path(tmp) / "c", chains=chains,
-                               warmup=warmup, samples=samples, seed=rep,
+                               warmup=warmup, draws=samples, seed=rep,
                                checkpoint_every=max(samples, warmup))
             e = ess(r.draws).min()
             err = np.abs(np.cov(r.draws.reshape(-1, DIM).T) - cov).max() / np.abs(cov).max()
-            rows[name].append((e, e / r.seconds, e / r.potential_evals, r.seconds,
+            rows[name].append((e, e / r.seconds, e / r.solves, r.seconds,
                                r.acceptance.mean(), err))
     med = {k: [statistics.median(col) for col in zip(*v, strict=True)] for k, v in rows.items()}
     for name, (_, warmup, samples) in runs.items():
         e, eps, epe, sec, acc, err = med[name]
         print(f"   {name:5s} warm-up {warmup:5d}, samples {samples:5d}: ESS_min {e:7.0f}  "
-              f"ESS/s {eps:8.1f}  ESS/eval {epe:.2e}  {sec:6.1f} s  acceptance {acc:.2f}  "
+              f"ESS/s {eps:8.1f}  ESS/solve {epe:.2e}  {sec:6.1f} s  acceptance {acc:.2f}  "
               f"max cov error {err:.2f}")
     print(f"   NUTS / pCN: ESS/s x{med['nuts'][1] / med['pcn'][1]:.2f}, "
-          f"ESS per evaluation x{med['nuts'][2] / med['pcn'][2]:.1f} "
+          f"ESS per solve x{med['nuts'][2] / med['pcn'][2]:.1f} "
           f"(a NUTS evaluation also takes a gradient)")
 
 
@@ -147,7 +148,7 @@ def bench_pyro_parallel(nuts_steps: int, chains: int = 2) -> None:
     warmup = nuts_steps // 2
     with tempfile.TemporaryDirectory() as tmp:
         seq = timed(lambda: run_chains(Target(phi, DIM), NUTSKernel(), Path(tmp) / "c",
-                                       chains=chains, warmup=warmup, samples=nuts_steps))
+                                       chains=chains, warmup=warmup, draws=nuts_steps))
     init = {"z": torch.zeros(chains, DIM, dtype=torch.float64)}
     mcmc = MCMC(NUTS(potential_fn=potential_fn), num_samples=nuts_steps, warmup_steps=warmup,
                 num_chains=chains, initial_params=init, mp_context="spawn",

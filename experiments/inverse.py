@@ -22,11 +22,19 @@ import inverse_costs
 import numpy as np
 import torch
 
-from autovae.inverse import InverseProblem, KLDecoder, RunDecoder, observation_operator, run_chains
+from autovae.inverse import (
+    DecoderPrior,
+    ForwardModel,
+    InverseConfig,
+    InverseProblem,
+    KarhunenLoeve,
+    observation_operator,
+    regular_points,
+    run_chains,
+)
 from autovae.inverse import ess as ess_of
 from autovae.inverse.grf import sample_grf
-from autovae.inverse.invert import TRUTH_SEED_OFFSET, invert, regular_points
-from autovae.run import load_trained
+from autovae.inverse.invert import TRUTH_SEED_OFFSET, invert
 
 ROOT = Path("runs/inverse")
 RESULTS = Path("docs/results")
@@ -34,8 +42,8 @@ N, DIM = 16, 16
 PRIORS = {"vae": "vae-beta1", "beta-vae 0.5": "vae-beta0.5", "beta-vae 2": "vae-beta2",
           "fisher-ae": "fae-w0.1-t5", "kl": None}
 SEEDS = (0, 1, 2)
-PCN = {"chains": 4, "warmup": 1000, "samples": 2000}
-NUTS = {"chains": 2, "warmup": 150, "samples": 250}
+PCN = {"chains": 4, "warmup": 1000, "draws": 2000}
+NUTS = {"chains": 2, "warmup": 150, "draws": 250}
 NUTS_JOBS = [(prior, seed) for seed in SEEDS for prior in PRIORS]
 
 
@@ -47,11 +55,23 @@ def _ready(prior: str) -> bool:
     return history.is_file() and len(history.read_text().splitlines()) >= 15
 
 
-def _decoder(prior: str):
+def _prior(prior: str):
     if PRIORS[prior] is None:
-        return KLDecoder(N, DIM)
-    _, _, model, _ = load_trained(ROOT / PRIORS[prior], "cpu")
-    return RunDecoder(model)
+        return KarhunenLoeve(N, dim=DIM, length_scale_range=(0.1, 0.5))
+    return DecoderPrior.from_run(ROOT / PRIORS[prior])
+
+
+class LinearObservation(ForwardModel):
+    """y = H u: the bilinear read-out of a field at the points (Tier A's linear model)."""
+
+    name = "linear-observation"
+
+    def __init__(self, H: torch.Tensor):
+        super().__init__()
+        self.H, self.param_shape, self.n_obs = H, (N, N), H.shape[0]
+
+    def evaluate(self, params):
+        return params.reshape(params.shape[0], -1) @ self.H.T.to(params.dtype)
 
 
 # -- Tier A ---------------------------------------------------------------------------------------
@@ -59,8 +79,8 @@ def tier_a() -> dict:
     """y = H u + eta with u ~ GRF (the dataset's covariance C), H the bilinear read-out at the 64
     points, sigma = 0.1: exact posterior in field space and, for the 16-term KL prior, in the
     latent space, against pCN and NUTS; VAE priors' covariance against C."""
-    kl_full = KLDecoder(N, DIM)
-    C = kl_full.full_covariance
+    kl_full = _prior("kl")
+    C = kl_full.full_covariance()
     pts = regular_points(64)
     H = torch.from_numpy(observation_operator(N, pts).toarray())
     truth = sample_grf(1, N, seed=TRUTH_SEED_OFFSET)[0].double().reshape(-1)
@@ -72,12 +92,11 @@ def tier_a() -> dict:
     C_post = C - C @ H.T @ torch.linalg.solve(K, H @ C)
     sd_exact = C_post.diagonal().clamp_min(0).sqrt()
 
-    def forward(field, _pts):
-        return field.reshape(field.shape[0], -1) @ H.T.to(field.dtype)
+    forward = LinearObservation(H)
 
     out: dict = {"sigma": sigma, "observations": 64, "grid": N}
     # latent-exact check with the KL-16 prior: z | y ~ N(m_z, S_z)
-    B = kl_full._basis  # (dim, n^2): field = z @ B
+    B = kl_full.params(torch.eye(DIM, dtype=torch.float64)).reshape(DIM, -1)  # field = z @ B
     G = H @ B.T
     S_z = torch.linalg.inv(torch.eye(DIM, dtype=torch.float64) + G.T @ G / sigma**2)
     m_z = S_z @ G.T @ y / sigma**2
@@ -85,9 +104,8 @@ def tier_a() -> dict:
         "energy": kl_full.energy,
         "rel_l2_exact_kl16_mean_vs_exact_grf_mean":
             InverseProblem.relative_l2((m_z @ B), m_exact)}
-    for sampler, opts in (("pcn", PCN), ("nuts", {"chains": 2, "warmup": 300, "samples": 1000})):
-        problem = InverseProblem(kl_full, forward, pts, y, sigma, "absolute", dim=DIM,
-                                 grid=(N, N))
+    for sampler, opts in (("pcn", PCN), ("nuts", {"chains": 2, "warmup": 300, "draws": 1000})):
+        problem = InverseProblem(kl_full, forward, y, sigma, "absolute")
         t0 = time.perf_counter()
         res = run_chains(problem.target(), sampler, ROOT / "tierA" / f"kl16-{sampler}", seed=0,
                          **opts)
@@ -116,19 +134,19 @@ def tier_a() -> dict:
     for name in ("vae", "beta-vae 0.5", "beta-vae 2", "fisher-ae"):
         if not _ready(name):
             continue
-        dec = _decoder(name)
+        dec = _prior(name)
         with torch.no_grad():
-            f = torch.cat([dec(zs[i:i + 5000]) for i in range(0, len(zs), 5000)]).reshape(
-                len(zs), -1)
+            f = torch.cat([dec.params(zs[i:i + 5000]) for i in range(0, len(zs), 5000)]
+                          ).reshape(len(zs), -1)
         cov = torch.cov(f.T)
-        problem = InverseProblem(dec, forward, pts, y, sigma, "absolute", dim=DIM, grid=(N, N))
+        problem = InverseProblem(dec, forward, y, sigma, "absolute")
         res = run_chains(problem.target(), "pcn", ROOT / "tierA" / f"{PRIORS[name]}-pcn",
                          seed=0, **PCN)
-        pm, psd = problem.posterior_fields(res.draws)
+        pm, psd, _ = problem.posterior_params(res.draws)
         draws = res.draws.reshape(-1, DIM)
         pick = torch.from_numpy(draws[np.linspace(0, len(draws) - 1, 2000).astype(int)])
         with torch.no_grad():
-            fields = dec(pick).reshape(len(pick), -1)
+            fields = dec.params(pick).reshape(len(pick), -1)
         lo, hi = torch.quantile(fields, 0.05, 0), torch.quantile(fields, 0.95, 0)
         out[name] = {
             "prior_rel_frobenius_cov": float(torch.linalg.norm(cov - C) / cn),
@@ -153,9 +171,9 @@ def _job(prior: str, seed: int, data: str, sampler: str) -> dict:
     run = ROOT / PRIORS[prior] if PRIORS[prior] else ROOT / "vae-beta1"
     out = ROOT / "tierB" / f"{prior.replace(' ', '')}-{data}-{sampler}-s{seed}"
     opts = PCN if sampler == "pcn" else NUTS
-    r = invert(run, prior="kl" if PRIORS[prior] is None else "run", truth_seed=seed, seed=seed,
-               truth_resolution=64 if data == "fine" else None, sampler=sampler, out=out,
-               **opts)
+    r = invert(InverseConfig(run=str(run), prior="kle" if PRIORS[prior] is None else "run",
+                             truth_seed=seed, seed=seed, kernel=sampler, out=str(out),
+                             truth_resolution=64 if data == "fine" else None, **opts))
     return {"prior": prior, "seed": seed, "data": data, **r.summary}
 
 

@@ -187,12 +187,12 @@ def test_eigenbasis_does_not_depend_on_the_lapack_path(monkeypatch):
     cov = grf_covariance(12, "se", 0.2)
     lam, phi = canonical_eigh(cov)
     assert float(lam[1] - lam[2]) < 1e-12 * float(lam[0])  # the tie this is about
-    field = KarhunenLoeve(12, dim=16, length_scale_range=(0.1, 0.5)).params(torch.ones(1, 16, dtype=torch.float64))
+    field = _kle_field()
     monkeypatch.setattr(torch.linalg, "eigh", _scrambled_eigh(torch.linalg.eigh))
     lam2, phi2 = canonical_eigh(cov)
     np.testing.assert_allclose(lam2.numpy(), lam.numpy(), atol=1e-12)
     np.testing.assert_allclose(phi2[:, :40].numpy(), phi[:, :40].numpy(), atol=1e-8)
-    field2 = KarhunenLoeve(12, dim=16, length_scale_range=(0.1, 0.5)).params(torch.ones(1, 16, dtype=torch.float64))
+    field2 = _kle_field()
     np.testing.assert_allclose(field2.numpy(), field.numpy(), atol=1e-8)
     # still an orthonormal eigenbasis of the covariance
     c = torch.as_tensor(cov)
@@ -224,3 +224,8 @@ def test_eigenbasis_does_not_depend_on_the_lapack_path(monkeypatch):
 def test_bad_inputs_raise_value_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def _kle_field():
+    kle = KarhunenLoeve(12, dim=16, length_scale_range=(0.1, 0.5))
+    return kle.params(torch.ones(1, 16, dtype=torch.float64))

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from autovae.beliefs.latent import LatentSpec
 from autovae.cli import main
 from autovae.config import Config
 from autovae.inverse import (

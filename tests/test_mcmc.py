@@ -13,14 +13,6 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from autovae.inverse.diagnostics import (
-    ess,
-    load_netcdf,
-    rhat,
-    save_netcdf,
-    summary,
-    to_inference_data,
-)
 from autovae.inverse import (
     NUTSKernel,
     PCNKernel,
@@ -29,6 +21,14 @@ from autovae.inverse import (
     load_chains,
     make_kernel,
     run_chains,
+)
+from autovae.inverse.diagnostics import (
+    ess,
+    load_netcdf,
+    rhat,
+    save_netcdf,
+    summary,
+    to_inference_data,
 )
 
 D = 3

@@ -200,14 +200,19 @@ def _kl_basis(n: int, name: str, nu, lx: float, ly: float, variance: float):
 
 
 @functools.lru_cache(maxsize=8)
-def _range_basis(n: int, name: str, nu, lo: float, hi: float, variance: float):
-    """Eigenpairs of the length-scale average of the kernel matrices, scales uniform in
-    [lo, hi] (Gauss-Legendre, 24 nodes)."""
+def _range_covariance(n: int, name: str, nu, lo: float, hi: float, variance: float):
+    """The length-scale average of the kernel matrices, scales uniform in [lo, hi]
+    (Gauss-Legendre, 24 nodes)."""
     x, w = np.polynomial.legendre.leggauss(24)
     kernel = name if nu is None else "matern"
-    cov = sum(wi / 2 * grf_covariance(n, kernel, lo + (hi - lo) * (xi + 1) / 2, variance, nu)
-              for xi, wi in zip(x, w, strict=True))
-    return canonical_eigh(cov)
+    return sum(wi / 2 * grf_covariance(n, kernel, lo + (hi - lo) * (xi + 1) / 2, variance, nu)
+               for xi, wi in zip(x, w, strict=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _range_basis(n: int, name: str, nu, lo: float, hi: float, variance: float):
+    """Eigenpairs of :func:`_range_covariance`."""
+    return canonical_eigh(_range_covariance(n, name, nu, lo, hi, variance))
 
 
 class KarhunenLoeve(Prior):
@@ -297,6 +302,16 @@ class KarhunenLoeve(Prior):
     def covariance(self) -> torch.Tensor:
         """(n^2, n^2) float64 covariance of the truncated expansion."""
         return self._scaled.T @ self._scaled
+
+    def full_covariance(self) -> torch.Tensor:
+        """(n^2, n^2) float64 covariance of the GRF itself (all terms)."""
+        kernel = self.kernel if self.nu is None else "matern"
+        if self.length_scale_range is not None:
+            cov = _range_covariance(self.n, self.kernel, self.nu, *self.length_scale_range,
+                                    self.variance)
+        else:
+            cov = grf_covariance(self.n, kernel, self.length_scale, self.variance, self.nu)
+        return torch.as_tensor(cov, dtype=torch.float64)
 
     def __repr__(self) -> str:
         return (f"KarhunenLoeve(n={self.n}, kernel={self.kernel!r}, nu={self.nu}, "
