@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from autovae.inverse import NUTSKernel, PCNKernel, Target, run_chains
 
+from autovae.inverse import NUTSKernel, PCNKernel, Target, run_chains
 from autovae.inverse.diagnostics import ess
 
 DIM = 16

@@ -250,3 +250,39 @@ def test_a_failing_solve_stops_the_chain_and_keeps_its_draws(tmp_path):
                          draws=3000, seed=0, init=torch.zeros(2, 2, dtype=torch.float64))
     assert res.status == "diverged" and "forward model failed" in res.reason
     assert 0 < res.draws.shape[1] < 3000 and np.isfinite(res.draws).all()
+
+
+def test_aristoff_bangerth_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "ab"
+    args = ["invert", "--problem", "aristoff-bangerth", "--kernel", "nuts", "--chains", "2",
+            "--warmup", "15", "--draws", "10", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "status complete" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    problem = json.loads((out / "problem.json").read_text())
+    assert problem["forward"] == "aristoff-bangerth" and problem["prior"] == "benchmark"
+    assert problem["n_obs"] == 169 and s["dim"] == 64 and s["kernel"] == "nuts"
+    # every gradient is a forward and an adjoint solve: solves = forward rows + gradients
+    assert s["solves"] == s["potential_evals"] + s["gradient_evals"] > 2 * 25
+    assert {"coverage_2sd", "rel_l2_mean", "ess_per_1000_solves"} <= set(s)
+    assert not s["converged"] and "ESS is a floor" in s["note"]  # 10 draws: not converged
+    for bad, words in ((["--kernel", "pcn"], "pCN needs a N(0, I) prior"),
+                       (["--prior", "kle"], "does not apply to aristoff-bangerth")):
+        assert main([*args[:-3], *bad, "--out", str(tmp_path / "x"), "--quiet"]) == 2
+        assert words in capsys.readouterr().err
+
+
+def test_a_gan_is_a_prior_and_a_digits_vae_is_not(tmp_path, capsys):
+    gan = tmp_path / "gan"
+    config = Config(model="gan", data="darcy-grf-8", latent="normal/normal:4", hidden=32,
+                    depth=1, epochs=1, limit=200, batch_size=50, val_size=50, seed=0)
+    train(config, gan, progress=False)
+    assert main(["invert", str(gan), "--chains", "2", "--warmup", "20", "--draws", "20",
+                 "--quiet"]) == 0
+    problem = json.loads((gan / "invert-pcn-0" / "problem.json").read_text())
+    assert problem["prior"] == "run" and problem["prior_description"].startswith("gan")
+    capsys.readouterr()
+    digits = _train(tmp_path / "digits", data="digits", limit=200)
+    assert main(["invert", str(digits), "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on digits, not on darcy-grf fields" in err and "Traceback" not in err

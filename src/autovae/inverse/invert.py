@@ -71,11 +71,25 @@ class InversionResult:
         return f"InversionResult({str(self.folder)!r}, status={self.chains.status!r})"
 
 
-def _run_prior(cfg: InverseConfig) -> DecoderPrior:
+def _run_prior(cfg: InverseConfig, kind: str | None = None) -> DecoderPrior:
+    """The run's prior; ``kind``: the dataset prefix its training data must have (a digits
+    VAE is no permeability prior even when its images have the grid's shape)."""
     if cfg.run is None:
         raise ValueError("--prior run needs a run folder (autovae invert RUN ...); or use "
                          "--prior kle")
-    return DecoderPrior.from_run(cfg.run, cfg.device)
+    prior = DecoderPrior.from_run(cfg.run, cfg.device)
+    data = str(prior.config.data)
+    if kind is not None and _is_named_dataset(data) and not data.startswith(kind):
+        raise ValueError(f"the run {cfg.run} was trained on {data}, not on {kind} fields: its "
+                         f"decoder is no prior for this problem; train one on {kind} (or on "
+                         "your own fields from a file)")
+    return prior
+
+
+def _is_named_dataset(data: str) -> bool:
+    from ..data import DATASETS
+
+    return data in DATASETS
 
 
 def _size_check(name: str, cells: int) -> None:
@@ -94,7 +108,7 @@ def _points(spec: str):
 def _darcy(cfg: InverseConfig) -> Built:
     prior: Prior
     if cfg.prior in (None, "run") and cfg.run is not None:
-        prior = _run_prior(cfg)
+        prior = _run_prior(cfg, "darcy-grf")
         if len(prior.param_shape) != 2 or prior.param_shape[0] != prior.param_shape[1]:
             raise ValueError(f"the run {cfg.run} generates data of shape {prior.param_shape}, "
                              "not square log-permeability fields (n, n); train it on a field "
