@@ -54,3 +54,27 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     assert torch.isfinite(namespace["estimate"].value).all()
     assert namespace["run"].has_checkpoint() and namespace["model"].has_bound
     assert namespace["result"].run.history()[-1]["epoch"] == 5
+
+
+def test_every_readme_command_parses():
+    """Every `autovae ...` line of the README's shell blocks is accepted by the parser (a
+    renamed flag left in the README fails here)."""
+    import shlex
+
+    from autovae.cli import build_parser
+
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                part = part.split(" #")[0].strip().rstrip("&").strip()
+                if part.startswith("autovae ") and "--help" not in part:
+                    commands.append(part)
+    assert len(commands) > 20
+    parser = build_parser()
+    for command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit as err:
+            raise AssertionError(f"README command does not parse: {command}") from err
