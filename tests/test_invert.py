@@ -143,7 +143,7 @@ def test_cli_invert_end_to_end_and_resume(run, capsys):
     # the report shows the chain folder's summary and pictures
     assert main(["report", str(out), "--out", str(run / "r.html")]) == 0
     page = (run / "r.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "ess bulk min" in page
+    assert page.count("data:image/png;base64,") == 4 and "ESS bulk, min" in page
 
 
 def test_kle_baseline_without_a_run_and_renamed_flags(tmp_path, capsys):
@@ -286,3 +286,25 @@ def test_a_gan_is_a_prior_and_a_digits_vae_is_not(tmp_path, capsys):
     assert main(["invert", str(digits), "--out", str(tmp_path / "d"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "trained on digits, not on darcy-grf fields" in err and "Traceback" not in err
+
+
+def test_a_residual_field_restores_the_variance_a_prior_misses():
+    from autovae.inverse import ResidualFieldPrior
+
+    full = KarhunenLoeve(8, dim=64, length_scale_range=(0.1, 0.5))
+    C = full.full_covariance()
+    low = KarhunenLoeve(8, dim=3, length_scale_range=(0.1, 0.5))  # misses part of C
+    prior = ResidualFieldPrior(low, C, terms=40, draws=20000)
+    assert prior.dim == 43 and prior.normal and prior.base_variance_ratio < 0.8
+    assert prior.variance_ratio == pytest.approx(1.0, abs=0.02)
+    z = prior.sample(40000, seed=3)
+    u = prior.params(z).reshape(len(z), -1)
+    err = float(torch.linalg.norm(torch.cov(u.T) - C) / torch.linalg.norm(C))
+    base = float(torch.linalg.norm(low.covariance() - C) / torch.linalg.norm(C))
+    assert err < 0.05 < base
+    # the base's own coordinates map as before; the residual adds a field of its own
+    z0 = torch.zeros(1, 43, dtype=torch.float64)
+    z0[0, 0] = 1.0
+    assert torch.allclose(prior.params(z0), low.params(z0[:, :3]))
+    with pytest.raises(ValueError, match="target_cov must be"):
+        ResidualFieldPrior(low, torch.eye(10), terms=4)

@@ -27,6 +27,7 @@ _WHERE = {
     "NUTSKernel": "kernels", "PCNKernel": "kernels", "RWMKernel": "kernels",
     "Target": "kernels", "make_kernel": "kernels",
     "DecoderPrior": "priors", "LogDensityPrior": "priors", "Prior": "priors",
+    "ResidualFieldPrior": "priors",
     "InverseProblem": "problem",
     "UMBridgeForward": "umbridge",
 }

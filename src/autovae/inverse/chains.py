@@ -8,7 +8,8 @@ A chain folder (:class:`ChainFolder`, the one owner of this layout)::
     FOLDER/posterior.nc      ArviZ InferenceData (NetCDF), written when the run ends
     FOLDER/problem.json      the inverse problem's settings (``autovae invert``)
     FOLDER/summary.json      diagnostics, costs and errors (``autovae invert``)
-    FOLDER/*.png             pictures (``autovae invert``)
+    FOLDER/*.png             pictures (``autovae invert``): fields, traces, error bars and,
+                             against a known truth, nominal against empirical coverage
 
 Resume: calling :func:`run_chains` again with the same settings continues from ``state.pt``,
 bit-identically at any checkpoint after warm-up, and within warm-up for kernels that can
@@ -38,7 +39,7 @@ __all__ = ["ChainFolder", "ChainResult", "load_chains", "run_chains"]
 class ChainFolder:
     """The files of one chain run (see the module docstring)."""
 
-    PICTURES = ("fields.png", "traces.png", "error_bars.png")
+    PICTURES = ("fields.png", "traces.png", "error_bars.png", "calibration.png")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

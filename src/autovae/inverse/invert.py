@@ -38,7 +38,7 @@ from .diagnostics import save_netcdf, summary
 from .forward import DarcyForward, load_forward
 from .grf import KarhunenLoeve, sample_grf
 from .kernels import make_kernel
-from .priors import DecoderPrior, LogDensityPrior, Prior
+from .priors import DecoderPrior, LogDensityPrior, Prior, ResidualFieldPrior
 from .problem import InverseProblem, noise_sigma
 
 __all__ = ["PROBLEMS", "InversionResult", "format_summary", "invert", "truth_field"]
@@ -117,6 +117,11 @@ def _darcy(cfg: InverseConfig) -> Built:
         if cfg.grid is not None and cfg.grid != n:
             raise ValueError(f"--grid {cfg.grid} differs from the run's fields ({n}x{n}); leave "
                              "--grid out or use a run trained on that grid")
+        if cfg.residual:
+            grf = KarhunenLoeve(n, dim=1, length_scale_range=(0.1, 0.5)).full_covariance()
+            prior = ResidualFieldPrior(prior, grf, cfg.residual)
+    elif cfg.residual:
+        raise ValueError("--residual adds a residual field to a run prior: give a run folder")
     elif cfg.prior in (None, "kle"):
         n = cfg.grid or 16
         _size_check("--grid", n * n)
@@ -472,6 +477,20 @@ def _pictures(cf: ChainFolder, problem: InverseProblem, result: ChainResult, tru
     ax.legend(fontsize=8)
     fig.tight_layout()
     save(fig, "error_bars.png")
+
+    if t is not None:
+        levels, cover = problem.coverage_curve(result.draws, t)
+        fig = Figure(figsize=(3.6, 3.6))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+        ax.plot(levels, cover, "o-", ms=3, label="this posterior")
+        ax.set_xlabel("nominal level of the central interval")
+        ax.set_ylabel("fraction of parameters covered")
+        ax.set_title("calibration against the truth", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        save(fig, "calibration.png")
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ forward model's parameters.
   (``kle``), N(0, I) coefficients.
 * :class:`LogDensityPrior` -- an explicit prior on positive parameters theta, sampled in
   z = ln theta with the Jacobian added (the Aristoff-Bangerth benchmark's).
+* :class:`ResidualFieldPrior` -- a decoder prior plus a Gaussian residual field carrying the
+  covariance that the decoder's draws miss (calibrated uncertainty from a VAE prior).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DecoderPrior", "LogDensityPrior", "Prior"]
+__all__ = ["DecoderPrior", "LogDensityPrior", "Prior", "ResidualFieldPrior"]
 
 
 class Prior(abc.ABC):
@@ -44,6 +46,13 @@ class Prior(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """Settings that identify the prior (problem.json)."""
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n draws of z from the prior, (n, dim) float64 (N(0, I) unless overridden)."""
+        if not self.normal:
+            raise ValueError(f"{type(self).__name__} cannot draw from its prior")
+        return torch.randn(n, self.dim, generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64)
 
     def probe(self) -> list[list[float]]:
         """16 values of the parameters at three fixed codes: a chain's draws mean these."""
@@ -106,6 +115,13 @@ class DecoderPrior(Prior):
     def describe(self) -> dict[str, Any]:
         return {"prior": "run", "prior_description": self.description, "dim": self.dim}
 
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        if self.normal:
+            return super().sample(n, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.model.latent.sample_prior(n).to(torch.float64)
+
 
 def _can_be_prior(model) -> bool:
     has_map = (hasattr(model, "decoder") and hasattr(model, "likelihood")) or hasattr(
@@ -138,3 +154,63 @@ class LogDensityPrior(Prior):
 
     def describe(self) -> dict[str, Any]:
         return {"prior": self.name, "dim": self.dim}
+
+
+class ResidualFieldPrior(Prior):
+    """A base prior plus a Gaussian residual: u = T(z) + sum_k sqrt(mu_k) psi_k r_k, with
+    (z, r) ~ p(z) x N(0, I_terms), sampled jointly (dim = base dim + terms).
+
+    The residual carries what the base prior's draws miss of a target covariance C (the
+    covariance of the data the base was trained on, e.g. the GRF's): (mu_k, psi_k) are the
+    top ``terms`` eigenpairs of C - Cov(T(z)) (negative ones dropped), Cov(T(z)) from
+    ``draws`` prior draws. The prior's marginal covariance is then close to C, so fields off
+    the decoder's manifold keep prior mass. ``variance_ratio``: trace of the new covariance
+    over trace C (1 is matched); ``base_variance_ratio`` the base prior's alone.
+    """
+
+    def __init__(self, base: Prior, target_cov, terms: int = 32, draws: int = 20000,
+                 seed: int = 0):
+        shape = tuple(base.param_shape)
+        size = int(torch.tensor(shape).prod())
+        C = torch.as_tensor(target_cov, dtype=torch.float64)
+        if C.shape != (size, size):
+            raise ValueError(f"target_cov must be ({size}, {size}) for parameters of shape "
+                             f"{shape}, got {tuple(C.shape)}")
+        if isinstance(terms, bool) or not isinstance(terms, int) or not 1 <= terms <= size:
+            raise ValueError(f"residual terms must be an integer in [1, {size}], got {terms!r}")
+        z = base.sample(draws, seed)
+        with torch.no_grad():
+            u = torch.cat([base.params(z[i:i + 4096]).reshape(-1, size)
+                           for i in range(0, draws, 4096)])
+        cov_base = torch.cov(u.T)
+        lam, vec = torch.linalg.eigh(C - cov_base)
+        lam, vec = lam.flip(0)[:terms].clamp(min=0), vec.flip(1)[:, :terms]
+        self.base, self.terms = base, terms
+        self.param_shape, self.dim, self.normal = shape, base.dim + terms, base.normal
+        self._basis = (vec * lam.sqrt()).T.contiguous()  # (terms, size)
+        trace = float(C.diagonal().sum())
+        self.base_variance_ratio = float(cov_base.diagonal().sum()) / trace
+        self.variance_ratio = self.base_variance_ratio + float(lam.sum()) / trace
+        self.mean_abs = float(u.mean(0).abs().mean())
+
+    def params(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.to(torch.float64)
+        d = self.base.dim
+        u = self.base.params(z[:, :d]).reshape(z.shape[0], -1) + z[:, d:] @ self._basis
+        return u.reshape(z.shape[0], *self.param_shape)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        d = self.base.dim
+        r = z[:, d:]
+        return self.base.log_prior(z[:, :d]) - 0.5 * (r * r).sum(-1)
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        r = torch.randn(n, self.terms, generator=torch.Generator().manual_seed(seed + 1),
+                        dtype=torch.float64)
+        return torch.cat([self.base.sample(n, seed), r], 1)
+
+    def describe(self) -> dict[str, Any]:
+        base = self.base.describe()
+        return {**base, "prior": f"{base['prior']}+residual", "dim": self.dim,
+                "residual_terms": self.terms, "variance_ratio": self.variance_ratio,
+                "base_variance_ratio": self.base_variance_ratio}

@@ -174,6 +174,19 @@ class InverseProblem:
             out[f"coverage_{round(100 * b)}"] = float(inside.double().mean())
         return out
 
+    def coverage_curve(self, draws, truth, levels=None) -> tuple[np.ndarray, np.ndarray]:
+        """(nominal levels, empirical coverage): the fraction of parameters whose truth lies in
+        the central posterior interval of each level; a calibrated posterior follows the
+        diagonal, an overconfident one falls below it."""
+        levels = np.asarray(np.linspace(0.05, 0.95, 19) if levels is None else levels)
+        t = _as_tensor("truth", truth).reshape(self.prior.param_shape)
+        q = [(1 - lv) / 2 for lv in levels] + [(1 + lv) / 2 for lv in levels]
+        _, _, bands = self.posterior_params(draws, quantiles=q)
+        k = len(levels)
+        cover = [float(((bands[i] <= t) & (t <= bands[k + i])).double().mean())
+                 for i in range(k)]
+        return levels, np.asarray(cover)
+
     def metrics(self, draws, truth=None, truth_observations=None, metric_draws: int = 400
                 ) -> dict[str, Any]:
         """Posterior metrics over draws (..., d): weighted and plain SSR of observations
