@@ -12,6 +12,7 @@ import importlib
 
 _WHERE = {
     "AristoffBangerth": "aristoff_bangerth",
+    "SBCResult": "calibration", "sbc": "calibration",
     "ChainFolder": "chains", "ChainResult": "chains", "load_chains": "chains",
     "run_chains": "chains",
     "InverseConfig": "config",
