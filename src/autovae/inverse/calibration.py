@@ -70,15 +70,18 @@ def sbc(prior: Prior, forward: ForwardModel, truths, sigma: float, folder: str |
     y = y + sigma * torch.randn(y.shape, generator=gen, dtype=torch.float64)
     rows = y.repeat_interleave(chains, 0)  # row r: truth r // chains
 
-    def phi(z):
+    def residuals(z):
         if z.shape[0] != rows.shape[0]:  # NUTS steps one row at a time: rows unknown
             raise ValueError("sbc runs every truth's chains as one batch: use pcn, rwm or mala")
         pred = forward(prior.params(z).reshape(z.shape[0], *forward.param_shape))
-        return 0.5 * (((pred - rows) / sigma) ** 2).sum(-1)
+        return (pred - rows) / sigma
+
+    def phi(z):
+        return 0.5 * (residuals(z) ** 2).sum(-1)
 
     target = Target(phi, prior.dim, "normal" if prior.normal else prior.log_prior,
                     solves=lambda: forward.solves, gradient=forward.gradient,
-                    gradient_reason=forward.gradient_reason)
+                    gradient_reason=forward.gradient_reason, residuals=residuals)
     result = run_chains(target, kernel, folder, chains=n_truths * chains, warmup=warmup,
                         draws=draws, seed=seed, thin=thin, checkpoint_every=500)
     z = torch.from_numpy(result.draws)  # (T * chains, draws, d)

@@ -43,13 +43,16 @@ class Target:
     rows phi has been evaluated on. ``solves``: a callable returning the PDE solves spent so far
     (forward and adjoint, e.g. a forward model's counter); without it, solves are the rows
     evaluated plus the gradients taken. ``gradient``: False when phi cannot be differentiated
-    (gradient kernels are then refused, with ``gradient_reason``).
+    (gradient kernels are then refused, with ``gradient_reason``). ``residuals``: the whitened
+    residuals r(z) (C, P) with phi = |r|^2 / 2, when known (a Gauss-Newton preconditioner
+    uses their Jacobian).
     """
 
     def __init__(self, phi: Callable[[torch.Tensor], torch.Tensor], dim: int,
                  prior: str | Callable[[torch.Tensor], torch.Tensor] = "normal",
                  dtype: torch.dtype = torch.float64, solves: Callable[[], int] | None = None,
-                 gradient: bool = True, gradient_reason: str = ""):
+                 gradient: bool = True, gradient_reason: str = "",
+                 residuals: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if not callable(phi):
             raise ValueError(f"phi must be a callable z (C, d) -> (C,), got {type(phi).__name__}")
         if isinstance(dim, bool) or int(dim) != dim or dim < 1:
@@ -69,6 +72,7 @@ class Target:
         self._solves = solves
         self.gradient = bool(gradient)
         self.gradient_reason = gradient_reason
+        self.residuals = residuals
 
     @property
     def solves(self) -> int:
@@ -92,6 +96,21 @@ class Target:
     def potential(self, z: torch.Tensor) -> torch.Tensor:
         """U(z) = phi(z) - log p0(z), (C, d) -> (C,)."""
         return self.phi(z) - self.log_prior(z)
+
+    def gauss_newton(self, z: torch.Tensor) -> torch.Tensor:
+        """I + J^T J at each row of z, (C, d, d), J the Jacobian of the residuals (one backward
+        pass per observation, batched over rows): the Gauss-Newton Hessian of the potential
+        with a N(0, I) prior's curvature (used as is for other priors)."""
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            r = self.residuals(z)
+            self.evals += z.shape[0]
+            rows = [torch.autograd.grad(r[:, k].sum(), z, retain_graph=k < r.shape[1] - 1)[0]
+                    for k in range(r.shape[1])]
+        self.gradients += z.shape[0] * r.shape[1]
+        J = torch.stack(rows, 1)  # (C, P, d)
+        eye = torch.eye(z.shape[1], dtype=z.dtype)
+        return eye + J.transpose(1, 2) @ J
 
     def potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """U(z) (C,) and its gradient (C, d) by autograd (rows are independent)."""
@@ -324,28 +343,92 @@ class RWMKernel(MetropolisKernel):
 
 
 class MALAKernel(MetropolisKernel):
-    """Metropolis-adjusted Langevin: z' = z - s^2/2 grad U(z) + s xi, with the Hastings
-    correction of the asymmetric proposal; s adapted toward 0.574 (Roberts & Rosenthal 1998).
-    One gradient (a forward and an adjoint solve for a PDE) per iteration."""
+    """Metropolis-adjusted Langevin, preconditioned: z' = z - s^2/2 M grad U(z) + s L xi with
+    M = L L^T, and the Hastings correction of that asymmetric proposal. One gradient (a
+    forward and an adjoint solve for a PDE) per iteration.
+
+    Warm-up adapts each chain's step s toward ``target_accept`` (0.574, Roberts & Rosenthal
+    1998) and, with ``precondition``, its own M at 15%, 40% and 75% of warm-up, the step
+    adapting on for each new M: ``"gauss-newton"`` (the default when the target knows its
+    residuals) inverts the Gauss-Newton Hessian I + J^T J at the chain's current point, which
+    is the exact posterior covariance of a linear-Gaussian problem; ``"covariance"`` takes
+    the covariance of the chain's draws since the previous update (plus 1e-6 I), the windowed
+    scheme of Stan. ``"none"``: M = I.
+    """
 
     name = "mala"
     needs_gradient = True
 
     def __init__(self, step_size: float = 0.05, target_accept: float = 0.574, adapt: bool = True,
-                 shared_step: bool = False, adapt_rate: float = 0.5):
+                 shared_step: bool = False, adapt_rate: float = 0.5, precondition: str = "auto"):
         super().__init__(step_size, target_accept, adapt, shared_step, adapt_rate)
+        if precondition not in ("auto", "gauss-newton", "covariance", "none"):
+            raise ValueError(f"precondition must be auto, gauss-newton, covariance or none, got "
+                             f"{precondition!r}")
+        self.precondition = precondition
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "precondition": self.precondition}
+
+    def _scheme(self, target: Target) -> str:
+        if self.precondition == "auto":
+            return "gauss-newton" if target.residuals is not None else "covariance"
+        if self.precondition == "gauss-newton" and target.residuals is None:
+            raise ValueError("precondition='gauss-newton' needs a target that knows its "
+                             "residuals (an InverseProblem's target does)")
+        return self.precondition
+
+    def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
+        self._scheme(target)
+        u0 = super().setup(target, z0, seed, warmup)
+        c, d = z0.shape
+        eye = torch.eye(d, dtype=z0.dtype).expand(c, d, d).clone()
+        self.state.update(L=eye, windows=[int(f * warmup) for f in (0.15, 0.4, 0.75)], seen=0,
+                          mean=torch.zeros(c, d, dtype=z0.dtype),
+                          m2=torch.zeros(c, d, d, dtype=z0.dtype))
+        return u0
+
+    def sample(self, target: Target, gen: torch.Generator, adapting: bool
+               ) -> dict[str, torch.Tensor]:
+        out = super().sample(target, gen, adapting)
+        s = self.state
+        w, scheme = s["windows"], self._scheme(target)
+        if not (adapting and self.adapt and scheme != "none" and s["t"] <= w[-1]):
+            return out
+        d = s["z"].shape[1]
+        if scheme == "covariance" and s["t"] >= w[0]:
+            s["seen"] += 1  # Welford since the previous update
+            delta = s["z"] - s["mean"]
+            s["mean"] = s["mean"] + delta / s["seen"]
+            s["m2"] = s["m2"] + delta[:, :, None] * (s["z"] - s["mean"])[:, None, :]
+        if s["t"] in w and (scheme == "gauss-newton" or (s["t"] > w[0] and s["seen"] > 2)):
+            if scheme == "gauss-newton":
+                cov = torch.linalg.inv(target.gauss_newton(s["z"]))
+            else:
+                cov = s["m2"] / (s["seen"] - 1)
+            cov = 0.5 * (cov + cov.transpose(1, 2)) + 1e-6 * torch.eye(d, dtype=cov.dtype)
+            s["L"] = torch.linalg.cholesky(cov)
+            s["log_step"] = torch.full_like(s["log_step"], math.log(1.0 / d ** (1 / 6)))
+            s.update(seen=0, mean=torch.zeros_like(s["mean"]), m2=torch.zeros_like(s["m2"]))
+        return out
 
     def _propose(self, z, step, gen, grad):
-        return z - 0.5 * step * step * grad + step * torch.randn(z.shape, generator=gen,
-                                                                 dtype=z.dtype)
+        L = self.state["L"]
+        drift = torch.einsum("cij,cj->ci", L, torch.einsum("cji,cj->ci", L, grad))
+        xi = torch.randn(z.shape, generator=gen, dtype=z.dtype)
+        return z - 0.5 * step * step * drift + step * torch.einsum("cij,cj->ci", L, xi)
 
     def _energy(self, phi, log_prior):
         return phi - log_prior
 
     def _correction(self, z, z_new, grad, grad_new, step):
-        def log_q(to, frm, g):  # log N(to; frm - s^2/2 g, s^2 I) up to a shared constant
-            d = to - frm + 0.5 * step * step * g
-            return -(d * d).sum(-1) / (2 * step[:, 0] ** 2)
+        L = self.state["L"]
+
+        def log_q(to, frm, g):  # log N(to; frm - s^2/2 M g, s^2 M) up to a shared constant
+            drift = torch.einsum("cij,cj->ci", L, torch.einsum("cji,cj->ci", L, g))
+            d = (to - frm + 0.5 * step * step * drift).unsqueeze(-1)
+            w = torch.linalg.solve_triangular(L, d, upper=False).squeeze(-1)
+            return -(w * w).sum(-1) / (2 * step[:, 0] ** 2)
 
         return log_q(z, z_new, grad_new) - log_q(z_new, z, grad)
 

@@ -134,7 +134,12 @@ class InverseProblem:
                       prior="normal" if self.prior.normal else self.prior.log_prior,
                       dtype=torch.float64, solves=lambda: self.forward.solves,
                       gradient=self.forward.gradient,
-                      gradient_reason=self.forward.gradient_reason)
+                      gradient_reason=self.forward.gradient_reason,
+                      residuals=self.residuals)
+
+    def residuals(self, z: torch.Tensor) -> torch.Tensor:
+        """Whitened residuals (F(T(z)) - y) / sigma, (B, d) -> (B, P); phi = |r|^2 / 2."""
+        return (self.predict(z) - self.data) / self.sigma
 
     # -- metrics --------------------------------------------------------------------------------
     def weighted_ssr(self, predictions: torch.Tensor) -> torch.Tensor:
