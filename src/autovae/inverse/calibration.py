@@ -47,6 +47,12 @@ class SBCResult:
         """Counts of the ranks pooled over quantities in ``bins`` equal bins."""
         return np.histogram(self.ranks, bins=self.bins, range=(0, self.draws + 1))[0]
 
+    @property
+    def p_value_pooled(self) -> float:
+        """Chi-square p-value of the pooled histogram: more power than per quantity, but the
+        quantities of one truth are correlated, so it overstates the evidence somewhat."""
+        return float(stats.chisquare(self.histogram()).pvalue)
+
 
 def sbc(prior: Prior, forward: ForwardModel, truths, sigma: float, folder: str | Path,
         quantities=None, kernel="pcn", chains: int = 2, warmup: int = 500, draws: int = 200,
