@@ -19,8 +19,12 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-__all__ = ["CodeDiscriminator", "ConvDiscriminator", "Discriminator", "MLPDiscriminator",
-           "build_discriminator"]
+__all__ = ["DISCRIMINATOR_KEYS", "CodeDiscriminator", "ConvDiscriminator", "Discriminator",
+           "MLPDiscriminator", "build_discriminator"]
+
+# Config keys that shape or train a discriminator: meaningless on a model without one
+DISCRIMINATOR_KEYS = frozenset({"disc_network", "disc_hidden", "disc_depth", "disc_lr",
+                                "spectral_norm", "code_disc_hidden", "gan_loss"})
 
 _SLOPE = 0.2
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NETWORKS", "ConvDecoder", "ConvEncoder", "build_networks", "mlp"]
+__all__ = ["NETWORK_KEYS", "NETWORKS", "ConvDecoder", "ConvEncoder", "build_networks", "mlp"]
 
 _ACTIVATION = nn.ReLU
 
@@ -113,6 +113,10 @@ def _conv_pair(event_shape, encoder_outputs, dim, out_event_shape, hidden, depth
 
 # name -> (event_shape, encoder_outputs, dim, out_event_shape, hidden, depth) -> (enc, dec)
 NETWORKS = {"mlp": _mlp_pair, "conv": _conv_pair}
+
+
+# Config keys that shape the networks and the latent space they meet in (build_networks, LatentSpec)
+NETWORK_KEYS = frozenset({"network", "hidden", "depth", "latent", "latent_dim", "learn_prior"})
 
 
 def build_networks(kind: str, event_shape, encoder_outputs: int, dim: int, out_event_shape,

@@ -2,9 +2,11 @@
 
 A model is a :class:`Model` (see :mod:`autovae.models.base` for the contract): it declares its
 optimizers, yields the losses of one training step, and says what it can do through class
-attributes (``has_bound``, ``has_encoder``, ``has_likelihood``). Add a model by subclassing
-:class:`Model`, giving it a ``from_config(config, event_shape)`` classmethod and registering it
-in :data:`MODELS`.
+attributes (``has_bound``, ``has_encoder``, ``has_likelihood``, ``can_be_prior``) and which
+config keys it reads (``reads``). Add a model by subclassing :class:`Model`, giving it a
+``from_config(config, event_shape)`` classmethod and ``reads``, and registering it in
+:data:`MODELS` (the registry lives in :mod:`autovae._registry`, so that the config can ask a
+model class what it reads without importing this package).
 
 * ``vae``: the VAE with free posterior, prior and likelihood beliefs and any bound;
 * ``beta-vae``: the same model, named for users who look for it; it refuses ``beta = 1``;
@@ -13,6 +15,7 @@ in :data:`MODELS`.
 
 from __future__ import annotations
 
+from .._registry import MODELS, model_class
 from .adversarial import AVA0, AVA1, AVA2, AVA3, AVA4, AVA5, GAN, VAEGAN
 from .base import Model, NonFiniteLossError, StepContext, evaluation_mode
 from .vae import VAE
@@ -33,28 +36,13 @@ class BetaVAE(VAE):
         return super().from_config(config, event_shape)
 
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (VAE, BetaVAE, GAN, VAEGAN, AVA0,
-                                                            AVA1, AVA2, AVA3, AVA4, AVA5)}
-
-
-def model_class(name: str) -> type[Model]:
-    """The model class registered as ``name`` (case-insensitive, ``_`` as ``-``).
-
-    >>> model_class("Beta_VAE").name, model_class("vae").has_bound
-    ('beta-vae', True)
-    """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-    return MODELS[key]
+MODELS.update({cls.name: cls for cls in (VAE, BetaVAE, GAN, VAEGAN, AVA0, AVA1, AVA2, AVA3, AVA4,
+                                         AVA5)})
 
 
 def build_model(config, event_shape) -> Model:
     """The model ``config.model`` names, built from the config and the data's event shape."""
     cls = model_class(config.model)
-    if config.fisher_weight > 0 and not cls.has_encoder:
-        raise ValueError(f"fisher_weight penalises an encoder's posterior, and model "
-                         f"{cls.name!r} has no encoder; set fisher_weight: 0")
     return cls.from_config(config, tuple(event_shape))
 
 
