@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import os
 import sys
 import types
 import typing
@@ -226,8 +227,10 @@ def _coerce(f: dataclasses.Field, value):
                 value = int(value)
             elif tp is float:
                 value = float(value)
-            else:
-                value = str(value)
+            elif isinstance(value, (str, os.PathLike)):
+                value = str(value) if not isinstance(value, os.PathLike) else os.fspath(value)
+            else:  # an array, a number or a list is not a name
+                raise ValueError
         except (TypeError, ValueError):
             kind = {bool: "true or false", int: "an integer", float: "a number"}.get(tp, "text")
             raise ValueError(f"{f.name} must be {kind}, got {value!r}") from None

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import yaml
 
-from ._checks import syntax_error
+from ._checks import check_folder, check_output_file, load_yaml, syntax_error
 from ._files import atomic_write
 from .config import Config, unknown
 from .data import DataSplits, binarize, load_data
@@ -48,6 +48,16 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.folder)!r})"
 
+    def check_writable(self) -> None:
+        """Refuse, before any work, a run folder that cannot hold the run's files: a file in its
+        place or among its parents, a folder that cannot be written or made, a folder where
+        config.yaml, checkpoint.pt, metrics.jsonl or metrics.json go, or one of those files
+        read-only. Creates nothing."""
+        check_folder(self.folder, "run folder")
+        for path in (self.config_path, self.checkpoint_path, self.history_path,
+                     self.metrics_path):
+            check_output_file(path, "run file")
+
     # -- config ---------------------------------------------------------------------------------
     def has_config(self) -> bool:
         return self.config_path.is_file()
@@ -57,7 +67,7 @@ class Run:
             raise ValueError(f"{self.folder} is not a run folder (no config.yaml); train into it "
                              "first with 'autovae train --run FOLDER'")
         try:
-            data = yaml.safe_load(self.config_path.read_text()) or {}
+            data = load_yaml(self.config_path.read_text()) or {}
         except yaml.YAMLError as err:
             raise syntax_error(self.config_path, "YAML", err) from None
         if not isinstance(data, dict):

@@ -247,17 +247,21 @@ class VAE(Model):
             q = self.latent.posterior(h)
             for block, kl in zip(self.latent.blocks, self.latent.kl_blocks(q), strict=True):
                 if not torch.isfinite(kl).all():
-                    problems.append(f"the KL of block {block} is non-finite")
+                    problems.append(f"the KL of block {block} is non-finite (try a smaller lr "
+                                    "or set clip_grad)")
             z = self.latent.rsample(q, 1)
             for block, sl, qi in zip(self.latent.blocks, self.latent.slices, q, strict=True):
                 if not torch.isfinite(qi.log_prob(z[..., sl])).all():
-                    problems.append(f"log q(z|x) of block {block} is non-finite")
+                    problems.append(f"log q(z|x) of block {block} is non-finite (try a "
+                                    "smaller lr or set clip_grad)")
             out = self.decode(z)
             if not torch.isfinite(out).all():
                 problems.append("the decoder output is non-finite (try latent_clip for "
                                 "heavy-tailed posteriors)")
             elif not torch.isfinite(self.likelihood.log_prob(x, out)).all():
-                problems.append(f"the {self.likelihood.name} log-likelihood is non-finite")
+                problems.append(f"the {self.likelihood.name} log-likelihood is non-finite "
+                                "(try a smaller lr or set clip_grad; a tiny fixed sigma makes it "
+                                "overflow: raise --sigma or set --learn-sigma)")
         return problems
 
     # -- evaluation and use ---------------------------------------------------------------------

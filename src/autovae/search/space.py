@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._checks import check, check_readable, syntax_error
+from .._checks import check, check_readable, load_yaml, syntax_error
 from ..beliefs import PAIRS, Block, LatentSpec, fisher_information_available, likelihood_class
 from ..config import Config
 
@@ -116,7 +116,7 @@ class SearchSpace:
 
         path = check_readable(path, "search-space file")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise syntax_error(f"search-space file {path}", "YAML", err) from None
         if not isinstance(data, dict):

@@ -103,6 +103,10 @@ class StudySpec:
         if not self.objectives or unknown:
             raise ValueError(f"unknown objective(s) {unknown or '(none)'}; choose from "
                              f"{', '.join(OBJECTIVES)}")
+        twice = sorted({o for o in self.objectives if self.objectives.count(o) > 1})
+        if twice:
+            raise ValueError(f"objective(s) {', '.join(twice)} given twice; a study optimises "
+                             "each objective once: give each --objective once")
         if self.trials < 1:
             raise ValueError(f"a study needs at least one trial, got trials={self.trials}")
         if self.sampler not in SAMPLERS:
@@ -310,7 +314,8 @@ def _evaluate_trial(model, data: DataSplits, spec: StudySpec, seconds: float) ->
     from ..evaluate import evaluate, sample_quality_of
 
     torch.manual_seed(0)
-    metrics = evaluate(model, data.val, nll_samples=spec.validation_nll_samples)
+    metrics = evaluate(model, data.val, nll_samples=spec.validation_nll_samples
+                       if model.has_bound else None)
     scores = {"params": float(sum(p.numel() for p in model.parameters())), "seconds": seconds}
     if model.has_bound:
         scores.update(nll=metrics["nll"], elbo=-metrics["elbo"], kl=metrics["kl"])
