@@ -207,10 +207,11 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, game):
     config = Config(data="tiny", epochs=1, batch_size=32, hidden=8, depth=1,
                     latent="normal/normal:2")
     train(config, tmp_path / "run", data=data, progress=False)
+    # the game reads none of the VAE's settings (Model.reads), so its config leaves them out
+    game_config = Config(data="tiny", epochs=1, batch_size=32, model="quadratic-game")
     with pytest.raises(ValueError, match="holds a different run \\(model: 'vae' -> "
-                                         "'quadratic-game'\\)"):
-        train(config.replace(model="quadratic-game"), tmp_path / "run", data=data, resume=True,
-              progress=False)
+                                         "'quadratic-game', "):
+        train(game_config, tmp_path / "run", data=data, resume=True, progress=False)
 
 
 def test_a_checkpoint_from_before_the_models_registry_still_loads(tmp_path):
