@@ -260,11 +260,16 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
             with evaluation_mode(model):
                 try:
                     val = model.validation_metrics(data.val, config.batch_size)
-                except NonFiniteInputError as err:
-                    raise NonFiniteLossError(
-                        f"validation after epoch {epoch + 1}: {err}. The checkpoint of epoch "
-                        f"{epoch} in {run.folder} is intact; try a smaller lr or set "
-                        "clip_grad") from None
+                except NonFiniteInputError as err:  # the non-finite policy, as for a batch
+                    message = f"validation after epoch {epoch + 1}: {err}"
+                    if config.on_nonfinite == "stop":
+                        kept = (f"The checkpoint of epoch {epoch} in {run.folder} is intact"
+                                if epoch > 0 else "No epoch had finished, so no checkpoint "
+                                "was written")
+                        raise NonFiniteLossError(f"{message}. {kept}; try a smaller lr or set "
+                                                 "clip_grad, or on_nonfinite: skip") from None
+                    tqdm.write(f"skipped: {message}")
+                    val = {k.removeprefix("val_"): math.nan for k in model.validation_keys}
         row = {"epoch": epoch + 1, **{k: v.item() / n for k, v in ctx.sums.items()},
                **{f"val_{k}": v for k, v in val.items()}, **ctx.last,
                "seconds": seconds, "images_per_second": n / seconds, "skipped_batches": skipped}
