@@ -38,7 +38,7 @@ import torch
 
 from autovae import Config, train
 from autovae.data import load_data
-from autovae.evaluate import best_images, evaluate, evaluate_quality
+from autovae.evaluation import best_images, evaluate, evaluate_quality
 from autovae.models import NonFiniteLossError, model_class
 from autovae.quality import balance_metric_images, reconstruction_metrics
 from autovae.run import prepare

@@ -17,7 +17,7 @@ from autovae.discriminators import MLPDiscriminator
 from autovae.models import NonFiniteLossError, StepContext, build_model, evaluation_mode
 from autovae.quality import balance_metric_images
 from autovae.run import Run, load_trained
-from autovae.train import train
+from autovae.training import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import SRC, _assert_same_checkpoints, _kill_after_first_checkpoint  # noqa: E402
@@ -344,7 +344,7 @@ def test_balance_metric_of_known_rgb_pairs():
 
 def test_gan_run_evaluates_with_quality_pictures_and_report(tmp_path, monkeypatch):
     from autovae.cli import main
-    from autovae.evaluate import best_images
+    from autovae.evaluation import best_images
 
     monkeypatch.setenv("AUTOVAE_CACHE", str(tmp_path / "cache"))
     config = Config(model="gan", data="digits", epochs=2, batch_size=64, hidden=32, depth=1,

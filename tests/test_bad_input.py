@@ -431,7 +431,7 @@ def _spec(objectives):
 def _quality(images):
     from types import SimpleNamespace
 
-    from autovae.evaluate import evaluate_quality
+    from autovae.evaluation import evaluate_quality
 
     data = SimpleNamespace(test=torch.rand(50, 4), name="toy", train_labels=None)
     return evaluate_quality(_tiny_model(), data, images=images)

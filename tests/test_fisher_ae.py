@@ -13,7 +13,7 @@ from autovae.config import Config
 from autovae.data import DataSplits
 from autovae.models import StepContext, build_model
 from autovae.search import SearchSpace
-from autovae.train import train
+from autovae.training import train
 
 HELPERS = str(Path(__file__).resolve().parent / "helpers")
 

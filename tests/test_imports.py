@@ -122,3 +122,18 @@ def test_every_setting_is_read_by_the_loop_or_declared_by_a_model():
     assert fields <= LOOP_KEYS | declared, sorted(fields - LOOP_KEYS - declared)
     assert not LOOP_KEYS & declared, sorted(LOOP_KEYS & declared)
     assert declared <= fields, sorted(declared - fields)
+
+
+def test_train_and_evaluate_are_functions_not_shadowed_modules():
+    """Issue 20: autovae.train and autovae.evaluate were both functions and modules (the
+    function shadowed the module); the modules are now training and evaluation."""
+    import importlib
+
+    import pytest
+
+    from autovae import evaluation, training
+
+    assert autovae.train is training.train and autovae.evaluate is evaluation.evaluate
+    for name in ("autovae.train", "autovae.evaluate"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(name)

@@ -436,7 +436,7 @@ def test_evaluate_quality_from_the_command_line(tmp_path, monkeypatch):
 
     from autovae.cli import main
     from autovae.config import Config
-    from autovae.train import train
+    from autovae.training import train
 
     monkeypatch.setenv("AUTOVAE_CACHE", str(tmp_path / "cache"))
     config = Config(data="digits", epochs=3, batch_size=64, hidden=64, depth=1, lr=3e-3,

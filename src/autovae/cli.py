@@ -49,7 +49,7 @@ def _config_overrides(args: argparse.Namespace) -> dict:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .run import Run
-    from .train import resume_config, train
+    from .training import resume_config, train
 
     run = Run(check_folder(args.run, "run folder"))
     run.check_writable()
@@ -79,7 +79,7 @@ def _evaluate(run, model, x_test, nll_samples: int, progress: bool,
     """Evaluate on ``x_test`` into RUN/metrics.json; a partial evaluation (fewer than
     ``full_images`` test images, or fewer NLL samples than metrics.json holds) is written beside
     it, named for what it is, so that it never replaces the full one."""
-    from .evaluate import evaluate, prefixed
+    from .evaluation import evaluate, prefixed
 
     nll_samples = nll_samples if model.has_bound else None
     metrics = prefixed(evaluate(model, x_test, nll_samples=nll_samples, progress=progress),
@@ -119,7 +119,7 @@ def _split(data, name: str):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import QUALITY_MIN_IMAGES
+    from .evaluation import QUALITY_MIN_IMAGES
     from .run import Run
 
     if args.quality and args.quality_images < QUALITY_MIN_IMAGES:  # before the NLL's minutes
@@ -138,7 +138,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _evaluate(run, model, x, args.nll_samples or config.nll_samples, not args.quiet,
               full_images=data.test.shape[0])
     if args.quality:
-        from .evaluate import evaluate_quality
+        from .evaluation import evaluate_quality
 
         metrics = evaluate_quality(model, data, args.quality_images, args.inception_weights)
         run.save_metrics(metrics)

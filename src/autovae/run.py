@@ -12,7 +12,7 @@
 
 Checkpoints hold only tensors and plain containers and load with ``weights_only=True``: loading
 one never executes pickled code. :func:`load_trained` gives the model of a run folder in
-evaluation mode; the CLI, reports and latent-space MCMC use it, never :mod:`autovae.train`.
+evaluation mode; the CLI, reports and latent-space MCMC use it, never :mod:`autovae.training`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Adversarial models: GAN, VAE-GAN (Larsen et al. 2016) and AVA0-AVA5 (Nguyen et al. 2023/24).
 
-Every model here trains through the one loop (:mod:`autovae.train`): it declares one optimizer
+Every model here trains through the one loop (:mod:`autovae.training`): it declares one optimizer
 per network and yields one loss per optimizer in the order they are stepped.
 
 * ``gan`` (Goodfellow et al. 2014): generator G = the decoder network with a sigmoid output

@@ -1,6 +1,6 @@
 """What every trainable model provides, and the context the training loop hands it.
 
-The loop (:func:`autovae.train.train`) owns the mechanics that must exist once: data order and
+The loop (:func:`autovae.training.train`) owns the mechanics that must exist once: data order and
 RNG, AMP and gradient scaling, ``zero_grad`` / ``backward`` / clip / ``step``, the non-finite
 policy, checkpoints and exact resume. A model owns its objective:
 

@@ -311,7 +311,7 @@ def create_study(storage, name: str, spec: StudySpec) -> optuna.Study:
 def _evaluate_trial(model, data: DataSplits, spec: StudySpec, seconds: float) -> dict[str, float]:
     import torch
 
-    from ..evaluate import evaluate, sample_quality_of
+    from ..evaluation import evaluate, sample_quality_of
 
     torch.manual_seed(0)
     metrics = evaluate(model, data.val, nll_samples=spec.validation_nll_samples
@@ -349,7 +349,7 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial):
-        from ..train import train
+        from ..training import train
 
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         origin = frozen.system_attrs.get("failed_trial", trial.number)  # a retry keeps its seed
