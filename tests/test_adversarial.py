@@ -463,3 +463,25 @@ def test_discriminators_shapes_and_spectral_norm():
     assert sigma == pytest.approx(1.0, abs=0.02)  # the weight divided by its spectral norm
     assert build_discriminator("mlp", (2,), 8, 2)(torch.rand(5, 2)).shape == (5,)
     assert isinstance(build_discriminator("mlp", (2,), 8, 1), MLPDiscriminator)
+
+
+def test_models_declare_what_they_read_and_what_they_can_serve_as():
+    """Issue 20: every model declares its config keys (Model.reads) and capabilities; the same
+    declarations answer the config, evaluate and the inverse problems (can_be_prior)."""
+    from autovae.models import MODELS, model_class
+
+    vae, gan = model_class("vae"), model_class("gan")
+    assert {"likelihood", "sigma", "beta", "samples", "latent_clip", "fisher_weight",
+            "nll_samples"} <= vae.reads
+    assert not {"likelihood", "sigma", "beta", "samples", "latent_clip", "fisher_weight",
+                "nll_samples", "warmup_epochs"} & gan.reads
+    assert {"disc_hidden", "disc_lr", "gan_loss"} <= gan.reads
+    assert "code_disc_hidden" in model_class("ava3").reads
+    assert "code_disc_hidden" not in model_class("ava1").reads
+    assert "fisher_weight" not in model_class("ava1").reads | model_class("vae-gan").reads
+    assert all(cls.can_be_prior for cls in MODELS.values())  # each has a latent prior
+    from autovae.models import Model
+
+    assert not Model.can_be_prior and not Model.reads - {"lr"}
+    for name, cls in MODELS.items():  # the GAN's NLL-less evaluation follows from has_bound
+        assert ("nll_samples" in cls.reads) == cls.has_bound, name

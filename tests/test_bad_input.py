@@ -437,6 +437,24 @@ def _quality(images):
     return evaluate_quality(_tiny_model(), data, images=images)
 
 
+def _nets(*args):
+    from autovae.nets import build_networks
+
+    return build_networks(*args)
+
+
+def _disc(*args):
+    from autovae.discriminators import build_discriminator
+
+    return build_discriminator(*args)
+
+
+def _code_disc(*args):
+    from autovae.discriminators import CodeDiscriminator
+
+    return CodeDiscriminator(*args)
+
+
 def _lib_cases():
     from autovae.beliefs import LatentSpec, family, kl, likelihood
     from autovae.bounds import Bound, renyi_bound
@@ -501,6 +519,11 @@ def _lib_cases():
         ("a Config code_disc_hidden 0", lambda: Config(model="ava3", code_disc_hidden=0),
          "code_disc_hidden"),
         ("a Config disc_depth -1", lambda: Config(model="gan", disc_depth=-1), "disc_depth"),
+        ("a build_networks hidden -1", lambda: _nets("mlp", (4,), 4, 2, (4,), -1, 1), "hidden"),
+        ("a conv discriminator -1", lambda: _disc("conv", (1, 8, 8), -1, 1), "disc_hidden"),
+        ("a code discriminator 0", lambda: _code_disc(2, 0, 1), "disc_hidden"),
+        ("a generate -1", lambda: _tiny_model().generate(-1), "n must be"),
+        ("a gan generate 0", lambda: _tiny_model("gan").generate(0), "n must be"),
         ("b build_model hidden 1e8", lambda: _build(Config(hidden=10**8)), "hidden = 100000000"),
         ("d Config epochs True", lambda: Config(epochs=True), "epochs"),
         ("d Config seed -1", lambda: Config(seed=-1), "seed"),

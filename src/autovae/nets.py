@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check
+
 __all__ = ["NETWORK_KEYS", "NETWORKS", "ConvDecoder", "ConvEncoder", "build_networks", "mlp"]
 
 _ACTIVATION = nn.ReLU
@@ -125,4 +127,5 @@ def build_networks(kind: str, event_shape, encoder_outputs: int, dim: int, out_e
     channels, at least 16)."""
     if kind not in NETWORKS:
         raise ValueError(f"unknown network {kind!r}; valid networks are: {', '.join(NETWORKS)}")
+    hidden, depth = check("hidden", hidden, "count"), check("depth", depth, "index")
     return NETWORKS[kind](event_shape, encoder_outputs, dim, out_event_shape, hidden, depth)

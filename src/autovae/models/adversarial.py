@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check
 from ..beliefs import LatentSpec
 from ..discriminators import (
     DISCRIMINATOR_KEYS,
@@ -264,6 +265,7 @@ class GAN(Model):
 
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
+        n = check("n", n, "count")
         return self.generate_from(self.latent.sample_prior(n).to(self.device))
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import check
 from ..beliefs import (
     LatentSpec,
     Likelihood,
@@ -301,5 +302,6 @@ class VAE(Model):
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
         """The likelihood mean decoded from n draws of the prior."""
+        n = check("n", n, "count")
         return self.likelihood.mean(self.decode(self.latent.sample_prior(n).to(self.device)))
 
