@@ -65,6 +65,7 @@ def world(tmp_path_factory):
     (root / "blocked_run" / "metrics.json").unlink()
     (root / "blocked_run" / "metrics.json").mkdir()  # a folder where evaluate writes a file
     (root / "blocked_new" / "checkpoint.pt").mkdir(parents=True)
+    (root / "blocked_new" / "codes.png").mkdir()  # embed writes codes.npy and codes.png
     (root / "blocked_study" / "analysis.json").mkdir(parents=True)
     (root / "chain").mkdir()
     (root / "chain" / "summary.json").write_text('{"acceptance": 0.3, "ess_bulk_min": 1')
@@ -238,8 +239,8 @@ CLI_CASES = [
      "a_folder is a folder"),
     ("c interpolate --out FOLDER", ["interpolate", R + "/run", "--out", R + "/a_folder"],
      "a_folder is a folder"),
-    ("c embed --out FOLDER", ["embed", R + "/run", "--out", R + "/a_folder"],
-     "a_folder is a folder"),
+    ("c embed map a folder", ["embed", R + "/run", "--out", R + "/blocked_new/codes.npy"],
+     "codes.png is a folder"),
     ("c evaluate metrics.json a folder", ["evaluate", R + "/blocked_run"],
      "metrics.json is a folder"),
     ("c train checkpoint.pt a folder", ["train", "--run", R + "/blocked_new", *TRAIN],

@@ -169,7 +169,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from .pictures import latent_picture
 
     path = Path(args.out or Path(args.run) / f"codes_{args.split}.npy")
-    run, _, model, data = _load(args, path, path.with_suffix(".png"))
+    run, _, model, data = _load(args, path.with_suffix(".npy"), path.with_suffix(".png"))
     x, labels = _split(data, args.split)
     for written in latent_picture(model, x, labels, path, class_names=data.classes,
                                   title=f"{model.latent} on {data.name} ({args.split})"):
