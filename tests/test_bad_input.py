@@ -423,6 +423,13 @@ def _evaluate(model="vae", **options):
     return evaluate(model, torch.rand(3, 4), **options)
 
 
+def _poisoned():
+    model = _tiny_model()
+    with torch.no_grad():
+        next(model.encoder.parameters()).fill_(math.nan)
+    return model
+
+
 def _spec(objectives):
     from autovae.search import SearchSpace, StudySpec
 
@@ -543,6 +550,9 @@ def _lib_cases():
         ("g objective twice", lambda: _spec(["nll", "nll"]), "nll given twice"),
         ("h gaussian sigma 1e-30", lambda: likelihood("gaussian", (4,), sigma=1e-30), "sigma"),
         ("h quality images 5", lambda: _quality(5), "images=10 or more"),
+        ("i evaluate, NaN weights", lambda: _evaluate(model=_poisoned()), "encoder output h"),
+        ("i embed NaN images", lambda: _tiny_model().embed(torch.full((2, 4), math.nan)),
+         "encoder output h holds 8 non-finite"),
         ("i NaN encoder output", lambda: LatentSpec.parse("normal/normal:2").posterior(
             torch.tensor([[math.nan, 0.0, 0.0, 0.0]])), "encoder output h holds 1 non-finite"),
     ]
