@@ -423,6 +423,18 @@ def _evaluate(model="vae", **options):
     return evaluate(model, torch.rand(3, 4), **options)
 
 
+def _load_data(name):
+    from autovae import load_data
+
+    return load_data(name)
+
+
+def _load_trained(folder):
+    from autovae import load_trained
+
+    return load_trained(folder)
+
+
 def _poisoned():
     model = _tiny_model()
     with torch.no_grad():
@@ -538,6 +550,8 @@ def _lib_cases():
         ("d Config seed 2**64", lambda: Config(seed=2**64), "seed"),
         ("f train(str config)", lambda: _train("epochs: 3", "x"), "config must be"),
         ("f train(run_folder=3)", lambda: _train(Config(), 3), "run_folder must be a path"),
+        ("f load_data(array)", lambda: _load_data(torch.zeros(3).numpy()), "name must be"),
+        ("f load_trained(3)", lambda: _load_trained(3), "run folder must be a path"),
         ("f Config data array", lambda: Config(data=torch.zeros(3)), "data must be text"),
         ("f Config model 3", lambda: Config(model=3), "model"),
         ("f evaluate nll_samples 0", lambda: _evaluate(nll_samples=0), "nll_samples"),

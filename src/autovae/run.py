@@ -39,6 +39,9 @@ class Run:
     """The files of one training run."""
 
     def __init__(self, folder: str | os.PathLike):
+        if not isinstance(folder, (str, os.PathLike)):
+            raise TypeError(f"run folder must be a path (str or pathlib.Path), got "
+                            f"{type(folder).__name__} {folder!r:.60}")
         self.folder = Path(folder)
         self.config_path = self.folder / "config.yaml"
         self.checkpoint_path = self.folder / "checkpoint.pt"
