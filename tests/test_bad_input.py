@@ -442,10 +442,10 @@ def _poisoned():
     return model
 
 
-def _spec(objectives):
+def _spec(objectives, model="vae"):
     from autovae.search import SearchSpace, StudySpec
 
-    return StudySpec(SearchSpace(), Config(), objectives, 2)
+    return StudySpec(SearchSpace(), Config(model=model), objectives, 2)
 
 
 def _quality(images):
@@ -561,6 +561,8 @@ def _lib_cases():
         ("f Config changed", lambda: setattr(Config(), "epochs", 3), "config.replace(epochs"),
         ("g space fisher_weight [-1, 1]",
          lambda: SearchSpace.from_dict({"fisher_weight": [-1, 1]}), "fisher_weight"),
+        ("g space alpha range on a GAN", lambda: _spec(["fid"], model="gan"),
+         "search space against the base config: alpha = 0.0 does not apply to model gan"),
         ("g objective twice", lambda: _spec(["nll", "nll"]), "nll given twice"),
         ("h gaussian sigma 1e-30", lambda: likelihood("gaussian", (4,), sigma=1e-30), "sigma"),
         ("h quality images 5", lambda: _quality(5), "images=10 or more"),

@@ -115,6 +115,7 @@ class StudySpec:
             raise ValueError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
         if self.sampler == "cmaes" and len(self.objectives) > 1:
             raise ValueError("CMA-ES is single-objective; use tpe or nsga2 for several objectives")
+        self.space.check(self.base)
         model = model_class(self.base.model)
         for needs, has, what in ((_NEEDS_BOUND, model.has_bound, "a bound"),
                                  (_NEEDS_ENCODER, model.has_encoder, "an encoder")):
