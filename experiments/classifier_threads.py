@@ -5,7 +5,9 @@ one thread (docs/ava.md, "Feature extractor"). Trains two classifiers (minutes e
     OMP_NUM_THREADS=2 python experiments/classifier_threads.py
 """
 import time
+
 import torch
+
 from autovae.data import load_data
 from autovae.quality import features as F
 from autovae.quality import sample_quality

@@ -311,7 +311,7 @@ class _BoolFlag(argparse.BooleanOptionalAction):
 
     def __init__(self, option_strings, dest, **kwargs):
         super().__init__(option_strings, dest, **kwargs)
-        self.nargs = "?"
+        self.nargs, self.metavar = "?", "yes|no"
 
     def __call__(self, parser, namespace, values, option_string=None):
         if values is None:
