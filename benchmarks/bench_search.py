@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 from autovae.config import Config
-from autovae.evaluate import evaluate
+from autovae.evaluation import evaluate
+from autovae.run import prepare
 from autovae.search import SearchSpace, StudySpec, create_study, open_storage
-from autovae.train import prepare, train
+from autovae.training import train
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -30,7 +30,7 @@ from autovae.config import Config
 from autovae.data import DataSplits, load_data
 from autovae.models import MODELS, Model, build_model
 from autovae.run import Run
-from autovae.train import train
+from autovae.training import train
 
 HIDDEN, DEPTH, LATENT, PIXELS = 400, 3, 20, 784
 

@@ -38,8 +38,8 @@ import torch
 
 from autovae import Config, train
 from autovae.data import load_data
-from autovae.evaluate import best_images, evaluate, evaluate_quality
-from autovae.models import NonFiniteLossError
+from autovae.evaluation import best_images, evaluate, evaluate_quality
+from autovae.models import NonFiniteLossError, model_class
 from autovae.quality import balance_metric_images, reconstruction_metrics
 from autovae.run import prepare
 
@@ -209,10 +209,11 @@ def fmnist_config(model: str, seed: int, args) -> Config:
     extra = {"beta": 4.0} if model == "beta-vae" else {}
     if model not in ("vae", "beta-vae"):
         extra["disc_hidden"] = 256
+    if "nll_samples" in model_class(model).reads:  # a GAN has no bound, so no NLL
+        extra["nll_samples"] = args.nll_samples
     return Config(model=model, data="fashion-mnist", limit=args.limit, val_size=1000,
                   epochs=args.fm_epochs, batch_size=100, hidden=256, depth=2,
-                  latent="normal/normal:16", lr=1e-3, seed=seed,
-                  nll_samples=args.nll_samples, **extra)
+                  latent="normal/normal:16", lr=1e-3, seed=seed, **extra)
 
 
 def run_fmnist(args, out: Path, work: Path) -> list[dict]:
@@ -234,11 +235,14 @@ def run_fmnist(args, out: Path, work: Path) -> list[dict]:
             if trained is not None:
                 train_seconds = time.perf_counter() - started
                 torch.manual_seed(seed)
-                metrics = evaluate(trained, data.test[: args.test_images], args.nll_samples)
+                metrics = evaluate(trained, data.test[: args.test_images],
+                                   args.nll_samples if trained.has_bound else None)
                 quality = evaluate_quality(trained, data, args.quality_images)
                 row.update({k: metrics[k] for k in ("nll", "elbo") if k in metrics},
                            **{k: quality[k] for k in ("fid", "kid_mean", "is_mean", "best_psnr",
-                                                      "best_ssim", "balance_metric")},
+                                                      "best_ssim", "balance_metric",
+                                                      "feature_extractor",
+                                                      "feature_extractor_sha256")},
                            train_seconds=train_seconds)
             row["seconds"] = time.perf_counter() - started
             _append(path, row)

@@ -17,7 +17,7 @@ from autovae.discriminators import MLPDiscriminator
 from autovae.models import NonFiniteLossError, StepContext, build_model, evaluation_mode
 from autovae.quality import balance_metric_images
 from autovae.run import Run, load_trained
-from autovae.train import train
+from autovae.training import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import SRC, _assert_same_checkpoints, _kill_after_first_checkpoint  # noqa: E402
@@ -344,7 +344,7 @@ def test_balance_metric_of_known_rgb_pairs():
 
 def test_gan_run_evaluates_with_quality_pictures_and_report(tmp_path, monkeypatch):
     from autovae.cli import main
-    from autovae.evaluate import best_images
+    from autovae.evaluation import best_images
 
     monkeypatch.setenv("AUTOVAE_CACHE", str(tmp_path / "cache"))
     config = Config(model="gan", data="digits", epochs=2, batch_size=64, hidden=32, depth=1,
@@ -463,3 +463,25 @@ def test_discriminators_shapes_and_spectral_norm():
     assert sigma == pytest.approx(1.0, abs=0.02)  # the weight divided by its spectral norm
     assert build_discriminator("mlp", (2,), 8, 2)(torch.rand(5, 2)).shape == (5,)
     assert isinstance(build_discriminator("mlp", (2,), 8, 1), MLPDiscriminator)
+
+
+def test_models_declare_what_they_read_and_what_they_can_serve_as():
+    """Issue 20: every model declares its config keys (Model.reads) and capabilities; the same
+    declarations answer the config, evaluate and the inverse problems (can_be_prior)."""
+    from autovae.models import MODELS, model_class
+
+    vae, gan = model_class("vae"), model_class("gan")
+    assert {"likelihood", "sigma", "beta", "samples", "latent_clip", "fisher_weight",
+            "nll_samples"} <= vae.reads
+    assert not {"likelihood", "sigma", "beta", "samples", "latent_clip", "fisher_weight",
+                "nll_samples", "warmup_epochs"} & gan.reads
+    assert {"disc_hidden", "disc_lr", "gan_loss"} <= gan.reads
+    assert "code_disc_hidden" in model_class("ava3").reads
+    assert "code_disc_hidden" not in model_class("ava1").reads
+    assert "fisher_weight" not in model_class("ava1").reads | model_class("vae-gan").reads
+    assert all(cls.can_be_prior for cls in MODELS.values())  # each has a latent prior
+    from autovae.models import Model
+
+    assert not Model.can_be_prior and not Model.reads - {"lr"}
+    for name, cls in MODELS.items():  # the GAN's NLL-less evaluation follows from has_bound
+        assert ("nll_samples" in cls.reads) == cls.has_bound, name

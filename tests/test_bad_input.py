@@ -22,6 +22,7 @@ from autovae.config import Config, load_config
 # a tiny run on scikit-learn's digits: 2 epochs so that '--resume --epochs 1' is a regression
 TRAIN = ["--data", "digits", "--hidden", "8", "--depth", "1", "--epochs", "2", "--batch-size",
          "500", "--latent", "normal/normal:2", "--nll-samples", "3", "--quiet"]
+GAN_TRAIN = TRAIN[:-3] + ["--quiet", "--model", "gan"]  # a GAN has no NLL to sample
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,23 @@ def world(tmp_path_factory):
     for name, text in files.items():
         (root / name).write_text(text)
     (root / "a_folder").mkdir()
+    # issue 20: a GAN run, folders where files go, a cut chain summary, bad config values
+    assert main(["train", "--run", str(root / "gan"), *GAN_TRAIN, "--disc-hidden", "8",
+                 "--no-evaluate"]) == 0
+    shutil.copytree(run, root / "blocked_run")
+    (root / "blocked_run" / "metrics.json").unlink()
+    (root / "blocked_run" / "metrics.json").mkdir()  # a folder where evaluate writes a file
+    (root / "blocked_new" / "checkpoint.pt").mkdir(parents=True)
+    (root / "blocked_new" / "codes.png").mkdir()  # embed writes codes.npy and codes.png
+    (root / "blocked_study" / "analysis.json").mkdir(parents=True)
+    (root / "chain").mkdir()
+    (root / "chain" / "summary.json").write_text('{"acceptance": 0.3, "ess_bulk_min": 1')
+    for name, text in {"bool_count.yaml": "epochs: yes\n",
+                       "dup.yaml": "epochs: 3\nlr: 0.1\nepochs: 4\n",
+                       "dup.json": '{"epochs": 3, "epochs": 4}',
+                       "space_fisher.yaml": "fisher_weight: [-1, 1]\n",
+                       "array_data.yaml": "data: [1, 2, 3]\n"}.items():
+        (root / name).write_text(text)
     return root
 
 
@@ -183,6 +201,87 @@ CLI_CASES = [
      "nope.yaml not found"),
     ("study, other space", ["search", "--dir", R + "/study", "--preset", "paper"],
      "exists with a different"),
+    # -- issue 20 ---------------------------------------------------------------------------
+    # 1: a setting the chosen model does not read is refused for every model
+    ("1 gan --beta 4", ["train", "--run", R + "/new", *GAN_TRAIN, "--beta", "4"],
+     "beta = 4.0 does not apply to model gan"),
+    ("1 gan --likelihood gaussian", ["train", "--run", R + "/new", *GAN_TRAIN,
+                                     "--likelihood", "gaussian"],
+     "likelihood = 'gaussian' does not apply to model gan"),
+    ("1 gan --latent-clip 5", ["train", "--run", R + "/new", *GAN_TRAIN,
+                               "--latent-clip", "5"], "latent_clip = 5.0 does not apply"),
+    ("1 ava1 --fisher-weight", ["train", "--run", R + "/new", *TRAIN, "--model", "ava1",
+                                "--fisher-weight", "0.1"], "read by vae, beta-vae"),
+    ("1 evaluate gan --nll-samples", ["evaluate", R + "/gan", "--nll-samples", "5"],
+     "--nll-samples: model gan has no bound"),
+    # a: zero and negative sizes are refused, not read as "unset" or handed to torch
+    ("a --code-disc-hidden 0", ["train", "--run", R + "/new", *TRAIN, "--model", "ava3",
+                                "--code-disc-hidden", "0"], "code_disc_hidden"),
+    ("a --disc-hidden -3", ["train", "--run", R + "/new", *GAN_TRAIN,
+                            "--disc-hidden", "-3"], "disc_hidden must be an integer >= 1"),
+    ("a --disc-depth 0", ["train", "--run", R + "/new", *GAN_TRAIN,
+                          "--disc-depth", "0"], "disc_depth"),
+    ("a --disc-lr -1", ["train", "--run", R + "/new", *GAN_TRAIN, "--disc-lr",
+                        "-1"], "disc_lr"),
+    # b: sizes beyond memory, refused before allocating, naming the setting and the bytes
+    ("b --hidden 1e8", ["train", "--run", R + "/new", *TRAIN, "--hidden", "100000000"],
+     "hidden = 100000000"),
+    ("b --latent 1e8 dims", ["train", "--run", R + "/new", *TRAIN, "--latent",
+                             "normal/normal:100000000"], "GiB"),
+    ("b --disc-hidden 1e7", ["train", "--run", R + "/new", *GAN_TRAIN,
+                             "--disc-hidden", "10000000"], "disc_hidden = 10000000"),
+    # c: output paths: a folder where a file goes, a file where a folder goes
+    ("c sample --out FOLDER", ["sample", R + "/run", "--out", R + "/a_folder"],
+     "a_folder is a folder"),
+    ("c sample --out FILE/x.png", ["sample", R + "/run", "--out", R + "/bad.yaml/x.png"],
+     "bad.yaml is a file"),
+    ("c reconstruct --out FOLDER", ["reconstruct", R + "/run", "--out", R + "/a_folder"],
+     "a_folder is a folder"),
+    ("c interpolate --out FOLDER", ["interpolate", R + "/run", "--out", R + "/a_folder"],
+     "a_folder is a folder"),
+    ("c embed map a folder", ["embed", R + "/run", "--out", R + "/blocked_new/codes.npy"],
+     "codes.png is a folder"),
+    ("c evaluate metrics.json a folder", ["evaluate", R + "/blocked_run"],
+     "metrics.json is a folder"),
+    ("c train checkpoint.pt a folder", ["train", "--run", R + "/blocked_new", *TRAIN],
+     "checkpoint.pt is a folder"),
+    ("c report --out FOLDER", ["report", R + "/run", "--out", R + "/a_folder"],
+     "a_folder is a folder"),
+    ("c study analysis.json a folder", ["study", "--dir", R + "/blocked_study"],
+     "analysis.json is a folder"),
+    # d: config values
+    ("d epochs: yes", ["train", "--run", R + "/new", "--config", R + "/bool_count.yaml"],
+     "epochs must be an integer, got True"),
+    ("d duplicate YAML key", ["train", "--run", R + "/new", "--config", R + "/dup.yaml"],
+     "dup.yaml is not valid YAML at line 3"),
+    ("d duplicate JSON key", ["train", "--run", R + "/new", "--config", R + "/dup.json"],
+     "dup.json: key 'epochs' is given twice"),
+    ("d data: a list", ["train", "--run", R + "/new", "--config", R + "/array_data.yaml"],
+     "data must be text"),
+    ("d --seed -1", ["train", "--run", R + "/new", *TRAIN, "--seed", "-1"], "seed must be"),
+    ("d --seed 2**40", ["train", "--run", R + "/new", *TRAIN, "--seed", str(2**40)],
+     "seed must be"),
+    ("d evaluate --seed 2**40", ["evaluate", R + "/run", "--seed", str(2**40)], "--seed"),
+    # e: --resume without a run
+    ("e --resume missing folder", ["train", "--run", R + "/nothing", "--resume"],
+     "nothing does not exist"),
+    ("e --resume empty folder", ["train", "--run", R + "/a_folder", "--resume"],
+     "a_folder holds no run"),
+    # g: search spaces under the config's rules; an objective given twice
+    ("g space fisher_weight [-1, 1]", ["search", "--dir", R + "/new", "--space",
+                                       R + "/space_fisher.yaml"], "fisher_weight"),
+    ("g --objective twice", ["search", "--dir", R + "/new", "--objective", "nll",
+                             "--objective", "nll"], "nll given twice"),
+    # h: the message names the setting and a fix that works
+    ("h --spectral-norm maybe", ["train", "--run", R + "/new", *GAN_TRAIN,
+                                 "--spectral-norm", "maybe"], "--spectral-norm"),
+    ("h --quality-images 5", ["evaluate", R + "/gan", "--quality", "--quality-images", "5"],
+     "--quality-images 10 or more"),
+    ("h --sigma 1e-30", ["train", "--run", R + "/new", *TRAIN, "--likelihood", "gaussian",
+                         "--sigma", "1e-30"], "(e.g. --sigma 0.1)"),
+    ("h cut summary.json", ["report", R + "/chain"], "summary.json is not valid JSON"),
+    ("h --resume --model vae on a GAN", ["train", "--run", R + "/gan", "--resume", "--model",
+                                         "vae"], "model: 'gan' -> 'vae'"),
 ]
 
 
@@ -240,21 +339,144 @@ def test_partial_evaluation_is_written_beside_the_full_one(world, capsys):
         shutil.rmtree(run, ignore_errors=True)
 
 
-def test_resume_of_a_run_killed_before_it_recorded_anything(world, capsys):
-    run = world / "never_started"
+def test_resume_of_a_run_killed_before_its_first_checkpoint(world, capsys):
+    """A run killed after it recorded its settings but before its first checkpoint resumes
+    from scratch with those settings; a folder with no run at all is refused (above)."""
+    run = world / "never_checkpointed"
     run.mkdir()
     try:
-        assert main(["train", "--run", str(run), "--resume", *TRAIN, "--epochs", "1",
-                     "--no-evaluate"]) == 0
-        assert "starting it from scratch" in capsys.readouterr().err
+        shutil.copy(world / "run" / "config.yaml", run / "config.yaml")
+        assert main(["train", "--run", str(run), "--resume", "--epochs", "1",
+                     "--no-evaluate", "--quiet"]) == 0
         assert (run / "checkpoint.pt").is_file()
+        assert load_config(run / "config.yaml").hidden == 8
     finally:
         shutil.rmtree(run, ignore_errors=True)
 
 
+def test_a_bool_flag_takes_yes_and_no(world, capsys):
+    from autovae.cli import build_parser
+
+    parser = build_parser()
+    for words, value in ((["--spectral-norm", "no"], False), (["--spectral-norm=yes"], True),
+                         (["--spectral-norm"], True), (["--no-spectral-norm"], False),
+                         (["--amp", "false"], False)):
+        args = parser.parse_args(["train", *words])
+        assert getattr(args, words[0].lstrip("-").split("=")[0].replace("-", "_")
+                       .removeprefix("no_")) is value, words
+
+
+def test_read_only_places_are_refused_before_any_work(world, capsys, monkeypatch):
+    """Running as root, os.access says yes to everything: the refusal is checked by denying
+    writes under one folder, as a read-only mount would."""
+    import os
+
+    import autovae._checks as checks
+
+    locked = world / "a_folder"
+    real_access = os.access
+
+    def access(path, mode):
+        if mode & os.W_OK and Path(path).resolve().is_relative_to(locked.resolve()):
+            return False
+        return real_access(path, mode)
+
+    monkeypatch.setattr(checks.os, "access", access)
+    before = _snapshot(world)
+    for argv, names in ((["sample", str(world / "run"), "--out", str(locked / "s.png")],
+                         "a_folder is not writable"),
+                        (["train", "--run", str(locked / "run"), *TRAIN],
+                         "a_folder is not writable"),
+                        (["report", str(world / "run"), "--out", str(locked / "r.html")],
+                         "a_folder is not writable")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert names in err and "Traceback" not in err, err
+    assert _snapshot(world) == before
+
+
 # -- the library: the same classes of mistakes, as ValueErrors naming the argument ----------
+def _build(config):
+    from autovae.models import build_model
+
+    return build_model(config, (1, 28, 28))
+
+
+def _train(config, folder):
+    from autovae import train
+
+    return train(config, folder)
+
+
+def _tiny_model(name="vae"):
+    from autovae.models import build_model
+
+    extra = {"disc_hidden": 4} if name == "gan" else {}
+    return build_model(Config(model=name, hidden=4, depth=1, latent="normal/normal:2", **extra),
+                       (4,))
+
+
+def _evaluate(model="vae", **options):
+    from autovae import evaluate
+
+    model = _tiny_model(model) if model in ("vae", "gan") else model
+    return evaluate(model, torch.rand(3, 4), **options)
+
+
+def _load_data(name):
+    from autovae import load_data
+
+    return load_data(name)
+
+
+def _load_trained(folder):
+    from autovae import load_trained
+
+    return load_trained(folder)
+
+
+def _poisoned():
+    model = _tiny_model()
+    with torch.no_grad():
+        next(model.encoder.parameters()).fill_(math.nan)
+    return model
+
+
+def _spec(objectives, model="vae"):
+    from autovae.search import SearchSpace, StudySpec
+
+    return StudySpec(SearchSpace(), Config(model=model), objectives, 2)
+
+
+def _quality(images):
+    from types import SimpleNamespace
+
+    from autovae.evaluation import evaluate_quality
+
+    data = SimpleNamespace(test=torch.rand(50, 4), name="toy", train_labels=None)
+    return evaluate_quality(_tiny_model(), data, images=images)
+
+
+def _nets(*args):
+    from autovae.nets import build_networks
+
+    return build_networks(*args)
+
+
+def _disc(*args):
+    from autovae.discriminators import build_discriminator
+
+    return build_discriminator(*args)
+
+
+def _code_disc(*args):
+    from autovae.discriminators import CodeDiscriminator
+
+    return CodeDiscriminator(*args)
+
+
 def _lib_cases():
-    from autovae.beliefs import family, kl, likelihood
+    from autovae.beliefs import LatentSpec, family, kl, likelihood
     from autovae.bounds import Bound, renyi_bound
     from autovae.search import SearchSpace, open_storage
 
@@ -311,6 +533,44 @@ def _lib_cases():
         ("space pairs", lambda: SearchSpace.from_dict({"pairs": 3}), "pairs"),
         ("storage sqlite folder", lambda: open_storage("sqlite:////nonexistent/x.db", Path(".")),
          "/nonexistent does not exist"),
+        # issue 20: the same classes from Python
+        ("1 Config gan beta 4", lambda: Config(model="gan", beta=4), "beta = 4.0"),
+        ("1 Config gan nll_samples", lambda: Config(model="gan", nll_samples=5), "no bound"),
+        ("a Config code_disc_hidden 0", lambda: Config(model="ava3", code_disc_hidden=0),
+         "code_disc_hidden"),
+        ("a Config disc_depth -1", lambda: Config(model="gan", disc_depth=-1), "disc_depth"),
+        ("a build_networks hidden -1", lambda: _nets("mlp", (4,), 4, 2, (4,), -1, 1), "hidden"),
+        ("a conv discriminator -1", lambda: _disc("conv", (1, 8, 8), -1, 1), "disc_hidden"),
+        ("a code discriminator 0", lambda: _code_disc(2, 0, 1), "disc_hidden"),
+        ("a generate -1", lambda: _tiny_model().generate(-1), "n must be"),
+        ("a gan generate 0", lambda: _tiny_model("gan").generate(0), "n must be"),
+        ("b build_model hidden 1e8", lambda: _build(Config(hidden=10**8)), "hidden = 100000000"),
+        ("d Config epochs True", lambda: Config(epochs=True), "epochs"),
+        ("d Config seed -1", lambda: Config(seed=-1), "seed"),
+        ("d Config seed 2**64", lambda: Config(seed=2**64), "seed"),
+        ("f train(str config)", lambda: _train("epochs: 3", "x"), "config must be"),
+        ("f train(run_folder=3)", lambda: _train(Config(), 3), "run_folder must be a path"),
+        ("f load_data(array)", lambda: _load_data(torch.zeros(3).numpy()), "name must be"),
+        ("f load_trained(3)", lambda: _load_trained(3), "run folder must be a path"),
+        ("f Config data array", lambda: Config(data=torch.zeros(3)), "data must be text"),
+        ("f Config model 3", lambda: Config(model=3), "model"),
+        ("f evaluate nll_samples 0", lambda: _evaluate(nll_samples=0), "nll_samples"),
+        ("f evaluate model str", lambda: _evaluate(model="runs/vae"), "model must be"),
+        ("f evaluate gan nll_samples", lambda: _evaluate(model="gan", nll_samples=5),
+         "nll_samples: model gan has no bound"),
+        ("f Config changed", lambda: setattr(Config(), "epochs", 3), "config.replace(epochs"),
+        ("g space fisher_weight [-1, 1]",
+         lambda: SearchSpace.from_dict({"fisher_weight": [-1, 1]}), "fisher_weight"),
+        ("g space alpha range on a GAN", lambda: _spec(["fid"], model="gan"),
+         "search space against the base config: alpha = 0.0 does not apply to model gan"),
+        ("g objective twice", lambda: _spec(["nll", "nll"]), "nll given twice"),
+        ("h gaussian sigma 1e-30", lambda: likelihood("gaussian", (4,), sigma=1e-30), "sigma"),
+        ("h quality images 5", lambda: _quality(5), "images=10 or more"),
+        ("i evaluate, NaN weights", lambda: _evaluate(model=_poisoned()), "encoder output h"),
+        ("i embed NaN images", lambda: _tiny_model().embed(torch.full((2, 4), math.nan)),
+         "encoder output h holds 8 non-finite"),
+        ("i NaN encoder output", lambda: LatentSpec.parse("normal/normal:2").posterior(
+            torch.tensor([[math.nan, 0.0, 0.0, 0.0]])), "encoder output h holds 1 non-finite"),
     ]
 
 
@@ -320,7 +580,7 @@ LIB_CASES = _lib_cases()
 @pytest.mark.parametrize("call, names", [c[1:] for c in LIB_CASES],
                          ids=[c[0] for c in LIB_CASES])
 def test_library_refuses_bad_arguments_naming_them(call, names):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises((ValueError, TypeError)) as err:
         call()
     assert names in str(err.value), str(err.value)
 

@@ -477,7 +477,7 @@ def test_real_valued_data_load_as_they_are_and_the_likelihood_judges_them(tmp_pa
     """Values outside [0, 1] (a log-permeability field, int16 counts) load unchanged; a
     Bernoulli likelihood refuses them when training starts, a Gaussian one trains on them."""
     from autovae.config import Config
-    from autovae.train import train
+    from autovae.training import train
 
     fields = np.random.default_rng(0).normal(0, 2, size=(60, 4, 4)).astype(np.float32)
     data = load_data(npy(fields)(tmp_path))

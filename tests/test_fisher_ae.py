@@ -13,7 +13,7 @@ from autovae.config import Config
 from autovae.data import DataSplits
 from autovae.models import StepContext, build_model
 from autovae.search import SearchSpace
-from autovae.train import train
+from autovae.training import train
 
 HELPERS = str(Path(__file__).resolve().parent / "helpers")
 
@@ -117,7 +117,8 @@ def test_a_penalty_on_a_model_without_encoder_is_refused(monkeypatch):
     finally:
         sys.path.remove(HELPERS)
     monkeypatch.setitem(toy_models.MODELS, "quadratic-game", toy_models.QuadraticGame)
-    with pytest.raises(ValueError, match="'quadratic-game' has no encoder; set fisher_weight"):
+    with pytest.raises(ValueError, match="fisher_weight = 0.1 does not apply to model "
+                                         "quadratic-game \\(quadratic-game has no encoder"):
         build_model(Config(model="quadratic-game", fisher_weight=0.1), (4,))
 
 

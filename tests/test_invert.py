@@ -29,7 +29,7 @@ from autovae.inverse import (
 )
 from autovae.inverse.invert import truth_field
 from autovae.run import load_trained
-from autovae.train import train
+from autovae.training import train
 
 SUMMARY_KEYS = {"status", "acceptance", "ess_bulk_min", "ess_bulk_median", "ess_tail_min",
                 "ess_tail_median", "rhat_max", "ess_per_second", "ess_per_draw",

@@ -135,6 +135,8 @@ def test_inception_score_of_real_data_exceeds_that_of_noise(fm_scores):
 def test_every_score_names_its_extractor_and_sample_counts(fm_scores, fm_features):
     s = fm_scores["train"]
     assert s["feature_extractor"] == fm_features.name
+    assert s["feature_extractor_sha256"] == fm_features.metadata["sha256"]
+    assert fm_features.name.endswith(s["feature_extractor_sha256"][:12])
     assert (s["real_images"], s["fake_images"]) == (N, N)
     assert (s["kid_subset_size"], s["kid_subsets"], s["is_splits"]) == (500, 50, 10)
     for key in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "is_real_mean"):
@@ -155,6 +157,21 @@ def test_second_call_loads_the_cache_without_training(fm_features, fm_cache, fmn
     x = fmnist.test[:64]
     for a, b in zip(again.features(x), fm_features.features(x), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_first_use_trains_the_weights_every_thread_count_gives(tmp_path):
+    """Issue 20: the classifier trained on first use must be the one later uses load, whatever
+    the caller's thread count (parallel reductions used to make 1 and 2 threads differ)."""
+    threads = torch.get_num_threads()
+    names = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            names.append(domain_classifier("digits", cache_dir=tmp_path / str(n)).name)
+            assert torch.get_num_threads() == n  # the caller's setting is given back
+    finally:
+        torch.set_num_threads(threads)
+    assert names[0] == names[1], names
 
 
 # --------------------------------------------------------------------------- cache integrity
@@ -419,7 +436,7 @@ def test_evaluate_quality_from_the_command_line(tmp_path, monkeypatch):
 
     from autovae.cli import main
     from autovae.config import Config
-    from autovae.train import train
+    from autovae.training import train
 
     monkeypatch.setenv("AUTOVAE_CACHE", str(tmp_path / "cache"))
     config = Config(data="digits", epochs=3, batch_size=64, hidden=64, depth=1, lr=3e-3,

@@ -8,7 +8,7 @@ import pytest
 
 from autovae.config import Config
 from autovae.report import write_report
-from autovae.train import train
+from autovae.training import train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

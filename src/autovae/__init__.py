@@ -12,11 +12,11 @@ from .beliefs import LatentSpec, family, kl, likelihood
 from .bounds import Bound, renyi_bound
 from .config import Config, load_config
 from .data import load_data
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .inverse import datasets as _inverse_datasets  # noqa: F401 (registers darcy-grf)
 from .models import MODELS, VAE, Model, build_model
 from .run import Run, load_trained
-from .train import train
+from .training import train
 
 __version__ = "0.1.0"
 __all__ = ["MODELS", "VAE", "Bound", "Config", "LatentSpec", "Model", "Run", "__version__",

@@ -14,8 +14,8 @@ import numbers
 import os
 from pathlib import Path
 
-__all__ = ["DOMAINS", "StudyFault", "check", "check_folder", "check_readable", "flag_type",
-           "syntax_error"]
+__all__ = ["DOMAINS", "StudyFault", "check", "check_folder", "check_output_file",
+           "check_readable", "flag_type", "load_yaml", "syntax_error"]
 
 
 class StudyFault(RuntimeError):
@@ -31,6 +31,8 @@ DOMAINS: dict[str, tuple[bool, object, str]] = {
     "real": (False, lambda v: not math.isnan(v), "a number (-inf and inf allowed, not NaN)"),
     "count": (True, lambda v: v >= 1, "an integer >= 1"),
     "index": (True, lambda v: v >= 0, "an integer >= 0"),
+    # what numpy's and torch's generators both accept (numpy: [0, 2**32 - 1] for RandomState)
+    "seed": (True, lambda v: 0 <= v <= 2**32 - 1, "an integer in [0, 4294967295] (2**32 - 1)"),
 }
 
 
@@ -43,7 +45,8 @@ def check(name: str, value, domain: str):
     number = value
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # 0-d tensors and arrays
         number = value.item()
-    good = isinstance(number, numbers.Real) and not isinstance(number, bool)
+    good = isinstance(number, numbers.Real) and not isinstance(number, bool) and \
+        not isinstance(value, bool)
     if good and integer:
         good = isinstance(number, numbers.Integral) or (math.isfinite(number)
                                                         and float(number).is_integer())
@@ -125,3 +128,39 @@ def syntax_error(path, kind: str, err: Exception) -> ValueError:
     reason = getattr(err, "problem", None) or getattr(err, "msg", None) or str(err)
     reason = str(reason).split(" (at line")[0]
     return ValueError(f"{path} is not valid {kind}{where}: {reason}")
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` that refuses a mapping with a key given twice (PyYAML keeps the last
+    one silently), raising a YAMLError that marks the line of the second one."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (which one was meant?)",
+                    key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node, deep)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def check_output_file(path, what: str) -> Path:
+    """``path`` as a file that can be written: refuses a folder in its place, a file among its
+    parents, a read-only file and a parent folder that cannot be written or made. Creates
+    nothing; call it before the work whose result goes there."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; name a file")
+    check_folder(path.parent, f"the folder of {what}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what} {path} is not writable (permissions)")
+    return path

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import StudyFault, check_folder, flag_type
+from ._checks import StudyFault, check_folder, check_output_file, flag_type
 from .config import Config, load_config
 from .models import NonFiniteLossError
 
@@ -49,16 +49,22 @@ def _config_overrides(args: argparse.Namespace) -> dict:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .run import Run
-    from .train import train
+    from .training import resume_config, train
 
     run = Run(check_folder(args.run, "run folder"))
+    run.check_writable()
     overrides = _config_overrides(args)
-    if args.resume and not run.has_config() and not run.has_checkpoint():
-        print(f"{run.folder} holds no started run (killed before it recorded its settings); "
-              "starting it from scratch with the given settings", file=sys.stderr)
-        config = load_config(args.config, **overrides)
-    elif args.resume:
-        config = run.load_config().replace(**overrides)
+    if args.resume:
+        if not run.folder.is_dir():
+            raise ValueError(f"--resume: run folder {run.folder} does not exist; train without "
+                             "--resume to start a run there")
+        if not run.has_config() and not run.has_checkpoint():
+            raise ValueError(f"--resume: {run.folder} holds no run (no config.yaml, no "
+                             "checkpoint.pt); train without --resume to start one there")
+        if args.config is not None:
+            raise ValueError("--resume continues a run with its own settings (config.yaml); "
+                             "drop --config, or train into another folder")
+        config = resume_config(run, overrides)
     else:
         config = load_config(args.config, **overrides)
     result = train(config, run.folder, resume=args.resume, progress=not args.quiet)
@@ -73,8 +79,9 @@ def _evaluate(run, model, x_test, nll_samples: int, progress: bool,
     """Evaluate on ``x_test`` into RUN/metrics.json; a partial evaluation (fewer than
     ``full_images`` test images, or fewer NLL samples than metrics.json holds) is written beside
     it, named for what it is, so that it never replaces the full one."""
-    from .evaluate import evaluate, prefixed
+    from .evaluation import evaluate, prefixed
 
+    nll_samples = nll_samples if model.has_bound else None
     metrics = prefixed(evaluate(model, x_test, nll_samples=nll_samples, progress=progress),
                        "test")
     stored = run.metrics().get("nll_samples")
@@ -93,10 +100,15 @@ def _evaluate(run, model, x_test, nll_samples: int, progress: bool,
     return metrics
 
 
-def _load(args: argparse.Namespace):
-    """(run, config, model, data) of an existing run folder."""
-    from .run import load_trained
+def _load(args: argparse.Namespace, *outputs: str):
+    """(run, config, model, data) of an existing run folder; ``outputs`` are the files the
+    command will write (checked first, before any work)."""
+    from .run import Run, load_trained
 
+    run = Run(args.run)
+    run.load_config()  # "not a run folder" before anything else
+    for output in outputs:
+        check_output_file(output, "output file")
     loaded = load_trained(args.run, args.device)
     torch.manual_seed(args.seed)
     return loaded
@@ -107,12 +119,26 @@ def _split(data, name: str):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import QUALITY_MIN_IMAGES
+    from .run import Run
+
+    if args.quality and args.quality_images < QUALITY_MIN_IMAGES:  # before the NLL's minutes
+        raise ValueError(f"--quality-images {args.quality_images}: sample quality needs at least "
+                         f"{QUALITY_MIN_IMAGES} images (the Inception score is a mean over "
+                         f"{QUALITY_MIN_IMAGES} splits); ask for --quality-images "
+                         f"{QUALITY_MIN_IMAGES} or more")
+    run = Run(args.run)
+    run.check_writable()
     run, config, model, data = _load(args)
+    if args.nll_samples is not None and not model.has_bound:
+        raise ValueError(f"--nll-samples: model {model.name} has no bound, so no "
+                         "importance-sampled NLL; drop --nll-samples (--quality scores its "
+                         "samples)")
     x = data.test if args.test_limit is None else data.test[: args.test_limit]
     _evaluate(run, model, x, args.nll_samples or config.nll_samples, not args.quiet,
               full_images=data.test.shape[0])
     if args.quality:
-        from .evaluate import evaluate_quality
+        from .evaluation import evaluate_quality
 
         metrics = evaluate_quality(model, data, args.quality_images, args.inception_weights)
         run.save_metrics(metrics)
@@ -123,27 +149,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .pictures import sample_picture
 
-    run, _, model, _ = _load(args)
-    print(sample_picture(model, args.out or run.folder / "samples.png", args.n))
+    out = args.out or Path(args.run) / "samples.png"
+    run, _, model, _ = _load(args, out)
+    print(sample_picture(model, out, args.n))
     return 0
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .pictures import reconstruction_picture
 
-    run, _, model, data = _load(args)
+    out = args.out or Path(args.run) / "reconstructions.png"
+    run, _, model, data = _load(args, out)
     x, _ = _split(data, args.split)
-    print(reconstruction_picture(model, x, args.out or run.folder / "reconstructions.png",
-                                 args.n))
+    print(reconstruction_picture(model, x, out, args.n))
     return 0
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from .pictures import latent_picture
 
-    run, _, model, data = _load(args)
+    path = Path(args.out or Path(args.run) / f"codes_{args.split}.npy")
+    run, _, model, data = _load(args, path.with_suffix(".npy"), path.with_suffix(".png"))
     x, labels = _split(data, args.split)
-    path = Path(args.out or run.folder / f"codes_{args.split}.npy")
     for written in latent_picture(model, x, labels, path, class_names=data.classes,
                                   title=f"{model.latent} on {data.name} ({args.split})"):
         print(written)
@@ -153,7 +180,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from .pictures import interpolate_codes, save_interpolation
 
-    run, _, model, data = _load(args)
+    out = args.out or Path(args.run) / "interpolation.png"
+    run, _, model, data = _load(args, out)
     if not model.has_encoder:
         raise ValueError(f"model {model.name!r} has no encoder, so it cannot interpolate "
                          "between data points")
@@ -165,7 +193,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     path_z = interpolate_codes(codes[: args.pairs], codes[args.pairs: 2 * args.pairs],
                                args.steps, args.mode)
     frames = model.likelihood.mean(model.decode(path_z))
-    print(save_interpolation(frames, args.out or run.folder / "interpolation.png"))
+    print(save_interpolation(frames, out))
     return 0
 
 
@@ -205,7 +233,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 # -- search --------------------------------------------------------------------------------------
 def _study_args(args: argparse.Namespace):
-    folder = Path(args.dir)
+    """(storage, study name, study folder); the folder and the files every study command may
+    write there (analysis.json, retrain.json) are checked before any work."""
+    from .run import StudyFolder
+
+    folder = check_folder(args.dir, "study folder")
+    study = StudyFolder(folder)
+    for path in (study.analysis_path, study.retrain_path):
+        check_output_file(path, "study file")
     return args.storage, args.study, folder
 
 
@@ -275,6 +310,32 @@ def _cmd_retrain_best(args: argparse.Namespace) -> int:
 
 
 # -- the parser ----------------------------------------------------------------------------------
+class _BoolFlag(argparse.BooleanOptionalAction):
+    """``--flag``, ``--no-flag``, and ``--flag yes|no|true|false|1|0`` (the words a config file
+    takes; ``--spectral-norm no`` must not be read as "unrecognized argument: no")."""
+
+    _WORDS = {"true": True, "yes": True, "1": True, "on": True,
+              "false": False, "no": False, "0": False, "off": False}
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.nargs, self.metavar = "?", "yes|no"
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is None:
+            super().__call__(parser, namespace, None, option_string)
+            return
+        word = self._WORDS.get(str(values).strip().lower())
+        if word is None:
+            raise argparse.ArgumentError(self, f"must be yes or no (or true/false), got "
+                                               f"{values!r}")
+        if option_string.startswith("--no-"):
+            raise argparse.ArgumentError(self, f"{option_string} takes no value; write "
+                                               f"{option_string} alone, or "
+                                               f"--{option_string[5:]} {values}")
+        setattr(namespace, self.dest, word)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run settings (also config-file keys; flags win)")
     for f in dataclasses.fields(Config):
@@ -282,8 +343,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         default = f.default
         help_text = f"{f.metadata['help']} (default: {default})"
         if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
+            group.add_argument(flag, dest=f.name, action=_BoolFlag, default=None,
+                               help=help_text + "; also --no-" + flag[2:] + ", or "
+                               + flag + " yes|no")
         else:
             group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
                                help=help_text)
@@ -318,7 +380,7 @@ class _Renamed(argparse.Action):
 def _add_run_arguments(parser: argparse.ArgumentParser, out_help: str | None = None) -> None:
     parser.add_argument("run", help="the run folder")
     parser.add_argument("--device", default=None, help="override the run's device")
-    parser.add_argument("--seed", type=flag_type("--seed", "index"), default=0,
+    parser.add_argument("--seed", type=flag_type("--seed", "seed"), default=0,
                         help="seed for the draws (default 0)")
     if out_help:
         parser.add_argument("--out", default=None, help=out_help)

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import functools
 import json
-import math
+import os
 import sys
 import types
 import typing
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._checks import check, check_readable, syntax_error
+from ._checks import check, check_readable, load_yaml, syntax_error
+from ._registry import MODELS, model_class
 
-__all__ = ["Config", "load_config"]
+__all__ = ["LOOP_KEYS", "Config", "load_config"]
 
 
 def _opt(default, help: str, **kw):
@@ -76,22 +77,24 @@ class Config:
     analytic_kl: bool = _opt(True, "use the closed-form KL when the bound is an ELBO")
     # Fisher autoencoder: a penalty on the training surrogate; the logged bound stays the bound
     fisher_weight: float = _opt(0.0, "weight xi of the Fisher penalty xi |J - J_c| (0: off; "
-                                     "Zheng et al. use 0.1)")
+                                     "Zheng et al. use 0.1)", domain="nonnegative")
     fisher_target: float = _opt(5.0, "target J_c of the posterior's location Fisher "
-                                     "information, mean per latent dim (1: as wide as N(0, 1))")
+                                     "information, mean per latent dim (1: as wide as N(0, 1))",
+                                domain="nonnegative")
     fisher_estimator: str = _opt("closed-form", "J by its closed form, or by the authors' "
                                  "Monte-Carlo score estimator", choices=("closed-form", "score"))
     # adversarial models (gan, vae-gan, ava0..ava5; refused on models that do not read them)
     disc_network: str = _opt("mlp", "image discriminator: mlp, or conv (any image size)",
                              choices=("mlp", "conv"))
     disc_hidden: int = _opt(256, "hidden units per discriminator layer (conv: hidden/8 base "
-                                 "channels, at least 16)")
+                                 "channels, at least 16)", domain="count")
     disc_depth: int = _opt(2, "hidden layers of the discriminators (conv: at most depth + 1 "
-                              "convolutions)")
-    disc_lr: float | None = _opt(None, "the discriminators' learning rate (default: lr)")
+                              "convolutions)", domain="count")
+    disc_lr: float | None = _opt(None, "the discriminators' learning rate (default: lr)",
+                                 domain="positive")
     spectral_norm: bool = _opt(False, "spectral normalisation of every discriminator layer")
     code_disc_hidden: int | None = _opt(None, "hidden units of AVA's encoder discriminator on "
-                                              "codes (default: disc_hidden)")
+                                              "codes (default: disc_hidden)", domain="count")
     gan_loss: str | None = _opt(None, "generator loss: minimax log(1 - d) or non-saturating "
                                       "-log d (default: the preset's)",
                                 choices=(None, "minimax", "non-saturating"))
@@ -108,16 +111,18 @@ class Config:
                                      "reconstruction, the GAN term gets 1 - gamma (Larsen's "
                                      "code: 0.01)")
     equilibrium: float | None = _opt(0.4, "VAE-GAN equilibrium margin around a BCE of 0.68 "
-                                          "(Larsen's code: 0.4); none: always train both")
+                                          "(Larsen's code: 0.4); none: always train both",
+                                     domain="positive")
     # optimisation
     epochs: int = _opt(100, "training epochs", domain="count")
     batch_size: int = _opt(1000, "mini-batch size", domain="count")
-    lr: float = _opt(1e-4, "Adam learning rate", domain="positive")
+    lr: float = _opt(1e-4, "learning rate (Adam; plain SGD under ava_preset paper)",
+                     domain="positive")
     warmup_epochs: float = _opt(0.0, "KL warm-up: beta ramps up from 0 over this many epochs",
                                 domain="nonnegative")
     clip_grad: float | None = _opt(None, "clip the gradient norm to this value",
                                     domain="positive")
-    seed: int = _opt(0, "random seed")
+    seed: int = _opt(0, "random seed", domain="seed")
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
     amp: bool = _opt(False, "mixed precision on CUDA (with a gradient scaler)")
     on_nonfinite: str = _opt("stop", "when a loss goes non-finite: stop, or skip the batch",
@@ -128,26 +133,22 @@ class Config:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
-        for name in ("fisher_weight", "fisher_target"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        from .models import model_class
-
-        self.model = model_class(self.model).name
-        for name in ("disc_hidden", "disc_depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.disc_lr is not None and not (self.disc_lr > 0 and math.isfinite(self.disc_lr)):
-            raise ValueError(f"disc_lr must be a positive number, got {self.disc_lr}")
+            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
+        cls = model_class(self.model)
+        object.__setattr__(self, "model", cls.name)
         if not 0 <= self.vaegan_gamma <= 1:
             raise ValueError(f"vaegan_gamma must be in [0, 1], got {self.vaegan_gamma}")
-        if self.equilibrium is not None and not self.equilibrium > 0:
-            raise ValueError(f"equilibrium must be a margin > 0 (or none), got {self.equilibrium}")
-        from .models.adversarial import check_settings
+        _check_model_reads(self, cls)
+        object.__setattr__(self, "_sealed", True)
 
-        check_settings(self)
+    def __setattr__(self, name, value):
+        if self.__dict__.get("_sealed"):
+            raise TypeError(f"a Config cannot be changed after it is made (it was checked "
+                            f"then); use config.replace({name}=...) for a checked copy")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        raise TypeError(f"a Config cannot be changed after it is made; {name} stays")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,6 +156,28 @@ class Config:
     def replace(self, **changes) -> Config:
         unknown(changes)
         return dataclasses.replace(self, **changes)
+
+
+# Keys that data loading and the training loop read for every model; every other key is read by
+# the models that declare it in ``Model.reads`` (autovae.models), and refused on the others.
+LOOP_KEYS = frozenset({"data", "data_root", "download", "val_size", "limit", "binarize", "model",
+                       "epochs", "batch_size", "clip_grad", "seed", "device", "amp",
+                       "on_nonfinite", "compile"})
+
+
+def _check_model_reads(config: Config, cls) -> None:
+    """Refuse a key set away from its default on a model that does not read it, naming the key,
+    why (when the model says) and the models that read it."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in LOOP_KEYS or f.name in cls.reads or value == f.default:
+            continue
+        readers = [name for name, c in MODELS.items() if f.name in c.reads]
+        reason = cls.unread_reason(f.name)
+        raise ValueError(f"{f.name} = {value!r} does not apply to model {cls.name}"
+                         f"{f' ({reason})' if reason else ''}; it is read by "
+                         f"{', '.join(readers) or 'no model'}: remove {f.name} or choose one of "
+                         "those models")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -196,14 +219,18 @@ def _coerce(f: dataclasses.Field, value):
                     value = value.lower() in ("true", "1", "yes")
                 elif not isinstance(value, bool):
                     raise ValueError
+            elif isinstance(value, bool):  # YAML's yes/no/true: not a count or a number
+                raise ValueError
             elif tp is int:
                 if isinstance(value, float) and not value.is_integer():
                     raise ValueError
                 value = int(value)
             elif tp is float:
                 value = float(value)
-            else:
-                value = str(value)
+            elif isinstance(value, (str, os.PathLike)):
+                value = str(value) if not isinstance(value, os.PathLike) else os.fspath(value)
+            else:  # an array, a number or a list is not a name
+                raise ValueError
         except (TypeError, ValueError):
             kind = {bool: "true or false", int: "an integer", float: "a number"}.get(tp, "text")
             raise ValueError(f"{f.name} must be {kind}, got {value!r}") from None
@@ -225,9 +252,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         elif suffix == ".toml":
             if sys.version_info >= (3, 11):
                 import tomllib
@@ -235,7 +260,7 @@ def _read_file(path: Path) -> dict[str, Any]:
                 import tomli as tomllib
             data = tomllib.loads(text)
         elif suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
         else:
             raise ValueError(f"config file {path} must be .yaml, .yml, .toml or .json")
     except json.JSONDecodeError as err:  # a ValueError, but a syntax error too
@@ -243,12 +268,23 @@ def _read_file(path: Path) -> dict[str, Any]:
     except ValueError as err:
         if type(err).__name__ == "TOMLDecodeError":  # tomllib's is a ValueError too
             raise syntax_error(f"config file {path}", "TOML", err) from None
+        if "given twice" in str(err):  # _no_duplicates, inside json.loads
+            raise ValueError(f"config file {path}: {err}") from None
         raise
     except Exception as err:  # the parsers' own error types
         raise syntax_error(f"config file {path}", suffix[1:].upper(), err) from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values")
     return data
+
+
+def _no_duplicates(pairs):
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} is given twice (which one was meant?)")
+        seen[key] = value
+    return seen
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:

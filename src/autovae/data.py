@@ -543,6 +543,12 @@ def load_data(
     ``limit`` training samples after the split (a random subset). ``flatten`` gives (N, D).
     ``root`` is where torchvision-format files are looked for (default :func:`default_root`).
     """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"name must be a dataset name or a path, got {type(name).__name__} "
+                        f"{name!r:.60}; to train on arrays, save them with numpy.save and give "
+                        "the file's path")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path, got {type(root).__name__}")
     key = os.fspath(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key in DATASETS:

@@ -19,8 +19,14 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-__all__ = ["CodeDiscriminator", "ConvDiscriminator", "Discriminator", "MLPDiscriminator",
-           "build_discriminator"]
+from ._checks import check
+
+__all__ = ["DISCRIMINATOR_KEYS", "CodeDiscriminator", "ConvDiscriminator", "Discriminator",
+           "MLPDiscriminator", "build_discriminator"]
+
+# Config keys that shape or train a discriminator: meaningless on a model without one
+DISCRIMINATOR_KEYS = frozenset({"disc_network", "disc_hidden", "disc_depth", "disc_lr",
+                                "spectral_norm", "code_disc_hidden", "gan_loss"})
 
 _SLOPE = 0.2
 
@@ -45,6 +51,7 @@ class MLPDiscriminator(Discriminator):
     def __init__(self, in_shape, hidden: int = 256, depth: int = 2,
                  spectral_norm: bool = False):
         super().__init__()
+        hidden = check("disc_hidden", hidden, "count")
         if depth < 1:
             raise ValueError(f"disc_depth must be >= 1 (Dis_l is a hidden layer), got {depth}")
         layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
@@ -77,6 +84,8 @@ class ConvDiscriminator(Discriminator):
     def __init__(self, in_shape, channels: int = 32, depth: int = 3,
                  spectral_norm: bool = False):
         super().__init__()
+        channels, depth = check("channels", channels, "count"), check("disc_depth", depth,
+                                                                      "count")
         if len(in_shape) != 3 or min(in_shape[1:]) < 4:
             raise ValueError(f"disc_network conv needs images (C, H, W) with H, W >= 4, got "
                              f"{tuple(in_shape)}; use disc_network: mlp")
@@ -100,6 +109,7 @@ def build_discriminator(kind: str, in_shape, hidden: int = 256, depth: int = 2,
     """A discriminator on inputs of shape ``in_shape`` by name: ``mlp`` (``hidden`` units x
     ``depth``) or ``conv`` (``hidden``/8 base channels, at least 16; ``depth`` + 1 convolutions
     at most)."""
+    hidden = check("disc_hidden", hidden, "count")
     if kind == "mlp":
         return MLPDiscriminator(in_shape, hidden, depth, spectral_norm)
     if kind == "conv":

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NETWORKS", "ConvDecoder", "ConvEncoder", "build_networks", "mlp"]
+from ._checks import check
+
+__all__ = ["NETWORK_KEYS", "NETWORKS", "ConvDecoder", "ConvEncoder", "build_networks", "mlp"]
 
 _ACTIVATION = nn.ReLU
 
@@ -115,10 +117,15 @@ def _conv_pair(event_shape, encoder_outputs, dim, out_event_shape, hidden, depth
 NETWORKS = {"mlp": _mlp_pair, "conv": _conv_pair}
 
 
+# Config keys that shape the networks and the latent space they meet in (build_networks, LatentSpec)
+NETWORK_KEYS = frozenset({"network", "hidden", "depth", "latent", "latent_dim", "learn_prior"})
+
+
 def build_networks(kind: str, event_shape, encoder_outputs: int, dim: int, out_event_shape,
                    hidden: int = 400, depth: int = 3) -> tuple[nn.Module, nn.Module]:
     """(encoder, decoder) by name: ``mlp`` (hidden units x depth) or ``conv`` (hidden/8 base
     channels, at least 16)."""
     if kind not in NETWORKS:
         raise ValueError(f"unknown network {kind!r}; valid networks are: {', '.join(NETWORKS)}")
+    hidden, depth = check("hidden", hidden, "count"), check("depth", depth, "index")
     return NETWORKS[kind](event_shape, encoder_outputs, dim, out_event_shape, hidden, depth)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ._checks import check_output_file, syntax_error
 from ._files import atomic_write
 from .run import Run, StudyFolder
 
@@ -176,6 +177,17 @@ def _metrics_table(metrics: dict) -> str:
         "</table>"
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON file of a run or chain folder; a cut or damaged one is a ValueError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise syntax_error(path, "JSON", err) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _is_chain(folder: Path) -> bool:
     """A chain folder of ``autovae invert`` (or ``run_chains``)."""
     from .inverse.chains import ChainFolder
@@ -224,7 +236,7 @@ def _chain_section(folder: Path) -> str:
 def _run_section(folder: Path) -> str:
     run = Run(folder)
     config = run.load_config()
-    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.is_file() else {}
+    metrics = _read_json(run.metrics_path) if run.metrics_path.is_file() else {}
     curves = _curves(run.history())
     pictures = _pictures(folder)
     parts = [f"<section><h2>{html.escape(folder.name)}</h2>",
@@ -271,7 +283,8 @@ window.addEventListener('load', () => {
 def write_report(paths: list[str | Path], out: str | Path | None = None, top: int = 3) -> Path:
     """Write the HTML report of one or more runs (or studies) and return its path."""
     runs = collect_runs(paths, top)
-    out = Path(out) if out is not None else runs[0] / "report.html"
+    out = check_output_file(Path(out) if out is not None else runs[0] / "report.html",
+                            "report file")
     title = "autovae report: " + ", ".join(r.name for r in runs)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style><script>{_CHECK}</script></head><body>"

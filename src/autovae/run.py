@@ -12,7 +12,7 @@
 
 Checkpoints hold only tensors and plain containers and load with ``weights_only=True``: loading
 one never executes pickled code. :func:`load_trained` gives the model of a run folder in
-evaluation mode; the CLI, reports and latent-space MCMC use it, never :mod:`autovae.train`.
+evaluation mode; the CLI, reports and latent-space MCMC use it, never :mod:`autovae.training`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import yaml
 
-from ._checks import syntax_error
+from ._checks import check_folder, check_output_file, load_yaml, syntax_error
 from ._files import atomic_write
 from .config import Config, unknown
 from .data import DataSplits, binarize, load_data
@@ -39,6 +39,9 @@ class Run:
     """The files of one training run."""
 
     def __init__(self, folder: str | os.PathLike):
+        if not isinstance(folder, (str, os.PathLike)):
+            raise TypeError(f"run folder must be a path (str or pathlib.Path), got "
+                            f"{type(folder).__name__} {folder!r:.60}")
         self.folder = Path(folder)
         self.config_path = self.folder / "config.yaml"
         self.checkpoint_path = self.folder / "checkpoint.pt"
@@ -47,6 +50,16 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.folder)!r})"
+
+    def check_writable(self) -> None:
+        """Refuse, before any work, a run folder that cannot hold the run's files: a file in its
+        place or among its parents, a folder that cannot be written or made, a folder where
+        config.yaml, checkpoint.pt, metrics.jsonl or metrics.json go, or one of those files
+        read-only. Creates nothing."""
+        check_folder(self.folder, "run folder")
+        for path in (self.config_path, self.checkpoint_path, self.history_path,
+                     self.metrics_path):
+            check_output_file(path, "run file")
 
     # -- config ---------------------------------------------------------------------------------
     def has_config(self) -> bool:
@@ -57,7 +70,7 @@ class Run:
             raise ValueError(f"{self.folder} is not a run folder (no config.yaml); train into it "
                              "first with 'autovae train --run FOLDER'")
         try:
-            data = yaml.safe_load(self.config_path.read_text()) or {}
+            data = load_yaml(self.config_path.read_text()) or {}
         except yaml.YAMLError as err:
             raise syntax_error(self.config_path, "YAML", err) from None
         if not isinstance(data, dict):

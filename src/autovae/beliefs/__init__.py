@@ -32,11 +32,12 @@ from .fisher import (
     posterior_fisher_shannon,
     score_fisher,
 )
-from .latent import Block, LatentSpec, Posterior
+from .latent import Block, LatentSpec, NonFiniteInputError, Posterior
 from .likelihoods import LIKELIHOODS, Likelihood, likelihood, likelihood_class
 
 __all__ = [
     "FAMILIES",
+    "NonFiniteInputError",
     "LOCATION_FISHER",
     "LIKELIHOODS",
     "PAIRS",

@@ -31,7 +31,12 @@ from torch import nn
 from .divergence import PAIRS, PairKind, kl
 from .families import LocationScale, family_class
 
-__all__ = ["Block", "LatentSpec", "Posterior"]
+__all__ = ["Block", "LatentSpec", "NonFiniteInputError", "Posterior"]
+
+
+class NonFiniteInputError(ValueError):
+    """A NaN or infinity reached the latent math (an encoder output): a ValueError for library
+    callers; the training loop applies its non-finite policy to it (stop or skip the batch)."""
 
 MIN_SCALE = 1e-4
 
@@ -215,6 +220,12 @@ class LatentSpec(nn.Module):
         if h.shape[-1] != self.encoder_outputs:
             raise ValueError(f"encoder output has {h.shape[-1]} features; this latent spec "
                              f"({self}) needs 2 * {self.dim} = {self.encoder_outputs}")
+        if not bool(torch.isfinite(h).all()):
+            bad = int((~torch.isfinite(h)).sum())
+            raise NonFiniteInputError(
+                f"the encoder output h holds {bad} non-finite value(s) (NaN or inf) of "
+                f"{h.numel()}: the posterior would be NaN; the encoder's weights have diverged "
+                "or its input is non-finite")
         raw_loc, raw_scale = h[..., : self.dim], h[..., self.dim:]
         scale = F.softplus(raw_scale) + self.min_scale  # one pass over all dims
         out = Posterior()

@@ -306,6 +306,10 @@ def _alias(primary: str, value: object, alias: str, alias_value: object, default
     return default if alias_value is None else alias_value
 
 
+# below this scale (x - mean)^2 / scale^2 overflows float32 for |x - mean| of order 1e7
+_MIN_FIXED_SCALE = 1e-12
+
+
 class _LocScaleLikelihood(Likelihood):
     """Shared fixed / learned scale handling for location-scale likelihoods.
 
@@ -344,6 +348,13 @@ class _LocScaleLikelihood(Likelihood):
             )
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"{self.name}: scale must be a positive finite float, got {scale}")
+        if scale < _MIN_FIXED_SCALE:
+            raise ValueError(
+                f"{self.name}: scale (sigma) {scale:g} is below {_MIN_FIXED_SCALE:g}: "
+                "(x - mean)^2 / sigma^2 overflows float32 there and the log-likelihood is "
+                "-inf; sigma is the noise scale in data units (e.g. --sigma 0.1), or learn it "
+                "(--learn-sigma shared)"
+            )
         if min_scale < 0:
             raise ValueError(f"{self.name}: min_scale must be >= 0, got {min_scale}")
         self.learn_scale: str | None = learn

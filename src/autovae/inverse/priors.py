@@ -71,7 +71,7 @@ class DecoderPrior(Prior):
     """
 
     def __init__(self, model, description: str = ""):
-        if not getattr(model, "can_be_prior", _can_be_prior(model)):
+        if not getattr(model, "can_be_prior", False):
             raise ValueError(f"a {type(model).__name__} has no decoder or generator with a "
                              "latent prior; it cannot serve as a prior")
         self.model = copy.deepcopy(model).double().eval()
@@ -121,12 +121,6 @@ class DecoderPrior(Prior):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.model.latent.sample_prior(n).to(torch.float64)
-
-
-def _can_be_prior(model) -> bool:
-    has_map = (hasattr(model, "decoder") and hasattr(model, "likelihood")) or hasattr(
-        model, "generate_from")
-    return has_map and hasattr(model, "latent")
 
 
 class LogDensityPrior(Prior):

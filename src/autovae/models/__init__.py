@@ -2,9 +2,11 @@
 
 A model is a :class:`Model` (see :mod:`autovae.models.base` for the contract): it declares its
 optimizers, yields the losses of one training step, and says what it can do through class
-attributes (``has_bound``, ``has_encoder``, ``has_likelihood``). Add a model by subclassing
-:class:`Model`, giving it a ``from_config(config, event_shape)`` classmethod and registering it
-in :data:`MODELS`.
+attributes (``has_bound``, ``has_encoder``, ``has_likelihood``, ``can_be_prior``) and which
+config keys it reads (``reads``). Add a model by subclassing :class:`Model`, giving it a
+``from_config(config, event_shape)`` classmethod and ``reads``, and registering it in
+:data:`MODELS` (the registry lives in :mod:`autovae._registry`, so that the config can ask a
+model class what it reads without importing this package).
 
 * ``vae``: the VAE with free posterior, prior and likelihood beliefs and any bound;
 * ``beta-vae``: the same model, named for users who look for it; it refuses ``beta = 1``;
@@ -13,6 +15,11 @@ in :data:`MODELS`.
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+from .._registry import MODELS, model_class
 from .adversarial import AVA0, AVA1, AVA2, AVA3, AVA4, AVA5, GAN, VAEGAN
 from .base import Model, NonFiniteLossError, StepContext, evaluation_mode
 from .vae import VAE
@@ -33,30 +40,65 @@ class BetaVAE(VAE):
         return super().from_config(config, event_shape)
 
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (VAE, BetaVAE, GAN, VAEGAN, AVA0,
-                                                            AVA1, AVA2, AVA3, AVA4, AVA5)}
-
-
-def model_class(name: str) -> type[Model]:
-    """The model class registered as ``name`` (case-insensitive, ``_`` as ``-``).
-
-    >>> model_class("Beta_VAE").name, model_class("vae").has_bound
-    ('beta-vae', True)
-    """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-    return MODELS[key]
+MODELS.update({cls.name: cls for cls in (VAE, BetaVAE, GAN, VAEGAN, AVA0, AVA1, AVA2, AVA3, AVA4,
+                                         AVA5)})
 
 
 def build_model(config, event_shape) -> Model:
-    """The model ``config.model`` names, built from the config and the data's event shape."""
+    """The model ``config.model`` names, built from the config and the data's event shape;
+    a model too large for this machine is refused before any weight is allocated."""
     cls = model_class(config.model)
-    if config.fisher_weight > 0 and not cls.has_encoder:
-        raise ValueError(f"fisher_weight penalises an encoder's posterior, and model "
-                         f"{cls.name!r} has no encoder; set fisher_weight: 0")
+    check_model_size(cls, config, tuple(event_shape))
     return cls.from_config(config, tuple(event_shape))
 
 
+# the Config keys that size each top-level part of a model, to name in a refusal
+_SIZE_KEYS = {"encoder": ("hidden", "depth", "latent"), "decoder": ("hidden", "depth", "latent"),
+              "generator": ("hidden", "depth", "latent"),
+              "discriminator": ("disc_hidden", "disc_depth"),
+              "decoder_discriminator": ("disc_hidden", "disc_depth"),
+              "encoder_discriminator": ("code_disc_hidden", "disc_hidden", "disc_depth")}
+BYTES_PER_PARAMETER = 16  # float32 weights, gradients and Adam's two moments
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 when the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def check_model_size(cls, config, event_shape, limit: int | None = None) -> int:
+    """Build the model on the meta device (no memory), and refuse it with a ValueError naming
+    the settings of its largest part and the bytes training it needs when those exceed
+    ``limit`` (default: this machine's memory). Returns the bytes."""
+    try:
+        with torch.device("meta"):
+            meta = cls.from_config(config, event_shape)
+    except ValueError:
+        raise
+    except Exception:  # a model that cannot be built on meta is checked as it is built
+        return 0
+    parts: dict[str, int] = {}
+    for name, tensor in [*meta.named_parameters(), *meta.named_buffers()]:
+        top = name.split(".")[0]
+        parts[top] = parts.get(top, 0) + tensor.numel()
+    need = sum(parts.values()) * BYTES_PER_PARAMETER
+    limit = memory_bytes() if limit is None else limit
+    if limit and need > limit:
+        biggest = max(parts, key=parts.get)
+        keys = [k for k in _SIZE_KEYS.get(biggest, ("hidden", "depth", "latent"))
+                if getattr(config, k, None) is not None]
+        settings = ", ".join(f"{k} = {getattr(config, k)!r}" for k in keys)
+        raise ValueError(
+            f"model {cls.name} with {settings} on data of shape {event_shape} has "
+            f"{sum(parts.values()):,} parameters ({parts[biggest]:,} in its {biggest}): training "
+            f"it needs {need / 2**30:,.1f} GiB ({BYTES_PER_PARAMETER} bytes per parameter: "
+            f"weights, gradients, Adam's moments), more than this machine's "
+            f"{limit / 2**30:,.1f} GiB; lower {' or '.join(keys) or 'the network size'}")
+    return need
+
+
 __all__ = ["MODELS", "VAE", "BetaVAE", "Model", "NonFiniteLossError", "StepContext",
-           "build_model", "evaluation_mode", "model_class"]
+           "build_model", "check_model_size", "evaluation_mode", "model_class"]

@@ -1,6 +1,6 @@
 """Adversarial models: GAN, VAE-GAN (Larsen et al. 2016) and AVA0-AVA5 (Nguyen et al. 2023/24).
 
-Every model here trains through the one loop (:mod:`autovae.train`): it declares one optimizer
+Every model here trains through the one loop (:mod:`autovae.training`): it declares one optimizer
 per network and yields one loss per optimizer in the order they are stepped.
 
 * ``gan`` (Goodfellow et al. 2014): generator G = the decoder network with a sigmoid output
@@ -64,20 +64,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check
 from ..beliefs import LatentSpec
-from ..discriminators import CodeDiscriminator, Discriminator, build_discriminator
-from ..nets import build_networks
+from ..discriminators import (
+    DISCRIMINATOR_KEYS,
+    CodeDiscriminator,
+    Discriminator,
+    build_discriminator,
+)
+from ..nets import NETWORK_KEYS, build_networks
 from .base import Model, StepContext
-from .vae import VAE
+from .vae import FISHER_KEYS, VAE
 
-__all__ = ["AVA", "AVA0", "AVA1", "AVA2", "AVA3", "AVA4", "AVA5", "ADVERSARIAL_KEYS", "GAN",
-           "PRESETS", "VAEGAN", "AdversarialSettings", "check_settings", "gan_generator_loss",
-           "minus_mmd", "paper_surrogates"]
+__all__ = ["AVA", "AVA0", "AVA1", "AVA2", "AVA3", "AVA4", "AVA5", "AVA_KEYS", "GAN", "PRESETS",
+           "VAEGAN", "VAEGAN_KEYS", "AdversarialSettings", "gan_generator_loss", "minus_mmd",
+           "paper_surrogates"]
 
-# Config keys of the adversarial block, and the models that read each one
-ADVERSARIAL_KEYS = ("disc_network", "disc_hidden", "disc_depth", "disc_lr", "spectral_norm",
-                    "code_disc_hidden", "gan_loss", "ava_preset", "ava_grad_mode",
-                    "couple_encoder", "vaegan_gamma", "equilibrium")
+# Config keys of the adversarial training settings (the discriminator's own are
+# discriminators.DISCRIMINATOR_KEYS); each model class declares those it reads in ``reads``
+AVA_KEYS = frozenset({"ava_preset", "ava_grad_mode", "couple_encoder"})
+VAEGAN_KEYS = frozenset({"vaegan_gamma", "equilibrium"})
 
 PRESETS = {
     "paper": dict(grad_mode="paper", couple_encoder=False, gan_loss="minimax", optimizer="sgd"),
@@ -109,50 +115,6 @@ class AdversarialSettings:
                 preset[key] = getattr(config, field)
         return cls(**preset, lr=config.lr,
                    disc_lr=config.disc_lr if config.disc_lr is not None else config.lr)
-
-
-def check_settings(config) -> None:
-    """Refuse adversarial settings on a model that does not read them (Config calls this).
-
-    Each model class lists the keys it reads in ``adversarial_keys``; a key left at its default
-    is always fine.
-    """
-    from ..config import Config
-    from . import model_class
-
-    cls = model_class(config.model)
-    accepted = getattr(cls, "adversarial_keys", frozenset())
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    for key in ADVERSARIAL_KEYS:
-        value = getattr(config, key)
-        if value == defaults[key] or key in accepted:
-            continue
-        readers = ", ".join(name for name, c in _registered().items()
-                            if key in getattr(c, "adversarial_keys", ()))
-        reason = _REASONS.get(key, "")
-        if key == "code_disc_hidden" and not cls.has_encoder:
-            reason = f" ({cls.name} has no encoder, so no encoder discriminator)"
-        elif key in _DISC_KEYS and not getattr(cls, "has_discriminator", False):
-            reason = f" ({cls.name} has no discriminator)"
-        raise ValueError(f"{key} = {value!r} does not apply to model {cls.name}{reason}; it is "
-                         f"read by {readers}: remove {key} or choose one of those models")
-    if getattr(config, "fisher_weight", 0.0) and cls.name in _registered() and \
-            issubclass(cls, (GAN, AVA, VAEGAN)):
-        raise ValueError(f"fisher_weight applies to the VAE's training loss; model {cls.name} "
-                         "trains its own losses: remove fisher_weight or use --model vae")
-
-
-_DISC_KEYS = {"disc_network", "disc_hidden", "disc_depth", "disc_lr", "spectral_norm",
-              "gan_loss"}
-_REASONS = {"vaegan_gamma": " (the decoder's weighting of VAE-GAN)",
-            "equilibrium": " (the equilibrium heuristic of VAE-GAN)",
-            "disc_network": " (its only discriminator is on codes, an MLP)"}
-
-
-def _registered():
-    from . import MODELS
-
-    return MODELS
 
 
 # ----------------------------------------------------------------------------- loss pieces
@@ -230,10 +192,17 @@ class GAN(Model):
     """
 
     name = "gan"
-    has_discriminator = True
+    has_discriminator = can_be_prior = True
     validation_keys = ("val_minus_mmd", "val_disc_real", "val_disc_fake")
-    adversarial_keys = frozenset({"disc_network", "disc_hidden", "disc_depth", "disc_lr",
-                                  "spectral_norm", "gan_loss", "ava_preset", "ava_grad_mode"})
+    # no likelihood, bound, encoder or clip: none of the VAE's settings
+    reads = (Model.reads | NETWORK_KEYS | DISCRIMINATOR_KEYS | {"ava_preset", "ava_grad_mode"}) \
+        - {"code_disc_hidden"}
+
+    @classmethod
+    def unread_reason(cls, key: str) -> str:
+        if key in ("code_disc_hidden", "couple_encoder"):
+            return f"{cls.name} has no encoder, so no encoder discriminator"
+        return super().unread_reason(key)
 
     def __init__(self, generator: nn.Module, discriminator: Discriminator, latent: LatentSpec,
                  settings: AdversarialSettings | None = None):
@@ -296,6 +265,7 @@ class GAN(Model):
 
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
+        n = check("n", n, "count")
         return self.generate_from(self.latent.sample_prior(n).to(self.device))
 
     @torch.no_grad()
@@ -329,32 +299,40 @@ class VAEGAN(VAE):
     name = "vae-gan"
     has_discriminator = True
     validation_keys = ("val_elbo", "val_bound")
-    adversarial_keys = frozenset({"disc_network", "disc_hidden", "disc_depth", "disc_lr",
-                                  "spectral_norm", "gan_loss", "vaegan_gamma", "equilibrium"})
+    # the VAE's settings but its penalty (the loss is its own), plus the discriminator's
+    reads = (VAE.reads - FISHER_KEYS | DISCRIMINATOR_KEYS | VAEGAN_KEYS) - {"code_disc_hidden"}
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: LatentSpec,
+                 likelihood, discriminator: Discriminator, bound=None,
+                 latent_clip: float | None = None, warmup_epochs: float = 0.0,
+                 gamma: float = 0.01, margin: float | None = 0.4,
+                 gan_loss: str = "non-saturating", disc_lr: float | None = None):
+        super().__init__(encoder, decoder, latent, likelihood, bound, latent_clip, warmup_epochs)
+        self.discriminator = discriminator
+        self.gamma, self.margin, self.gan_loss, self.disc_lr = gamma, margin, gan_loss, disc_lr
+
+    @classmethod
+    def unread_reason(cls, key: str) -> str:
+        if key == "code_disc_hidden":
+            return f"{cls.name} has no encoder discriminator"
+        return super().unread_reason(key)
 
     @classmethod
     def from_config(cls, config, event_shape) -> VAEGAN:
-        model = super().from_config(config, event_shape)
-        model.discriminator = build_discriminator(config.disc_network, event_shape,
-                                                  config.disc_hidden, config.disc_depth,
-                                                  config.spectral_norm)
-        model.gamma, model.margin = config.vaegan_gamma, config.equilibrium
-        model.gan_loss = config.gan_loss or "non-saturating"
-        model.disc_lr = config.disc_lr if config.disc_lr is not None else config.lr
-        return model
+        parts = cls.vae_parts(config, event_shape)
+        del parts["fisher"]  # refused by the config: VAE-GAN trains its own losses
+        discriminator = build_discriminator(config.disc_network, event_shape, config.disc_hidden,
+                                            config.disc_depth, config.spectral_norm)
+        return cls(**parts, discriminator=discriminator, gamma=config.vaegan_gamma,
+                   margin=config.equilibrium, gan_loss=config.gan_loss or "non-saturating",
+                   disc_lr=config.disc_lr)
 
     def configure_optimizers(self, config) -> dict[str, torch.optim.Optimizer]:
         return {"encoder": _adam_or_sgd(self.encoder.parameters(), config.lr, "adam"),
                 "decoder": _adam_or_sgd([*self.decoder.parameters(),
                                          *self.latent.parameters()], config.lr, "adam"),
-                "discriminator": _adam_or_sgd(self.discriminator.parameters(), self.disc_lr,
-                                              "adam")}
-
-    def _kl(self, q, z):
-        """KL(q(z|x) || p(z)) per data point, shape (B,), for draws z of shape (B, dim)."""
-        if self.latent.all_closed_form and self.bound.analytic_kl:
-            return self.latent.kl(q)
-        return self.latent.log_q(q, z[None])[0] - self.latent.log_p(z[None])[0]
+                "discriminator": _adam_or_sgd(self.discriminator.parameters(),
+                                              self.disc_lr or config.lr, "adam")}
 
     def training_step(self, x: torch.Tensor, ctx: StepContext):
         beta = self.beta_at(ctx.progress)
@@ -363,7 +341,7 @@ class VAEGAN(VAE):
             f_real = disc.features(x)
         q = self.posterior(x)
         z = self.latent.rsample(q, 1)[0]
-        kl = self._kl(q, z)
+        kl = self.kl_per_point(q, z)
         f_tilde = disc.features(self.likelihood.mean(self.decode(z)))
         llike = 0.5 * _sum_event((f_real - f_tilde) ** 2)  # -log N(Dis_l(x) | Dis_l(x~), I)
         ctx.log("train_kl", kl)
@@ -450,31 +428,59 @@ class AVA(VAE):
     has_discriminator = True
     supervise_decoder = lean_decoder = supervise_encoder = lean_encoder = False
     validation_keys = ("val_elbo", "val_bound")
-    adversarial_keys = frozenset({"ava_preset", "ava_grad_mode", "couple_encoder", "gan_loss",
-                                  "disc_lr", "spectral_norm", "disc_hidden", "disc_depth"})
+    reads = VAE.reads - FISHER_KEYS | AVA_KEYS  # each variant adds its discriminators' keys
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: LatentSpec,
+                 likelihood, bound=None, latent_clip: float | None = None,
+                 warmup_epochs: float = 0.0, settings: AdversarialSettings | None = None,
+                 decoder_discriminator: Discriminator | None = None,
+                 encoder_discriminator: Discriminator | None = None):
+        super().__init__(encoder, decoder, latent, likelihood, bound, latent_clip, warmup_epochs)
+        self.settings = settings or AdversarialSettings()
+        self._schedule = _Schedule()
+        for role, net, wanted in (("decoder_discriminator", decoder_discriminator,
+                                   self.supervise_decoder),
+                                  ("encoder_discriminator", encoder_discriminator,
+                                   self.supervise_encoder)):
+            if wanted and net is None:
+                raise ValueError(f"model {self.name} supervises the "
+                                 f"{role.split('_')[0]}: pass {role}")
+            if not wanted and net is not None:
+                raise ValueError(f"model {self.name} has no {role.replace('_', ' ')}; "
+                                 f"{role} must be None")
+            if net is not None:
+                setattr(self, role, net)
+        if self.settings.grad_mode == "paper" and \
+                tuple(likelihood.out_event_shape) != tuple(likelihood.event_shape):
+            raise ValueError(f"ava_grad_mode paper needs a decoder output of one value per data "
+                             f"value (x' = the likelihood mean, element by element); likelihood "
+                             f"{likelihood.name} has output {likelihood.out_event_shape} for "
+                             f"data {tuple(likelihood.event_shape)}: drop learn_sigma: pixel, "
+                             "or use ava_grad_mode autograd")
+
+    @classmethod
+    def unread_reason(cls, key: str) -> str:
+        if key == "disc_network" and cls.supervise_encoder and not cls.supervise_decoder:
+            return "its only discriminator is on codes, an MLP"
+        if key == "code_disc_hidden" and not cls.supervise_encoder:
+            return f"{cls.name} has no encoder discriminator"
+        return super().unread_reason(key)
 
     @classmethod
     def from_config(cls, config, event_shape) -> AVA:
-        model = super().from_config(config, event_shape)
-        model.settings = AdversarialSettings.from_config(config)
-        model._schedule = _Schedule()
-        if model.settings.grad_mode == "paper" and \
-                tuple(model.likelihood.out_event_shape) != tuple(event_shape):
-            raise ValueError(f"ava_grad_mode paper needs a decoder output of one value per data "
-                             f"value (x' = the likelihood mean, element by element); likelihood "
-                             f"{model.likelihood.name} has output "
-                             f"{model.likelihood.out_event_shape} for data "
-                             f"{tuple(event_shape)}: drop learn_sigma: pixel, or use "
-                             "ava_grad_mode autograd")
+        parts = cls.vae_parts(config, event_shape)
+        del parts["fisher"]  # refused by the config: AVA trains its own losses
+        parts["settings"] = AdversarialSettings.from_config(config)
         if cls.supervise_decoder:
-            model.decoder_discriminator = build_discriminator(
+            parts["decoder_discriminator"] = build_discriminator(
                 config.disc_network, event_shape, config.disc_hidden, config.disc_depth,
                 config.spectral_norm)
         if cls.supervise_encoder:
-            model.encoder_discriminator = CodeDiscriminator(
-                model.latent.dim, config.code_disc_hidden or config.disc_hidden,
-                config.disc_depth, config.spectral_norm)
-        return model
+            width = (config.disc_hidden if config.code_disc_hidden is None
+                     else config.code_disc_hidden)
+            parts["encoder_discriminator"] = CodeDiscriminator(
+                parts["latent"].dim, width, config.disc_depth, config.spectral_norm)
+        return cls(**parts)
 
     def configure_optimizers(self, config) -> dict[str, torch.optim.Optimizer]:
         s = self.settings
@@ -489,11 +495,6 @@ class AVA(VAE):
                       for name, (_, lr) in networks.items()}
         self._schedule.set(optimizers, {name: lr for name, (_, lr) in networks.items()})
         return optimizers
-
-    def _kl(self, q, z):
-        if self.latent.all_closed_form and self.bound.analytic_kl:
-            return self.latent.kl(q)
-        return self.latent.log_q(q, z[None])[0] - self.latent.log_p(z[None])[0]
 
     def _out_grad(self, out: torch.Tensor) -> torch.Tensor:
         """a'_g(x'): the element-wise derivative of the likelihood mean at the decoder output."""
@@ -511,7 +512,7 @@ class AVA(VAE):
         q = self.posterior(x)
         z = self.latent.rsample(q, 1)[0]
         mu_x = self.latent.median(q)
-        kl = self._kl(q, z)
+        kl = self.kl_per_point(q, z)
         ctx.log("train_kl", kl)
         loss_e = beta * kl
         out = self.decode(z if s.couple_encoder else z.detach())
@@ -596,7 +597,7 @@ class AVA(VAE):
 
 
 def _variant(name: str, sd: bool, ld: bool, se: bool, le: bool, doc: str) -> type[AVA]:
-    keys = {"ava_preset", "ava_grad_mode", "couple_encoder"}
+    keys = set(AVA.reads)
     if sd or se:
         keys |= {"gan_loss", "disc_lr", "spectral_norm", "disc_hidden", "disc_depth"}
     if sd:
@@ -606,7 +607,7 @@ def _variant(name: str, sd: bool, ld: bool, se: bool, le: bool, doc: str) -> typ
     return type(name.upper(), (AVA,), {
         "name": name, "__doc__": doc, "__module__": __name__,
         "has_discriminator": sd or se, "supervise_decoder": sd, "lean_decoder": ld,
-        "supervise_encoder": se, "lean_encoder": le, "adversarial_keys": frozenset(keys)})
+        "supervise_encoder": se, "lean_encoder": le, "reads": frozenset(keys)})
 
 
 AVA0 = _variant("ava0", False, False, False, False,

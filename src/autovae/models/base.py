@@ -1,6 +1,6 @@
 """What every trainable model provides, and the context the training loop hands it.
 
-The loop (:func:`autovae.train.train`) owns the mechanics that must exist once: data order and
+The loop (:func:`autovae.training.train`) owns the mechanics that must exist once: data order and
 RNG, AMP and gradient scaling, ``zero_grad`` / ``backward`` / clip / ``step``, the non-finite
 policy, checkpoints and exact resume. A model owns its objective:
 
@@ -14,9 +14,15 @@ policy, checkpoints and exact resume. A model owns its objective:
   loss sees the parameters as they are then; a loss must not reuse a graph that an earlier
   yielded loss already back-propagated through;
 * :meth:`Model.validation_metrics` gives the per-epoch ``val_*`` numbers;
-* capabilities are class attributes (``has_bound``, ``has_encoder``, ``has_likelihood``), the
-  way ``torch.distributions`` says ``has_rsample``: evaluation, pictures, reports and the search
-  show what a model supports instead of assuming a VAE.
+* capabilities are class attributes (``has_bound``, ``has_encoder``, ``has_likelihood``,
+  ``has_discriminator``, ``can_be_prior``), the way ``torch.distributions`` says
+  ``has_rsample``: evaluation, pictures, reports, the search and the inverse problems show what
+  a model supports instead of assuming a VAE;
+* ``reads`` is the set of :class:`~autovae.config.Config` keys the model reads, declared next
+  to the code that reads them. The keys that data loading and the loop read for every model
+  (``epochs``, ``batch_size``, ``seed``, ...) are :data:`autovae.config.LOOP_KEYS`; any other
+  key set away from its default on a model that does not read it is refused by the config,
+  naming the key and the models that do read it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from ..discriminators import DISCRIMINATOR_KEYS
 
 __all__ = ["Model", "NonFiniteLossError", "StepContext", "evaluation_mode"]
 
@@ -101,11 +109,29 @@ class Model(nn.Module, metaclass=abc.ABCMeta):
     """Base class of the models the loop trains; see the module docstring for the contract."""
 
     name: str = "model"
-    has_bound: bool = False       # log p(x) bound and importance-sampled NLL
-    has_encoder: bool = False     # x -> code: reconstructions, embeddings, interpolations
-    has_likelihood: bool = False  # p(x | z): likelihood means, NLL
+    has_bound: bool = False          # log p(x) bound and importance-sampled NLL
+    has_encoder: bool = False        # x -> code: reconstructions, embeddings, interpolations
+    has_likelihood: bool = False     # p(x | z): likelihood means, NLL
+    has_discriminator: bool = False  # trains a discriminator (disc_* settings)
+    # a decoder or generator fed by a latent prior (``latent``, ``decode`` or ``generate_from``):
+    # the model can serve as the prior of a latent-space inverse problem
+    can_be_prior: bool = False
+    # Config keys this model reads besides autovae.config.LOOP_KEYS (lr: configure_optimizers)
+    reads: frozenset[str] = frozenset({"lr"})
     # keys of the per-epoch row that the pruner and reports may read, best first
     validation_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def unread_reason(cls, key: str) -> str:
+        """Why this model does not read the config key ``key`` (empty: no particular reason);
+        the config adds it to its refusal."""
+        if key in DISCRIMINATOR_KEYS and not cls.has_discriminator:
+            return f"{cls.name} has no discriminator"
+        if key == "nll_samples" and not cls.has_bound:
+            return f"{cls.name} has no bound, so no importance-sampled NLL"
+        if key.startswith("fisher_") and not cls.has_encoder:
+            return f"{cls.name} has no encoder, so no posterior to penalise"
+        return ""
 
     @abc.abstractmethod
     def configure_optimizers(self, config) -> dict[str, torch.optim.Optimizer]:

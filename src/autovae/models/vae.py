@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import check
 from ..beliefs import (
     LatentSpec,
     Likelihood,
@@ -35,12 +36,16 @@ from ..beliefs import (
 )
 from ..beliefs.fisher import check_fisher
 from ..bounds import Bound, BoundEstimate
-from ..nets import build_networks
+from ..nets import NETWORK_KEYS, build_networks
 from .base import Model, StepContext
 
 __all__ = ["VAE", "FisherPenalty"]
 
 _ELBO = Bound(alpha=1.0, samples=1)
+
+LIKELIHOOD_KEYS = frozenset({"likelihood", "sigma", "learn_sigma"})
+BOUND_KEYS = frozenset({"alpha", "samples", "beta", "analytic_kl"})
+FISHER_KEYS = frozenset({"fisher_weight", "fisher_target", "fisher_estimator"})
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,11 @@ class VAE(Model):
     """
 
     name = "vae"
-    has_bound = has_encoder = has_likelihood = True
+    has_bound = has_encoder = has_likelihood = can_be_prior = True
     validation_keys = ("val_elbo", "val_bound")
+    # the Config keys from_config, the bound, the warm-up, the penalty and evaluate read
+    reads = Model.reads | NETWORK_KEYS | LIKELIHOOD_KEYS | BOUND_KEYS | FISHER_KEYS | {
+        "latent_clip", "warmup_epochs", "nll_samples"}
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: LatentSpec,
                  likelihood: Likelihood, bound: Bound | None = None,
@@ -94,6 +102,12 @@ class VAE(Model):
     @classmethod
     def from_config(cls, config, event_shape) -> VAE:
         """A VAE from a :class:`~autovae.config.Config` and the data's event shape."""
+        return cls(**cls.vae_parts(config, event_shape))
+
+    @staticmethod
+    def vae_parts(config, event_shape) -> dict:
+        """The VAE's constructor arguments from a config: the networks, latent space,
+        likelihood, bound, clip, warm-up and Fisher penalty (subclasses add their own parts)."""
         latent = LatentSpec.parse(config.latent, dim=config.latent_dim,
                                   learn_prior=config.learn_prior)
         lik_class = likelihood_class(config.likelihood)
@@ -107,8 +121,9 @@ class VAE(Model):
                       analytic_kl=config.analytic_kl)
         fisher = (FisherPenalty(config.fisher_weight, config.fisher_target,
                                 config.fisher_estimator) if config.fisher_weight > 0 else None)
-        return cls(encoder, decoder, latent, lik, bound, config.latent_clip,
-                   config.warmup_epochs, fisher)
+        return dict(encoder=encoder, decoder=decoder, latent=latent, likelihood=lik, bound=bound,
+                    latent_clip=config.latent_clip, warmup_epochs=config.warmup_epochs,
+                    fisher=fisher)
 
     # -- training (the loop's contract, see autovae.models.base) --------------------------------
     def configure_optimizers(self, config) -> dict[str, torch.optim.Optimizer]:
@@ -119,6 +134,14 @@ class VAE(Model):
         if self.warmup_epochs > 0:
             return self.bound.beta * min(1.0, progress / self.warmup_epochs)
         return self.bound.beta
+
+    def kl_per_point(self, q, z: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per data point, shape (B,): the closed form when every block has
+        one and the bound allows it, else the one-draw estimate log q(z|x) - log p(z) at the
+        draws ``z`` of shape (B, dim)."""
+        if self.latent.all_closed_form and self.bound.analytic_kl:
+            return self.latent.kl(q)
+        return self.latent.log_q(q, z[None])[0] - self.latent.log_p(z[None])[0]
 
     def training_step(self, x: torch.Tensor, ctx: StepContext):
         beta = self.beta_at(ctx.progress)
@@ -225,17 +248,21 @@ class VAE(Model):
             q = self.latent.posterior(h)
             for block, kl in zip(self.latent.blocks, self.latent.kl_blocks(q), strict=True):
                 if not torch.isfinite(kl).all():
-                    problems.append(f"the KL of block {block} is non-finite")
+                    problems.append(f"the KL of block {block} is non-finite (try a smaller lr "
+                                    "or set clip_grad)")
             z = self.latent.rsample(q, 1)
             for block, sl, qi in zip(self.latent.blocks, self.latent.slices, q, strict=True):
                 if not torch.isfinite(qi.log_prob(z[..., sl])).all():
-                    problems.append(f"log q(z|x) of block {block} is non-finite")
+                    problems.append(f"log q(z|x) of block {block} is non-finite (try a "
+                                    "smaller lr or set clip_grad)")
             out = self.decode(z)
             if not torch.isfinite(out).all():
                 problems.append("the decoder output is non-finite (try latent_clip for "
                                 "heavy-tailed posteriors)")
             elif not torch.isfinite(self.likelihood.log_prob(x, out)).all():
-                problems.append(f"the {self.likelihood.name} log-likelihood is non-finite")
+                problems.append(f"the {self.likelihood.name} log-likelihood is non-finite "
+                                "(try a smaller lr or set clip_grad; a tiny fixed sigma makes it "
+                                "overflow: raise --sigma or set --learn-sigma)")
         return problems
 
     # -- evaluation and use ---------------------------------------------------------------------
@@ -275,5 +302,6 @@ class VAE(Model):
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
         """The likelihood mean decoded from n draws of the prior."""
+        n = check("n", n, "count")
         return self.likelihood.mean(self.decode(self.latent.sample_prior(n).to(self.device)))
 

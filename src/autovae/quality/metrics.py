@@ -70,7 +70,8 @@ def sample_quality(real: Any, fake: Any, extractor: FeatureExtractor, *,
     image passes through the extractor once (``batch_size`` at a time, default the extractor's).
 
     Returns ``fid``, ``kid_mean``, ``kid_std``, ``is_mean``, ``is_std``, ``is_real_mean``,
-    ``is_real_std``, ``feature_extractor`` (its name), ``real_images``, ``fake_images``,
+    ``is_real_std``, ``feature_extractor`` (its name) and ``feature_extractor_sha256`` (of its
+    weights), ``real_images``, ``fake_images``,
     ``kid_subset_size``, ``kid_subsets`` and ``is_splits``.
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -122,7 +123,9 @@ def sample_quality(real: Any, fake: Any, extractor: FeatureExtractor, *,
     scores.update(kid_mean=float(kid_mean), kid_std=float(kid_std),
                   is_mean=is_values["is"][0], is_std=is_values["is"][1],
                   is_real_mean=is_values["is_real"][0], is_real_std=is_values["is_real"][1],
-                  feature_extractor=extractor.name, real_images=n_real, fake_images=n_fake,
+                  feature_extractor=extractor.name,
+                  feature_extractor_sha256=extractor.sha256, real_images=n_real,
+                  fake_images=n_fake,
                   kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, is_splits=is_splits)
     return scores
 

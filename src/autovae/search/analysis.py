@@ -158,9 +158,9 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     evaluate them on the test set. When the best trial's bound is not the ELBO, a third model,
     normal/normal with the best trial's bound, separates the gain of the pairing from the gain
     of the bound. Returns and writes ``retrain.json`` in ``folder``."""
-    from ..evaluate import evaluate, prefixed
+    from ..evaluation import evaluate, prefixed
     from ..run import prepare
-    from ..train import train
+    from ..training import train
 
     best = best_config(study, folder)
     changes = {"limit": limit}

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._checks import check, check_readable, syntax_error
+from .._checks import check, check_readable, load_yaml, syntax_error
 from ..beliefs import PAIRS, Block, LatentSpec, fisher_information_available, likelihood_class
 from ..config import Config
 
@@ -116,7 +116,7 @@ class SearchSpace:
 
         path = check_readable(path, "search-space file")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise syntax_error(f"search-space file {path}", "YAML", err) from None
         if not isinstance(data, dict):
@@ -162,6 +162,30 @@ class SearchSpace:
         config = base.replace(**changes)
         LatentSpec.parse(config.latent)  # fails loudly if a block were impossible
         return config
+
+    def check(self, base: Config) -> None:
+        """Refuse, before any trial, a space that ``base`` turns into a config the config's own
+        rules refuse: each end of every range, each pair and each likelihood is put into
+        ``base`` as a trial would, so a setting the base model does not read (a searched alpha
+        on a GAN) or a combination out of its domain fails here, naming the key, not in a
+        trial."""
+        def trial_config(changes: dict) -> None:
+            try:
+                base.replace(**changes)
+            except ValueError as err:
+                raise ValueError(f"search space against the base config: {err}") from None
+
+        for name in ("alpha", "samples", "beta", "latent_dim", "hidden", "depth", "lr",
+                     "fisher_weight", "fisher_target"):
+            low, high = getattr(self, name)
+            for end in {low, high}:
+                value = int(end) if _CONFIG_FIELDS[name].type in (int, "int") else end
+                if value != getattr(base, name) or low != high:
+                    trial_config({name: value})
+        for pair in self.pairs:
+            trial_config({"latent": f"{pair}:{int(self.latent_dim[0])}", "latent_dim": None})
+        for name in self.likelihoods:
+            trial_config({"likelihood": name})
 
     @property
     def comparable_likelihoods(self) -> bool:

@@ -103,6 +103,10 @@ class StudySpec:
         if not self.objectives or unknown:
             raise ValueError(f"unknown objective(s) {unknown or '(none)'}; choose from "
                              f"{', '.join(OBJECTIVES)}")
+        twice = sorted({o for o in self.objectives if self.objectives.count(o) > 1})
+        if twice:
+            raise ValueError(f"objective(s) {', '.join(twice)} given twice; a study optimises "
+                             "each objective once: give each --objective once")
         if self.trials < 1:
             raise ValueError(f"a study needs at least one trial, got trials={self.trials}")
         if self.sampler not in SAMPLERS:
@@ -111,6 +115,7 @@ class StudySpec:
             raise ValueError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
         if self.sampler == "cmaes" and len(self.objectives) > 1:
             raise ValueError("CMA-ES is single-objective; use tpe or nsga2 for several objectives")
+        self.space.check(self.base)
         model = model_class(self.base.model)
         for needs, has, what in ((_NEEDS_BOUND, model.has_bound, "a bound"),
                                  (_NEEDS_ENCODER, model.has_encoder, "an encoder")):
@@ -307,10 +312,11 @@ def create_study(storage, name: str, spec: StudySpec) -> optuna.Study:
 def _evaluate_trial(model, data: DataSplits, spec: StudySpec, seconds: float) -> dict[str, float]:
     import torch
 
-    from ..evaluate import evaluate, sample_quality_of
+    from ..evaluation import evaluate, sample_quality_of
 
     torch.manual_seed(0)
-    metrics = evaluate(model, data.val, nll_samples=spec.validation_nll_samples)
+    metrics = evaluate(model, data.val, nll_samples=spec.validation_nll_samples
+                       if model.has_bound else None)
     scores = {"params": float(sum(p.numel() for p in model.parameters())), "seconds": seconds}
     if model.has_bound:
         scores.update(nll=metrics["nll"], elbo=-metrics["elbo"], kl=metrics["kl"])
@@ -344,7 +350,7 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial):
-        from ..train import train
+        from ..training import train
 
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         origin = frozen.system_attrs.get("failed_trial", trial.number)  # a retry keeps its seed

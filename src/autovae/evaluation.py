@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from ._checks import check
 from .models import Model, evaluation_mode
 
 __all__ = ["active_units", "evaluate", "evaluate_quality", "prefixed", "sample_quality_of"]
@@ -41,9 +42,26 @@ def prefixed(metrics: dict, split: str) -> dict:
             for k, v in metrics.items()}
 
 
-def evaluate(model: Model, x: torch.Tensor, nll_samples: int = 1000, batch_size: int = 500,
-             nll_batch_size: int = 100, progress: bool = False) -> dict:
-    """Metrics of ``model`` on ``x`` (shape (N, *event_shape)), as a dict (see the module)."""
+def evaluate(model: Model, x: torch.Tensor, nll_samples: int | None = None,
+             batch_size: int = 500, nll_batch_size: int = 100, progress: bool = False) -> dict:
+    """Metrics of ``model`` on ``x`` (shape (N, *event_shape)), as a dict (see the module).
+
+    ``nll_samples`` is K of the importance-sampled NLL (default 1000); only a model with a
+    bound has one, so giving it for another model is refused."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an autovae Model (train(...).model, or load_trained), "
+                        f"got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a tensor of data points (N, *event_shape), got "
+                        f"{type(x).__name__}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one data point, got shape {tuple(x.shape)}")
+    if nll_samples is not None and not model.has_bound:
+        raise ValueError(f"nll_samples: model {model.name} has no bound, so no "
+                         "importance-sampled NLL; leave nll_samples out")
+    nll_samples = check("nll_samples", 1000 if nll_samples is None else nll_samples, "count")
+    batch_size = check("batch_size", batch_size, "count")
+    nll_batch_size = check("nll_batch_size", nll_batch_size, "count")
     started = time.perf_counter()
     n = x.shape[0]
     metrics: dict = {}
@@ -124,6 +142,10 @@ def best_images(model: Model, x: torch.Tensor, batch_size: int = 1000) -> torch.
     return best.clamp(0, 1)
 
 
+# sample_quality's is_splits: the Inception score is a mean over 10 splits of the images
+QUALITY_MIN_IMAGES = 10
+
+
 def evaluate_quality(model: Model, data, images: int = 10000, weights_path=None,
                      batch_size: int = 1000) -> dict:
     """Sample quality of ``model`` against the first ``images`` of ``data.test``: FID, KID and
@@ -140,7 +162,15 @@ def evaluate_quality(model: Model, data, images: int = 10000, weights_path=None,
         reconstruction_metrics,
     )
 
+    images = check("images", images, "count")
     real = data.test[:images]
+    if len(real) < QUALITY_MIN_IMAGES:
+        short = (f" ({data.name}'s test split has {len(data.test)})"
+                 if len(data.test) < images else "")
+        raise ValueError(f"sample quality needs at least {QUALITY_MIN_IMAGES} images (the "
+                         f"Inception score is a mean over {QUALITY_MIN_IMAGES} splits), got "
+                         f"{len(real)}{short}; ask for images={QUALITY_MIN_IMAGES} or more "
+                         f"(--quality-images)")
     if weights_path is not None:
         metrics = sample_quality_of(model, real, inception_features(weights_path), batch_size)
     elif data.train_labels is not None:

@@ -17,7 +17,9 @@ step, :mod:`autovae.models.base`); the loop owns what must exist once:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -26,12 +28,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import check_folder
-from .config import Config
+from ._registry import model_class
+from .beliefs import NonFiniteInputError
+from .config import Config, _coerce, unknown
 from .data import DataSplits, binarize
 from .models import Model, NonFiniteLossError, StepContext, build_model, evaluation_mode
 from .run import Run, load_model_state, prepare, resolve_device
 
-__all__ = ["NonFiniteLossError", "TrainResult", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "resume_config", "train"]
 
 # Changing these between an interrupted run and its resume does not change the run's result.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "compile", "nll_samples", "data_root",
@@ -82,6 +86,29 @@ def _check_resume(run: Run, config: Config) -> None:
                          f"config or train into another folder")
 
 
+def resume_config(run: Run, overrides: dict) -> Config:
+    """The config of the run in ``run`` with ``overrides`` on top, for ``--resume``: a change of
+    a setting that would change the run's result (anything but :data:`RESUMABLE_CHANGES`) is
+    refused by name before the changed config is checked as a whole (so ``--model vae`` on a
+    GAN run says that the model differs, not that the GAN's discriminator width is foreign)."""
+    saved = run.load_config()
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    unknown(overrides)
+    changed = []
+    for key, value in overrides.items():
+        if key in RESUMABLE_CHANGES or value is None:
+            continue
+        value = _coerce(fields[key], value)
+        if key == "model":
+            value = model_class(value).name
+        if value != getattr(saved, key):
+            changed.append(f"{key}: {getattr(saved, key)!r} -> {value!r}")
+    if changed:
+        raise ValueError(f"{run.folder} holds a different run ({', '.join(changed)}); resume it "
+                         "with its own settings, or train into another folder")
+    return saved.replace(**overrides)
+
+
 def _optimizer_states(checkpoint: dict, optimizers: dict) -> dict:
     """Each optimizer's saved state; a checkpoint of the single-optimizer trainer kept one
     ``optimizer``, which belongs to a model with one optimizer."""
@@ -122,7 +149,8 @@ def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, clip: fl
 
 
 def _nonfinite(model: Model, x, name: str, epoch: int, batch: int) -> str:
-    problems = model.diagnose(x, name) or [f"the {name!r} loss is non-finite"]
+    problems = model.diagnose(x, name) or [f"the {name!r} loss is non-finite (try a smaller lr "
+                                           "or set clip_grad)"]
     return (f"non-finite {name!r} loss at epoch {epoch + 1}, batch {batch + 1}: "
             + "; ".join(problems))
 
@@ -134,6 +162,15 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
     ``on_epoch(row, model)`` is called after each epoch's checkpoint with that epoch's metrics
     (the search reports them to Optuna and may raise to stop the run there).
     """
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be an autovae.Config, got {type(config).__name__} "
+                        f"{config!r:.60}; make one with Config(...) or load_config(path)")
+    if not isinstance(run_folder, (str, os.PathLike)):
+        raise TypeError(f"run_folder must be a path (str or pathlib.Path), got "
+                        f"{type(run_folder).__name__} {run_folder!r:.60}")
+    if data is not None and not isinstance(data, DataSplits):
+        raise TypeError(f"data must be an autovae.data.DataSplits (from load_data) or None, got "
+                        f"{type(data).__name__}")
     run = Run(check_folder(run_folder, "run folder"))
     if resume:
         if run.has_config() or run.has_checkpoint():
@@ -185,14 +222,19 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
             ctx.batch, ctx.batch_size = i, x.shape[0]
             steps = model.training_step(x, ctx)
             stepped = False
+            name = "model"
             while True:
-                with torch.autocast(device.type, enabled=use_amp):
-                    item = next(steps, None)
-                if item is None:
-                    ctx.commit()
-                    break
-                name, loss = item
-                value = loss.item()
+                try:
+                    with torch.autocast(device.type, enabled=use_amp):
+                        item = next(steps, None)
+                except NonFiniteInputError:  # a NaN or inf reached the latent math
+                    item, value = (name, None), math.nan
+                else:
+                    if item is None:
+                        ctx.commit()
+                        break
+                    name, loss = item
+                    value = loss.item()
                 if not math.isfinite(value):
                     steps.close()
                     ctx.discard()
@@ -201,8 +243,8 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
                         kept = (f"The checkpoint of epoch {epoch} in {run.folder} is intact"
                                 if epoch > 0 else "No epoch had finished, so no checkpoint "
                                 "was written")
-                        raise NonFiniteLossError(f"{message}. {kept}; try a smaller lr or "
-                                                 "clip_grad, or set on_nonfinite: skip")
+                        raise NonFiniteLossError(f"{message}. {kept}; or set on_nonfinite: "
+                                                 "skip to skip such batches")
                     skipped += 1
                     tqdm.write(f"skipped: {message}")
                     break
@@ -216,7 +258,18 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
         val = {}
         if data.val.shape[0]:
             with evaluation_mode(model):
-                val = model.validation_metrics(data.val, config.batch_size)
+                try:
+                    val = model.validation_metrics(data.val, config.batch_size)
+                except NonFiniteInputError as err:  # the non-finite policy, as for a batch
+                    message = f"validation after epoch {epoch + 1}: {err}"
+                    if config.on_nonfinite == "stop":
+                        kept = (f"The checkpoint of epoch {epoch} in {run.folder} is intact"
+                                if epoch > 0 else "No epoch had finished, so no checkpoint "
+                                "was written")
+                        raise NonFiniteLossError(f"{message}. {kept}; try a smaller lr or set "
+                                                 "clip_grad, or on_nonfinite: skip") from None
+                    tqdm.write(f"skipped: {message}")
+                    val = {k.removeprefix("val_"): math.nan for k in model.validation_keys}
         row = {"epoch": epoch + 1, **{k: v.item() / n for k, v in ctx.sums.items()},
                **{f"val_{k}": v for k, v in val.items()}, **ctx.last,
                "seconds": seconds, "images_per_second": n / seconds, "skipped_batches": skipped}
