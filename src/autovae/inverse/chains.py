@@ -74,11 +74,18 @@ class ChainFolder:
                              "give another --out")
 
     def read_json(self, path: Path) -> dict[str, Any]:
+        from .._checks import syntax_error
+
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path} is unreadable or cut ({err}); remove the folder "
-                             f"{self.path} or use another --out") from None
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise syntax_error(path, "JSON", err) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is unreadable ({err}); remove the folder {self.path} or "
+                             "use another --out") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        return data
 
     def write_json(self, path: Path, obj) -> None:
         text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
