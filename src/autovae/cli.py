@@ -214,7 +214,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve_forward(args: argparse.Namespace) -> int:
-    from .inverse.forward import load_forward
+    from .inverse.forward_models import load_forward
     from .inverse.umbridge import serve
 
     model = load_forward(args.model)

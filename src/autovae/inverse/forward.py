@@ -6,27 +6,20 @@ gradient kernels are refused, with ``gradient_reason``), and counts its cost in 
 every parameter set it maps adds ``forward_solves`` and every gradient it back-propagates adds
 ``adjoint_solves``, so samplers report PDE solves, not draws.
 
-Built in: :class:`DarcyForward` (``darcy``, the case of the latent-MCMC authors' released code,
-spec 3.2) and :class:`~autovae.inverse.aristoff_bangerth.AristoffBangerthForward`
-(``aristoff-bangerth``). From the user: a class by import path (``package.module:Class``, see
-:func:`load_forward`) or any UM-Bridge model over HTTP (``umbridge:http://host:port/name``,
-:class:`~autovae.inverse.umbridge.UMBridgeForward`).
+The built-in models and :func:`~autovae.inverse.forward_models.load_forward` (``--forward``)
+are in :mod:`autovae.inverse.forward_models`.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
 import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from .darcy import darcy_pressure
-
-__all__ = ["FORWARDS", "AristoffBangerthForward", "DarcyForward", "ForwardModel", "load_forward",
-           "regular_points"]
+__all__ = ["ForwardModel", "regular_points"]
 
 
 class ForwardModel(abc.ABC):
@@ -114,127 +107,3 @@ def regular_points(count: int) -> torch.Tensor:
     c = (torch.arange(m, dtype=torch.float64) + 0.5) / m
     y, x = torch.meshgrid(c, c, indexing="ij")
     return torch.stack([x.reshape(-1), y.reshape(-1)], 1)
-
-
-class DarcyForward(ForwardModel):
-    """Darcy pressures at observation points from a log-permeability field (n, n).
-
-    -div(k grad p) = ``source`` on [0, 1]^2 (a number or an (n, n) array of cell values),
-    p = 0 on x = 0, 1, no flux on y = 0, 1, cell-centred finite volumes on the ``grid`` x
-    ``grid`` mesh (:mod:`autovae.inverse.darcy`), observed at ``points`` (P, 2) in [0, 1]^2 (or
-    a square count: a regular interior grid). Adjoint gradients. The case comes from the
-    latent-MCMC authors' released code (spec 3.2), not from their report. A failing solve gives
-    NaN observations (a chain then stops with that reason) instead of aborting the batch.
-    """
-
-    name = "darcy"
-
-    def __init__(self, grid: int = 16, points=64, source=3.0):
-        super().__init__()
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-            raise ValueError(f"--grid must be an integer >= 2, got {grid!r}")
-        pts = regular_points(points) if isinstance(points, int) else torch.as_tensor(
-            np.asarray(points, dtype=np.float64))
-        if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 1:
-            raise ValueError(f"observation points must be (P, 2) rows of (x, y), got shape "
-                             f"{tuple(pts.shape)}")
-        bad = ~(torch.isfinite(pts).all(1) & (pts >= 0).all(1) & (pts <= 1).all(1))
-        if bad.any():
-            row = int(bad.nonzero()[0])
-            raise ValueError(f"observation point {row} {pts[row].tolist()} lies outside the "
-                             f"domain [0, 1]^2 ({int(bad.sum())} such points); give points in "
-                             "the unit square")
-        src = np.asarray(source, dtype=np.float64)
-        if not (src.ndim == 0 or src.shape == (grid, grid)) or not np.isfinite(src).all():
-            raise ValueError(f"--source must be a finite number or a ({grid}, {grid}) array, "
-                             f"got shape {src.shape}")
-        self.grid, self.points, self.source = grid, pts, src
-        self.param_shape, self.n_obs = (grid, grid), int(pts.shape[0])
-
-    def describe(self) -> dict[str, Any]:
-        src = float(self.source) if self.source.ndim == 0 else self.source.tolist()
-        return {**super().describe(), "grid": self.grid, "points": self.points.tolist(),
-                "source": src}
-
-    def evaluate(self, params: torch.Tensor) -> torch.Tensor:
-        return self.pressure(params, self.points)
-
-    def pressure(self, log_k: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Pressures of fields of any grid (a finer truth, say) at ``points``."""
-        f = float(self.source) if self.source.ndim == 0 else None
-        try:
-            if f is None:
-                from .darcy import DarcySolver
-                return _pressure_with(DarcySolver(log_k.shape[-1], self.source), log_k, points)
-            return darcy_pressure(log_k, points, f)
-        except ValueError:
-            if log_k.shape[0] == 1:
-                return torch.full((1, points.shape[0]), math.nan, dtype=log_k.dtype)
-        return torch.cat([self.pressure(f_[None], points) for f_ in log_k])
-
-
-def _pressure_with(solver, log_k, points) -> torch.Tensor:
-    from .darcy import observation_operator
-
-    n = log_k.shape[-1]
-    H = torch.from_numpy(observation_operator(n, points).toarray()).to(log_k.dtype)
-    return solver.solve(log_k).reshape(len(log_k), n * n) @ H.T
-
-
-def load_forward(spec: str, **options) -> ForwardModel:
-    """A forward model from ``--forward``: a built-in name (:data:`FORWARDS`),
-    ``package.module:Class`` (a :class:`ForwardModel` subclass, built with ``options``), or
-    ``umbridge:http://host:port/name``."""
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"--forward must be a name, package.module:Class or "
-                         f"umbridge:URL, got {spec!r}")
-    if spec.startswith("umbridge:"):
-        from .umbridge import UMBridgeForward
-
-        return UMBridgeForward(spec[len("umbridge:"):], **options)
-    if spec in FORWARDS:
-        return FORWARDS[spec](**options)
-    if ":" not in spec:
-        raise ValueError(f"unknown forward model {spec!r}; give one of {', '.join(FORWARDS)}, "
-                         "package.module:Class, or umbridge:http://host:port/name")
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"--forward {spec}: cannot import {module_name} ({err}); is it on "
-                         "PYTHONPATH or installed?") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ValueError(f"--forward {spec}: {module_name} has no {attr}")
-    if not (isinstance(cls, type) and issubclass(cls, ForwardModel)):
-        raise ValueError(f"--forward {spec}: {attr} is not a subclass of "
-                         "autovae.inverse.ForwardModel; subclass it (set param_shape, n_obs, "
-                         "define evaluate)")
-    try:
-        model = cls(**options)
-    except TypeError as err:
-        raise ValueError(f"--forward {spec}: cannot build {attr} ({err})") from None
-    if not model.param_shape or not model.n_obs:
-        raise ValueError(f"--forward {spec}: {attr} must set param_shape and n_obs")
-    return model
-
-
-class AristoffBangerthForward(ForwardModel):
-    """The Aristoff-Bangerth benchmark's forward model: 64 coefficients theta > 0 (the
-    benchmark's order) -> the 169 point values of u (its order); adjoint gradients."""
-
-    name = "aristoff-bangerth"
-    param_shape, n_obs = (64,), 169
-    positive = True
-
-    def __init__(self):
-        super().__init__()
-        from .aristoff_bangerth import AristoffBangerth
-
-        self.benchmark = AristoffBangerth()
-
-    def evaluate(self, params: torch.Tensor) -> torch.Tensor:
-        return self.benchmark.forward(params.to(torch.float64))
-
-
-FORWARDS = {"darcy": DarcyForward, "aristoff-bangerth": AristoffBangerthForward}

@@ -35,7 +35,7 @@ from .._files import atomic_path
 from .chains import ChainFolder, ChainResult, run_chains
 from .config import InverseConfig
 from .diagnostics import save_netcdf, summary
-from .forward import DarcyForward, load_forward
+from .forward_models import DarcyForward, load_forward
 from .grf import KarhunenLoeve, sample_grf
 from .kernels import make_kernel
 from .priors import DecoderPrior, LogDensityPrior, Prior, ResidualFieldPrior
