@@ -136,10 +136,9 @@ class BandedPoissonQ1:
         self._cell_to_param[np.arange(m * m), self.cell_param] = 1.0
 
     def band(self, theta: np.ndarray) -> np.ndarray:
-        """(B, 64) -> (B, 33, 961): A(theta) in LAPACK lower band storage, each matrix
-        Fortran-contiguous so that ``dpbtrf`` factorises it in place without a copy."""
-        ab = np.ascontiguousarray((self._scatter @ theta.T).T)
-        return ab.reshape(len(theta), self.n_dofs, self.kd + 1).transpose(0, 2, 1)
+        """(64,) -> (33, 961): A(theta) in LAPACK lower band storage, Fortran-contiguous so
+        that ``dpbtrf`` factorises it in place without a copy."""
+        return (self._scatter @ theta).reshape(self.n_dofs, self.kd + 1).T
 
     def _factor(self, ab: np.ndarray) -> np.ndarray:
         c, info = lapack.dpbtrf(ab, lower=1, overwrite_ab=1)
@@ -151,11 +150,10 @@ class BandedPoissonQ1:
 
     def solve(self, theta: np.ndarray, keep: bool = False):
         """(B, 64) coefficients -> z (B, 169); with ``keep``, also (factors, u) for ``vjp``."""
-        ab = self.band(theta)
         u = np.empty((len(theta), self.n_dofs))
         factors = [] if keep else None
-        for b in range(len(theta)):
-            c = self._factor(ab[b])
+        for b in range(len(theta)):  # one matrix at a time: its 250 kB stay in cache
+            c = self._factor(self.band(theta[b]))
             u[b] = lapack.dpbtrs(c, self.rhs, lower=1)[0]
             if keep:
                 factors.append(c)
