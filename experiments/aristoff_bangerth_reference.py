@@ -36,11 +36,12 @@ import arviz as az  # noqa: E402
 
 
 def run_mh(problem: AristoffBangerth, chains: int, steps: int, thin: int, scale: float,
-           seed: int, start: np.ndarray) -> dict:
-    """The benchmark's log-normal random walk on ``chains`` chains at once.
+           seed: int, start: np.ndarray, seconds: float = float("inf")) -> dict:
+    """The benchmark's log-normal random walk on ``chains`` chains at once, for ``steps``
+    steps or until ``seconds`` have passed (checked every ``thin`` steps).
 
-    Returns theta draws (chains, steps // thin, 64) (every ``thin``-th state), the acceptance
-    rate, the solves and the seconds used."""
+    Returns theta draws (chains, steps_done // thin, 64) (every ``thin``-th state), the steps
+    done, the acceptance rate, the solves and the seconds used."""
     rng = np.random.default_rng(seed)
     solves0, t0 = problem.solves, time.perf_counter()
     theta = start.copy()
@@ -51,8 +52,10 @@ def run_mh(problem: AristoffBangerth, chains: int, steps: int, thin: int, scale:
 
     current = log_post(phi)
     kept = np.empty((chains, steps // thin, 64))
-    accepted = 0
+    accepted, done = 0, 0
     for step in range(steps):
+        if step % thin == 0 and time.perf_counter() - t0 > seconds:
+            break
         xi = rng.normal(0.0, scale, size=phi.shape)
         trial_phi = phi + xi
         trial = log_post(trial_phi)
@@ -61,18 +64,21 @@ def run_mh(problem: AristoffBangerth, chains: int, steps: int, thin: int, scale:
         accept = np.log(rng.uniform(size=chains)) < log_ratio
         phi[accept], current[accept] = trial_phi[accept], trial[accept]
         accepted += int(accept.sum())
-        if (step + 1) % thin == 0:
-            kept[:, (step + 1) // thin - 1] = np.exp(phi)
-        if (step + 1) % 20000 == 0:
+        done = step + 1
+        if done % thin == 0:
+            kept[:, done // thin - 1] = np.exp(phi)
+        if (step + 1) % 5000 == 0:
             print(f"  MH step {step + 1}/{steps}: acceptance {accepted / (chains * (step + 1)):.3f}"
                   f", {time.perf_counter() - t0:.0f} s", flush=True)
-    return {"draws": kept, "acceptance": accepted / (chains * steps),
+    return {"draws": kept[:, :done // thin], "steps": done,
+            "acceptance": accepted / (chains * done),
             "solves": problem.solves - solves0, "seconds": time.perf_counter() - t0}
 
 
 def run_nuts(problem: AristoffBangerth, chains: int, warmup: int, samples: int, seed: int,
-             starts: np.ndarray) -> dict:
-    """Pyro NUTS on phi = ln theta, one chain after another; theta draws (chains, samples, 64)."""
+             starts: np.ndarray, deadline: float = float("inf")) -> dict:
+    """Pyro NUTS on phi = ln theta, one chain after another (none started after ``deadline``,
+    a ``time.perf_counter()`` value, once two are done); theta draws (chains, samples, 64)."""
     import pyro
     from pyro.infer import MCMC, NUTS
 
@@ -87,6 +93,9 @@ def run_nuts(problem: AristoffBangerth, chains: int, warmup: int, samples: int, 
     solves0, t0 = problem.solves, time.perf_counter()
     draws, extras = [], []
     for c in range(chains):
+        if c >= 2 and time.perf_counter() > deadline:
+            print(f"  NUTS: deadline passed, stopping after {c} chains", flush=True)
+            break
         pyro.set_rng_seed(seed + c)
         kernel = NUTS(potential_fn=potential, target_accept_prob=0.8, max_tree_depth=10)
         mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup,
@@ -137,13 +146,17 @@ def compare(a: dict, b: dict) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mh-chains", type=int, default=32)
-    ap.add_argument("--mh-steps", type=int, default=70000, help="steps per chain")
+    ap.add_argument("--mh-chains", type=int, default=16)
+    ap.add_argument("--mh-steps", type=int, default=200000, help="most steps per chain")
+    ap.add_argument("--mh-minutes", type=float, default=16.0,
+                    help="wall-clock budget of the MH run (the machine is shared)")
+    ap.add_argument("--nuts-deadline-minutes", type=float, default=32.0,
+                    help="no NUTS chain starts later than this after the start (two always run)")
     ap.add_argument("--mh-thin", type=int, default=20)
     ap.add_argument("--mh-scale", type=float, default=0.09)
     ap.add_argument("--nuts-chains", type=int, default=4)
-    ap.add_argument("--nuts-warmup", type=int, default=400)
-    ap.add_argument("--nuts-samples", type=int, default=1000)
+    ap.add_argument("--nuts-warmup", type=int, default=300)
+    ap.add_argument("--nuts-samples", type=int, default=600)
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--out", default="docs/results/aristoff_bangerth_reference.json")
     ap.add_argument("--draws", default="runs/aristoff_bangerth_reference_draws.npz",
@@ -167,15 +180,18 @@ def main(argv=None) -> None:
         return
 
     t0 = time.perf_counter()
-    print(f"MH: {args.mh_chains} chains x {args.mh_steps} steps, s = {args.mh_scale}", flush=True)
+    print(f"MH: {args.mh_chains} chains, at most {args.mh_steps} steps or {args.mh_minutes} "
+          f"minutes, s = {args.mh_scale}", flush=True)
     mh = run_mh(problem, args.mh_chains, args.mh_steps, args.mh_thin, args.mh_scale, args.seed,
-                starts[:args.mh_chains])
+                starts[:args.mh_chains], seconds=60 * args.mh_minutes)
+    print(f"MH: {mh['steps']} steps per chain in {mh['seconds']:.0f} s", flush=True)
     half = mh["draws"].shape[1] // 2  # the first half of every chain is warm-up
     mh_kept = mh["draws"][:, half:]
     print(f"NUTS: {args.nuts_chains} chains x ({args.nuts_warmup} + {args.nuts_samples})",
           flush=True)
     nuts = run_nuts(problem, args.nuts_chains, args.nuts_warmup, args.nuts_samples,
-                    args.seed + 1000, starts[:args.nuts_chains])
+                    args.seed + 1000, starts[:args.nuts_chains],
+                    deadline=t0 + 60 * args.nuts_deadline_minutes)
     Path(args.draws).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.draws, mh=mh_kept, nuts=nuts["draws"])
 
@@ -185,15 +201,16 @@ def main(argv=None) -> None:
         "problem": "Aristoff-Bangerth benchmark, posterior exp(logL + logprior) w.r.t. d theta",
         "command": "OMP_NUM_THREADS=1 PYTHONPATH=$PWD/src python "
                    "experiments/aristoff_bangerth_reference.py " + " ".join(argv or []),
+        "machine": "2 shared CPU cores (other jobs running), one process, one thread",
         "settings": {k: v for k, v in vars(args).items() if k not in ("pilot",)},
         "starts": "ln theta ~ N(0, 1) per coordinate, seed --seed",
-        "mh": {"chains": args.mh_chains, "steps_per_chain": args.mh_steps, "thin": args.mh_thin,
+        "mh": {"chains": args.mh_chains, "steps_per_chain": mh["steps"], "thin": args.mh_thin,
                "scale": args.mh_scale, "acceptance": mh["acceptance"],
                "draws_used": int(np.prod(mh_kept.shape[:2])),
                "steps_used": int(mh_kept.shape[1] * args.mh_thin * args.mh_chains),
                "warmup": "first half of each chain", "solves": mh["solves"],
                "seconds": mh["seconds"], "summary": s_mh},
-        "nuts": {"chains": args.nuts_chains, "warmup": args.nuts_warmup,
+        "nuts": {"chains": len(nuts["chains"]), "warmup": args.nuts_warmup,
                  "samples": args.nuts_samples,
                  "draws_used": int(np.prod(nuts["draws"].shape[:2])),
                  "per_chain": nuts["chains"], "solves": nuts["solves"],
