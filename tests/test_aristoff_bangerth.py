@@ -136,3 +136,16 @@ def test_bad_phi(problem):
         problem.log_density_phi(torch.full((64,), 800.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="float64"):
         problem.log_density_phi(torch.zeros(64))
+
+
+def test_fused_log_likelihood_gradient_equals_forward_vjp(problem):
+    """log_likelihood's fused value-and-gradient path against autograd through forward()."""
+    thetas = torch.from_numpy(np.stack([c["theta"] for c in CASES[3:7]]))
+    a = thetas.clone().requires_grad_(True)
+    before = problem.solves
+    problem.log_likelihood(a).sum().backward()
+    assert problem.solves - before == 8  # 4 forward + 4 adjoint solves
+    b = thetas.clone().requires_grad_(True)
+    z = problem.forward(b)
+    (-((z - problem.data) ** 2).sum(-1) / (2 * problem.sigma**2)).sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-10)
