@@ -11,8 +11,9 @@ Times, per batch element, the banded-Cholesky solver of ``autovae.inverse.aristo
 * the reference C++ program's published rate: 10^4 Metropolis-Hastings samples, one forward
   solve each (no adjoint), in about 40 s (code-gallery MCMC-Laplace Readme): 4 ms per solve.
 
-Each figure is the best and the median of ``--repeats`` timings of ``--number`` calls; ratios
-use the best. Nothing here is asserted in the tests: timings depend on the machine.
+Each figure is the best and the median of ``--repeats`` timings of ``--number`` calls, the
+repeats interleaved across methods; ratios use the best. Nothing here is asserted in the
+tests: timings depend on the machine.
 """
 
 from __future__ import annotations
@@ -76,16 +77,21 @@ class ScipyBaseline:
         return self.obs @ lu.solve(self.rhs), lu.solve(self.obs_t @ g_z)
 
 
-def timeit(fn, per_call: int, number: int, repeats: int) -> tuple[float, float]:
-    """(best, median) milliseconds per solve: ``fn`` does ``per_call`` solves per call."""
-    fn()  # warm-up
-    times = []
+def measure(cases, number: int, repeats: int) -> list[tuple[float, float]]:
+    """(best, median) milliseconds per solve for every (fn, solves per call) in ``cases``.
+
+    The repeats are interleaved (every case once per round), so that a change in the load of
+    the machine hits all the cases alike instead of one of them."""
+    for fn, _ in cases:
+        fn()  # warm-up
+    times = [[] for _ in cases]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / (number * per_call) * 1e3)
-    return min(times), statistics.median(times)
+        for (fn, per_call), t in zip(cases, times, strict=True):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            t.append((time.perf_counter() - t0) / (number * per_call) * 1e3)
+    return [(min(t), statistics.median(t)) for t in times]
 
 
 def main(argv=None) -> None:
@@ -108,42 +114,45 @@ def main(argv=None) -> None:
     assert np.allclose(z[0], z_ref, rtol=1e-10, atol=1e-14)
 
     data = problem.data.numpy()
-    rows = []  # (name, batch, best fwd, median fwd, best fwd+adj, median fwd+adj)
-    t0 = thetas[0]
-    n, r = args.number, args.repeats
-    rows.append(("scipy spsolve loop", 1, *timeit(lambda: base.spsolve_forward(t0), 1, n, r),
-                 *timeit(lambda: base.spsolve_forward_adjoint(t0, g_z[0]), 1, n, r)))
-    rows.append(("scipy splu (factor once)", 1,
-                 *timeit(lambda: base.obs @ spla.splu(base.matrix(t0)).solve(base.rhs), 1, n, r),
-                 *timeit(lambda: base.splu_forward_adjoint(t0, g_z[0]), 1, n, r)))
+    t0, g0 = thetas[0], g_z[0]
+    # (name, batch, forward alone, forward + adjoint); functions do `batch` solves per call
+    cases = [("scipy spsolve loop", 1, lambda: base.spsolve_forward(t0),
+              lambda: base.spsolve_forward_adjoint(t0, g0)),
+             ("scipy splu (factor once)", 1,
+              lambda: base.obs @ spla.splu(base.matrix(t0)).solve(base.rhs),
+              lambda: base.splu_forward_adjoint(t0, g0))]
     for b in args.batches:
         th = thetas[:b]
-        rows.append(("banded Cholesky, numpy core", b,  # fwd+adj: log L and its gradient
-                     *timeit(lambda th=th: solver.solve(th), b, n, r),
-                     *timeit(lambda th=th: solver.log_likelihood_and_grad(th, data, 0.05),
-                             b, n, r)))
         tt = torch.from_numpy(th)
 
         def fwd_adj(tt=tt):
             x = tt.clone().requires_grad_(True)
             problem.log_likelihood(x).sum().backward()
 
-        rows.append(("AristoffBangerth.log_likelihood (torch)", b,
-                     *timeit(lambda tt=tt: problem.log_likelihood(tt), b, n, r),
-                     *timeit(fwd_adj, b, n, r)))
+        # numpy core, forward + adjoint: log L and its gradient
+        cases.append(("banded Cholesky, numpy core", b, lambda th=th: solver.solve(th),
+                      lambda th=th: solver.log_likelihood_and_grad(th, data, 0.05)))
+        cases.append(("AristoffBangerth.log_likelihood (torch)", b,
+                      lambda tt=tt: problem.log_likelihood(tt), fwd_adj))
+    n, r = args.number, args.repeats
+    flat = [(fn, b) for _, b, f, fa in cases for fn in (f, fa)]
+    timed = measure(flat, n, r)
+    rows = [(name, b, *timed[2 * i], *timed[2 * i + 1])
+            for i, (name, b, _, _) in enumerate(cases)]
 
     spsolve_fwd, spsolve_fa = rows[0][2], rows[0][4]
     print(f"Aristoff-Bangerth solver, one core (OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS')}), best / median of {r} x {n} calls, "
           "ms per batch element")
-    print(f"{'method':42s} {'batch':>5s} {'fwd best':>9s} {'median':>8s} {'fwd+adj':>9s} "
-          f"{'median':>8s} {'solves/s':>9s} {'x spsolve':>9s} {'x C++':>6s}")
+    print(f"{'method':40s} {'batch':>5s} {'fwd best':>9s} {'median':>8s} {'fwd+adj':>8s} "
+          f"{'median':>8s} {'fwd/s':>6s} {'x spsolve f / f+a':>17s} {'x C++ f / f+a':>13s}")
     for name, b, fb, fm, ab, am in rows:
-        print(f"{name:42s} {b:5d} {fb:9.4f} {fm:8.4f} {ab:9.4f} {am:8.4f} {1e3 / fb:9.0f} "
-              f"{spsolve_fa / ab:9.1f} {REFERENCE_MS / ab:6.1f}")
-    print(f"x spsolve: forward + adjoint against the spsolve loop's {spsolve_fa:.3f} ms "
-          f"(forward alone: {spsolve_fwd:.3f} ms); x C++: forward + adjoint against the "
-          f"reference program's {REFERENCE_MS:.1f} ms per forward-only MH sample")
+        print(f"{name:40s} {b:5d} {fb:9.4f} {fm:8.4f} {ab:8.4f} {am:8.4f} {1e3 / fb:6.0f} "
+              f"{spsolve_fwd / fb:8.1f} {spsolve_fa / ab:8.1f} {REFERENCE_MS / fb:6.1f} "
+              f"{REFERENCE_MS / ab:6.1f}")
+    print(f"ratios from the best times: against the spsolve loop's {spsolve_fwd:.3f} ms (forward) "
+          f"and {spsolve_fa:.3f} ms (forward + adjoint, two spsolves), and against the C++ "
+          f"program's {REFERENCE_MS:.1f} ms per forward-only MH sample (published, not rerun)")
 
 
 if __name__ == "__main__":
