@@ -131,15 +131,27 @@ class BandedPoissonQ1:
             (np.concatenate(o_vals), (np.concatenate(o_rows), np.concatenate(o_cols))),
             shape=(len(px), self.n_dofs))
         self._obs_t = self.obs.T.tocsr()
-        # cell -> parameter summation as a dense (1024, 64) 0/1 matrix (for the gradient)
-        self._cell_to_param = np.zeros((m * m, 64))
-        self._cell_to_param[np.arange(m * m), self.cell_param] = 1.0
+        # for the gradient, lambda^T A_k u = sum over the node pairs (i, j) of A_k[i, j]
+        # lambda_i u_j: the distinct interior pairs, and a (64, pairs) matrix of A_k[i, j]
+        pi, pj, pk, pv = [], [], [], []
+        for a in range(4):
+            for b in range(4):
+                i, j = self.cell_nodes[:, a], self.cell_nodes[:, b]
+                keep = (i < self.n_dofs) & (j < self.n_dofs)
+                pi.append(i[keep])
+                pj.append(j[keep])
+                pk.append(self.cell_param[keep])
+                pv.append(np.full(keep.sum(), k_cell[a, b]))
+        pairs, column = np.unique(np.concatenate(pi) * self.n_dofs + np.concatenate(pj),
+                                  return_inverse=True)
+        self._pair_i, self._pair_j = pairs // self.n_dofs, pairs % self.n_dofs
+        self._pair_to_param = sp.csr_matrix(
+            (np.concatenate(pv), (np.concatenate(pk), column.ravel())), shape=(64, len(pairs)))
 
     def band(self, theta: np.ndarray) -> np.ndarray:
-        """(B, 64) -> (B, 33, 961): A(theta) in LAPACK lower band storage, each matrix
-        Fortran-contiguous so that ``dpbtrf`` factorises it in place without a copy."""
-        ab = np.ascontiguousarray((self._scatter @ theta.T).T)
-        return ab.reshape(len(theta), self.n_dofs, self.kd + 1).transpose(0, 2, 1)
+        """(64,) -> (33, 961): A(theta) in LAPACK lower band storage, Fortran-contiguous so
+        that ``dpbtrf`` factorises it in place without a copy."""
+        return (self._scatter @ theta).reshape(self.n_dofs, self.kd + 1).T
 
     def _factor(self, ab: np.ndarray) -> np.ndarray:
         c, info = lapack.dpbtrf(ab, lower=1, overwrite_ab=1)
@@ -151,11 +163,10 @@ class BandedPoissonQ1:
 
     def solve(self, theta: np.ndarray, keep: bool = False):
         """(B, 64) coefficients -> z (B, 169); with ``keep``, also (factors, u) for ``vjp``."""
-        ab = self.band(theta)
         u = np.empty((len(theta), self.n_dofs))
         factors = [] if keep else None
-        for b in range(len(theta)):
-            c = self._factor(ab[b])
+        for b in range(len(theta)):  # one matrix at a time: its 250 kB stay in cache
+            c = self._factor(self.band(theta[b]))
             u[b] = lapack.dpbtrs(c, self.rhs, lower=1)[0]
             if keep:
                 factors.append(c)
@@ -166,16 +177,31 @@ class BandedPoissonQ1:
         """(B, 169) cotangent dJ/dz -> (B, 64) dJ/dtheta by one adjoint solve each.
 
         A is symmetric, so A lambda = H^T g_z with the forward's factor, and
-        dJ/dtheta_k = -lambda^T A_k u, summed cell by cell over the block's 16 cells.
+        dJ/dtheta_k = -lambda^T A_k u, summed over the node pairs of the block's 16 cells.
         """
         factors, u = state
         g_u = (self._obs_t @ g_z.T).T
         lam = np.stack([lapack.dpbtrs(c, g, lower=1)[0] for c, g in zip(factors, g_u, strict=True)])
-        pad = np.zeros((len(u), 1))
-        uc = np.concatenate([u, pad], axis=1)[:, self.cell_nodes]  # (B, 1024, 4)
-        lc = np.concatenate([lam, pad], axis=1)[:, self.cell_nodes]
-        per_cell = ((lc @ self.k_cell) * uc).sum(-1)
-        return -per_cell @ self._cell_to_param
+        return self._grad_theta(u, lam)
+
+    def _grad_theta(self, u: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        """-lambda^T A_k u for every k: (B, 961) solutions and adjoints -> (B, 64)."""
+        products = lam[:, self._pair_i] * u[:, self._pair_j]  # (B, pairs)
+        return -(self._pair_to_param @ products.T).T
+
+    def log_likelihood_and_grad(self, theta: np.ndarray, data: np.ndarray, sigma: float):
+        """(B, 64) -> log L (B,) and d log L / d theta (B, 64), the adjoint solve right after
+        the forward one while the factor is still in cache (nothing kept between calls)."""
+        u = np.empty((len(theta), self.n_dofs))
+        lam = np.empty_like(u)
+        log_l = np.empty(len(theta))
+        for b in range(len(theta)):
+            c = self._factor(self.band(theta[b]))
+            u[b] = lapack.dpbtrs(c, self.rhs, lower=1)[0]
+            r = self.obs @ u[b] - data
+            log_l[b] = -(r @ r) / (2 * sigma**2)
+            lam[b] = lapack.dpbtrs(c, self._obs_t @ (-r / sigma**2), lower=1)[0]
+        return log_l, self._grad_theta(u, lam)
 
 
 class _ForwardMap(torch.autograd.Function):
@@ -194,6 +220,22 @@ class _ForwardMap(torch.autograd.Function):
         grad = ctx.problem._solver.vjp(ctx.state, g)
         ctx.problem.solves += len(grad)
         return torch.from_numpy(grad).to(grad_z.device), None
+
+
+class _LogLikelihood(torch.autograd.Function):
+    """theta (B, 64) -> log L (B,), value and gradient computed together in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, theta, problem):
+        log_l, grad = problem._solver.log_likelihood_and_grad(
+            theta.detach().cpu().numpy(), problem.data.numpy(), problem.sigma)
+        problem.solves += 2 * len(log_l)  # forward and adjoint
+        ctx.grad = torch.from_numpy(grad).to(theta.device)
+        return torch.from_numpy(log_l).to(theta.device)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out[:, None] * ctx.grad, None
 
 
 class AristoffBangerth:
@@ -231,12 +273,14 @@ class AristoffBangerth:
         if x.ndim == 0 or x.shape[-1] != self.n_params:
             raise ValueError(f"{name} must have shape (..., {self.n_params}) (one value per "
                              f"8 x 8 block, x fastest); got shape {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"{name} must be finite; found {bad} NaN or inf entries")
-        if positive and (x <= 0).any():
+        values = x.detach().cpu().numpy()  # numpy: cheaper than torch on 64 numbers
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise ValueError(f"{name} must be finite; found {int((~finite).sum())} NaN or inf "
+                             "entries")
+        if positive and not (values > 0).all():
             raise ValueError(f"{name} must be > 0 everywhere: it holds the coefficients "
-                             f"themselves, not their logs (min {x.min().item():g}); "
+                             f"themselves, not their logs (min {values.min():g}); "
                              "for log-coefficients phi use theta = phi.exp() or "
                              "log_density_phi(phi)")
         return x
@@ -257,7 +301,14 @@ class AristoffBangerth:
     __call__ = forward
 
     def log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
-        """-|z(theta) - z_hat|^2 / (2 sigma^2), sigma = 0.05; shape (...)."""
+        """-|z(theta) - z_hat|^2 / (2 sigma^2), sigma = 0.05; shape (...).
+
+        With a gradient wanted, the adjoint solve runs at once (and is counted in ``solves``),
+        right after the forward solve with the factor still in cache."""
+        theta = self._check(theta, "theta", positive=True)
+        if torch.is_grad_enabled() and theta.requires_grad and theta.numel() > 0:
+            flat = theta.reshape(-1, self.n_params)
+            return _LogLikelihood.apply(flat, self).reshape(theta.shape[:-1])
         z = self.forward(theta)
         return -((z - self.data.to(z.device)) ** 2).sum(-1) / (2 * self.sigma**2)
 

@@ -1,0 +1,236 @@
+"""A reference posterior of our own for the Aristoff-Bangerth benchmark (issue 17, part 4).
+
+Two independent kernels on the benchmark's posterior (density exp(log L + log prior) w.r.t.
+d theta, as the paper defines it):
+
+* MH: the benchmark's own sampler, theta' = theta * exp(xi), xi ~ N(0, s^2 I), s = 0.09, with
+  the Hastings factor prod(theta' / theta); many chains advanced together by the batched solver.
+* NUTS: Pyro's NUTS on phi = ln theta with the Jacobian (``AristoffBangerth.log_density_phi``),
+  diagonal mass matrix, chains run one after another (the machine is shared).
+
+ArviZ gives R-hat, bulk ESS and the MCSE of every coordinate's mean, for theta and for phi; the
+two kernels agree on a coordinate when their means differ by at most 3 combined MCSEs
+(sqrt(mcse_MH^2 + mcse_NUTS^2)). Everything goes to docs/results/aristoff_bangerth_reference.json.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD/src nohup python experiments/aristoff_bangerth_reference.py \
+        > runs/ab_reference.log 2>&1 &
+
+``--pilot`` runs a few seconds of each kernel and prints the cost per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autovae.inverse.aristoff_bangerth import AristoffBangerth
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # ArviZ's refactor notice
+import arviz as az  # noqa: E402
+
+
+def run_mh(problem: AristoffBangerth, chains: int, steps: int, thin: int, scale: float,
+           seed: int, start: np.ndarray, seconds: float = float("inf")) -> dict:
+    """The benchmark's log-normal random walk on ``chains`` chains at once, for ``steps``
+    steps or until ``seconds`` have passed (checked every ``thin`` steps).
+
+    Returns theta draws (chains, steps_done // thin, 64) (every ``thin``-th state), the steps
+    done, the acceptance rate, the solves and the seconds used."""
+    rng = np.random.default_rng(seed)
+    solves0, t0 = problem.solves, time.perf_counter()
+    theta = start.copy()
+    phi = np.log(theta)
+
+    def log_post(phi):  # log L + log prior as the benchmark writes them: no Jacobian
+        return problem.log_density_phi_numpy(phi) - phi.sum(-1)
+
+    current = log_post(phi)
+    kept = np.empty((chains, steps // thin, 64))
+    accepted, done = 0, 0
+    for step in range(steps):
+        if step % thin == 0 and time.perf_counter() - t0 > seconds:
+            break
+        xi = rng.normal(0.0, scale, size=phi.shape)
+        trial_phi = phi + xi
+        trial = log_post(trial_phi)
+        # acceptance ratio pi(theta') / pi(theta) * prod(theta' / theta)
+        log_ratio = trial - current + xi.sum(-1)
+        accept = np.log(rng.uniform(size=chains)) < log_ratio
+        phi[accept], current[accept] = trial_phi[accept], trial[accept]
+        accepted += int(accept.sum())
+        done = step + 1
+        if done % thin == 0:
+            kept[:, done // thin - 1] = np.exp(phi)
+        if (step + 1) % 5000 == 0:
+            print(f"  MH step {step + 1}/{steps}: acceptance {accepted / (chains * (step + 1)):.3f}"
+                  f", {time.perf_counter() - t0:.0f} s", flush=True)
+    return {"draws": kept[:, :done // thin], "steps": done,
+            "acceptance": accepted / (chains * done),
+            "solves": problem.solves - solves0, "seconds": time.perf_counter() - t0}
+
+
+def run_nuts(problem: AristoffBangerth, chains: int, warmup: int, samples: int, seed: int,
+             starts: np.ndarray, deadline: float = float("inf")) -> dict:
+    """Pyro NUTS on phi = ln theta, one chain after another (none started after ``deadline``,
+    a ``time.perf_counter()`` value, once two are done); theta draws (chains, samples, 64)."""
+    import pyro
+    from pyro.infer import MCMC, NUTS
+
+    def potential(params):
+        phi = params["phi"]
+        try:
+            return -problem.log_density_phi(phi)
+        except ValueError:  # the step-size search's first trials can reach |phi| > 700 or a
+            # numerically indefinite matrix: an infinite energy, so NUTS rejects the point
+            return (phi * 0.0).sum() + float("inf")
+
+    solves0, t0 = problem.solves, time.perf_counter()
+    draws, extras = [], []
+    for c in range(chains):
+        if c >= 2 and time.perf_counter() > deadline:
+            print(f"  NUTS: deadline passed, stopping after {c} chains", flush=True)
+            break
+        pyro.set_rng_seed(seed + c)
+        kernel = NUTS(potential_fn=potential, target_accept_prob=0.8, max_tree_depth=10)
+        mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup,
+                    initial_params={"phi": torch.from_numpy(np.log(starts[c]))},
+                    disable_progbar=True)
+        tc = time.perf_counter()
+        mcmc.run()
+        phi = mcmc.get_samples()["phi"].numpy()
+        draws.append(np.exp(phi))
+        diverging = mcmc.diagnostics()["divergences"]["chain 0"]
+        extras.append({"step_size": float(kernel.step_size), "divergences": len(diverging),
+                       "seconds": time.perf_counter() - tc})
+        print(f"  NUTS chain {c}: {extras[-1]}, solves so far {problem.solves - solves0}",
+              flush=True)
+    return {"draws": np.stack(draws), "chains": extras, "solves": problem.solves - solves0,
+            "seconds": time.perf_counter() - t0}
+
+
+def summarise(draws: np.ndarray) -> dict:
+    """Per-coordinate mean, sd, MCSE of the mean, bulk ESS and R-hat of theta and of ln theta."""
+    out = {}
+    for name, x in (("theta", draws), ("log_theta", np.log(draws))):
+        ds = az.convert_to_dataset({"x": x})
+        out[name] = {
+            "mean": x.mean(axis=(0, 1)).tolist(),
+            "sd": x.std(axis=(0, 1), ddof=1).tolist(),
+            "mcse_mean": az.mcse(ds, method="mean")["x"].values.tolist(),
+            "ess_bulk": az.ess(ds, method="bulk")["x"].values.tolist(),
+            "rhat": az.rhat(ds)["x"].values.tolist(),
+        }
+    return out
+
+
+def compare(a: dict, b: dict) -> dict:
+    """|mean_a - mean_b| / sqrt(mcse_a^2 + mcse_b^2) per coordinate, for theta and ln theta."""
+    out = {}
+    for name in ("theta", "log_theta"):
+        ma, mb = np.array(a[name]["mean"]), np.array(b[name]["mean"])
+        se = np.hypot(a[name]["mcse_mean"], b[name]["mcse_mean"])
+        z = np.abs(ma - mb) / se
+        out[name] = {"z": z.tolist(), "max_z": float(z.max()),
+                     "n_beyond_3": int((z > 3).sum()),
+                     "max_rhat_mh": float(np.max(a[name]["rhat"])),
+                     "max_rhat_nuts": float(np.max(b[name]["rhat"])),
+                     "agree": bool((z <= 3).all())}
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mh-chains", type=int, default=16)
+    ap.add_argument("--mh-steps", type=int, default=200000, help="most steps per chain")
+    ap.add_argument("--mh-minutes", type=float, default=16.0,
+                    help="wall-clock budget of the MH run (the machine is shared)")
+    ap.add_argument("--nuts-deadline-minutes", type=float, default=32.0,
+                    help="no NUTS chain starts later than this after the start (two always run)")
+    ap.add_argument("--mh-thin", type=int, default=20)
+    ap.add_argument("--mh-scale", type=float, default=0.09)
+    ap.add_argument("--nuts-chains", type=int, default=4)
+    ap.add_argument("--nuts-warmup", type=int, default=300)
+    ap.add_argument("--nuts-samples", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--out", default="docs/results/aristoff_bangerth_reference.json")
+    ap.add_argument("--draws", default="runs/aristoff_bangerth_reference_draws.npz",
+                    help="where the thinned theta draws of both kernels go (not committed)")
+    ap.add_argument("--pilot", action="store_true", help="time a few steps of each kernel")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    problem = AristoffBangerth()
+    rng = np.random.default_rng(args.seed)
+    n_chains = max(args.mh_chains, args.nuts_chains)
+    # dispersed starts around the benchmark's theta = 1: ln theta ~ N(0, 1) per coordinate
+    starts = np.exp(rng.normal(0.0, 1.0, size=(n_chains, 64)))
+
+    if args.pilot:
+        r = run_mh(problem, args.mh_chains, 200, 10, args.mh_scale, args.seed,
+                   starts[:args.mh_chains])
+        print(f"MH: {r['seconds'] / (200 * args.mh_chains) * 1e3:.3f} ms per chain-step, "
+              f"acceptance {r['acceptance']:.3f}")
+        r = run_nuts(problem, 1, 60, 20, args.seed, starts[:1])
+        print(f"NUTS: {r['seconds'] / 80:.3f} s per draw, {r['solves'] / 80:.0f} solves per draw")
+        return
+
+    t0 = time.perf_counter()
+    print(f"MH: {args.mh_chains} chains, at most {args.mh_steps} steps or {args.mh_minutes} "
+          f"minutes, s = {args.mh_scale}", flush=True)
+    mh = run_mh(problem, args.mh_chains, args.mh_steps, args.mh_thin, args.mh_scale, args.seed,
+                starts[:args.mh_chains], seconds=60 * args.mh_minutes)
+    print(f"MH: {mh['steps']} steps per chain in {mh['seconds']:.0f} s", flush=True)
+    half = mh["draws"].shape[1] // 2  # the first half of every chain is warm-up
+    mh_kept = mh["draws"][:, half:]
+    print(f"NUTS: {args.nuts_chains} chains x ({args.nuts_warmup} + {args.nuts_samples})",
+          flush=True)
+    nuts = run_nuts(problem, args.nuts_chains, args.nuts_warmup, args.nuts_samples,
+                    args.seed + 1000, starts[:args.nuts_chains],
+                    deadline=t0 + 60 * args.nuts_deadline_minutes)
+    Path(args.draws).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.draws, mh=mh_kept, nuts=nuts["draws"])
+
+    s_mh, s_nuts = summarise(mh_kept), summarise(nuts["draws"])
+    cmp = compare(s_mh, s_nuts)
+    result = {
+        "problem": "Aristoff-Bangerth benchmark, posterior exp(logL + logprior) w.r.t. d theta",
+        "command": "OMP_NUM_THREADS=1 PYTHONPATH=$PWD/src python "
+                   "experiments/aristoff_bangerth_reference.py " + " ".join(argv or []),
+        "machine": "2 shared CPU cores (other jobs running), one process, one thread",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("pilot",)},
+        "starts": "ln theta ~ N(0, 1) per coordinate, seed --seed",
+        "mh": {"chains": args.mh_chains, "steps_per_chain": mh["steps"], "thin": args.mh_thin,
+               "scale": args.mh_scale, "acceptance": mh["acceptance"],
+               "draws_used": int(np.prod(mh_kept.shape[:2])),
+               "steps_used": int(mh_kept.shape[1] * args.mh_thin * args.mh_chains),
+               "warmup": "first half of each chain", "solves": mh["solves"],
+               "seconds": mh["seconds"], "summary": s_mh},
+        "nuts": {"chains": len(nuts["chains"]), "warmup": args.nuts_warmup,
+                 "samples": args.nuts_samples,
+                 "draws_used": int(np.prod(nuts["draws"].shape[:2])),
+                 "per_chain": nuts["chains"], "solves": nuts["solves"],
+                 "seconds": nuts["seconds"], "summary": s_nuts},
+        "agreement": cmp,
+        "criteria_met": bool(cmp["theta"]["agree"] and cmp["log_theta"]["agree"]
+                             and max(cmp["theta"]["max_rhat_mh"], cmp["theta"]["max_rhat_nuts"],
+                                     cmp["log_theta"]["max_rhat_mh"],
+                                     cmp["log_theta"]["max_rhat_nuts"]) <= 1.01),
+        "seconds_total": time.perf_counter() - t0,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    for name in ("theta", "log_theta"):
+        c = cmp[name]
+        print(f"{name}: max |z| {c['max_z']:.2f} ({c['n_beyond_3']} beyond 3), R-hat max MH "
+              f"{c['max_rhat_mh']:.4f}, NUTS {c['max_rhat_nuts']:.4f}")
+    print(f"criteria met: {result['criteria_met']}; {result['seconds_total']:.0f} s; "
+          f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
