@@ -121,11 +121,12 @@ def _figure(ranks) -> None:
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     names = list(ranks)
-    fig = Figure(figsize=(3 * len(names), 2.8))
+    cols = (len(names) + 1) // 2
+    fig = Figure(figsize=(3 * cols, 5.6))
     FigureCanvasAgg(fig)
     for i, name in enumerate(names):
         r = ranks[name]
-        ax = fig.add_subplot(1, len(names), i + 1)
+        ax = fig.add_subplot(2, cols, i + 1)
         h = r.histogram()
         ax.bar(np.arange(len(h)), h, width=0.9)
         expected = h.sum() / len(h)
