@@ -215,6 +215,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
     base = load_config(args.config, **{**base_values, **_config_overrides(args)})
     spec = StudySpec(space, base, args.objective or ["nll"], args.trials, args.sampler,
                      args.pruner, args.validation_nll_samples)
+    if args.create_only:  # the study for workers elsewhere (docs/distributed.md)
+        from .search import create_study, open_storage
+
+        create_study(open_storage(storage, folder, heartbeat=False, pool=args.db_pool), name,
+                     spec)
+        print(f"study {name!r} holds a budget of {spec.trials} trials; start workers with: "
+              f"autovae worker --study {name} --dir {folder}"
+              + (" --storage URL" if storage else ""))
+        return 0
     study = run_search(storage, name, folder, spec, workers=args.workers, pool=args.db_pool)
     print(analyze(study, folder))
     return 0
@@ -224,7 +233,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from .search import run_worker
 
     storage, name, folder = _study_args(args)
-    return run_worker(storage, name, folder, worker=args.worker, pool=args.db_pool)
+    return run_worker(storage, name, folder, worker=args.worker, pool=args.db_pool,
+                      device=args.device)
 
 
 def _load_study(args: argparse.Namespace):
@@ -403,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--sampler", default="tpe", choices=names["sampler"])
     search.add_argument("--pruner", default="median", choices=names["pruner"])
     search.add_argument("--db-pool", type=_POOL, default=None, help=_POOL_HELP)
+    search.add_argument("--create-only", action="store_true",
+                        help="create (or resume, or re-budget) the study and exit, for workers "
+                             "started elsewhere with 'autovae worker'")
     search.add_argument("--validation-nll-samples", type=_COUNT, default=50,
                         help="K for the validation NLL objective (50)")
     _add_config_flags(search)
@@ -413,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker", type=flag_type("--worker", "index"), default=0,
                         help="worker index: seeds differ")
     worker.add_argument("--db-pool", type=_POOL, default=None, help=_POOL_HELP)
+    worker.add_argument("--device", default=None,
+                        help="device of this worker's trials: cpu, cuda, cuda:N or auto (default: "
+                             "the study's); one worker per GPU, see docs/distributed.md")
     worker.set_defaults(run_command=_cmd_worker)
 
     study = sub.add_parser("study", help="a study's best trials, importances and plots")

@@ -115,14 +115,29 @@ def claim(storage: RDBStorage, study_id: int) -> int:
     return trial_id
 
 
+def _attr(session, trial_id: int, key: str, value=None, write: bool = False):
+    """A trial's user attribute, read, or written (also on a finished trial)."""
+    attr = models.TrialUserAttributeModel
+    row = session.execute(sa.select(attr).where(attr.trial_id == trial_id, attr.key == key)
+                          ).scalar_one_or_none()
+    if not write:
+        return None if row is None else json.loads(row.value_json)
+    if row is None:
+        session.add(attr(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+    else:
+        row.value_json = json.dumps(value)
+
+
 def fail_trials(storage: RDBStorage, study_id: int,
                 pick: Callable[[sa.orm.Session], list[tuple[int, str]]],
-                retry: bool = True) -> list[tuple[int, int | None]]:
+                retry: bool = True, failed_too: bool = False) -> list[tuple[int, int | None]]:
     """Fail the trials that ``pick(session)`` names, as ``(trial_id, reason)``, each with its
     reason in the user attribute ``failure``, and queue a retry of each while the budget needs
     it (at most :data:`MAX_RETRIES` retries of one trial). One transaction, under the study lock:
-    a trial that another worker finished or failed first is left alone. Returns ``(number of
-    the failed trial, number of its retry or None)``."""
+    a trial that another worker finished or failed first is left alone, except that with
+    ``failed_too`` a trial that Optuna failed (on its way out of a trial a database error cut)
+    gets its retry, keeping the reason it has. Returns ``(number of the failed trial, number of
+    its retry or None)``."""
     trial_model = models.TrialModel
     done = []
     with _transaction(storage) as session:
@@ -130,13 +145,19 @@ def fail_trials(storage: RDBStorage, study_id: int,
         budget = _budget(session, study_id)
         for trial_id, reason in pick(session):
             row = session.get(trial_model, trial_id, populate_existing=True)
-            if row is None or row.state.is_finished():
+            if row is None:
                 continue
+            if row.state.is_finished():
+                said = _attr(session, trial_id, "failure")
+                if not (failed_too and row.state == TrialState.FAIL) or (
+                        said and ("retried as trial" in said or "not retried" in said)):
+                    continue  # finished, or failed and dealt with by another worker
+                reason = said or reason
             frozen = storage._build_frozen_trial_from_trial_model(row)
             counts = _counts(session, study_id)
             needed = (counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
                       + counts[TrialState.RUNNING] + counts[TrialState.WAITING]
-                      - (row.state in (TrialState.RUNNING, TrialState.WAITING))) < budget
+                      - (not row.state.is_finished())) < budget
             history = [*frozen.system_attrs.get("retry_history", []), frozen.number]
             retry_number = None
             if retry and needed and len(history) <= MAX_RETRIES:
@@ -156,9 +177,9 @@ def fail_trials(storage: RDBStorage, study_id: int,
                 reason += "; not retried: the budget is met without it"
             elif retry:
                 reason += f"; not retried: its runs failed {len(history)} times"
-            storage._set_trial_attr_without_commit(session, models.TrialUserAttributeModel,
-                                                   trial_id, "failure", reason)
-            row.state, row.datetime_complete = TrialState.FAIL, datetime.now()
+            _attr(session, trial_id, "failure", reason, write=True)
+            if not row.state.is_finished():
+                row.state, row.datetime_complete = TrialState.FAIL, datetime.now()
             session.flush()
             done.append((frozen.number, retry_number))
     return done

@@ -464,7 +464,8 @@ def load_spec(study: optuna.Study) -> StudySpec:
 
 def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0,
                seed: int | None = None, data: DataSplits | None = None,
-               pool: int | None = None, objective: type[Objective] = Objective) -> int:
+               pool: int | None = None, objective: type[Objective] = Objective,
+               device: str | None = None) -> int:
     """Run trials of an existing study until it holds its budget of finished trials.
 
     A trial is started only in a free slot of the budget (:func:`slots.claim`: counted and
@@ -477,7 +478,8 @@ def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0
 
     A journal storage has no transactions and no heartbeats: there one worker at a time holds
     the study (a lock beside the journal file; another is refused), and the trials it finds
-    running are a dead worker's, failed and retried.
+    running are a dead worker's, failed and retried. ``device`` (cpu, cuda, cuda:N, auto)
+    replaces the study's for this worker's trials.
     """
     storage = open_storage(storage_url, folder, pool=pool)
     where = _redact(storage_url or str(StudyFolder(folder).db_path))
@@ -489,11 +491,15 @@ def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0
             raise ValueError(f"no study {name!r} in {where}; create it with 'autovae search' "
                              "first") from None
         spec = load_spec(study)
+        if device is not None:
+            spec.base = spec.base.replace(device=device)
         data = data if data is not None or objective is not Objective else _prepare(spec)
         return _work(study, spec, objective(spec, folder, data), where, worker, seed)
     finally:
         if lock is not None:
             lock.close()
+        if isinstance(storage, RDBStorage):
+            storage.engine.dispose()  # a finished worker holds no connection
 
 
 def _prepare(spec: StudySpec) -> DataSplits:
@@ -533,7 +539,7 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
             outage.over()
             if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= spec.trials:
                 if rdb and counts[TrialState.RUNNING]:  # a budget made smaller meanwhile
-                    time.sleep(HEARTBEAT_SECONDS)
+                    time.sleep(HEARTBEAT_SECONDS / 2)
                     continue
                 _drop_unneeded_retries(study)
                 return 0
@@ -545,10 +551,10 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
             objective.current = None
             study.optimize(objective, n_trials=1, catch=(), gc_after_trial=True)
         except slots.NoSlot:  # the rest of the budget is running on other workers
-            time.sleep(HEARTBEAT_SECONDS)
+            time.sleep(HEARTBEAT_SECONDS / 2)
         except Exception as err:
             number, objective.current = objective.current, None
-            if number is not None and _taken_over(study, number, err):
+            if number is not None and _taken_over(study, number):
                 print(f"autovae: trial {number} was failed by another worker while this one "
                       "could not reach the database; its retry continues it from its last "
                       "checkpoint", file=sys.stderr)
@@ -567,11 +573,10 @@ def _backend(study: optuna.Study):
     return getattr(study._storage, "_backend", study._storage)
 
 
-def _taken_over(study: optuna.Study, number: int, err: BaseException) -> bool:
+def _taken_over(study: optuna.Study, number: int) -> bool:
     """Whether our trial ``number`` ended because another worker failed it (its heartbeats
-    stopped reaching the database), not by its own failure."""
-    if not isinstance(err, (_TakenOver, optuna.exceptions.UpdateFinishedTrialError, ValueError)):
-        return False
+    stopped reaching the database), not by its own failure: then reporting to it, or telling
+    its result, raised (an UpdateFinishedTrialError, or "Cannot tell a FAIL trial")."""
     try:
         trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
             study._study_id, number))
@@ -584,7 +589,7 @@ def _journal_lock(url: str | None):
     """The lock that lets one worker at a time use a journal storage (released by the kernel
     when the worker dies, even by SIGKILL), or a ValueError saying why not and what instead."""
     path = Path(url[len("journal:"):]).expanduser()
-    lock = open(path.with_name(path.name + ".lock"), "a+")
+    lock = open(path.with_name(path.name + ".worker"), "a+")  # (".lock" is Optuna's)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -623,11 +628,15 @@ def _fail_ours(study: optuna.Study, number: int, reason: str, budget: int) -> No
     trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     if isinstance(_backend(study), RDBStorage):
         storage = _backend(study)
-        slots.fail_trials(storage, study._study_id, lambda session: [(trial_id, reason)])
+        slots.fail_trials(storage, study._study_id, lambda session: [(trial_id, reason)],
+                          failed_too=True)
         return
     frozen = storage.get_trial(trial_id)  # a journal: we are its only worker
-    if frozen.state != TrialState.RUNNING:
+    if frozen.state != TrialState.RUNNING and (frozen.state != TrialState.FAIL or any(
+            t.system_attrs.get("retry_history", [None])[-1] == number
+            for t in study.get_trials(deepcopy=False))):
         return
+    reason = frozen.user_attrs.get("failure", reason)
     counts = _counts(study)
     history = [*frozen.system_attrs.get("retry_history", []), number]
     needed = sum(counts[s] for s in (TrialState.COMPLETE, TrialState.PRUNED,
@@ -641,8 +650,9 @@ def _fail_ours(study: optuna.Study, number: int, reason: str, budget: int) -> No
                           "failed_trial": frozen.system_attrs.get("failed_trial", number),
                           "retry_history": history}))
         reason += f"; retried as trial {len(study.get_trials(deepcopy=False)) - 1}"
-    storage.set_trial_user_attr(trial_id, "failure", reason)
-    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    if frozen.state == TrialState.RUNNING:
+        storage.set_trial_user_attr(trial_id, "failure", reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def _counts(study: optuna.Study) -> dict:
