@@ -202,7 +202,7 @@ def test_journal_storage_one_worker_at_a_time_and_a_dead_ones_trial_is_retried(t
 def _fake_cluster_bin(tmp_path: Path) -> Path:
     """``srun`` that runs its command here, and ``autovae`` that is this checkout's."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
     (bin_dir / "autovae").write_text(f'#!/bin/sh\nexec {sys.executable} -m autovae "$@"\n')
     for f in bin_dir.iterdir():

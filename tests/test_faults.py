@@ -84,17 +84,17 @@ def test_a_trial_cut_by_a_database_error_says_why_and_is_retried(tmp_path, monke
     import sqlalchemy.exc
 
     monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.3)
-    original = optuna.trial.Trial.set_user_attr
+    original = study_mod._set_user_attrs
     calls = []
 
-    def flaky(self, key, value):
-        calls.append(key)
-        if calls == ["latent"]:  # the first write of the first trial meets an outage
+    def flaky(trial, attrs):
+        calls.append(attrs)
+        if len(calls) == 1:  # the first write of the first trial meets an outage
             raise sqlalchemy.exc.OperationalError(
                 "UPDATE trials", {}, Exception("server closed the connection unexpectedly"))
-        return original(self, key, value)
+        return original(trial, attrs)
 
-    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", flaky)
+    monkeypatch.setattr(study_mod, "_set_user_attrs", flaky)
     spec = StudySpec(SPACE, BASE, ["nll"], trials=2, pruner="none", validation_nll_samples=5)
     storage = open_storage(None, tmp_path)
     create_study(storage, "s", spec)

@@ -31,7 +31,8 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-__all__ = ["MAX_RETRIES", "NoSlot", "claim", "fail_trials", "state_counts", "sweep_stale"]
+__all__ = ["MAX_RETRIES", "NoSlot", "claim", "fail_trials", "set_user_attrs", "state_counts",
+           "sweep_stale"]
 
 # a trial whose runs failed this often (the first run and its retries) is not retried again
 MAX_RETRIES = 2
@@ -183,6 +184,16 @@ def fail_trials(storage: RDBStorage, study_id: int,
             session.flush()
             done.append((frozen.number, retry_number))
     return done
+
+
+def set_user_attrs(storage: RDBStorage, trial_id: int, attrs: dict) -> None:
+    """Several user attributes of a running trial in one transaction (Optuna writes one per
+    transaction); UpdateFinishedTrialError if the trial is finished."""
+    with _transaction(storage) as session:
+        row = session.get(models.TrialModel, trial_id, with_for_update=True)
+        storage.check_trial_is_updatable(trial_id, row.state)
+        for key, value in attrs.items():
+            _attr(session, trial_id, key, value, write=True)
 
 
 def sweep_stale(storage: RDBStorage, study_id: int, grace: float) -> list[tuple[int, int | None]]:

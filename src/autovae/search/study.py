@@ -364,6 +364,16 @@ class _TakenOver(Exception):
     and queued its retry; this worker stops it."""
 
 
+def _set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
+    """``trial.set_user_attr`` for each item; in one transaction on a SQL storage."""
+    backend = _backend(trial.study)
+    if isinstance(backend, RDBStorage):
+        slots.set_user_attrs(backend, trial._trial_id, attrs)
+    else:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+
 class Objective:
     """Train one trial with the same code as ``autovae train`` and score it."""
 
@@ -391,8 +401,8 @@ class Objective:
         origin = frozen.system_attrs.get("failed_trial", trial.number)  # a retry keeps its seed
         config = self.spec.space.suggest(trial, self.spec.base)
         config = config.replace(seed=self.spec.base.seed + origin)
-        trial.set_user_attr("latent", config.latent)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        _set_user_attrs(trial, {"latent": config.latent,
+                                "worker": f"{socket.gethostname()}:{os.getpid()}"})
         run_folder = StudyFolder(self.folder).trial(trial.number)
         history = frozen.system_attrs.get("retry_history", [])
         resume = self._adopt_failed_run(trial, history, run_folder)
@@ -422,8 +432,7 @@ class Objective:
             trial.set_user_attr("failure", str(err))
             return float("nan") if single else tuple(float("nan") for _ in self.spec.objectives)
         scores.setdefault("seconds", time.perf_counter() - started)
-        for key, value in scores.items():
-            trial.set_user_attr(key, value)
+        _set_user_attrs(trial, scores)
         values = tuple(scores[o] for o in self.spec.objectives)
         if not all(math.isfinite(v) for v in values):
             trial.set_user_attr("failure", f"non-finite score {values}")
@@ -526,15 +535,18 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     outage = _Outage(where)
     interrupted: int | None = None  # a trial of ours that a database error cut short
+    swept = -math.inf  # when this worker last looked for stale trials
     while True:
         try:
             if interrupted is not None:
                 _fail_ours(study, interrupted, f"database outage: {outage.cause}", spec.trials)
                 interrupted = None
-            if rdb and time.monotonic() - _Outage.last_error > grace:
-                # (after an outage seen here, the other workers' beats get a grace period to
-                # come back before their trials can look stale)
-                slots.sweep_stale(storage, study._study_id, grace)
+            if rdb and time.monotonic() - max(_Outage.last_error, swept) > grace / 3:
+                # (once a heartbeat period; after an outage seen here, the other workers'
+                # beats get a grace period to come back before their trials can look stale)
+                if time.monotonic() - _Outage.last_error > grace:
+                    slots.sweep_stale(storage, study._study_id, grace)
+                    swept = time.monotonic()
             counts = _counts(study)
             outage.over()
             if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= spec.trials:

@@ -74,6 +74,7 @@ class _EventLog:
 
     def __init__(self, path: str):
         self.path, self.storage_seconds, self.idle_seconds, self.depth = path, 0.0, 0.0, 0
+        self.by_call: dict[str, tuple[int, float]] = {}
         self.pid, self.main = os.getpid(), threading.main_thread()
 
     def write(self, event: str, **fields) -> None:
@@ -85,7 +86,8 @@ class _EventLog:
 
     def timed(self, function, on_result=None):
         """``function``, its main-thread seconds added to ``storage_seconds`` (outermost call
-        only: storage calls nest)."""
+        only: storage calls nest) and to ``by_call[name]``."""
+        name = function.__name__
 
         def call(*args, **kwargs):
             if threading.current_thread() is not self.main or self.depth:
@@ -95,7 +97,10 @@ class _EventLog:
             try:
                 result = function(*args, **kwargs)
             finally:
-                self.storage_seconds += time.perf_counter() - started
+                spent = time.perf_counter() - started
+                self.storage_seconds += spent
+                calls, seconds = self.by_call.get(name, (0, 0.0))
+                self.by_call[name] = (calls + 1, seconds + spent)
                 self.depth -= 1
             if on_result is not None:
                 on_result(args, kwargs, result)
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         study_mod.run_worker(args.storage, name, folder, worker=args.worker, pool=args.db_pool,
                              objective=SyntheticObjective)
     if args.log:
-        log.write("exit")
+        log.write("exit", by_call=log.by_call)
     return 0
 
 
