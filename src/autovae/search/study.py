@@ -17,7 +17,6 @@ is kept exactly by :mod:`autovae.search.slots`; each worker holds at most ``AUTO
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -600,6 +599,8 @@ def _taken_over(study: optuna.Study, number: int) -> bool:
 def _journal_lock(url: str | None):
     """The lock that lets one worker at a time use a journal storage (released by the kernel
     when the worker dies, even by SIGKILL), or a ValueError saying why not and what instead."""
+    import fcntl  # (POSIX)
+
     path = Path(url[len("journal:"):]).expanduser()
     lock = open(path.with_name(path.name + ".worker"), "a+")  # (".lock" is Optuna's)
     try:
