@@ -28,10 +28,10 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture
-def postgres():
-    """(url, pg_ctl(action)) of a private PostgreSQL server on 127.0.0.1 (Debian's binaries,
-    run as user postgres), stopped by its PID afterwards; skipped where it cannot run."""
+def _postgres_server(password: str | None = None):
+    """Yields (url, pg_ctl(action), port) of a private PostgreSQL server on 127.0.0.1 (Debian's
+    binaries, run as user postgres), stopped by its PID afterwards; skipped where it cannot run.
+    With ``password``, TCP logins need it (scram-sha-256) and the URL is role autovae's."""
     import glob
     import os
     import shutil
@@ -61,11 +61,20 @@ def postgres():
         opts = f"-o '-c listen_addresses=127.0.0.1 -p {port} -k {sock}'"
         as_postgres(f"{bin_dir}/pg_ctl -D {data} -l {root}/log -w -m fast {opts} {action}")
 
-    as_postgres(f"{bin_dir}/initdb -D {data} --auth=trust -U postgres")
+    auth = "--auth=trust" if password is None else \
+        "--auth-local=trust --auth-host=scram-sha-256"
+    as_postgres(f"{bin_dir}/initdb -D {data} {auth} -U postgres")
     pg_ctl("start")
     try:
-        as_postgres(f"psql -X -q -h {sock} -p {port} -U postgres -c 'CREATE DATABASE autovae'")
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/autovae", pg_ctl
+        psql = f"psql -X -q -h {sock} -p {port} -U postgres"
+        as_postgres(f"{psql} -c 'CREATE DATABASE autovae'")
+        if password is None:
+            yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/autovae", pg_ctl, port
+        else:
+            as_postgres(f"{psql} -c \"CREATE ROLE autovae LOGIN PASSWORD '{password}'\"")
+            as_postgres(f"{psql} -c 'ALTER DATABASE autovae OWNER TO autovae'")
+            yield (f"postgresql+psycopg2://autovae:{password}@127.0.0.1:{port}/autovae", pg_ctl,
+                   port)
     finally:
         pid_file = data / "postmaster.pid"
         if pid_file.exists():
@@ -78,3 +87,19 @@ def postgres():
                     break
                 time.sleep(0.1)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres():
+    """(url, pg_ctl(action)) of a private PostgreSQL server on 127.0.0.1 that trusts logins."""
+    for url, pg_ctl, _ in _postgres_server():
+        yield url, pg_ctl
+
+
+@pytest.fixture
+def postgres_password():
+    """(url with the password, host, port, password) of a private PostgreSQL server on
+    127.0.0.1 whose role autovae logs in with a password (scram-sha-256)."""
+    password = "s3cret-for-tests"
+    for url, _, port in _postgres_server(password):
+        yield url, "127.0.0.1", str(port), password

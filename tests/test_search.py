@@ -164,9 +164,9 @@ def test_cli_search_with_two_local_workers_then_resume(tmp_path, capsys, monkeyp
     assert "best: trial" in out and (tmp_path / "history.png").exists()
     study = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'study.db'}")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
-    # the budget is met; two workers that ask for the last trial at the same instant can both
-    # start it (a known race, noted on issue 11; seen once in a full test run)
-    assert 3 <= len(complete) <= 4
+    # exactly the budget, however the two workers raced for the last trial (issue 19; the
+    # race itself is tested 10+ times over in test_cluster.py)
+    assert len(complete) == 3
     seeds = {Path(tmp_path / "trials" / f"{t.number:05d}" / "config.yaml").read_text()
              for t in complete}
     assert len(seeds) == len(complete)

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from .config import Config, load_config
 from .models import NonFiniteLossError
 
 _COUNT = flag_type("count", "count")  # integers >= 1
+_POOL = flag_type("--db-pool", "index")
+_POOL_HELP = ("database connections this worker keeps at most (default $AUTOVAE_DB_POOL, else "
+              "2: the trial loop and the heartbeat); 0: none kept, for PgBouncer")
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -254,7 +258,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
     base = load_config(args.config, **{**base_values, **_config_overrides(args)})
     spec = StudySpec(space, base, args.objective or ["nll"], args.trials, args.sampler,
                      args.pruner, args.validation_nll_samples)
-    study = run_search(storage, name, folder, spec, workers=args.workers)
+    if args.create_only:  # the study for workers elsewhere (docs/distributed.md)
+        from .search import create_study, open_storage
+
+        create_study(open_storage(storage, folder, heartbeat=False, pool=args.db_pool), name,
+                     spec)
+        print(f"study {name!r} holds a budget of {spec.trials} trials; start workers with: "
+              f"autovae worker --study {name} --dir {folder}"
+              + (" --storage URL" if storage else ""))
+        return 0
+    study = run_search(storage, name, folder, spec, workers=args.workers, pool=args.db_pool)
     print(analyze(study, folder))
     return 0
 
@@ -263,7 +276,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from .search import run_worker
 
     storage, name, folder = _study_args(args)
-    return run_worker(storage, name, folder, worker=args.worker)
+    return run_worker(storage, name, folder, worker=args.worker, pool=args.db_pool,
+                      device=args.device)
 
 
 def _load_study(args: argparse.Namespace):
@@ -471,9 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     def study_options(p, dir_default="runs/search"):
         p.add_argument("--dir", default=dir_default,
                        help=f"study folder: SQLite store, trial runs, analysis ({dir_default})")
-        p.add_argument("--storage", default=None,
+        p.add_argument("--storage", default=os.environ.get("AUTOVAE_STORAGE") or None,
                        help="storage URL: sqlite:///f.db, journal:PATH or postgresql+psycopg2://"
-                            "user:pw@host:5432/db (default: SQLite in --dir)")
+                            "user@host:5432/db, the password in PGPASSWORD (default: "
+                            "$AUTOVAE_STORAGE, else SQLite in --dir)")
         p.add_argument("--study", default="autovae", help="study name (default autovae)")
 
     search = sub.add_parser(
@@ -493,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="objective, repeat for multi-objective (default nll)")
     search.add_argument("--sampler", default="tpe", choices=names["sampler"])
     search.add_argument("--pruner", default="median", choices=names["pruner"])
+    search.add_argument("--db-pool", type=_POOL, default=None, help=_POOL_HELP)
+    search.add_argument("--create-only", action="store_true",
+                        help="create (or resume, or re-budget) the study and exit, for workers "
+                             "started elsewhere with 'autovae worker'")
     search.add_argument("--validation-nll-samples", type=_COUNT, default=50,
                         help="K for the validation NLL objective (50)")
     _add_config_flags(search)
@@ -502,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     study_options(worker)
     worker.add_argument("--worker", type=flag_type("--worker", "index"), default=0,
                         help="worker index: seeds differ")
+    worker.add_argument("--db-pool", type=_POOL, default=None, help=_POOL_HELP)
+    worker.add_argument("--device", default=None,
+                        help="device of this worker's trials: cpu, cuda, cuda:N or auto (default: "
+                             "the study's); one worker per GPU, see docs/distributed.md")
     worker.set_defaults(run_command=_cmd_worker)
 
     study = sub.add_parser("study", help="a study's best trials, importances and plots")
