@@ -38,16 +38,7 @@ class ScipyBaseline:
 
     def __init__(self, problem: AristoffBangerth):
         s = problem._solver
-        rows, cols, par, val = [], [], [], []
-        for a in range(4):
-            for b in range(4):
-                i, j = s.cell_nodes[:, a], s.cell_nodes[:, b]
-                keep = (i < s.n_dofs) & (j < s.n_dofs)
-                rows.append(i[keep])
-                cols.append(j[keep])
-                par.append(s.cell_param[keep])
-                val.append(np.full(keep.sum(), s.k_cell[a, b]))
-        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        rows, cols, par, val = s.entries()
         pattern = sp.csc_matrix((np.ones(len(rows)), (rows, cols)), shape=(s.n_dofs,) * 2)
         pattern.sort_indices()
         self.indices, self.indptr, self.n = pattern.indices, pattern.indptr, s.n_dofs
@@ -55,7 +46,7 @@ class ScipyBaseline:
         slot_of = sp.csc_matrix((np.arange(pattern.nnz, dtype=np.float64) + 1, pattern.indices,
                                  pattern.indptr), shape=pattern.shape)
         slot = np.asarray(slot_of[rows, cols]).ravel().astype(np.int64) - 1
-        self.scatter = sp.csr_matrix((np.concatenate(val), (slot, np.concatenate(par))),
+        self.scatter = sp.csr_matrix((val, (slot, par)),
                                      shape=(pattern.nnz, 64))
         self.rhs, self.obs, self.obs_t = s.rhs, s.obs, s.obs.T.tocsr()
 

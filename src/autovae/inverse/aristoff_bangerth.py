@@ -98,16 +98,10 @@ class BandedPoissonQ1:
 
         # A_k in lower band storage ab[i - j, j] = A[i, j] (i >= j), stored column-major
         # (Fortran order, as LAPACK wants it); scatter matrix (961 * 33, 64), duplicates summed
-        rows, cols, vals = [], [], []
-        for a in range(4):
-            for b in range(4):
-                i, j = self.cell_nodes[:, a], self.cell_nodes[:, b]
-                keep = (i < self.n_dofs) & (j < self.n_dofs) & (i >= j)
-                rows.append(j[keep] * (self.kd + 1) + (i[keep] - j[keep]))
-                cols.append(self.cell_param[keep])
-                vals.append(np.full(keep.sum(), k_cell[a, b]))
+        ei, ej, ek, ev = self.entries()
+        low = ei >= ej
         self._scatter = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            (ev[low], (ej[low] * (self.kd + 1) + (ei[low] - ej[low]), ek[low])),
             shape=((self.kd + 1) * self.n_dofs, 64))
         self.rhs = np.full(self.n_dofs, 10.0 * h * h)  # f = 10 times the nodal area h^2
 
@@ -133,20 +127,24 @@ class BandedPoissonQ1:
         self._obs_t = self.obs.T.tocsr()
         # for the gradient, lambda^T A_k u = sum over the node pairs (i, j) of A_k[i, j]
         # lambda_i u_j: the distinct interior pairs, and a (64, pairs) matrix of A_k[i, j]
-        pi, pj, pk, pv = [], [], [], []
+        pairs, column = np.unique(ei * self.n_dofs + ej, return_inverse=True)
+        self._pair_i, self._pair_j = pairs // self.n_dofs, pairs % self.n_dofs
+        self._pair_to_param = sp.csr_matrix((ev, (ek, column.ravel())), shape=(64, len(pairs)))
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every cell's stiffness contributions between interior nodes: (row i, column j,
+        coefficient index k, value) with A(theta)[i, j] = sum of theta_k * value (duplicates
+        summed)."""
+        rows, cols, par, val = [], [], [], []
         for a in range(4):
             for b in range(4):
                 i, j = self.cell_nodes[:, a], self.cell_nodes[:, b]
                 keep = (i < self.n_dofs) & (j < self.n_dofs)
-                pi.append(i[keep])
-                pj.append(j[keep])
-                pk.append(self.cell_param[keep])
-                pv.append(np.full(keep.sum(), k_cell[a, b]))
-        pairs, column = np.unique(np.concatenate(pi) * self.n_dofs + np.concatenate(pj),
-                                  return_inverse=True)
-        self._pair_i, self._pair_j = pairs // self.n_dofs, pairs % self.n_dofs
-        self._pair_to_param = sp.csr_matrix(
-            (np.concatenate(pv), (np.concatenate(pk), column.ravel())), shape=(64, len(pairs)))
+                rows.append(i[keep])
+                cols.append(j[keep])
+                par.append(self.cell_param[keep])
+                val.append(np.full(keep.sum(), self.k_cell[a, b]))
+        return tuple(np.concatenate(x) for x in (rows, cols, par, val))
 
     def band(self, theta: np.ndarray) -> np.ndarray:
         """(64,) -> (33, 961): A(theta) in LAPACK lower band storage, Fortran-contiguous so
