@@ -267,7 +267,8 @@ def test_aristoff_bangerth_from_the_command_line(tmp_path, capsys):
     assert {"coverage_2sd", "rel_l2_mean", "ess_per_1000_solves"} <= set(s)
     assert not s["converged"] and "ESS is a floor" in s["note"]  # 10 draws: not converged
     for bad, words in ((["--kernel", "pcn"], "pCN needs a N(0, I) prior"),
-                       (["--prior", "kle"], "does not apply to aristoff-bangerth")):
+                       (["--prior", "kle"], "does not apply to aristoff-bangerth"),
+                       (["--residual", "8"], "--residual applies to --problem darcy")):
         assert main([*args[:-3], *bad, "--out", str(tmp_path / "x"), "--quiet"]) == 2
         assert words in capsys.readouterr().err
 

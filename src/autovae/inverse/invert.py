@@ -167,9 +167,16 @@ def _darcy(cfg: InverseConfig) -> Built:
     return Built(problem, truth, truth_obs, settings)
 
 
+def _darcy_only(cfg: InverseConfig) -> None:
+    if cfg.residual:
+        raise ValueError(f"--residual applies to --problem darcy (its GRF covariance is what the "
+                         f"residual field matches), not to {cfg.problem}")
+
+
 def _aristoff_bangerth(cfg: InverseConfig) -> Built:
     from .aristoff_bangerth import AristoffBangerth
 
+    _darcy_only(cfg)
     bench = AristoffBangerth()
     forward = load_forward(cfg.forward or "aristoff-bangerth")
     if cfg.prior in (None, "benchmark"):
@@ -192,6 +199,7 @@ def _aristoff_bangerth(cfg: InverseConfig) -> Built:
 
 
 def _custom(cfg: InverseConfig) -> Built:
+    _darcy_only(cfg)
     if cfg.forward is None or cfg.data is None:
         raise ValueError("--problem custom needs --forward (package.module:Class or "
                          "umbridge:http://host:port/name) and --data (the observations)")
