@@ -141,25 +141,39 @@ def _figure(ranks) -> None:
     fig.savefig(FIGURES / "ranks.png", dpi=90)
 
 
-def stage_nuts(seeds=(0, 1, 2), names=None) -> list[dict]:
+def _tag(folder: str, residual: int) -> str:
+    """vae1+res112 (a residual prior) or vae1-rerun (the same VAE alone, re-run here)."""
+    base = folder.replace("vae-beta", "vae")
+    return f"{base}+res{residual}" if residual else f"{base}-rerun"
+
+
+def stage_nuts(seeds=(0, 1, 2), names=None, residual: int = RESIDUAL) -> list[dict]:
+    """NUTS on the Darcy case (coarse data), Tier B's settings, with the residual prior or,
+    with ``residual=0``, the VAE alone (the baseline on the same trained VAE)."""
     rows = []
     for name, folder in RUNS.items():
         if names and name not in names:
             continue
         for seed in seeds:
-            tag = f"{folder.replace('vae-beta', 'vae')}+res{RESIDUAL}"
+            tag = _tag(folder, residual)
             out = ROOT / "tierB" / f"{tag}-coarse-nuts-s{seed}"
             t0 = time.perf_counter()
-            r = invert(InverseConfig(run=str(ROOT / folder), residual=RESIDUAL, kernel="nuts",
+            r = invert(InverseConfig(run=str(ROOT / folder), residual=residual, kernel="nuts",
                                      chains=2, warmup=150, draws=250, truth_seed=seed,
                                      seed=seed, out=str(out)))
             s = r.summary
             print(f"{tag} seed {seed}: coverage_2sd {s.get('coverage_2sd')}, rel_l2 "
                   f"{s.get('rel_l2_mean')}, ESS/2000 {s.get('ess_bulk_min_per_2000')}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
-            rows.append({"folder": out.name, "prior": f"{name} + residual {RESIDUAL}",
+            rows.append({"folder": out.name, "prior": _prior_name(name, residual),
                          "data": "coarse", "sampler": "nuts", "seed": seed, **s})
     return rows
+
+
+def _prior_name(name: str, residual: int) -> str:
+    """Row names in the style of inverse_tierB.json's: vae+res112, vae-rerun."""
+    base = name.replace(" ", "")
+    return f"{base}+res{residual}" if residual else f"{base}-rerun"
 
 
 def stage_tables(new_rows: list[dict]) -> None:
@@ -170,13 +184,16 @@ def stage_tables(new_rows: list[dict]) -> None:
 
 
 def collect() -> list[dict]:
+    """This experiment's Tier B rows, from their chain folders."""
     rows = []
-    for path in sorted((ROOT / "tierB").glob(f"*+res{RESIDUAL}-coarse-nuts-s*/summary.json")):
-        s = json.loads(path.read_text())
-        name = path.parent.name
-        base = {"vae1": "vae", "vae0.5": "beta-vae 0.5"}[name.split("+")[0]]
-        rows.append({"folder": name, "prior": f"{base} + residual {RESIDUAL}", "data": "coarse",
-                     "sampler": "nuts", "seed": int(name.rsplit("-s", 1)[1]), **s})
+    for name, folder in RUNS.items():
+        for residual in (RESIDUAL, 0):
+            pattern = f"{_tag(folder, residual)}-coarse-nuts-s*/summary.json"
+            for path in sorted((ROOT / "tierB").glob(pattern)):
+                s = json.loads(path.read_text())
+                rows.append({"folder": path.parent.name, "prior": _prior_name(name, residual),
+                             "data": "coarse", "sampler": "nuts",
+                             "seed": int(path.parent.name.rsplit("-s", 1)[1]), **s})
     return rows
 
 
@@ -185,11 +202,13 @@ def main() -> None:
     parser.add_argument("--stage", choices=("sbc", "nuts", "tables"), required=True)
     parser.add_argument("--prior", action="append", help="nuts: only these priors (by name)")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--residual", type=int, default=RESIDUAL,
+                        help="nuts: residual terms (0: the VAE alone, the baseline)")
     args = parser.parse_args()
     if args.stage == "sbc":
         stage_sbc()
     elif args.stage == "nuts":
-        stage_nuts(tuple(int(s) for s in args.seeds.split(",")), args.prior)
+        stage_nuts(tuple(int(s) for s in args.seeds.split(",")), args.prior, args.residual)
     else:
         stage_tables(collect())
 
