@@ -309,3 +309,21 @@ def test_a_residual_field_restores_the_variance_a_prior_misses():
     assert torch.allclose(prior.params(z0), low.params(z0[:, :3]))
     with pytest.raises(ValueError, match="target_cov must be"):
         ResidualFieldPrior(low, torch.eye(10), terms=4)
+
+
+def test_invert_settings_from_a_config_file(tmp_path, capsys):
+    good = tmp_path / "invert.yaml"
+    good.write_text("prior: kle\ngrid: 8\ndim: 4\nchains: 2\nwarmup: 20\ndraws: 20\n")
+    out = tmp_path / "c"
+    assert main(["invert", "--config", str(good), "--seed", "3", "--out", str(out),
+                 "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["settings"]["seed"] == 3 and s["settings"]["draws"] == 20 and s["draws"] == 20
+    for text, words in (("draw: 20\n", "unknown invert setting 'draw'; did you mean 'draws'"),
+                        ("samples: 20\n", "invert setting 'samples' is now 'draws'"),
+                        ("chains: yes\n", "--chains must be an integer")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        assert main(["invert", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err

@@ -243,7 +243,8 @@ def _coerce(f: dataclasses.Field, value):
     return value
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping a YAML/TOML/JSON config file holds (syntax errors named with their line)."""
     check_readable(path, "config file")
     try:
         text = path.read_text()
@@ -292,7 +293,7 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
 
     Overrides whose value is None are ignored (a flag that was not given).
     """
-    values = _read_file(Path(path)) if path is not None else {}
+    values = read_config_file(Path(path)) if path is not None else {}
     unknown(values)
     unknown(overrides)
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -106,9 +106,9 @@ class InverseConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> InverseConfig:
         """A config file's keys, with ``overrides`` (the flags given) winning."""
-        from ..config import _read_file
+        from ..config import read_config_file
 
-        values = dict(_read_file(Path(path)))
+        values = dict(read_config_file(Path(path)))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 

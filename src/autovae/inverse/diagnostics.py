@@ -3,7 +3,7 @@
 Draws are (chains, draws, d) under the posterior variable ``z`` (dimension ``z_dim``); per-draw
 sampler statistics go to ``sample_stats`` under ArviZ's names (``acceptance_rate``, ``step_size``,
 ``lp``, ``diverging``, ``n_steps``, ``tree_depth``), warm-up to the ``warmup_*`` groups. Run facts
-(sampler, seconds, potential evaluations, acceptance per chain) are attributes of ``posterior``,
+(kernel, seconds, evaluations and PDE solves, acceptance per chain) are attributes of ``posterior``,
 so :func:`summary` works from a NetCDF file alone.
 """
 
@@ -31,7 +31,7 @@ def _stats(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def to_inference_data(source, stats: dict[str, np.ndarray] | None = None,
                       attrs: dict[str, Any] | None = None) -> az.InferenceData:
-    """InferenceData from a :class:`~autovae.inverse.mcmc.ChainResult` or from draws
+    """InferenceData from a :class:`~autovae.inverse.chains.ChainResult` or from draws
     (chains, draws, d) with optional per-draw ``stats`` name -> (chains, draws)."""
     if isinstance(source, az.InferenceData):
         return source
