@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -67,8 +68,6 @@ class ChainFolder:
             probe = probe.parent
         if not probe.is_dir():
             raise ValueError(f"cannot make the chain folder {p}: {probe} is a file")
-        import os
-
         if not os.access(probe, os.W_OK | os.X_OK):
             raise ValueError(f"cannot write the chain folder {p}: {probe} is not writable; "
                              "give another --out")

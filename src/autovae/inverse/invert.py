@@ -39,7 +39,7 @@ from .forward_models import DarcyForward, load_forward
 from .grf import KarhunenLoeve, sample_grf
 from .kernels import make_kernel
 from .priors import DecoderPrior, LogDensityPrior, Prior, ResidualFieldPrior
-from .problem import InverseProblem, noise_sigma
+from .problem import InverseProblem
 
 __all__ = ["PROBLEMS", "InversionResult", "format_summary", "invert", "truth_field"]
 
@@ -153,7 +153,7 @@ def _darcy(cfg: InverseConfig) -> Built:
         problem = InverseProblem(prior, forward, data, noise, kind)
     else:
         p_true = truth_obs[0]
-        sigma = noise_sigma(p_true, noise, kind) if kind == "absolute" else noise * p_true.abs()
+        sigma = noise * p_true.abs() if kind == "relative" else torch.full_like(p_true, noise)
         if (sigma <= 0).any():
             raise ValueError("the truth's pressure is 0 at some observation points (on x = 0 or "
                              "x = 1), where relative noise has sigma = 0; move those points "
