@@ -196,41 +196,52 @@ def stage_mh(args, argv) -> None:
     starts drawn from the prior (phi ~ N(4, 2^2), overdispersed against the posterior)."""
     chains = args.workers * args.chains_per_worker
     starts = np.exp(np.random.default_rng(args.seed).normal(4.0, 2.0, size=(chains, 64)))
+    if args.mh_resume:  # continue every chain from its last kept state (a valid MH path:
+        # the steps after it are dropped); the new stream needs a new --seed
+        starts = np.exp(np.load(args.mh_resume)["log_theta"][:, -1].astype(np.float64))
+        if len(starts) != chains:
+            raise SystemExit(f"--mh-resume holds {len(starts)} chains, not {chains}")
     print(f"MH: {args.workers} processes x {args.chains_per_worker} chains, "
           f"{args.mh_minutes} minutes, s = {args.mh_scale}, thin {args.mh_thin}", flush=True)
     r = run_mh_parallel(args.workers, args.chains_per_worker, args.mh_steps, args.mh_thin,
                         args.mh_scale, args.seed, starts, 60 * args.mh_minutes)
-    Path(args.mh_out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.mh_out, **r, thin=args.mh_thin, scale=args.mh_scale, seed=args.seed,
-             starts=np.log(starts), command=" ".join(["--stage mh", *(argv or [])]))
+    out = args.mh_out[0]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **r, thin=args.mh_thin, scale=args.mh_scale, seed=args.seed,
+             starts=np.log(starts), command=" ".join(["--stage mh", *(argv or [])]),
+             resumed=str(args.mh_resume or ""))
     print(f"MH: {r['steps'].min()}-{r['steps'].max()} steps per chain, acceptance "
           f"{r['acceptance'].mean():.3f}, {r['log_theta'].shape[1]} kept per chain; "
-          f"wrote {args.mh_out}", flush=True)
+          f"wrote {out}", flush=True)
 
 
 def stage_combine(args) -> None:
     """R-hat, ESS and MCSE of the long MH run (second half of every chain) and its agreement
     with the NUTS reference already in ``--out``; adds ``mh_long`` and a new verdict there."""
-    saved = np.load(args.mh_out)
-    log_theta = saved["log_theta"].astype(np.float64)
-    half = log_theta.shape[1] // 2  # the first half of every chain is warm-up
-    kept = np.exp(log_theta[:, half:])
+    parts = [np.load(f) for f in args.mh_out]  # a run and its continuations, in order
+    saved = parts[0]
+    log_theta = np.concatenate([p["log_theta"].astype(np.float64) for p in parts], axis=1)
+    warmup = int(args.mh_warmup * log_theta.shape[1])
+    kept = np.exp(log_theta[:, warmup:])
     result = json.loads(Path(args.out).read_text())
     s_mh = summarise(kept)
     cmp = compare(s_mh, result["nuts"]["summary"])
     thin = int(saved["thin"])
     result["mh_long"] = {
-        "command": "python experiments/aristoff_bangerth_reference.py "
-                   + str(saved["command"]),
+        "commands": ["python experiments/aristoff_bangerth_reference.py " + str(p["command"])
+                     for p in parts],
+        "machine": "16 CPU cores of a lent machine (Intel Xeon), one chain per process",
         "chains": int(log_theta.shape[0]), "thin": thin, "scale": float(saved["scale"]),
         "starts": "phi = ln theta ~ N(4, 2^2) per coordinate (the prior): overdispersed",
-        "steps_per_chain_min": int(saved["steps"].min()),
-        "steps_per_chain_max": int(saved["steps"].max()),
-        "acceptance": float(saved["acceptance"].mean()),
-        "warmup": "first half of each chain's kept draws",
+        "steps_per_chain_min": int(sum(p["steps"] for p in parts).min()),
+        "steps_per_chain_max": int(sum(p["steps"] for p in parts).max()),
+        "acceptance": float(np.mean([p["acceptance"].mean() for p in parts])),
+        "warmup": f"the first {args.mh_warmup:.0%} of each chain's kept draws "
+                  f"({warmup * thin} steps)",
         "draws_used": int(np.prod(kept.shape[:2])),
         "steps_used": int(kept.shape[0] * kept.shape[1] * thin),
-        "solves": int(saved["solves"].sum()), "seconds_per_process": float(saved["seconds"].max()),
+        "solves": int(sum(p["solves"].sum() for p in parts)),
+        "seconds_per_process": float(sum(p["seconds"].max() for p in parts)),
         "summary": s_mh}
     result["agreement_long"] = cmp
     rhat = max(cmp[n][k] for n in ("theta", "log_theta") for k in ("max_rhat_mh", "max_rhat_nuts"))
@@ -271,8 +282,12 @@ def main(argv=None) -> None:
                          "--mh-out; combine: judge --mh-out against the NUTS reference in --out")
     ap.add_argument("--workers", type=int, default=16, help="processes of the mh stage")
     ap.add_argument("--chains-per-worker", type=int, default=1)
-    ap.add_argument("--mh-out", default="runs/ab_mh_long.npz",
-                    help="ln theta draws of the mh stage (float32, every --mh-thin-th step)")
+    ap.add_argument("--mh-out", default=["runs/ab_mh_long.npz"], nargs="+",
+                    help="ln theta draws of the mh stage (float32, every --mh-thin-th step); "
+                         "for combine, a run and its continuations in order")
+    ap.add_argument("--mh-resume", help="mh stage: continue the chains of this file")
+    ap.add_argument("--mh-warmup", type=float, default=0.5,
+                    help="combine: fraction of each chain's kept draws dropped as warm-up")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.stage == "mh":
