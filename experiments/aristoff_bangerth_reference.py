@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -209,7 +210,9 @@ def stage_mh(args, argv) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **r, thin=args.mh_thin, scale=args.mh_scale, seed=args.seed,
              starts=np.log(starts), command=" ".join(["--stage mh", *(argv or [])]),
-             resumed=str(args.mh_resume or ""))
+             resumed=str(args.mh_resume or ""),
+             machine=f"{os.cpu_count()} CPU cores, {args.workers} processes x "
+                     f"{args.chains_per_worker} chains")
     print(f"MH: {r['steps'].min()}-{r['steps'].max()} steps per chain, acceptance "
           f"{r['acceptance'].mean():.3f}, {r['log_theta'].shape[1]} kept per chain; "
           f"wrote {out}", flush=True)
@@ -230,7 +233,9 @@ def stage_combine(args) -> None:
     result["mh_long"] = {
         "commands": ["python experiments/aristoff_bangerth_reference.py " + str(p["command"])
                      for p in parts],
-        "machine": "16 CPU cores of a lent machine (Intel Xeon), one chain per process",
+        "machines": [str(p["machine"]) if "machine" in p else
+                     "16 CPU cores (a lent machine, Intel Xeon), 16 processes x 1 chains"
+                     for p in parts],
         "chains": int(log_theta.shape[0]), "thin": thin, "scale": float(saved["scale"]),
         "starts": "phi = ln theta ~ N(4, 2^2) per coordinate (the prior): overdispersed",
         "steps_per_chain_min": int(sum(p["steps"] for p in parts).min()),
