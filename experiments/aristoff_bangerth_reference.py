@@ -218,6 +218,32 @@ def stage_mh(args, argv) -> None:
           f"wrote {out}", flush=True)
 
 
+PACKAGE_REFERENCE = "src/autovae/inverse/data/aristoff_bangerth/reference_posterior.json"
+
+
+def package_reference(result: dict, path: str = PACKAGE_REFERENCE) -> None:
+    """Write the reference that ``autovae invert --problem aristoff-bangerth`` measures its
+    posterior mean against: the NUTS run and the long MH run pooled (precision-weighted means,
+    combined MCSE) when both met the criteria, else the NUTS run alone (R-hat <= 1.01)."""
+    nuts = result["nuts"]["summary"]
+    runs, names = [nuts], [f"NUTS {result['nuts']['chains']} chains x "
+                           f"{result['nuts']['samples']} draws"]
+    if result.get("criteria_met") and "mh_long" in result:
+        runs.append(result["mh_long"]["summary"])
+        names.append(f"MH {result['mh_long']['chains']} chains, "
+                     f"{result['mh_long']['steps_used']:,} steps after warm-up")
+    out = {"source": "experiments/aristoff_bangerth_reference.py, "
+                     "docs/results/aristoff_bangerth_reference.json: " + " + ".join(names)
+                     + f"; R-hat max {max(max(r['log_theta']['rhat']) for r in runs):.4f}"}
+    for name in ("theta", "log_theta"):
+        w = np.array([1.0 / np.square(r[name]["mcse_mean"]) for r in runs])
+        means = np.array([r[name]["mean"] for r in runs])
+        out[name] = {"mean": ((w * means).sum(0) / w.sum(0)).tolist(),
+                     "mcse": (1.0 / np.sqrt(w.sum(0))).tolist()}
+    Path(path).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path} ({out['source']})")
+
+
 def stage_combine(args) -> None:
     """R-hat, ESS and MCSE of the long MH run (second half of every chain) and its agreement
     with the NUTS reference already in ``--out``; adds ``mh_long`` and a new verdict there."""
@@ -262,6 +288,7 @@ def stage_combine(args) -> None:
               f"above 1.01), NUTS {c['max_rhat_nuts']:.4f}; MH bulk ESS min {ess.min():.0f} "
               f"median {np.median(ess):.0f}")
     print(f"criteria met: {result['criteria_met']}; wrote {args.out}")
+    package_reference(result)
 
 
 def main(argv=None) -> None:
@@ -282,9 +309,10 @@ def main(argv=None) -> None:
     ap.add_argument("--draws", default="runs/aristoff_bangerth_reference_draws.npz",
                     help="where the thinned theta draws of both kernels go (not committed)")
     ap.add_argument("--pilot", action="store_true", help="time a few steps of each kernel")
-    ap.add_argument("--stage", choices=("all", "mh", "combine"), default="all",
+    ap.add_argument("--stage", choices=("all", "mh", "combine", "package"), default="all",
                     help="all: both kernels here; mh: only the long parallel MH run, draws to "
-                         "--mh-out; combine: judge --mh-out against the NUTS reference in --out")
+                         "--mh-out; combine: judge --mh-out against the NUTS reference in --out; "
+                         "package: write the package's reference from --out")
     ap.add_argument("--workers", type=int, default=16, help="processes of the mh stage")
     ap.add_argument("--chains-per-worker", type=int, default=1)
     ap.add_argument("--mh-out", default=["runs/ab_mh_long.npz"], nargs="+",
@@ -299,6 +327,8 @@ def main(argv=None) -> None:
         return stage_mh(args, argv)
     if args.stage == "combine":
         return stage_combine(args)
+    if args.stage == "package":
+        return package_reference(json.loads(Path(args.out).read_text()))
     problem = AristoffBangerth()
     rng = np.random.default_rng(args.seed)
     n_chains = max(args.mh_chains, args.nuts_chains)

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from autovae.inverse.aristoff_bangerth import AristoffBangerth, published_test_cases
+from autovae.inverse.aristoff_bangerth import (
+    AristoffBangerth,
+    published_test_cases,
+    reference_posterior,
+)
 
 CASES = published_test_cases()
 
@@ -149,3 +153,14 @@ def test_fused_log_likelihood_gradient_equals_forward_vjp(problem):
     z = problem.forward(b)
     (-((z - problem.data) ** 2).sum(-1) / (2 * problem.sigma**2)).sum().backward()
     assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_reference_posterior_is_the_benchmarks():
+    """The packaged reference: 64 means with positive MCSE; the data pin the four low blocks
+    (theta = 0.1) and the blocks along the lower edge (theta = 1) to their true values."""
+    ref = reference_posterior()
+    m = np.asarray(ref["log_theta"]["mean"])
+    assert m.shape == (64,) and (np.asarray(ref["log_theta"]["mcse"]) > 0).all()
+    assert np.abs(m[[9, 10, 17, 18]] - np.log(0.1)).max() < 0.2
+    assert np.abs(m[1:7]).max() < 0.25
+    assert "R-hat" in ref["source"]

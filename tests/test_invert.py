@@ -23,6 +23,9 @@ from autovae.inverse import (
     PCNKernel,
     darcy_pressure,
     grf_covariance,
+    invert,
+    load_chains,
+    reference_posterior,
     regular_points,
     run_chains,
     sample_grf,
@@ -327,3 +330,28 @@ def test_invert_settings_from_a_config_file(tmp_path, capsys):
         assert main(["invert", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, err
+
+
+def test_aristoff_bangerth_error_against_the_reference_posterior(tmp_path):
+    """With the benchmark's own prior, data and noise, the summary measures the posterior mean
+    against the packaged reference, after all draws and against the solves spent."""
+    res = invert(problem="aristoff-bangerth", kernel="rwm", chains=2, warmup=10, draws=40,
+                 out=str(tmp_path / "ab"))
+    ref, s = reference_posterior(), res.summary["reference"]
+    theta = np.exp(load_chains(tmp_path / "ab").draws)  # the chain runs in ln theta
+    for name, mean in (("theta", theta.mean((0, 1))), ("log_theta", np.log(theta).mean((0, 1)))):
+        r = np.asarray(ref[name]["mean"])
+        assert s[f"rel_l2_mean_{name}"] == pytest.approx(
+            np.linalg.norm(mean - r) / np.linalg.norm(r), rel=1e-9)
+        assert s[f"reference_rel_mcse_{name}"] == pytest.approx(
+            np.linalg.norm(ref[name]["mcse"]) / np.linalg.norm(r), rel=1e-12)
+    curve = s["curve"]
+    spent = [c["solves_per_chain"] for c in curve]
+    assert all(b > a for a, b in zip(spent, spent[1:], strict=False))
+    assert spent[-1] * 2 == res.summary["solves"]  # the last draw has spent everything
+    assert curve[-1]["rel_l2_mean_theta"] == s["rel_l2_mean_theta"]
+    assert "R-hat" in s["source"]
+    # another noise level is another posterior: no reference
+    other = invert(problem="aristoff-bangerth", kernel="rwm", chains=2, warmup=5, draws=5,
+                   noise=0.1, out=str(tmp_path / "ab2"))
+    assert "reference" not in other.summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "AristoffBangerth": "aristoff_bangerth",
+    "AristoffBangerth": "aristoff_bangerth", "reference_posterior": "aristoff_bangerth",
     "SBCResult": "calibration", "sbc": "calibration",
     "ChainFolder": "chains", "ChainResult": "chains", "load_chains": "chains",
     "run_chains": "chains",

@@ -37,7 +37,7 @@ import scipy.sparse as sp
 import torch
 from scipy.linalg import lapack
 
-__all__ = ["AristoffBangerth", "BandedPoissonQ1", "published_test_cases"]
+__all__ = ["AristoffBangerth", "BandedPoissonQ1", "published_test_cases", "reference_posterior"]
 
 _DATA = "data/aristoff_bangerth"
 
@@ -62,6 +62,15 @@ def published_test_cases() -> list[dict[str, np.ndarray | float]]:
             "log_prior": float(_load(f"testing/output.{i}.logprior.txt")[0]),
         })
     return cases
+
+
+def reference_posterior() -> dict:
+    """Our reference posterior of the benchmark (its published data, its own prior): the mean
+    and Monte-Carlo standard error of every theta_k and ln theta_k, with its ``source`` (the
+    kernels, their R-hat, the command: ``experiments/aristoff_bangerth_reference.py``)."""
+    import json
+
+    return json.loads(_data_file("reference_posterior.json").read_text())
 
 
 class BandedPoissonQ1:

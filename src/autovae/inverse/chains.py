@@ -381,6 +381,10 @@ class _Runner:
                 for key, v in out.items():
                     if key != "nonfinite":
                         recs.setdefault(key, []).append(v.clone())
+                # solves spent so far (all chains, warm-up included): error against cost
+                spent = c["solves"] + self.target.solves - start[2]
+                recs.setdefault("solves", []).append(
+                    torch.full((self.chains,), float(spent), dtype=torch.float64))
             self._tick(bars, out, c, s + 1)
             if stop:
                 bad = out["nonfinite"].nonzero().flatten().tolist()

@@ -51,12 +51,15 @@ MAX_CELLS = 4096 * 4096
 @dataclass
 class Built:
     """What a problem builder makes: the problem, the truth (parameters) and its noise-free
-    observations when known, and the settings that identify the problem."""
+    observations when known, the settings that identify the problem, and a reference
+    posterior (:func:`~autovae.inverse.aristoff_bangerth.reference_posterior`) where one is
+    known for exactly this problem."""
 
     problem: InverseProblem
     truth: torch.Tensor | None
     truth_observations: torch.Tensor | None
     settings: dict[str, Any]
+    reference: dict[str, Any] | None = None
 
 
 class InversionResult:
@@ -174,7 +177,7 @@ def _darcy_only(cfg: InverseConfig) -> None:
 
 
 def _aristoff_bangerth(cfg: InverseConfig) -> Built:
-    from .aristoff_bangerth import AristoffBangerth
+    from .aristoff_bangerth import AristoffBangerth, reference_posterior
 
     _darcy_only(cfg)
     bench = AristoffBangerth()
@@ -195,7 +198,11 @@ def _aristoff_bangerth(cfg: InverseConfig) -> Built:
         bench.theta_true if cfg.truth_file is None else _truth_params(cfg.truth_file))
     settings = {"noise": noise, "noise_kind": kind, "data_file": cfg.data,
                 "truth_file": cfg.truth_file}
-    return Built(problem, truth, None, settings)
+    as_published = (prior.name == "benchmark" and cfg.data is None and cfg.noise is None
+                    and cfg.noise_kind in (None, "absolute")
+                    and cfg.forward in (None, "aristoff-bangerth"))
+    return Built(problem, truth, None, settings,
+                 reference_posterior() if as_published else None)
 
 
 def _custom(cfg: InverseConfig) -> Built:
@@ -329,7 +336,42 @@ def _summarise(problem: InverseProblem, result: ChainResult, built: Built,
     out.update(problem.metrics(result.draws, built.truth, built.truth_observations))
     if built.truth is not None:
         out["rel_l2_prior_mean"] = _prior_mean_error(problem, built.truth)
+    if built.reference is not None:
+        out["reference"] = reference_error(problem, result, built.reference)
     out["settings"] = cfg.to_dict()
+    return out
+
+
+def reference_error(problem: InverseProblem, result: ChainResult, reference: dict[str, Any],
+                    points: int = 12) -> dict[str, Any]:
+    """The posterior mean's relative L2 error against a reference posterior mean, for the
+    parameters and their logs, after all draws and against the solves spent per chain
+    (``curve``: the running mean of every chain's first draws, at ``points`` counts).
+
+    ``reference_rel_mcse`` is the reference's own Monte-Carlo error in the same norm: an
+    error below it is not resolved."""
+    with torch.no_grad():
+        params = problem.params(torch.from_numpy(result.draws).reshape(-1, problem.dim))
+    params = params.reshape(*result.draws.shape[:2], -1).numpy()
+    n_chains, n = params.shape[:2]
+    ref = {k: np.asarray(reference[k]["mean"]) for k in ("theta", "log_theta")}
+
+    def errors(prefix: int) -> dict[str, float]:
+        x = params[:, :prefix]
+        means = {"theta": x.mean((0, 1)), "log_theta": np.log(x).mean((0, 1))}
+        return {f"rel_l2_mean_{k}": float(np.linalg.norm(means[k] - ref[k])
+                                          / np.linalg.norm(ref[k])) for k in ref}
+
+    out: dict[str, Any] = {"source": reference["source"], **errors(n)}
+    for k in ref:
+        out[f"reference_rel_mcse_{k}"] = float(np.linalg.norm(reference[k]["mcse"])
+                                               / np.linalg.norm(ref[k]))
+    spent = result.stats.get("solves")
+    if spent is not None and spent.shape[1] == n:
+        counts = np.unique(np.geomspace(min(10, n), n, points).astype(int))
+        out["curve"] = [{"draws_per_chain": int(c),
+                         "solves_per_chain": float(spent[0, c - 1]) / n_chains, **errors(c)}
+                        for c in counts]
     return out
 
 
@@ -524,4 +566,11 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"relative L2 error of the posterior mean {f('rel_l2_mean')}, truth "
                          f"within 2 sd for {f('coverage_2sd', '{:.0%}')} of the parameters, "
                          f"NSSWR {f('nsswr')}")
+        ref = s.get("reference")
+        if ref:
+            lines.append(
+                f"posterior mean against the reference posterior: relative L2 error "
+                f"{ref['rel_l2_mean_log_theta']:.3g} in ln theta (the reference's own MC error "
+                f"{ref['reference_rel_mcse_log_theta']:.2g}), {ref['rel_l2_mean_theta']:.3g} "
+                f"in theta (its own {ref['reference_rel_mcse_theta']:.2g})")
     return "\n".join(lines)
