@@ -244,6 +244,24 @@ def package_reference(result: dict, path: str = PACKAGE_REFERENCE) -> None:
     print(f"wrote {path} ({out['source']})")
 
 
+def coordinate_table(result: dict, mh_key: str = "mh_long") -> str:
+    """The per-coordinate markdown table of docs/aristoff-bangerth.md: NUTS against an MH run
+    (``mh_key``), ln theta and theta means with their MCSE, z = |difference| / combined MCSE
+    (ln theta) and R-hat (rank-normalised: the same for theta and ln theta)."""
+    n, m = result["nuts"]["summary"], result[mh_key]["summary"]
+    z = result["agreement_long" if mh_key == "mh_long" else "agreement"]["log_theta"]["z"]
+    rows = ["| k | mean ln θ (NUTS) | MCSE | sd | mean ln θ (MH) | MCSE | z | R-hat NUTS / MH "
+            "| mean θ (NUTS) | MCSE | mean θ (MH) | MCSE |", "|" + "---|" * 12]
+    for k in range(64):
+        ln, lm, tn, tm = n["log_theta"], m["log_theta"], n["theta"], m["theta"]
+        rows.append(
+            f"| {k} | {ln['mean'][k]:.3f} | {ln['mcse_mean'][k]:.3f} | {ln['sd'][k]:.3f} | "
+            f"{lm['mean'][k]:.3f} | {lm['mcse_mean'][k]:.3f} | {z[k]:.2f} | "
+            f"{ln['rhat'][k]:.3f} / {lm['rhat'][k]:.3f} | {tn['mean'][k]:.4g} | "
+            f"{tn['mcse_mean'][k]:.2g} | {tm['mean'][k]:.4g} | {tm['mcse_mean'][k]:.2g} |")
+    return "\n".join(rows)
+
+
 def stage_combine(args) -> None:
     """R-hat, ESS and MCSE of the long MH run (second half of every chain) and its agreement
     with the NUTS reference already in ``--out``; adds ``mh_long`` and a new verdict there."""
@@ -309,10 +327,12 @@ def main(argv=None) -> None:
     ap.add_argument("--draws", default="runs/aristoff_bangerth_reference_draws.npz",
                     help="where the thinned theta draws of both kernels go (not committed)")
     ap.add_argument("--pilot", action="store_true", help="time a few steps of each kernel")
-    ap.add_argument("--stage", choices=("all", "mh", "combine", "package"), default="all",
+    ap.add_argument("--stage", choices=("all", "mh", "combine", "package", "table"),
+                    default="all",
                     help="all: both kernels here; mh: only the long parallel MH run, draws to "
                          "--mh-out; combine: judge --mh-out against the NUTS reference in --out; "
-                         "package: write the package's reference from --out")
+                         "package: write the package's reference from --out; table: print "
+                         "the per-coordinate markdown table of --out")
     ap.add_argument("--workers", type=int, default=16, help="processes of the mh stage")
     ap.add_argument("--chains-per-worker", type=int, default=1)
     ap.add_argument("--mh-out", default=["runs/ab_mh_long.npz"], nargs="+",
@@ -327,6 +347,8 @@ def main(argv=None) -> None:
         return stage_mh(args, argv)
     if args.stage == "combine":
         return stage_combine(args)
+    if args.stage == "table":
+        return print(coordinate_table(json.loads(Path(args.out).read_text())))
     if args.stage == "package":
         return package_reference(json.loads(Path(args.out).read_text()))
     problem = AristoffBangerth()
