@@ -131,3 +131,24 @@ def test_a_model_without_gradient_refuses_nuts_and_samples_with_pcn(server, tmp_
     assert main(["invert", "--kernel", "pcn", "--out", str(tmp_path / "q"),
                  *[c if c != url else url + "x" for c in common]]) == 2
     assert "has no model 'darcy-noradx'" in capsys.readouterr().err.replace("nograd", "norad")
+
+
+def test_a_model_of_another_size_is_refused(server, tmp_path, capsys):
+    """A prior whose parameter count or data whose length differ from the model's input and
+    output sizes: exit 2, one line naming both sizes, no chain folder."""
+    url = f"umbridge:http://127.0.0.1:{server}/darcy8"
+    y = SmallDarcy()(torch.zeros(1, 8, 8, dtype=torch.float64))[0].numpy()
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "short.npy", y[:-3])
+    base = ["invert", "--problem", "custom", "--forward", url, "--noise", "0.01", "--prior",
+            "kle", "--dim", "4", "--kernel", "pcn", "--chains", "2", "--warmup", "5",
+            "--draws", "5", "--quiet"]
+    for extra, words in (
+            (["--grid", "4", "--data", str(tmp_path / "y.npy")], "64"),
+            (["--grid", "8", "--data", str(tmp_path / "short.npy")], str(len(y))),
+    ):
+        out = tmp_path / f"bad{len(extra)}{words}"
+        assert main([*base, *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
