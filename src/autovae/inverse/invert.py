@@ -12,7 +12,8 @@ Problems:
 
 * ``darcy`` -- the Darcy case of the latent-MCMC authors' released code (spec 3.2; their
   report has no Darcy section): a log-permeability field on an n x n grid, pressures at
-  observation points, 5% relative noise, the truth a GRF draw (seed 100000 + ``truth_seed``) at
+  observation points under the boundary conditions ``bc`` (default p = 0 on x = 0, 1, no flux
+  on y = 0, 1), 5% relative noise, the truth a GRF draw (seed 100000 + ``truth_seed``) at
   the inference grid or a finer one (then compared through its block means).
 * ``aristoff-bangerth`` -- the benchmark of Aristoff & Bangerth (SIAM Review 65(4), 2023):
   64 coefficients theta > 0, its 169 published observations, sigma 0.05, its prior on
