@@ -203,6 +203,11 @@ def _bad(tmp_path, run, name):
      "cannot reach a UM-Bridge server at http://127.0.0.1:9"),
     (["--points", "60"], "not a square number"),
     (["--truth-resolution", "12"], "multiple of 8"),
+    (["--bc", "middle=dirichlet:1"], "--bc: unknown side 'middle'"),
+    (["--bc", "left=robin:1"], "--bc left=robin: unknown kind 'robin'"),
+    (["--bc", "left=dirichlet:inf"], "--bc left=dirichlet:inf: the value must be finite"),
+    (["--bc", "left=neumann:0,right=neumann:0"], "every side is Neumann"),
+    (["--bc", "left=dirichlet"], "--bc left=dirichlet: give kind:value"),
     "outside.csv", "data.npy", "nan.npy", "huge.npy",
 ])
 def test_bad_input_exit_2_with_one_line(case, run, tmp_path, capsys):

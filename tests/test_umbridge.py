@@ -20,6 +20,7 @@ from autovae.inverse import DarcyForward, UMBridgeForward
 
 pytest.importorskip("umbridge")
 HERE = Path(__file__).parent
+BC = "left=dirichlet:1,right=neumann:0.5,top=dirichlet:0"
 
 
 def _free_port() -> int:
@@ -51,14 +52,15 @@ def server():
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(HERE), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "autovae", "serve-forward", spec,
+    procs = [subprocess.Popen([sys.executable, "-m", "autovae", "serve-forward", *spec,
                                "--port", str(p)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
-             for spec, p in (("test_umbridge:SmallDarcy", port),
-                             ("test_umbridge:NoGradientDarcy", port + 1))]
+             for spec, p in ((["test_umbridge:SmallDarcy"], port),
+                             (["test_umbridge:NoGradientDarcy"], port + 1),
+                             (["darcy", "--bc", BC, "--name", "darcy-bc"], port + 2))]
     try:
         deadline = time.time() + 60
-        for p in (port, port + 1):
+        for p in (port, port + 1, port + 2):
             while True:
                 try:
                     with socket.create_connection(("127.0.0.1", p), timeout=1):
@@ -88,6 +90,15 @@ def test_the_served_model_matches_the_model_in_process(server):
     (gl,) = torch.autograd.grad((local(xl) * w).sum(), xl)
     assert torch.allclose(gr, gl.reshape(3, 64), rtol=1e-12, atol=1e-14)
     assert remote.solves == 3 + 3 + 3  # 2 x three forward solves, three gradients
+
+
+def test_darcy_served_with_other_boundary_conditions(server):
+    # autovae serve-forward darcy --bc ...: the served model is DarcyForward(bc=...)
+    remote = UMBridgeForward(f"http://127.0.0.1:{server + 2}/darcy-bc")
+    local = DarcyForward(bc=BC)
+    x = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(remote(x.reshape(2, 256)), local(x))
+    assert not torch.allclose(local(x), DarcyForward()(x))
 
 
 def test_inverting_through_the_server_equals_inverting_in_process(server, tmp_path, capsys):

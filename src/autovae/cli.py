@@ -221,7 +221,13 @@ def _cmd_serve_forward(args: argparse.Namespace) -> int:
     from .inverse.forward_models import load_forward
     from .inverse.umbridge import serve
 
-    model = load_forward(args.model)
+    options = {}
+    if args.bc is not None:
+        if args.model != "darcy":
+            raise ValueError(f"--bc sets the boundary conditions of darcy, not of {args.model}; "
+                             "leave it out (or serve a class that sets its own)")
+        options["bc"] = args.bc
+    model = load_forward(args.model, **options)
     print(f"serving {model.name} ({model.param_shape} -> {model.n_obs}) as UM-Bridge model "
           f"{args.name or model.name} at http://{args.host}:{args.port}", flush=True)
     serve(model, args.port, args.host, args.name)
@@ -566,6 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_fwd.add_argument("--host", default="127.0.0.1",
                            help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     serve_fwd.add_argument("--name", default=None, help="the model's name (default: its own)")
+    serve_fwd.add_argument("--bc", default=None, metavar="BC",
+                           help="darcy only: its boundary conditions, spelled as autovae invert "
+                                "--bc (e.g. left=dirichlet:1,right=dirichlet:0; default: p = 0 "
+                                "on x = 0, 1, no flux on y = 0, 1)")
     serve_fwd.set_defaults(run_command=_cmd_serve_forward)
 
     datasets = sub.add_parser("datasets", help="list the datasets --data accepts by name")

@@ -12,6 +12,7 @@ import importlib
 
 _WHERE = {
     "AristoffBangerth": "aristoff_bangerth", "reference_posterior": "aristoff_bangerth",
+    "BoundaryConditions": "boundary",
     "SBCResult": "calibration", "sbc": "calibration",
     "ChainFolder": "chains", "ChainResult": "chains", "load_chains": "chains",
     "run_chains": "chains",

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .boundary import DEFAULT_BC, BoundaryConditions
+
 __all__ = ["InverseConfig", "RENAMED"]
 
 
@@ -50,6 +52,10 @@ class InverseConfig:
     points: str = _f("64", "Darcy observation points: a square count (64 = 8x8 interior points) "
                      "or a .npy/CSV file of (x, y) rows")
     source: float = _f(3.0, "Darcy source term f")
+    bc: str = _f(DEFAULT_BC, "Darcy boundary conditions: comma-separated side=dirichlet:PRESSURE "
+                 "or side=neumann:OUTWARD_FLUX (-k dp/dn; 0 = no flux) for the sides left "
+                 "(x = 0), right (x = 1), bottom (y = 0), top (y = 1); sides not given keep "
+                 "the default; at least one side Dirichlet")
     data: str | None = _f(None, "observations (.npy/CSV, one per observation) instead of data "
                           "simulated from the truth")
     noise: float | None = _f(None, "noise: a fraction of |y| (relative) or a std (absolute); "
@@ -87,6 +93,8 @@ class InverseConfig:
             raise ValueError(f"--step-size must be positive, got {self.step_size!r}")
         if self.noise is not None and self.noise <= 0:
             raise ValueError(f"--noise must be positive (e.g. 0.05), got {self.noise!r}")
+        # one spelling, written out in full: the record reads the same however it was given
+        object.__setattr__(self, "bc", str(BoundaryConditions.parse(self.bc)))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> InverseConfig:

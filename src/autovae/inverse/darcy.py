@@ -1,16 +1,21 @@
 """Darcy flow forward model of the inverse-problem benchmark, with adjoint gradients.
 
--div(k grad p) = f on [0, 1]^2, p = 0 on x = 0 and x = 1, no flux on y = 0 and y = 1, with
-k = exp(log k) constant on each cell of an n x n grid (row i = y, column j = x, cell (i, j)
+-div(k grad p) = f on [0, 1]^2 with boundary conditions ``bc``
+(:class:`~autovae.inverse.boundary.BoundaryConditions`: per side a Dirichlet pressure or a
+Neumann outward flux -k dp/dn; default p = 0 on x = 0 and x = 1, no flux on y = 0 and y = 1),
+with k = exp(log k) constant on each cell of an n x n grid (row i = y, column j = x, cell (i, j)
 covering [j/n, (j+1)/n] x [i/n, (i+1)/n]). Cell-centred finite volumes: two-point fluxes with
-harmonic-mean face transmissibilities, the Dirichlet faces at half a cell from the centre; the
-system A(k) p = f h^2 is factorised once per field by SuperLU (``scipy.sparse.linalg.splu``).
-The gradient of a loss J(p) with respect to log k is the adjoint one: solve A^T lambda = dJ/dp
-with the same factors, then dJ/dlog k_c = -lambda^T (dA/dlog k_c) p.
+harmonic-mean face transmissibilities, the Dirichlet faces at half a cell from the centre
+(transmissibility 2 k, the pressure P entering the right-hand side as 2 k P), a Neumann face's
+flux Q h moved to the right-hand side; the system A(k) p = b(k) = f h^2 - Q h + 2 k P is
+factorised once per field by SuperLU (``scipy.sparse.linalg.splu``). The gradient of a loss
+J(p) with respect to log k is the adjoint one: solve A^T lambda = dJ/dp with the same factors,
+then dJ/dlog k_c = lambda^T (db/dlog k_c - dA/dlog k_c p).
 
 ``darcy_pressure(log_k, points)`` is the public contract: (B, n, n) log-permeabilities and
 (P, 2) points (x, y) -> (B, P) pressures, bilinear between cell centres and extended to the
-edges with p = 0 on x = 0, 1 and zero normal gradient on y = 0, 1; differentiable in log_k.
+edges: to the pressure P of a Dirichlet side, and with the normal gradient -Q / k of a Neumann
+side (constant for no flux); differentiable in log_k.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
+from .boundary import SIDES, BoundaryConditions
+
 __all__ = ["DarcySolver", "darcy_pressure", "observation_operator"]
 
 
@@ -31,12 +38,45 @@ def _grid_size(n) -> int:
     return int(n)
 
 
-def observation_operator(n: int, points) -> sp.csr_matrix:
+def observation_operator(n: int, points, bc=None) -> sp.csr_matrix:
     """(P, n^2) sparse matrix H: H @ p.ravel() interpolates cell pressures p (n, n) at points.
 
-    Bilinear between cell centres; along x the nodes 0 and 1 carry p = 0 (Dirichlet), along y
-    the value is constant within half a cell of y = 0 and y = 1 (zero normal gradient).
+    Bilinear between cell centres; within half a cell of a Dirichlet side the boundary node
+    carries the side's pressure (default: p = 0 on x = 0 and 1), within half a cell of a Neumann
+    side the value is the nearest centre's (zero normal gradient). With a non-zero Dirichlet
+    pressure or Neumann flux the observation also has an affine part (see
+    :func:`_observation`); H is its linear part.
     """
+    return _observation(n, points, BoundaryConditions.parse(bc))[0]
+
+
+def _axis(u: np.ndarray, n: int, lo_dirichlet: bool, hi_dirichlet: bool):
+    """1-D interpolation weights along one axis: [(index, weight), (index, weight)] with index
+    -1 (the low side's node), 0..n-1 (cell centres) or n (the high side's node)."""
+    h = 1.0 / n
+    if not (lo_dirichlet or hi_dirichlet):
+        # centres only, clamped (constant extension to the Neumann edges)
+        t = np.clip(u / h - 0.5, 0.0, n - 1.0)
+        i = np.clip(np.floor(t).astype(np.int64), 0, n - 2)
+        w = t - i
+        return [(i, 1 - w), (i + 1, w)]
+    # nodes at 0, centres (j + 1/2) h, 1; node index t in [0, n + 1], centres t = 1..n
+    t = np.where(u < h / 2, u / (h / 2), np.where(u > 1 - h / 2, n + (u - (1 - h / 2)) /
+                                                  (h / 2), u / h + 0.5))
+    if not lo_dirichlet:
+        t = np.maximum(t, 1.0)
+    if not hi_dirichlet:
+        t = np.minimum(t, float(n))
+    j = np.clip(np.floor(t).astype(np.int64), 0, n)
+    w = t - j
+    return [(j - 1, 1 - w), (j, w)]
+
+
+def _observation(n: int, points, bc: BoundaryConditions):
+    """(H, offset, N): the observation of cell pressures p (B, n^2) with log-permeability
+    log_k is H p + offset - exp(-log_k) N^T. ``offset`` (P,) carries the Dirichlet pressures of
+    the boundary nodes, N (P, n^2) the Neumann fluxes (the extension beyond the last centre by
+    the normal gradient -Q / k over the distance d: -Q d / k); each None when zero."""
     n = _grid_size(n)
     pts = np.asarray(points.detach().cpu() if torch.is_tensor(points) else points,
                      dtype=np.float64)
@@ -52,41 +92,62 @@ def observation_operator(n: int, points) -> sp.csr_matrix:
                          "square")
     h = 1.0 / n
     x, y = pts[:, 0], pts[:, 1]
-    # x: nodes at 0, centres (j + 1/2) h, 1; node index t in [0, n + 1], centres t = 1..n
-    tx = np.where(x < h / 2, x / (h / 2), np.where(x > 1 - h / 2, n + (x - (1 - h / 2)) /
-                                                   (h / 2), x / h + 0.5))
-    jx = np.clip(np.floor(tx).astype(np.int64), 0, n)
-    wx = tx - jx
-    # y: centres only, clamped (constant extension to the Neumann edges)
-    ty = np.clip(y / h - 0.5, 0.0, n - 1.0)
-    iy = np.clip(np.floor(ty).astype(np.int64), 0, n - 2)
-    wy = ty - iy
-    rows, cols, vals = [], [], []
-    for dj, wxj in ((0, 1 - wx), (1, wx)):
-        node = jx + dj  # 0 and n + 1 are the Dirichlet nodes (value 0): no entry
-        for di, wyi in ((0, 1 - wy), (1, wy)):
-            keep = (node >= 1) & (node <= n)
-            r = np.nonzero(keep)[0]
+    (lk, lv), (rk, rv), (bk, bv), (tk, tv) = (getattr(bc, side) for side in SIDES)
+    xs = _axis(x, n, lk == "dirichlet", rk == "dirichlet")
+    ys = _axis(y, n, bk == "dirichlet", tk == "dirichlet")
+
+    def node_value(kind, value):
+        return value if kind == "dirichlet" else 0.0
+
+    # Dirichlet pressures of the boundary nodes (-1: low side, n: high side); a corner node of
+    # two Dirichlet sides takes their mean
+    gx = {-1: node_value(lk, lv), n: node_value(rk, rv)}
+    gy = {-1: node_value(bk, bv), n: node_value(tk, tv)}
+    # Neumann: Q d, d the distance beyond the last centre towards that side
+    ax = ((0.0 if lk == "dirichlet" else lv) * np.maximum(h / 2 - x, 0.0)
+          + (0.0 if rk == "dirichlet" else rv) * np.maximum(x - (1 - h / 2), 0.0))
+    ay = ((0.0 if bk == "dirichlet" else bv) * np.maximum(h / 2 - y, 0.0)
+          + (0.0 if tk == "dirichlet" else tv) * np.maximum(y - (1 - h / 2), 0.0))
+    rows, cols, vals, nvals = [], [], [], []
+    offset = np.zeros(len(pts))
+    for jx, wx in xs:
+        for iy, wy in ys:
+            inx, iny = (jx >= 0) & (jx < n), (iy >= 0) & (iy < n)
+            r = np.nonzero(inx & iny)[0]
             rows.append(r)
-            cols.append((iy[r] + di) * n + node[r] - 1)
-            vals.append(wxj[r] * wyi[r])
-    H = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(len(pts), n * n))
+            cols.append(iy[r] * n + jx[r])
+            vals.append(wx[r] * wy[r])
+            nvals.append(wx[r] * wy[r] * (ax[r] + ay[r]))
+            # a boundary node: its pressure
+            px = np.where(jx < 0, gx[-1], np.where(jx >= n, gx[n], 0.0))
+            py = np.where(iy < 0, gy[-1], np.where(iy >= n, gy[n], 0.0))
+            node = np.where(inx, py, np.where(iny, px, 0.5 * (px + py)))
+            offset += np.where(inx & iny, 0.0, wx * wy * node)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    H = sp.csr_matrix((np.concatenate(vals), (rows, cols)), shape=(len(pts), n * n))
     H.sum_duplicates()
     H.eliminate_zeros()
-    return H
+    N = None
+    if ax.any() or ay.any():
+        N = sp.csr_matrix((np.concatenate(nvals), (rows, cols)), shape=(len(pts), n * n))
+        N.sum_duplicates()
+        N.eliminate_zeros()
+    return H, (offset if offset.any() else None), N
 
 
 class DarcySolver:
     """Finite-volume Darcy solver on an n x n grid: ``solve(log_k)`` -> (B, n, n) pressures.
 
-    ``f``: the source, a number or an (n, n) array of cell values (default 3, the benchmark).
+    ``f``: the source, a number or an (n, n) array of cell values (default 3, the benchmark);
+    ``bc``: the boundary conditions (a :class:`~autovae.inverse.boundary.BoundaryConditions`,
+    its string ``"left=dirichlet:1,right=neumann:0.5"`` or None for the default).
     ``solve`` is differentiable in log_k (torch autograd, adjoint solve with the forward's LU
     factors); ``solve_permeability(k)`` takes k itself (numpy, no gradient).
     """
 
-    def __init__(self, n: int, f=3.0):
+    def __init__(self, n: int, f=3.0, bc=None):
         n = _grid_size(n)
+        self.bc = BoundaryConditions.parse(bc)
         self.n, self.h = n, 1.0 / n
         f = np.asarray(f, dtype=np.float64)
         if f.ndim == 0:
@@ -102,7 +163,19 @@ class DarcySolver:
         # interior faces: x-faces between (i, j) and (i, j+1), y-faces between (i, j), (i+1, j)
         self._a = np.concatenate([idx[:, :-1].ravel(), idx[:-1, :].ravel()])
         self._b = np.concatenate([idx[:, 1:].ravel(), idx[1:, :].ravel()])
-        self._dir = np.concatenate([idx[:, 0], idx[:, -1]])  # cells on x = 0 and x = 1
+        # boundary cells of each side; Dirichlet faces enter A (2 k) and b (2 k P), Neumann
+        # faces b alone (-Q h: the outward flux through the face)
+        edge = {"left": idx[:, 0], "right": idx[:, -1], "bottom": idx[0, :], "top": idx[-1, :]}
+        dirichlet = [s for s in SIDES if getattr(self.bc, s)[0] == "dirichlet"]
+        self._dir = np.concatenate([edge[s] for s in dirichlet])  # default: x = 0 and x = 1
+        self._dir_p = np.concatenate([np.full(n, getattr(self.bc, s)[1]) for s in dirichlet])
+        neumann = np.zeros(n * n)
+        for s in SIDES:
+            kind, value = getattr(self.bc, s)
+            if kind == "neumann" and value != 0:
+                np.add.at(neumann, edge[s], value * self.h)
+        if neumann.any():
+            self._rhs = self._rhs - neumann
         nf = len(self._a)
         rows = np.concatenate([self._a, self._b, self._a, self._b, self._dir])
         cols = np.concatenate([self._b, self._a, self._a, self._b, self._dir])
@@ -117,6 +190,14 @@ class DarcySolver:
         self._slot = np.asarray(csr_pos[rows, cols]).ravel().astype(np.int64)
         self._nnz = len(pattern.data)
         self._nf = nf
+
+    def _rhs_for(self, k: np.ndarray) -> np.ndarray:
+        """b(k): the source and Neumann part, plus 2 k P on the Dirichlet faces (k flat)."""
+        if not self._dir_p.any():
+            return self._rhs
+        rhs = self._rhs.copy()
+        np.add.at(rhs, self._dir, 2.0 * k[self._dir] * self._dir_p)
+        return rhs
 
     def _transmissibilities(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # harmonic mean 2 / (1/k_a + 1/k_b): the two half-cells in series, no overflow
@@ -153,7 +234,8 @@ class DarcySolver:
         if (k <= 0).any():
             raise ValueError("k (permeability) must be positive everywhere; found "
                              f"min(k) = {k.min():g}")
-        p = np.stack([self._factor(ki).solve(self._rhs).reshape(self.n, self.n) for ki in k])
+        p = np.stack([self._factor(ki).solve(self._rhs_for(ki.ravel())).reshape(self.n, self.n)
+                      for ki in k])
         return p[0] if single else p
 
     def solve(self, log_k) -> torch.Tensor:
@@ -172,12 +254,14 @@ class DarcySolver:
             raise ValueError("exp(log_k) overflows or underflows (|log_k| > ~700): the "
                              "permeability must be positive and finite; bound log_k")
         lus = [self._factor(ki) for ki in k]
-        p = np.stack([lu.solve(self._rhs) for lu in lus])
+        p = np.stack([lu.solve(self._rhs_for(ki)) for lu, ki in zip(lus, k, strict=True)])
         return k.reshape(len(k), -1), lus, p
 
     @np.errstate(over="ignore", invalid="ignore")
     def _adjoint(self, k: np.ndarray, lus, p: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve.
+        """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve:
+        lambda^T (db/dlog k - dA/dlog k p), A^T lambda = g (b depends on k through the
+        Dirichlet faces' 2 k P).
 
         At extreme fields (k ratios beyond ~1e150, as NUTS's first trial steps can reach) the
         products overflow: the gradient is then inf or NaN, returned as is without a warning,
@@ -193,13 +277,16 @@ class DarcySolver:
             # dT/dlog k_a = T^2 / (2 k_a), dT/dlog k_b = T^2 / (2 k_b)
             np.add.at(grad, self._a, w * t * (t / (2.0 * kb[self._a])))
             np.add.at(grad, self._b, w * t * (t / (2.0 * kb[self._b])))
-            np.add.at(grad, self._dir, lam[self._dir] * pb[self._dir] * 2.0 * kb[self._dir])
+            # a Dirichlet face: A has 2 k, b has 2 k P, so lambda (dA p - db) = lambda 2 k (p - P)
+            np.add.at(grad, self._dir, lam[self._dir] * (pb[self._dir] - self._dir_p) * 2.0
+                      * kb[self._dir])
             out[b] = -grad
         return out.reshape(len(p), self.n, self.n)
 
     def __repr__(self) -> str:
         f = f"{self.f.flat[0]:g}" if np.all(self.f == self.f.flat[0]) else "field"
-        return f"DarcySolver(n={self.n}, f={f})"
+        bc = "" if self.bc.default else f", bc='{self.bc}'"
+        return f"DarcySolver(n={self.n}, f={f}{bc})"
 
 
 def _as_field(x, name: str) -> torch.Tensor:
@@ -237,23 +324,46 @@ class _DarcySolve(torch.autograd.Function):
 
 
 @functools.lru_cache(maxsize=8)
-def _solver(n: int, f: float) -> DarcySolver:
-    return DarcySolver(n, f)
+def _solver(n: int, f: float, bc: BoundaryConditions) -> DarcySolver:
+    return DarcySolver(n, f, bc)
 
 
-def darcy_pressure(log_k, points, f: float = 3.0) -> torch.Tensor:
+def observe(solver: DarcySolver, log_k: torch.Tensor, points) -> torch.Tensor:
+    """(B, P) pressures at ``points`` of the fields log_k (B, n, n) solved by ``solver`` (its
+    source and boundary conditions), differentiable in log_k; dense H (any source field)."""
+    n = log_k.shape[-1]
+    H, offset, N = _observation(n, points, solver.bc)
+    p = solver.solve(log_k).reshape(len(log_k), n * n)
+    return _affine(p @ torch.from_numpy(H.toarray()).to(log_k.dtype).T, log_k, offset, N)
+
+
+def _affine(obs: torch.Tensor, log_k: torch.Tensor, offset, N) -> torch.Tensor:
+    """obs + offset - exp(-log_k) N^T: the Dirichlet and Neumann parts of the observation
+    (nothing added for the default conditions, so their results are unchanged)."""
+    if offset is not None:
+        obs = obs + torch.from_numpy(offset).to(obs.dtype).to(obs.device)
+    if N is not None:
+        inv_k = torch.exp(-log_k).reshape(len(log_k), -1)
+        obs = obs - inv_k @ torch.from_numpy(N.toarray()).to(obs.dtype).to(obs.device).T
+    return obs
+
+
+def darcy_pressure(log_k, points, f: float = 3.0, bc=None) -> torch.Tensor:
     """(B, n, n) log-permeabilities, (P, 2) points (x, y) in [0, 1]^2 -> (B, P) pressures.
 
-    Differentiable in log_k (adjoint gradients); returns log_k's floating dtype.
+    ``f``: the source; ``bc``: the boundary conditions (default: p = 0 on x = 0, 1, no flux on
+    y = 0, 1). Differentiable in log_k (adjoint gradients); returns log_k's floating dtype.
     """
     log_k = _as_field(log_k, "log_k")
     pts = torch.as_tensor(points)
     if pts.ndim != 2 or pts.shape[-1] != 2:
         raise ValueError(f"points must have shape (P, 2) of (x, y); got {tuple(pts.shape)}")
     n = log_k.shape[-1]
-    H = observation_operator(n, pts).tocoo()
-    p = _solver(n, float(f)).solve(log_k).reshape(len(log_k), n * n)
+    bc = BoundaryConditions.parse(bc)
+    H, offset, N = _observation(n, pts, bc)
+    H = H.tocoo()
+    p = _solver(n, float(f), bc).solve(log_k).reshape(len(log_k), n * n)
     Hs = torch.sparse_coo_tensor(torch.from_numpy(np.stack([H.row, H.col]).astype(np.int64)),
                                  torch.from_numpy(H.data), H.shape, dtype=p.dtype,
                                  device=p.device, check_invariants=True)
-    return torch.sparse.mm(Hs, p.T).T
+    return _affine(torch.sparse.mm(Hs, p.T).T, log_k, offset, N)

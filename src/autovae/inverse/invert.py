@@ -12,7 +12,8 @@ Problems:
 
 * ``darcy`` -- the Darcy case of the latent-MCMC authors' released code (spec 3.2; their
   report has no Darcy section): a log-permeability field on an n x n grid, pressures at
-  observation points, 5% relative noise, the truth a GRF draw (seed 100000 + ``truth_seed``) at
+  observation points under the boundary conditions ``bc`` (default p = 0 on x = 0, 1, no flux
+  on y = 0, 1), 5% relative noise, the truth a GRF draw (seed 100000 + ``truth_seed``) at
   the inference grid or a finer one (then compared through its block means).
 * ``aristoff-bangerth`` -- the benchmark of Aristoff & Bangerth (SIAM Review 65(4), 2023):
   64 coefficients theta > 0, its 169 published observations, sigma 0.05, its prior on
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from .._files import atomic_path
+from .boundary import DEFAULT_BC
 from .chains import ChainFolder, ChainResult, run_chains
 from .config import InverseConfig
 from .diagnostics import save_netcdf, summary
@@ -138,7 +140,7 @@ def _darcy(cfg: InverseConfig) -> Built:
             raise ValueError(f"--dim {dim} exceeds the grid's {n * n} cells")
     else:
         raise ValueError(f"--prior {cfg.prior} does not apply to darcy; use run or kle")
-    forward = DarcyForward(n, _points(cfg.points), cfg.source)
+    forward = DarcyForward(n, _points(cfg.points), cfg.source, cfg.bc)
     noise = 0.05 if cfg.noise is None else cfg.noise
     kind = cfg.noise_kind or "relative"
     truth_fine = truth = None
@@ -158,9 +160,10 @@ def _darcy(cfg: InverseConfig) -> Built:
         p_true = truth_obs[0]
         sigma = noise * p_true.abs() if kind == "relative" else torch.full_like(p_true, noise)
         if (sigma <= 0).any():
-            raise ValueError("the truth's pressure is 0 at some observation points (on x = 0 or "
-                             "x = 1), where relative noise has sigma = 0; move those points "
-                             "inside or use --noise-kind absolute")
+            raise ValueError("the truth's pressure is 0 at some observation points (on a side "
+                             "with p = 0, such as x = 0 or x = 1 by default), where relative "
+                             "noise has sigma = 0; move those points inside or use "
+                             "--noise-kind absolute")
         eps = torch.randn(p_true.shape, generator=torch.Generator().manual_seed(cfg.truth_seed),
                           dtype=torch.float64)
         problem = InverseProblem(prior, forward, p_true + sigma * eps, sigma, "absolute")
@@ -171,6 +174,9 @@ def _darcy(cfg: InverseConfig) -> Built:
 
 
 def _darcy_only(cfg: InverseConfig) -> None:
+    if cfg.bc != DEFAULT_BC:
+        raise ValueError(f"--bc applies to --problem darcy (the built-in Darcy model's "
+                         f"boundary conditions), not to {cfg.problem}")
     if cfg.residual:
         raise ValueError(f"--residual applies to --problem darcy (its GRF covariance is what the "
                          f"residual field matches), not to {cfg.problem}")
