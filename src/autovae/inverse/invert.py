@@ -349,7 +349,7 @@ def _summarise(problem: InverseProblem, result: ChainResult, built: Built,
 
 
 def reference_error(problem: InverseProblem, result: ChainResult, reference: dict[str, Any],
-                    points: int = 12) -> dict[str, Any]:
+                    points: int = 20) -> dict[str, Any]:
     """The posterior mean's relative L2 error against a reference posterior mean, for the
     parameters and their logs, after all draws and against the solves spent per chain
     (``curve``: the running mean of every chain's first draws, at ``points`` counts).
