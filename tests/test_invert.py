@@ -355,7 +355,10 @@ def test_aristoff_bangerth_error_against_the_reference_posterior(tmp_path):
     assert all(b > a for a, b in zip(spent, spent[1:], strict=False))
     assert spent[-1] * 2 == res.summary["solves"]  # the last draw has spent everything
     assert curve[-1]["rel_l2_mean_theta"] == s["rel_l2_mean_theta"]
-    assert "R-hat" in s["source"]
+    assert "R-hat" in s["source"] and (tmp_path / "ab" / "reference_error.png").is_file()
+    assert main(["report", str(tmp_path / "ab"), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "rel l2 mean log theta vs reference" in page and "reference error" in page
     # another noise level is another posterior: no reference
     other = invert(problem="aristoff-bangerth", kernel="rwm", chains=2, warmup=5, draws=5,
                    noise=0.1, out=str(tmp_path / "ab2"))

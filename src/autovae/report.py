@@ -211,6 +211,9 @@ def _chain_section(folder: Path) -> str:
     problem = cf.read_json(cf.problem) if cf.problem.is_file() else {}
     settings = summary.pop("settings", {})
     summary.pop("acceptance_per_chain", None)
+    reference = summary.pop("reference", None) or {}  # its curve is reference_error.png
+    summary.update({k if k.startswith("reference") else f"reference_{k}" if k == "source"
+                    else f"{k}_vs_reference": v for k, v in reference.items() if k != "curve"})
     summary = {**{k: summary[k] for k in _CHAIN_FIRST if k in summary}, **summary}
     prior = str(problem.get("prior_description", problem.get("prior", "")))
     what = " &middot; ".join(html.escape(str(x)) for x in (

@@ -9,7 +9,8 @@ A chain folder (:class:`ChainFolder`, the one owner of this layout)::
     FOLDER/problem.json      the inverse problem's settings (``autovae invert``)
     FOLDER/summary.json      diagnostics, costs and errors (``autovae invert``)
     FOLDER/*.png             pictures (``autovae invert``): fields, traces, error bars and,
-                             against a known truth, nominal against empirical coverage
+                             against a known truth, nominal against empirical coverage;
+                             against a reference posterior, its error against solves spent
 
 Resume: calling :func:`run_chains` again with the same settings continues from ``state.pt``,
 bit-identically at any checkpoint after warm-up, and within warm-up for kernels that can
@@ -40,7 +41,8 @@ __all__ = ["ChainFolder", "ChainResult", "load_chains", "run_chains"]
 class ChainFolder:
     """The files of one chain run (see the module docstring)."""
 
-    PICTURES = ("fields.png", "traces.png", "error_bars.png", "calibration.png")
+    PICTURES = ("fields.png", "traces.png", "error_bars.png", "calibration.png",
+                "reference_error.png")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -408,7 +408,7 @@ def _write_outputs(cf: ChainFolder, problem: InverseProblem, result: ChainResult
         idata.extend(az.from_dict(observed_data={"y": problem.data.numpy()},
                                   constant_data=const, dims=dims))
         save_netcdf(idata, cf.posterior)
-        _pictures(cf, problem, result, built.truth)
+        _pictures(cf, problem, result, built.truth, out.get("reference"))
     cf.write_json(cf.summary, out)
 
 
@@ -458,8 +458,10 @@ def truth_field(n: int, truth_seed: int = 0, resolution: int | None = None,
     return fine, coarse
 
 
-def _pictures(cf: ChainFolder, problem: InverseProblem, result: ChainResult, truth) -> None:
-    """fields.png (parameters as images: truth, mean, sd, error), traces.png, error_bars.png."""
+def _pictures(cf: ChainFolder, problem: InverseProblem, result: ChainResult, truth,
+              reference: dict[str, Any] | None = None) -> None:
+    """fields.png (parameters as images: truth, mean, sd, error), traces.png, error_bars.png,
+    calibration.png (against a truth), reference_error.png (against a reference posterior)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -547,6 +549,23 @@ def _pictures(cf: ChainFolder, problem: InverseProblem, result: ChainResult, tru
         ax.legend(fontsize=8)
         fig.tight_layout()
         save(fig, "calibration.png")
+
+    if reference is not None and "curve" in reference:
+        fig = Figure(figsize=(4.4, 3.4))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        spent = [c["solves_per_chain"] for c in reference["curve"]]
+        for key, name, colour in (("log_theta", "ln theta", "C0"), ("theta", "theta", "C1")):
+            ax.loglog(spent, [c[f"rel_l2_mean_{key}"] for c in reference["curve"]], "o-",
+                      ms=3, color=colour, label=f"{name}: this run")
+            ax.axhline(reference[f"reference_rel_mcse_{key}"], color=colour, ls=":", lw=1,
+                       label=f"{name}: the reference's own MC error")
+        ax.set_xlabel("PDE solves per chain (warm-up included)")
+        ax.set_ylabel("relative L2 error of the posterior mean")
+        ax.set_title("against the reference posterior", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        save(fig, "reference_error.png")
 
 
 def format_summary(s: dict[str, Any]) -> str:
