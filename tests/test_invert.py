@@ -126,6 +126,9 @@ def test_cli_invert_end_to_end_and_resume(run, capsys):
     assert idata.posterior["z"].shape == (2, 150, 4)
     assert idata.observed_data["y"].shape == (64,) and idata.constant_data["truth"].shape == (64,)
     for name in ChainFolder.PICTURES:
+        if name == "reference_error.png":  # only where a reference posterior is known
+            assert not (out / name).exists()
+            continue
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = (out / "state.pt").stat().st_mtime_ns
     assert main(args) == 0  # finished: no new solves, same chains
