@@ -104,7 +104,10 @@ def summary(source) -> dict[str, Any]:
     total = int(chains * draws)
     out["ess_per_draw"] = _num(bulk.min() / total) if total else None
     out["converged"] = bool(out["rhat_max"] is not None and out["rhat_max"] <= RHAT_CONVERGED)
-    if not out["converged"]:
+    if out["rhat_max"] is None:  # one chain, or too few draws: R-hat is undefined
+        out["note"] = ("R-hat undefined (one chain or too few draws): convergence unchecked; "
+                       "run 2 or more chains")
+    elif not out["converged"]:
         out["note"] = (f"not converged (R-hat {out['rhat_max']:.3g} > {RHAT_CONVERGED}): ESS is a "
                        "floor, not a measurement; run longer")
     acc = a.get("acceptance_per_chain")
