@@ -292,6 +292,20 @@ CLI_CASES = [
      "--bc 'left': 'left' is not side=kind:value"),
     ("h --resume --model vae on a GAN", ["train", "--run", R + "/gan", "--resume", "--model",
                                          "vae"], "model: 'gan' -> 'vae'"),
+    # -- issue 18: a run prior on the Aristoff-Bangerth benchmark, and --residual -------------
+    ("ab a digits run as the prior", ["invert", R + "/run", "--problem", "aristoff-bangerth",
+                                      "--out", R + "/new_chain", "--quiet"],
+     "trained on digits, not on aristoff-bangerth fields"),
+    ("ab --prior run without a run", ["invert", "--problem", "aristoff-bangerth", "--prior",
+                                      "run", "--out", R + "/new_chain"],
+     "--prior run needs a run folder (autovae invert RUN ...); or use --prior benchmark"),
+    ("ab --residual on its own prior", ["invert", "--problem", "aristoff-bangerth",
+                                        "--residual", "8", "--out", R + "/new_chain"],
+     "--residual adds a residual field to a run prior"),
+    ("custom --residual", ["invert", "--problem", "custom", "--forward", "aristoff-bangerth",
+                           "--data", R + "/bad.yaml", "--noise", "0.1", "--residual", "8",
+                           "--out", R + "/new_chain"],
+     "--residual applies to --problem darcy or aristoff-bangerth"),
 ]
 
 

@@ -394,7 +394,7 @@ def test_datasplits_to_and_repr():
 def test_registry_names():
     assert set(DATASETS) == {"fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "svhn",
                              "digits", "orbit", "darcy-grf", "darcy-grf-8", "darcy-grf-32",
-                             "darcy-grf-64"}
+                             "darcy-grf-64", "aristoff-bangerth-prior"}
 
 
 def test_binarize():

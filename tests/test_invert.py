@@ -279,7 +279,7 @@ def test_aristoff_bangerth_from_the_command_line(tmp_path, capsys):
     assert not s["converged"] and "ESS is a floor" in s["note"]  # 10 draws: not converged
     for bad, words in ((["--kernel", "pcn"], "pCN needs a N(0, I) prior"),
                        (["--prior", "kle"], "does not apply to aristoff-bangerth"),
-                       (["--residual", "8"], "--residual applies to --problem darcy")):
+                       (["--residual", "8"], "--residual adds a residual field to a run prior")):
         assert main([*args[:-3], *bad, "--out", str(tmp_path / "x"), "--quiet"]) == 2
         assert words in capsys.readouterr().err
 

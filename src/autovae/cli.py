@@ -32,8 +32,9 @@ _POOL_HELP = ("database connections this worker keeps at most (default $AUTOVAE_
 def _cmd_datasets(args: argparse.Namespace) -> int:
     from .data import DATASETS
 
+    width = max(16, *(len(name) + 2 for name in DATASETS))
     for info in DATASETS.values():
-        print(f"{info.name:16}{info.description}")
+        print(f"{info.name:{width}}{info.description}")
     print("or a path: a .npy / .npz file, or a folder of images (see the README)")
     return 0
 

@@ -17,6 +17,8 @@ Names (case-insensitive, ``_`` and ``-`` interchangeable), see :data:`DATASETS`:
 * ``darcy-grf`` (16x16), ``darcy-grf-8``, ``darcy-grf-32``, ``darcy-grf-64``: real-valued
   log-permeability Gaussian random fields, registered by :mod:`autovae.inverse.datasets`
   (:func:`register_dataset`); train on them with ``--likelihood gaussian``.
+* ``aristoff-bangerth-prior``: 22,000 draws of the Aristoff-Bangerth benchmark's prior as 8x8
+  images of ln theta (iid N(4, 2^2)), registered there too; ``--likelihood gaussian``.
 * ``orbit``: the AVA paper's 36 RGB images of 64x100 (shipped in ``autovae/datasets/orbit``,
   MIT licence; 21 distinct, all 36 kept as the paper's BM averages over them). Their alpha is
   opaque everywhere and is dropped. As in the paper, ``train`` and ``test`` are the same 36

@@ -29,7 +29,7 @@ _WHERE = {
     "KERNELS": "kernels", "MALAKernel": "kernels", "MCMCKernel": "kernels",
     "NUTSKernel": "kernels", "PCNKernel": "kernels", "RWMKernel": "kernels",
     "Target": "kernels", "make_kernel": "kernels",
-    "DecoderPrior": "priors", "LogDensityPrior": "priors", "Prior": "priors",
+    "DecoderPrior": "priors", "ExpPrior": "priors", "LogDensityPrior": "priors", "Prior": "priors",
     "ResidualFieldPrior": "priors",
     "InverseProblem": "problem",
     "UMBridgeForward": "umbridge",

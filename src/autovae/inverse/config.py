@@ -39,8 +39,9 @@ class InverseConfig:
                            "expansion of the GRF) or benchmark (aristoff-bangerth's own prior); "
                            "default: run with a run folder, else kle (darcy) or benchmark",
                            choices=("run", "kle", "benchmark"))
-    residual: int = _f(0, "terms of a Gaussian residual field added to a run prior (darcy), its "
-                       "covariance fitted to what the decoder's draws miss of the GRF's: "
+    residual: int = _f(0, "terms of a Gaussian residual field added to a run prior (darcy, "
+                       "aristoff-bangerth), its covariance fitted to what the decoder's draws "
+                       "miss of the problem's prior covariance (the GRF's; 2^2 I in ln theta): "
                        "calibrated uncertainty from a VAE prior (0: none)", least=0)
     forward: str | None = _f(None, "forward model: darcy, aristoff-bangerth, "
                              "package.module:Class or umbridge:http://host:port/name "

@@ -17,8 +17,16 @@ Problems:
   the inference grid or a finer one (then compared through its block means).
 * ``aristoff-bangerth`` -- the benchmark of Aristoff & Bangerth (SIAM Review 65(4), 2023):
   64 coefficients theta > 0, its 169 published observations, sigma 0.05, its prior on
-  ln theta (sd 2) as a density in theta, sampled in ln theta with the Jacobian.
+  ln theta (sd 2) as a density in theta, sampled in ln theta with the Jacobian; or a run
+  trained on ln theta (``aristoff-bangerth-prior``: 8 x 8 images, pixel [by, bx] = block
+  bx + 8 by) as the prior, theta = exp(decoder(z) [+ residual]).
 * ``custom`` -- a user's ``--forward`` (a Python class or a UM-Bridge model) with ``--data``.
+
+``--residual M`` adds to a run prior a Gaussian field carrying the covariance its decoder's
+draws miss of the problem's prior covariance (:class:`ResidualFieldPrior`): darcy's GRF
+covariance of log k, aristoff-bangerth's 2^2 I of ln theta (its prior is iid there, so the
+"Karhunen-Loeve field" of the residual is the eigenbasis of 4 I minus the decoder's
+covariance). A custom problem has no prior covariance to match, so it refuses ``--residual``.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from .diagnostics import save_netcdf, summary
 from .forward_models import DarcyForward, load_forward
 from .grf import KarhunenLoeve, sample_grf
 from .kernels import make_kernel
-from .priors import DecoderPrior, LogDensityPrior, Prior, ResidualFieldPrior
+from .priors import DecoderPrior, ExpPrior, LogDensityPrior, Prior, ResidualFieldPrior
 from .problem import InverseProblem
 
 __all__ = ["PROBLEMS", "InversionResult", "format_summary", "invert", "truth_field"]
@@ -76,12 +84,14 @@ class InversionResult:
         return f"InversionResult({str(self.folder)!r}, status={self.chains.status!r})"
 
 
-def _run_prior(cfg: InverseConfig, kind: str | None = None) -> DecoderPrior:
+def _run_prior(cfg: InverseConfig, kind: str | None = None, other: str = "kle"
+               ) -> DecoderPrior:
     """The run's prior; ``kind``: the dataset prefix its training data must have (a digits
-    VAE is no permeability prior even when its images have the grid's shape)."""
+    VAE is no permeability prior even when its images have the grid's shape); ``other``: the
+    problem's prior without a run."""
     if cfg.run is None:
         raise ValueError("--prior run needs a run folder (autovae invert RUN ...); or use "
-                         "--prior kle")
+                         f"--prior {other}")
     prior = DecoderPrior.from_run(cfg.run, cfg.device)
     data = str(prior.config.data)
     if kind is not None and _is_named_dataset(data) and not data.startswith(kind):
@@ -173,25 +183,43 @@ def _darcy(cfg: InverseConfig) -> Built:
     return Built(problem, truth, truth_obs, settings)
 
 
-def _darcy_only(cfg: InverseConfig) -> None:
+def _no_bc(cfg: InverseConfig) -> None:
     if cfg.bc != DEFAULT_BC:
         raise ValueError(f"--bc applies to --problem darcy (the built-in Darcy model's "
                          f"boundary conditions), not to {cfg.problem}")
+
+
+def _no_residual(cfg: InverseConfig) -> None:
     if cfg.residual:
-        raise ValueError(f"--residual applies to --problem darcy (its GRF covariance is what the "
-                         f"residual field matches), not to {cfg.problem}")
+        raise ValueError(f"--residual applies to --problem darcy or aristoff-bangerth (their "
+                         f"prior covariance is what the residual field matches), not to "
+                         f"{cfg.problem}, which has no prior covariance to match")
+
+
+AB_KIND = "aristoff-bangerth"  # the dataset prefix of its run priors (aristoff-bangerth-prior)
 
 
 def _aristoff_bangerth(cfg: InverseConfig) -> Built:
     from .aristoff_bangerth import AristoffBangerth, reference_posterior
 
-    _darcy_only(cfg)
+    _no_bc(cfg)
     bench = AristoffBangerth()
     forward = load_forward(cfg.forward or "aristoff-bangerth")
-    if cfg.prior in (None, "benchmark"):
-        prior: Prior = LogDensityPrior(bench.log_prior, (bench.n_params,), "benchmark")
-    elif cfg.prior == "run":
-        prior = _run_prior(cfg)
+    if cfg.prior == "run" or (cfg.prior is None and cfg.run is not None):
+        base: Prior = _run_prior(cfg, AB_KIND, other="benchmark")
+        if tuple(base.param_shape) not in ((8, 8), (bench.n_params,)):
+            raise ValueError(f"the run {cfg.run} generates data of shape "
+                             f"{tuple(base.param_shape)}, not the benchmark's 64 "
+                             "log-coefficients (8 x 8 blocks, or 64 values); train it on "
+                             "aristoff-bangerth-prior")
+        if cfg.residual:  # the benchmark's prior covariance of ln theta: 2^2 I
+            cov = bench.prior_sd**2 * torch.eye(bench.n_params, dtype=torch.float64)
+            base = ResidualFieldPrior(base, cov, cfg.residual)
+        prior: Prior = ExpPrior(base)  # the decoder gives ln theta; the forward model theta
+    elif cfg.residual:
+        raise ValueError("--residual adds a residual field to a run prior: give a run folder")
+    elif cfg.prior in (None, "benchmark"):
+        prior = LogDensityPrior(bench.log_prior, (bench.n_params,), "benchmark")
     else:
         raise ValueError(f"--prior {cfg.prior} does not apply to aristoff-bangerth; use "
                          "benchmark or run")
@@ -212,7 +240,8 @@ def _aristoff_bangerth(cfg: InverseConfig) -> Built:
 
 
 def _custom(cfg: InverseConfig) -> Built:
-    _darcy_only(cfg)
+    _no_bc(cfg)
+    _no_residual(cfg)
     if cfg.forward is None or cfg.data is None:
         raise ValueError("--problem custom needs --forward (package.module:Class or "
                          "umbridge:http://host:port/name) and --data (the observations)")

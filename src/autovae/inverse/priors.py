@@ -10,6 +10,8 @@ forward model's parameters.
   z = ln theta with the Jacobian added (the Aristoff-Bangerth benchmark's).
 * :class:`ResidualFieldPrior` -- a decoder prior plus a Gaussian residual field carrying the
   covariance that the decoder's draws miss (calibrated uncertainty from a VAE prior).
+* :class:`ExpPrior` -- a prior on log-parameters (a decoder trained on ln theta, with or
+  without a residual) mapped to positive parameters theta = exp(.).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DecoderPrior", "LogDensityPrior", "Prior", "ResidualFieldPrior"]
+__all__ = ["DecoderPrior", "ExpPrior", "LogDensityPrior", "Prior", "ResidualFieldPrior"]
 
 
 class Prior(abc.ABC):
@@ -208,3 +210,30 @@ class ResidualFieldPrior(Prior):
         return {**base, "prior": f"{base['prior']}+residual", "dim": self.dim,
                 "residual_terms": self.terms, "variance_ratio": self.variance_ratio,
                 "base_variance_ratio": self.base_variance_ratio}
+
+
+class ExpPrior(Prior):
+    """Positive parameters theta = exp(base.params(z)): a prior built on log-parameters (a
+    decoder trained on ln theta, plus a residual field there) for a forward model that takes
+    theta itself. Same coordinates, density and draws as ``base``; no Jacobian enters, because
+    the density is on z, not on theta."""
+
+    def __init__(self, base: Prior):
+        self.base = base
+        self.dim, self.param_shape, self.normal = base.dim, tuple(base.param_shape), base.normal
+
+    def log_params(self, z: torch.Tensor) -> torch.Tensor:
+        """ln theta = base.params(z), (B, dim) -> (B, *param_shape)."""
+        return self.base.params(z)
+
+    def params(self, z: torch.Tensor) -> torch.Tensor:
+        return self.base.params(z).to(torch.float64).exp()
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prior(z)
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        return self.base.sample(n, seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "transform": "exp"}

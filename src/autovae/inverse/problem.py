@@ -9,7 +9,12 @@ The misfit is phi(z) = 1/2 sum_i ((F(T(z))_i - y_i) / sigma_i)^2.
 Metrics against a known truth (parameters): the relative L2 error of the posterior mean,
 SSR of parameters and observations, NSSWR (weighted SSR over the truth's, near 1 when the
 posterior fits as well as the truth), and calibration: the fraction of parameters whose truth
-lies within 1 and 2 posterior sd, and within the central 50/90/95% credible bands.
+lies within 1 and 2 posterior sd, and within the central 50/90/95% credible bands. For a
+forward model of positive parameters (``positive``: coefficients theta, not their logs) the
+same error and calibration are also reported in ln theta (``log_rel_l2_mean``,
+``log_coverage_2sd``, ...), the scale on which such priors are Gaussian: the 2-sd coverage and
+the relative error in theta are dominated by a few large coefficients, while the quantile bands
+are the same on either scale.
 """
 
 from __future__ import annotations
@@ -107,7 +112,20 @@ class InverseProblem:
     def predict(self, z: torch.Tensor) -> torch.Tensor:
         """Predicted observations F(T(z)), (B, d) -> (B, P), float64."""
         p = self.params(z)
-        return self.forward(p.reshape(p.shape[0], *self.forward.param_shape)).to(torch.float64)
+        p = p.reshape(p.shape[0], *self.forward.param_shape)
+        flat = p.detach().reshape(len(p), -1)
+        bad = ~torch.isfinite(flat).all(1)
+        if getattr(self.forward, "positive", False):
+            bad |= (flat <= 0).any(1)
+        if not bad.any():
+            return self.forward(p).to(torch.float64)
+        # a sampler's proposal outside the parameters' range (exp overflowing to inf or
+        # underflowing to 0): the forward model fails there, so its observations are NaN
+        out = torch.full((len(p), self.forward.n_obs), math.nan, dtype=torch.float64)
+        if (~bad).any():
+            out = out.index_put((torch.nonzero(~bad).flatten(),),
+                                self.forward(p[~bad]).to(torch.float64))
+        return out
 
     def phi(self, z: torch.Tensor) -> torch.Tensor:
         """Misfit 1/2 sum ((F(T(z)) - y) / sigma)^2, (B, d) -> (B,)."""
@@ -146,13 +164,16 @@ class InverseProblem:
         """sum ((y - F) / sigma)^2 of predictions (B, P) -> (B,)."""
         return (((self.data - predictions.to(torch.float64)) / self.sigma) ** 2).sum(-1)
 
-    def posterior_params(self, draws, batch: int = 512, quantiles=()
+    def posterior_params(self, draws, batch: int = 512, quantiles=(), log: bool = False
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Pointwise posterior mean and sd of the parameters, each (*param_shape), and their
-        ``quantiles`` (Q, *param_shape) when asked, from draws (..., d)."""
+        ``quantiles`` (Q, *param_shape) when asked, from draws (..., d); with ``log``, of
+        the parameters' logs (positive parameters)."""
         z = _as_tensor("draws", draws).reshape(-1, self.dim)
         with torch.no_grad():
             p = torch.cat([self.params(z[i:i + batch]) for i in range(0, z.shape[0], batch)])
+        if log:
+            p = p.log()
         q = torch.quantile(p, torch.tensor(quantiles, dtype=p.dtype), dim=0) \
             if len(quantiles) else None
         return p.mean(0), p.std(0, correction=0), q
@@ -165,13 +186,16 @@ class InverseProblem:
             raise ValueError(f"value {tuple(f.shape)} and truth {tuple(t.shape)} differ in shape")
         return float(torch.linalg.vector_norm(f - t) / torch.linalg.vector_norm(t))
 
-    def calibration(self, draws, truth) -> dict[str, float]:
+    def calibration(self, draws, truth, log: bool = False) -> dict[str, float]:
         """Coverage of the truth (parameters): within 1 and 2 posterior sd, and within the
-        central 50/90/95% credible bands, as fractions of the parameters."""
+        central 50/90/95% credible bands, as fractions of the parameters; with ``log``, of
+        the parameters' logs (positive parameters and truth)."""
         t = _as_tensor("truth", truth).reshape(self.prior.param_shape)
+        if log:
+            t = t.log()
         lo = [(1 - b) / 2 for b in BANDS]
         hi = [(1 + b) / 2 for b in BANDS]
-        mean, sd, q = self.posterior_params(draws, quantiles=lo + hi)
+        mean, sd, q = self.posterior_params(draws, quantiles=lo + hi, log=log)
         out = {"coverage_1sd": float(((mean - t).abs() <= sd).double().mean()),
                "coverage_2sd": float(((mean - t).abs() <= 2 * sd).double().mean())}
         for i, b in enumerate(BANDS):
@@ -223,5 +247,9 @@ class InverseProblem:
                        rmse_mean=float(((mean - t) ** 2).mean().sqrt()),
                        ssr_params_mean=float(ssr_params.mean()),
                        **self.calibration(z, t))
+            if getattr(self.forward, "positive", False) and bool((t > 0).all()):
+                log_mean, _, _ = self.posterior_params(z, log=True)
+                out["log_rel_l2_mean"] = self.relative_l2(log_mean, t.log())
+                out.update({f"log_{k}": v for k, v in self.calibration(z, t, log=True).items()})
         return {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                 for k, v in out.items()}
