@@ -232,7 +232,7 @@ def _aristoff_bangerth(cfg: InverseConfig) -> Built:
         bench.theta_true if cfg.truth_file is None else _truth_params(cfg.truth_file))
     settings = {"noise": noise, "noise_kind": kind, "data_file": cfg.data,
                 "truth_file": cfg.truth_file}
-    as_published = (prior.name == "benchmark" and cfg.data is None and cfg.noise is None
+    as_published = (isinstance(prior, LogDensityPrior) and cfg.data is None and cfg.noise is None
                     and cfg.noise_kind in (None, "absolute")
                     and cfg.forward in (None, "aristoff-bangerth"))
     return Built(problem, truth, None, settings,
