@@ -262,6 +262,11 @@ def coordinate_table(result: dict, mh_key: str = "mh_long") -> str:
     return "\n".join(rows)
 
 
+def _per_chain(per_worker: np.ndarray, part) -> np.ndarray:
+    """A per-process figure of an mh part repeated for each of that process's chains."""
+    return np.repeat(per_worker, len(part["log_theta"]) // len(per_worker))
+
+
 def stage_combine(args) -> None:
     """R-hat, ESS and MCSE of the long MH run (second half of every chain) and its agreement
     with the NUTS reference already in ``--out``; adds ``mh_long`` and a new verdict there."""
@@ -282,8 +287,8 @@ def stage_combine(args) -> None:
                      for p in parts],
         "chains": int(log_theta.shape[0]), "thin": thin, "scale": float(saved["scale"]),
         "starts": "phi = ln theta ~ N(4, 2^2) per coordinate (the prior): overdispersed",
-        "steps_per_chain_min": int(sum(p["steps"] for p in parts).min()),
-        "steps_per_chain_max": int(sum(p["steps"] for p in parts).max()),
+        "steps_per_chain_min": int(sum(_per_chain(p["steps"], p) for p in parts).min()),
+        "steps_per_chain_max": int(sum(_per_chain(p["steps"], p) for p in parts).max()),
         "acceptance": float(np.mean([p["acceptance"].mean() for p in parts])),
         "warmup": f"the first {args.mh_warmup:.0%} of each chain's kept draws "
                   f"({warmup * thin} steps)",
