@@ -118,7 +118,7 @@ def _synthetic(epoch_seconds=0.01):
 
 def test_a_stale_trial_is_failed_with_its_reason_and_retried_from_its_checkpoint(tmp_path,
                                                                                  monkeypatch):
-    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.2")
     storage = open_storage(None, tmp_path)
     study = create_study(storage, "s", StudySpec(SPACE, BASE, ["nll"], 3, pruner="none"))
     # a worker claimed a trial, ran one epoch of it (checkpoint), and died
@@ -163,7 +163,7 @@ class _CutOff(SyntheticObjective):
 
 def test_finishing_a_trial_that_another_worker_failed_does_not_error(tmp_path, monkeypatch,
                                                                      capsys):
-    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.2")
     storage = open_storage(None, tmp_path)
     create_study(storage, "s", StudySpec(SPACE, BASE, ["nll"], 3, pruner="median"))
     assert study_mod.run_worker(None, "s", tmp_path, objective=_CutOff) == 0
@@ -184,7 +184,7 @@ def test_journal_storage_one_worker_at_a_time_and_a_dead_ones_trial_is_retried(t
     study = create_study(storage, "j", StudySpec(SPACE, BASE, ["nll"], 2, pruner="none"))
     with pytest.raises(ValueError, match="--workers 2 on a journal storage"):
         study_mod.run_search(url, "j", tmp_path, StudySpec(SPACE, BASE, ["nll"], 2), workers=2)
-    held = study_mod._journal_lock(url)  # a worker is running
+    held = study_mod.journal_lock(url)  # a worker is running
     with pytest.raises(ValueError, match="in use by another worker.*PostgreSQL"):
         study_mod.run_worker(url, "j", tmp_path, objective=_synthetic())
     held.close()  # ... and is SIGKILLed in the middle of a trial

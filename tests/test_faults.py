@@ -66,7 +66,7 @@ def _states(study):
 
 def test_a_dead_workers_trial_near_the_end_is_failed_and_retried(tmp_path, monkeypatch):
     """Before: the survivor reached the budget and returned, leaving the trial RUNNING."""
-    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.3)
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.3")
     spec = StudySpec(SPACE, BASE, ["nll"], trials=2, pruner="none", validation_nll_samples=5)
     storage = open_storage(None, tmp_path)
     study = create_study(storage, "s", spec)
@@ -83,7 +83,7 @@ def test_a_dead_workers_trial_near_the_end_is_failed_and_retried(tmp_path, monke
 def test_a_trial_cut_by_a_database_error_says_why_and_is_retried(tmp_path, monkeypatch):
     import sqlalchemy.exc
 
-    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.3)
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.3")
     original = study_mod._set_user_attrs
     calls = []
 
