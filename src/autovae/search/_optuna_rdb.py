@@ -13,6 +13,7 @@ line naming the versions to install); one that has them all gives a warning and 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ import optuna
 from optuna.storages import RDBStorage
 
 __all__ = ["TESTED", "QuietRDBStorage", "backend", "cached", "frozen_trial", "models", "new_trial",
-           "session", "start_trials_with", "study_id", "trial_id"]
+           "session", "start_trials_with", "study_id", "trial_id", "trial_logger"]
 
 # Optuna releases (major.minor) whose private names below were read and tested
 TESTED = ("5.1",)
@@ -108,6 +109,12 @@ def study_id(study: optuna.Study) -> int:
 def trial_id(trial) -> int:
     """A Trial's or FrozenTrial's id in its storage (``_trial_id``)."""
     return trial._trial_id
+
+
+def trial_logger() -> logging.Logger:
+    """The logger on which ``Study.optimize`` says that a trial failed, with the traceback
+    (``optuna.study._optimize``'s; a filter on the ``optuna`` logger does not see its records)."""
+    return logging.getLogger("optuna.study._optimize")
 
 
 def start_trials_with(study: optuna.Study, start: Callable[[], int | None]) -> None:

@@ -27,6 +27,7 @@ Storages without transactions (the journal file) take another road: one worker a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -38,6 +39,7 @@ from optuna.trial import TrialState
 
 from . import _optuna_rdb as rdb
 from ._optuna_rdb import models
+from .storage import database_error, heartbeat_seconds, lock_timed_out
 
 __all__ = ["MAX_RETRIES", "NoSlot", "claim", "fail_trials", "set_user_attrs", "state_counts",
            "sweep_stale"]
@@ -53,11 +55,18 @@ class NoSlot(Exception):
 
 @contextmanager
 def _transaction(storage: RDBStorage) -> Iterator[sa.orm.Session]:
+    """One transaction. A database error that ends a transaction open for longer than the
+    server's idle-in-transaction timeout (one heartbeat period on PostgreSQL) is marked with
+    ``paused_seconds``: this process was frozen inside it and the server ended its session."""
     session = rdb.session(storage)
+    started = time.monotonic()
     try:
         yield session
         session.commit()
-    except BaseException:
+    except BaseException as err:
+        paused = time.monotonic() - started
+        if paused > heartbeat_seconds() and database_error(err) and not lock_timed_out(err):
+            err.paused_seconds = paused
         session.rollback()
         raise
     finally:

@@ -347,5 +347,14 @@ def lock_timed_out(err: BaseException) -> bool:
 def interrupted_in_transaction(err: BaseException) -> bool:
     """Whether the server ended this process's session because it stayed idle inside a
     transaction longer than ``idle_in_transaction_session_timeout`` (this worker was frozen:
-    SIGSTOP, swapped out, a debugger)."""
+    SIGSTOP, swapped out, a debugger). The server's own message rarely reaches the client (it
+    sees a closed connection), so :mod:`autovae.search.slots` marks the errors that end its
+    transactions after such a pause (``paused_seconds``)."""
+    seen = set()
+    chain = err
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if getattr(chain, "paused_seconds", None):
+            return True
+        chain = chain.__cause__ or chain.__context__
     return _sqlstate(err) == "25P03" or "idle-in-transaction" in (database_error(err) or "")

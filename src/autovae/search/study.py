@@ -228,6 +228,7 @@ class Objective:
         self.current: int | None = None  # the number of the trial being run
         self.current_id: int | None = None  # ... and its id in the storage
         self.given_up: set[int] = set()  # trials cut short by the database or another worker
+        self.cut: BaseException | None = None  # the database error that cut the last one short
 
     def __call__(self, trial: optuna.Trial):
         self.current, self.current_id = trial.number, rdb.trial_id(trial)
@@ -240,6 +241,7 @@ class Objective:
             cause = database_error(err)
             if cause is not None:
                 self.given_up.add(trial.number)
+                self.cut = err
                 try:
                     trial.set_user_attr("failure", f"database error: {cause}")
                 except Exception:  # the database is still down
@@ -460,7 +462,7 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
         _fail_orphans(study, spec.trials)  # we hold the lock: running trials are a dead worker's
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet = _QuietRecovery(objective.given_up)
-    optuna.logging.get_logger("optuna").addFilter(quiet)
+    rdb.trial_logger().addFilter(quiet)
     sweeper = _Sweeper(storage, rdb.study_id(study), lambda: objective.current_id) \
         if on_rdb else None
     if sweeper is not None:
@@ -493,18 +495,22 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
             except Exception as err:
                 number, objective.current = objective.current, None
                 objective.current_id = None
+                error, objective.cut = objective.cut or err, None  # (Optuna's own came after)
+                # this worker was frozen (SIGSTOP, swapped out) inside a transaction, and the
+                # database ended its session after one heartbeat period: the others went on
+                paused = interrupted_in_transaction(error)
                 if number is not None and _taken_over(study, number):
                     print(f"autovae: trial {number} was failed by another worker while this one "
-                          "could not reach the database; its retry continues it from its last "
-                          "checkpoint", file=sys.stderr)
+                          + ("was paused inside a database transaction" if paused else
+                             "could not reach the database")
+                          + "; its retry continues it from its last checkpoint", file=sys.stderr)
                     continue
-                cause = database_error(err)
+                cause = database_error(error)
                 if cause is None:
                     raise
-                if lock_timed_out(err) and number is None:
+                if lock_timed_out(error) and number is None:
                     continue  # another worker held a lock too long (and is cut off): again
-                if interrupted_in_transaction(err):
-                    # this worker was frozen; the server ended its session and the others went on
+                if paused:
                     print(f"autovae: this worker was paused inside a database transaction for "
                           f"more than {2 * pause:g} s (stopped, swapped out?) and the database "
                           "ended its session" + (f"; trial {number} is failed and retried"
@@ -519,7 +525,7 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
                 Outage.last_error = time.monotonic()
                 outage.wait(cause)
     finally:
-        optuna.logging.get_logger("optuna").removeFilter(quiet)
+        rdb.trial_logger().removeFilter(quiet)
         if sweeper is not None:
             sweeper.stop.set()
             sweeper.join()
