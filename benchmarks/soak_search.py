@@ -16,6 +16,15 @@ every 0.2 s). It prints trials per hour, the storage's share of a trial's wall t
 connection peak and the restart's effect::
 
     python benchmarks/soak_search.py [--workers 32] [--trials 256] [--epoch-seconds 1.5]
+
+``--freeze SECONDS`` adds the frozen-worker scenario: worker 0 stops itself (SIGSTOP) inside
+the transaction that writes its first trial's attributes, holding that trial's row lock, and is
+continued (SIGCONT) after SECONDS. It passes when no other worker's storage call that overlapped
+the freeze lasted longer than one heartbeat interval, and the frozen worker's trial was failed
+as stale and retried. The issue-26 goal (16 workers, a 60 s freeze, no kills or restart)::
+
+    python benchmarks/soak_search.py --workers 16 --trials 64 --freeze 60 --kill-fraction 0 \\
+        --no-restart
 """
 
 from __future__ import annotations
@@ -148,6 +157,9 @@ def main() -> int:
     parser.add_argument("--epoch-seconds", type=float, default=1.5)
     parser.add_argument("--kill-fraction", type=float, default=0.15)
     parser.add_argument("--heartbeat", type=float, default=2.0, help="AUTOVAE_HEARTBEAT_SECONDS")
+    parser.add_argument("--freeze", type=float, default=0.0,
+                        help="SIGSTOP worker 0 inside a transaction for this many seconds")
+    parser.add_argument("--no-restart", action="store_true", help="no PostgreSQL restart")
     parser.add_argument("--quick-trial-seconds", type=float, default=None,
                         help="wall time of one quick-preset trial, for the storage's share of it")
     parser.add_argument("--seed", type=int, default=0)
@@ -181,9 +193,14 @@ def main() -> int:
 
         def start(index: int) -> None:
             err = open(work / f"worker-{index}.err", "w")
-            p = subprocess.Popen([*cmd, "--worker", str(index)], env=env, stderr=err,
+            frozen = ["--stop-in-transaction"] if args.freeze and index == 0 else []
+            p = subprocess.Popen([*cmd, "--worker", str(index), *frozen], env=env, stderr=err,
                                  stdout=subprocess.DEVNULL)
             procs[index] = p
+
+        def logged(kind: str) -> list[dict]:
+            text = events.read_text() if events.exists() else ""
+            return [e for e in map(json.loads, text.splitlines()) if e["event"] == kind]
 
         monitor = Monitor(pg.dsn)
         monitor.start()
@@ -192,17 +209,26 @@ def main() -> int:
             start(i)
         n_kill = math.ceil(args.kill_fraction * args.workers)
         kill_at = sorted(rng.uniform(0.1, 0.8) * args.trials for _ in range(n_kill))
-        restart_at = 0.4 * args.trials
+        restart_at = math.inf if args.no_restart else 0.4 * args.trials
         killed: list[dict] = []
         restart: dict = {}
+        freeze: dict = {}  # {"t": when worker 0 stopped, "end": when it was continued}
         next_index = args.workers
         while any(p.poll() is None for p in procs.values()):
             done = monitor.done()
+            if args.freeze and "end" not in freeze:
+                if "t" not in freeze and logged("stopped"):
+                    freeze.update(t=logged("stopped")[0]["t"], done=done,
+                                  trial_id=logged("stopped")[0]["trial_id"])
+                if "t" in freeze and time.time() >= freeze["t"] + args.freeze:
+                    procs[0].send_signal(signal.SIGCONT)
+                    freeze["end"] = time.time()
             if kill_at and done >= kill_at[0]:
                 kill_at.pop(0)
                 time.sleep(rng.uniform(0, args.epoch_seconds * args.epochs))  # a random moment
                 alive = [i for i, p in procs.items() if p.poll() is None]
                 busy = _running_pids(pg.dsn)  # a worker in the middle of a trial, if any
+                alive = [i for i in alive if not (args.freeze and i == 0)]  # (not the frozen)
                 victim = rng.choice([i for i in alive if procs[i].pid in busy] or alive)
                 procs[victim].send_signal(signal.SIGKILL)
                 procs[victim].wait()
@@ -261,6 +287,24 @@ def main() -> int:
             TrialState.COMPLETE)
         worker_peak = max(monitor.peak.values(), default=0)
         checks["no worker held more than 2 connections"] = worker_peak <= 2
+        if freeze:
+            t0, t1 = freeze["t"], freeze.get("end", time.time())
+            frozen_pid = procs[0].pid
+            overlapping = [e for e in lines if e["event"] == "slow_call"
+                           and e["pid"] != frozen_pid and e["since"] < t1
+                           and e["since"] + e["seconds"] > t0]
+            longest = max(overlapping, key=lambda e: e["seconds"], default=None)
+            freeze["longest"] = longest
+            freeze["completed"] = sum(e["event"] == "complete" and e["pid"] != frozen_pid
+                                      and t0 < e["t"] < t1 for e in lines)
+            frozen_trial = {t._trial_id: t for t in trials}.get(freeze["trial_id"])
+            freeze["reason"] = frozen_trial.user_attrs.get("failure", "") if frozen_trial else ""
+            checks[f"no other worker waited more than one heartbeat ({args.heartbeat:g} s) "
+                   f"while one was frozen {args.freeze:g} s"] = \
+                (longest["seconds"] if longest else 0.0) <= args.heartbeat
+            checks["the frozen worker's trial was failed as stale and retried"] = \
+                frozen_trial is not None and frozen_trial.state == TrialState.FAIL and \
+                "retried as trial" in freeze["reason"]
         checks["every worker exited 0 (the killed ones aside)"] = all(
             c == 0 for i, c in codes.items() if i not in {k["index"] for k in killed})
 
@@ -339,6 +383,18 @@ def main() -> int:
               f"{len(victims)} of their trials failed -> " + "; ".join(
                   f"#{n} {'(checkpoint) ' if c else ''}-> retry #{r} {s}" for _, n, c, r, s, _, _
                   in victims))
+        if freeze:
+            longest = freeze["longest"]
+            print(f"  freeze: worker 0 stopped inside its attribute transaction at "
+                  f"{freeze['done']} finished trials, for {freeze.get('end', 0) - freeze['t']:.1f}"
+                  f" s; the others finished {freeze['completed']} trials meanwhile; their "
+                  "longest storage call overlapping it: "
+                  + (f"{longest['seconds']:.2f} s ({longest['call']})" if longest else
+                     "none over 0.2 s")
+                  + f" against a heartbeat of {args.heartbeat:g} s; the frozen trial: "
+                  f"{freeze['reason'] or '(no failure recorded)'}")
+            said = (work / "worker-0.err").read_text().strip().splitlines()
+            print(f"  the frozen worker said ({len(said)} lines): " + " | ".join(said[-3:]))
         for name, ok in checks.items():
             print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
         if lost:
