@@ -55,12 +55,17 @@ class NoSlot(Exception):
 
 @contextmanager
 def _transaction(storage: RDBStorage) -> Iterator[sa.orm.Session]:
-    """One transaction. A database error that ends a transaction open for longer than the
-    server's idle-in-transaction timeout (one heartbeat period on PostgreSQL) is marked with
-    ``paused_seconds``: this process was frozen inside it and the server ended its session."""
+    """One transaction. On PostgreSQL it waits for a lock, and may stay idle inside, for one
+    heartbeat period at most (:mod:`autovae.search.storage`). A database error that ends a
+    transaction open for longer than that is marked with ``paused_seconds``: this process was
+    frozen inside it and the server ended its session."""
     session = rdb.session(storage)
     started = time.monotonic()
     try:
+        if session.get_bind().dialect.name == "postgresql":
+            ms = max(1, round(1000 * heartbeat_seconds()))
+            session.execute(sa.text(f"SET LOCAL lock_timeout = {ms}; "
+                                    f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
         yield session
         session.commit()
     except BaseException as err:

@@ -8,10 +8,12 @@ each worker holds at most ``AUTOVAE_DB_POOL`` (default 2) connections and retrie
 that stops answering for ``AUTOVAE_DB_RETRY_SECONDS`` (default 300).
 
 A worker frozen inside a transaction (SIGSTOP, swapped out, a debugger) must not hold the locks
-the others need: on PostgreSQL every connection of a worker sets
-``idle_in_transaction_session_timeout`` (the server ends a session idle inside a transaction for
-one heartbeat interval, releasing its locks) and ``lock_timeout`` (no statement waits for a lock
-longer than one heartbeat interval).
+the others need: on PostgreSQL every transaction of :mod:`autovae.search.slots` (the ones that
+take the study lock or write a trial's attributes) sets ``idle_in_transaction_session_timeout``
+(the server ends a session idle inside the transaction for one heartbeat interval, releasing its
+locks) and ``lock_timeout`` (no statement waits for a lock longer than one heartbeat interval),
+with ``SET LOCAL``, so that Optuna's own transactions, and PgBouncer's transaction pooling, are
+left as they are.
 """
 
 from __future__ import annotations
@@ -125,10 +127,6 @@ def open_storage(url: str | None, folder: Path, heartbeat: bool = True, create: 
             # a server or link that dies silently is noticed in about a minute, not hours
             engine["connect_args"].update(keepalives=1, keepalives_idle=30,
                                           keepalives_interval=10, keepalives_count=3)
-            if heartbeat:  # a worker: a frozen one must not hold the others' locks (module doc)
-                ms = max(1, round(1000 * beat))
-                engine["connect_args"]["options"] = (
-                    f"-c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms}")
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
