@@ -69,10 +69,11 @@ class Built:
 
 @dataclass(frozen=True)
 class ProblemSpec:
-    """One inverse problem, called with a config to build it: ``build(cfg, prior)`` (``prior`` resolved: ``run`` with a run
-    folder, else the problem's ``prior``), the settings it ``reads`` beyond :data:`COMMON`
-    (with a reason where one helps, in ``unread``), the ``priors`` it accepts and its default
-    ``noise`` and ``noise_kind``."""
+    """One inverse problem; called with a config, it builds it: ``build(cfg, prior)`` with
+    ``prior`` resolved (``run`` with a run folder, else the problem's ``prior``). It reads
+    :data:`COMMON` and its own ``reads`` (``unread``: why it does not read a setting, where a
+    reason helps), accepts the ``priors`` named, and has a default ``noise`` and
+    ``noise_kind``."""
 
     name: str
     help: str
