@@ -195,10 +195,13 @@ def test_a_long_outage_ends_with_one_clear_line(postgres, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_worker_frozen_inside_a_transaction_does_not_stall_the_others(postgres, tmp_path):
+@pytest.mark.parametrize("where", ["attributes", "claim"])
+def test_a_worker_frozen_inside_a_transaction_does_not_stall_the_others(postgres, tmp_path,
+                                                                        where):
     """Before: a worker SIGSTOPped inside the transaction that writes its trial's attributes
     held the trial's row; the worker that swept it waited on that row holding the study lock,
-    and every other worker waited as long as the freeze lasted."""
+    and every other worker waited as long as the freeze lasted. Frozen inside a claim, it holds
+    the study lock itself: the server ends its session after one heartbeat."""
     import json
     import signal
 
@@ -216,7 +219,8 @@ def test_a_worker_frozen_inside_a_transaction_does_not_stall_the_others(postgres
         lines = log.read_text().splitlines() if log.exists() else []
         return [e for e in map(json.loads, lines) if e["event"] == kind]
 
-    frozen = subprocess.Popen([*cmd, "--worker", "0", "--stop-in-transaction"],
+    stop = "--stop-in-transaction" if where == "attributes" else "--stop-in-claim"
+    frozen = subprocess.Popen([*cmd, "--worker", "0", stop],
                               stderr=subprocess.PIPE, text=True, env=env)
     others = [subprocess.Popen([*cmd, "--worker", str(i)], stderr=subprocess.PIPE, text=True,
                                env=env) for i in (1, 2, 3)]
@@ -238,10 +242,13 @@ def test_a_worker_frozen_inside_a_transaction_does_not_stall_the_others(postgres
     states = _states(study)
     assert states.count(TrialState.COMPLETE) == budget, states  # exactly the budget
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    # the frozen worker's trial: failed as stale, and retried
-    (ours,) = [t for t in study.get_trials() if t._trial_id == events("stopped")[0]["trial_id"]]
-    assert ours.state == TrialState.FAIL
-    assert ours.user_attrs["failure"].startswith("its worker stopped sending heartbeats")
+    if where == "attributes":  # the frozen worker's trial: failed as stale, and retried
+        (ours,) = [t for t in study.get_trials()
+                   if t._trial_id == events("stopped")[0]["trial_id"]]
+        assert ours.state == TrialState.FAIL
+        assert ours.user_attrs["failure"].startswith("its worker stopped sending heartbeats")
+    else:  # its claim was undone: no trial of its own, none failed
+        assert TrialState.FAIL not in states
     # the others went on finishing trials while it was frozen
     pid = frozen.pid
     during = [e for e in events("complete") if e["pid"] != pid

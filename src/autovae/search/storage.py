@@ -108,7 +108,7 @@ def open_storage(url: str | None, folder: Path, heartbeat: bool = True, create: 
     pool = db_pool() if pool is None else pool
     if pool < 0:
         raise ValueError(f"--db-pool {pool}: a pool holds 0 or more connections (default 2)")
-    beat = heartbeat_seconds()
+    beat = heartbeat_seconds() if heartbeat else None  # (read-only commands need none)
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 120}
@@ -139,7 +139,7 @@ def open_storage(url: str | None, folder: Path, heartbeat: bool = True, create: 
     except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         kind = Unreachable if database_error(err) is not None else ValueError
-        raise kind(f"cannot open storage {_named(url)}: {first}") from None
+        raise kind(f"cannot open storage {_named(url, quoted=False)}: {first}") from None
 
 
 class _Storage(QuietRDBStorage):
@@ -248,10 +248,10 @@ def redact(url: str) -> str:
     return url
 
 
-def _named(url: str) -> str:
+def _named(url: str, quoted: bool = True) -> str:
     """The URL for a message (password hidden), saying where it came from if from the
     environment."""
-    shown = repr(redact(url))
+    shown = repr(redact(url)) if quoted else redact(url)
     return f"{shown} (from $AUTOVAE_STORAGE)" if url == os.environ.get("AUTOVAE_STORAGE") \
         else shown
 

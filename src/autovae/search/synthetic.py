@@ -19,7 +19,8 @@ took longer than :data:`SLOW_CALL_SECONDS` (the longest waits of a worker).
 
 ``--stop-in-transaction`` makes the worker stop itself (SIGSTOP) inside the transaction that
 writes its first trial's attributes, holding that trial's row lock, until someone sends it
-SIGCONT: the frozen worker of the fault test and the soak benchmark.
+SIGCONT: the frozen worker of the fault test and the soak benchmark. ``--stop-in-claim`` stops it
+inside its first claim of a slot instead, holding the study's lock.
 """
 
 from __future__ import annotations
@@ -179,6 +180,25 @@ def _stop_in_transaction(log: _EventLog | None) -> None:
     slots._attr = attr
 
 
+def _stop_in_claim(log: _EventLog | None) -> None:
+    """Stop this process (SIGSTOP) inside its first claim of a slot, holding the study's row
+    lock (taken before the budget is read), until SIGCONT."""
+    from . import slots
+
+    original = slots._budget
+    stopped = []
+
+    def budget(session, study_id):
+        if not stopped:
+            stopped.append(study_id)
+            if log:
+                log.write("stopped", trial_id=None)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return original(session, study_id)
+
+    slots._budget = budget
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", default=None)
@@ -191,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=None)
     parser.add_argument("--stop-in-transaction", action="store_true",
                         help="SIGSTOP this worker inside its first trial's attribute transaction")
+    parser.add_argument("--stop-in-claim", action="store_true",
+                        help="SIGSTOP this worker inside its first claim (holding the study lock)")
     args = parser.parse_args(argv)
     SyntheticObjective.epoch_seconds = args.epoch_seconds
     if args.log:
@@ -206,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         study_mod.time = _IdleClock(log)
     if args.stop_in_transaction:
         _stop_in_transaction(SyntheticObjective.log)
+    if args.stop_in_claim:
+        _stop_in_claim(SyntheticObjective.log)
     names = args.studies.split(",") if args.studies else [args.study]
     for name in names:
         folder = Path(args.dir) / name if args.studies else Path(args.dir)
