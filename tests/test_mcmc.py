@@ -173,18 +173,60 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, sampler):
 
 
 def test_nuts_resume_is_bit_identical_after_warmup_and_within_warmup(tmp_path):
+    """A kill in each phase of Pyro's warm-up (step-size buffer, mass-matrix window, end buffer)
+    and after it keeps what was done, and the resumed run equals the uninterrupted one bit for
+    bit: draws, every statistic, adapted step size and mean acceptance probability."""
     phi, _, _ = _gaussian()
-    kw = dict(chains=2, warmup=30, draws=40, seed=4, checkpoint_every=10)
+    # 150 warm-up steps: Pyro's schedule is a 75-step buffer, a 25-step mass-matrix window
+    # (Welford), a 50-step buffer
+    kw = dict(chains=2, warmup=150, draws=30, seed=4, checkpoint_every=7)
     counted = Target(phi, D)
     full = run_chains(counted, NUTSKernel(), tmp_path / "full", **kw)
-    for cut in (counted.evals // 4, (3 * counted.evals) // 4):  # chain 0 warm-up, chain 1
-        folder = tmp_path / f"cut{cut}"
+    for frac, kept in ((0.3, "warmup"), (0.55, "warmup"), (0.75, "warmup"), (0.95, "sample")):
+        folder = tmp_path / f"cut{frac}"
         with pytest.raises(Interrupt):
-            run_chains(Target(_killing(phi, cut), D), NUTSKernel(), folder, **kw)
+            run_chains(Target(_killing(phi, int(frac * counted.evals)), D), NUTSKernel(),
+                       folder, **kw)
+        part = load_chains(folder)  # the warm-up so far was checkpointed, not thrown away
+        assert part.warmup_draws.shape[1] > 0 and part.status == "running"
+        assert (part.draws.shape[1] > 0) == (kept == "sample")
         again = run_chains(Target(phi, D), NUTSKernel(), folder, **kw)
-        assert np.array_equal(full.draws, again.draws)
-        assert np.array_equal(full.warmup_draws, again.warmup_draws)
-        assert np.array_equal(full.stats["n_steps"], again.stats["n_steps"])
+        assert np.array_equal(full.draws, again.draws), frac
+        assert np.array_equal(full.warmup_draws, again.warmup_draws), frac
+        for mine, theirs in ((full.stats, again.stats), (full.warmup_stats, again.warmup_stats)):
+            assert mine.keys() == theirs.keys()
+            for k in mine:
+                assert np.array_equal(mine[k], theirs[k]), (frac, k)
+        assert np.array_equal(full.step_size, again.step_size)
+        assert np.array_equal(full.mean_accept_prob, again.mean_accept_prob)
+
+
+@pytest.mark.parametrize("kernel", ["pcn", "rwm", "mala"])
+def test_metropolis_resume_within_warmup_is_bit_identical(tmp_path, kernel):
+    phi, _, _ = _gaussian()
+    kw = dict(chains=3, warmup=120, draws=30, seed=2, checkpoint_every=9)
+    full = run_chains(Target(phi, D), kernel, tmp_path / "full", **kw)
+    with pytest.raises(Interrupt):  # in warm-up, after MALA's first preconditioner update
+        run_chains(Target(_killing(phi, 3 * 70), D), kernel, tmp_path / "cut", **kw)
+    assert load_chains(tmp_path / "cut").warmup_draws.shape[1] > 0
+    again = run_chains(Target(phi, D), kernel, tmp_path / "cut", **kw)
+    assert np.array_equal(full.warmup_draws, again.warmup_draws)
+    assert np.array_equal(full.draws, again.draws)
+    assert np.array_equal(full.step_size, again.step_size)
+    assert np.array_equal(full.stats["accept_prob"], again.stats["accept_prob"])
+
+
+def test_nuts_accept_prob_is_the_iteration_mean_pyro_averages(tmp_path):
+    """NUTS reports each iteration's acceptance probability (Pyro's running mean is its
+    average): the per-draw statistic, the summary's mean and Pyro's figure agree."""
+    phi, _, _ = _gaussian()
+    r = run_chains(Target(phi, D), NUTSKernel(), tmp_path / "c", chains=2, warmup=60,
+                   draws=50, seed=1)
+    ap = r.stats["accept_prob"]
+    assert ap.shape == (2, 50) and np.all((ap >= 0) & (ap <= 1))
+    assert np.allclose(ap.mean(1), r.mean_accept_prob, atol=1e-9)
+    assert summary(r)["mean_accept_prob"] == pytest.approx(float(np.mean(r.mean_accept_prob)))
+    assert 0.5 < float(np.mean(r.mean_accept_prob)) < 1.0
 
 
 def test_finished_folder_is_read_back_and_other_settings_are_refused(tmp_path):

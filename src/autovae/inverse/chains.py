@@ -13,8 +13,9 @@ A chain folder (:class:`ChainFolder`, the one owner of this layout)::
                              against a reference posterior, its error against solves spent
 
 Resume: calling :func:`run_chains` again with the same settings continues from ``state.pt``,
-bit-identically at any checkpoint after warm-up, and within warm-up for kernels that can
-checkpoint there (pCN, RWM, MALA; an interrupted NUTS warm-up restarts from its seed).
+bit-identically at any checkpoint, in warm-up as after it (every kernel here checkpoints its
+adaptation state; one that declares ``checkpoint_in_warmup = False`` reruns its warm-up from
+its seed instead, which reproduces the same draws).
 """
 
 from __future__ import annotations
