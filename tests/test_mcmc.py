@@ -331,3 +331,50 @@ def test_ess_and_rhat_by_arviz():
     s = summary(iid)
     assert s["chains"] == 4 and s["draws"] == 1000 and s["dim"] == 5
     assert s["ess_bulk_min"] <= s["ess_bulk_median"] and s["rhat_max"] < 1.01
+
+
+class _Bar:
+    """Stands for tqdm: records what each chain's bar would show."""
+
+    shown: list = []
+
+    def __init__(self, **kw):
+        self.n = kw.get("initial", 0)
+
+    def set_postfix(self, post, refresh=True):
+        _Bar.shown.append((self.n, dict(post)))
+
+    def update(self, k):
+        self.n += k
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("kernel", ["pcn", "nuts"])
+def test_progress_shows_the_phase_and_the_running_acceptance_probability(tmp_path, monkeypatch,
+                                                                          kernel):
+    """During warm-up the bars show the adapting kernel's acceptance (not 0 until sampling),
+    as the mean acceptance probability; NUTS adds tree depth, and divergences after warm-up."""
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.shown = []
+    phi, _, _ = _gaussian()
+    r = run_chains(Target(phi, D), kernel, tmp_path / "c", chains=1, warmup=40, draws=30,
+                   seed=3, progress=True)
+    warm = [p for n, p in _Bar.shown if n < 40]
+    post = [p for n, p in _Bar.shown if n >= 40]
+    assert len(warm) == 40 and len(post) == 30
+    assert all(p["phase"] == "warm-up" for p in warm) and all(p["phase"] == "sampling"
+                                                              for p in post)
+    # the running mean over the phase so far, from the per-iteration statistic
+    a = r.warmup_stats["accept_prob"][0]
+    assert [p["acc. prob"] for p in warm] == [f"{a[:k].mean():.2f}" for k in range(1, 41)]
+    assert float(warm[-1]["acc. prob"]) > 0.1
+    assert post[-1]["acc. prob"] == f"{r.stats['accept_prob'][0].mean():.2f}"
+    if kernel == "nuts":
+        assert [p["depth"] for p in post] == r.stats["tree_depth"][0].tolist()
+        assert "div" not in warm[-1] and post[-1]["div"] == int(r.stats["diverging"].sum())
+    else:
+        assert "depth" not in post[-1] and "div" not in post[-1]
