@@ -53,3 +53,93 @@ def test_report_renders_its_images_in_headless_chromium(tmp_path):
     pixels = Image.open(shot).convert("L")
     assert pixels.size == (1000, 2400)
     assert len(set(pixels.tobytes())) > 50  # drawn content, not a blank page
+
+
+# -- chain folders of autovae invert ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def chain_folders(tmp_path_factory):
+    """Two small Darcy inversions (KL prior, 4 coefficients) with different kernels."""
+    from autovae.inverse import invert
+
+    root = tmp_path_factory.mktemp("chains")
+    for kernel in ("pcn", "rwm"):
+        invert(problem="darcy", prior="kle", grid=8, dim=4, chains=2, warmup=100, draws=150,
+               kernel=kernel, seed=1, out=str(root / kernel))
+    return root / "pcn", root / "rwm"
+
+
+def _rows(page: str) -> dict[str, list[str]]:
+    """The summary table's rows: figure -> its cells (one per folder, then unit, meaning)."""
+    import re
+
+    table = page[page.index("<table class=figures>"):]
+    table = table[:table.index("</table>")]
+    rows = {}
+    for tr in re.findall(r"<tr><td>(.*?)</tr>", table):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", "<td>" + tr)
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_chain_report_answers_in_the_fields_terms(chain_folders):
+    import json
+
+    import arviz as az
+
+    from autovae.inverse.diagnostics import load_netcdf
+
+    a, b = chain_folders
+    page = write_report([a, b], a.parent / "both.html").read_text()
+    assert "NLLs of different likelihood" not in page  # no VAE sentence on a chain report
+    rows = _rows(page)
+    for folder, col in ((a, 0), (b, 1)):
+        s = json.loads((folder / "summary.json").read_text())
+        want = {"R-hat, max": f"{s['rhat_max']:.3g}", "ESS bulk, min": f"{s['ess_bulk_min']:,.0f}",
+                "ESS tail, min": f"{s['ess_tail_min']:,.0f}", "PDE solves": f"{s['solves']:,}",
+                "ESS per 1000 solves": f"{s['ess_per_1000_solves']:.3g}",
+                "ESS per second": f"{s['ess_per_second']:.3g}",
+                "error against the truth": f"{s['rel_l2_mean']:.3g}",
+                "truth within 2 sd": f"{100 * s['coverage_2sd']:.0f}%",
+                "NSSWR": f"{s['nsswr']:.3g}",
+                "mean acceptance probability": f"{s['mean_accept_prob']:.2f}"}
+        for label, value in want.items():
+            assert rows[label][col] == value, (label, rows[label])
+        # the ArviZ table: the first parameter's mean, sd and R-hat as ArviZ computes them
+        z = load_netcdf(folder / "posterior.nc").posterior["z"].values
+        ref = az.summary({"p": z}, round_to="none").iloc[0]
+        first = page.split("<table class=params>")[col + 1].split("<tr><td>[0]")[1]
+        for key in ("mean", "sd", "r_hat"):
+            assert f"<td class=num>{ref[key]:.3g}</td>" in first.split("</tr>")[0], key
+    assert rows["NSSWR"][3].count("docs/inverse.md#nsswr") == 1
+    # every figure has a unit and a meaning; the raw summary keys live behind the fold
+    assert all(r[3] for k, r in rows.items() if k != "status")
+    fold = page[page.index("<details>"):]
+    assert "ssr params mean" not in page[:page.index("<details>")]
+    assert "SSR of parameters, mean" in fold and "PDE solves per second" in fold
+    assert page.count("data:image/png;base64,") == 2 * 4  # fields, traces, error bars, calib.
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium to render the page")
+def test_chain_report_renders_aligned_and_legible_in_headless_chromium(chain_folders, tmp_path):
+    a, b = chain_folders
+    page = write_report([a, b], tmp_path / "chains.html")
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+              "--virtual-time-budget=5000", "--window-size=1400,3000", "--hide-scrollbars"]
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'data-images-loaded="8/8"' in dom
+    assert 'data-figures-aligned="yes"' in dom  # each kind of picture on one row
+    assert 'data-overflow="no"' in dom  # nothing wider than the window
+    import re
+
+    scale = float(re.search(r'data-figure-scale="([0-9.]+)"', dom).group(1))
+    assert scale >= 0.6, scale  # two runs side by side on 1400 px: no figure shrunk below 60%
+    shot = tmp_path / "chains.png"
+    subprocess.run([*common, f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120)
+    from PIL import Image
+
+    pixels = Image.open(shot).convert("L")
+    assert pixels.size == (1400, 3000) and len(set(pixels.tobytes())) > 50
