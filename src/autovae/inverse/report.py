@@ -23,7 +23,7 @@ from typing import Any
 from .chains import ChainFolder
 from .diagnostics import RHAT_CONVERGED
 
-__all__ = ["chain_block"]
+__all__ = ["chain_block", "parameter_table"]
 
 NSSWR_DOC = "docs/inverse.md#nsswr"
 
@@ -170,7 +170,7 @@ _SHOWN = {"status", "reason", "rhat_max", "ess_bulk_min", "ess_tail_min", "diver
           "mean_accept_prob", "rel_l2_mean", "log_rel_l2_mean", "rel_l2_prior_mean",
           "coverage_2sd", "coverage_90", "log_coverage_2sd", "log_coverage_90", "nsswr",
           "solves", "seconds", "ess_per_1000_solves", "ess_per_second", "reference",
-          "acceptance_per_chain", "note"}
+          "acceptance_per_chain", "note", "parameters"}
 
 _NAMES = {  # the fold: the remaining keys in words
     "kernel": "kernel", "chains": "chains", "draws": "kept draws per chain",
@@ -265,51 +265,78 @@ def _summary_table(chains: list[Chain]) -> str:
     return "".join(rows) + "</table>"
 
 
-def _parameter_table(ch: Chain, first: int = 3, worst: int = 3) -> str:
-    """ArviZ's summary (mean, sd, 94% HDI, MCSE, ESS, R-hat) of the first parameters and of
-    the worst (highest R-hat, then lowest bulk ESS), from posterior.nc."""
-    cf = ChainFolder(ch.folder)
-    if not cf.posterior.is_file():
-        return "<p class=na>no posterior.nc yet</p>"
+COLUMNS = ("mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "ess_bulk", "ess_tail", "r_hat")
+
+
+def parameter_table(values, label: str, truth=None, names: list[str] | None = None,
+                    first: int = 3, worst: int = 3) -> dict[str, Any]:
+    """ArviZ's summary (mean, sd, 94% HDI, MCSE of the mean, bulk and tail ESS, rank R-hat) of
+    the ``first`` parameters and the ``worst`` (highest R-hat, then lowest bulk ESS) of
+    draws ``values`` (chains, draws, n): what summary.json keeps as ``parameters`` and the
+    report shows. ``truth`` (n,) and ``names`` (n,) in the same scale and order."""
     import arviz as az
     import numpy as np
 
-    from .diagnostics import load_netcdf
-
-    idata = load_netcdf(cf.posterior)
-    post = idata.posterior
-    var = post.attrs.get("parameters", "z")
-    var = var if var in post else "z"
-    name = post.attrs.get("parameters_label", "latent z" if var == "z" else var)
-    values = post[var].values
+    values = np.asarray(values, dtype=float)
     values = values.reshape(*values.shape[:2], -1)
     n = values.shape[-1]
-    table = az.summary({"p": values}, round_to="none")
-    rhat = table["r_hat"].to_numpy()
-    ess_b = table["ess_bulk"].to_numpy()
-    order = sorted(range(n), key=lambda i: (-(rhat[i] if np.isfinite(rhat[i]) else 0), ess_b[i]))
-    picked = list(range(n)) if n <= first + worst else \
-        list(range(first)) + [i for i in order if i >= first][:worst]
-    picked_worst = set() if n <= first + worst else set(picked[first:])
-    truth = None
-    if var != "z" and "constant_data" in idata.groups() and \
-            f"{var}_truth" in idata.constant_data:
-        truth = idata.constant_data[f"{var}_truth"].values.reshape(-1)
-    cols = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "ess_bulk", "ess_tail", "r_hat"]
-    head = "".join(f"<th class=num>{c.replace('_', ' ')}</th>" for c in cols)
-    rows = [f"<table class=params><tr><th>{html.escape(name)}</th>"
-            f"{'<th class=num>truth</th>' if truth is not None else ''}{head}</tr>"]
-    for i in picked:
-        r = table.iloc[i]
-        tag = " <span class=worst>worst</span>" if i in picked_worst else ""
-        cells = "".join(
-            f"<td class=num>{r[c]:,.0f}</td>" if c.startswith("ess") else
-            f"<td class=num>{r[c]:.3g}</td>" for c in cols)
-        t = f"<td class=num>{truth[i]:.3g}</td>" if truth is not None else ""
-        rows.append(f"<tr><td>[{i}]{tag}</td>{t}{cells}</tr>")
-    note = (f"<p class=note>{n} parameters: the first {first} and the {worst} with the highest "
-            "R-hat (then lowest bulk ESS); HDI: ArviZ's 94% highest-density interval.</p>"
-            if n > first + worst else "")
+    if n <= first + worst:
+        picked, bad = list(range(n)), set()
+    else:
+        rhat = np.asarray(az.rhat(az.convert_to_dataset(values), method="rank")["x"])
+        ess = np.asarray(az.ess(az.convert_to_dataset(values), method="bulk")["x"])
+        key = np.nan_to_num(rhat, nan=0.0)
+        order = sorted(range(first, n), key=lambda i: (-key[i], ess[i]))
+        bad = set(order[:worst])
+        picked = list(range(first)) + order[:worst]
+    table = az.summary({"p": values[..., picked]}, round_to="none")
+    rows = []
+    for k, i in enumerate(picked):
+        r = table.iloc[k]
+        row = {"index": int(i), "name": names[i] if names else f"[{i}]", "worst": i in bad,
+               **{c: (float(r[c]) if math.isfinite(float(r[c])) else None) for c in COLUMNS}}
+        if truth is not None:
+            row["truth"] = float(np.asarray(truth).reshape(-1)[i])
+        rows.append(row)
+    return {"label": label, "parameters": n, "first": first, "worst": worst, "rows": rows}
+
+
+def _from_posterior(ch: Chain) -> dict[str, Any] | None:
+    """The table of the sampled coordinates z, for a folder whose summary has none."""
+    cf = ChainFolder(ch.folder)
+    if not cf.posterior.is_file():
+        return None
+    from .diagnostics import load_netcdf
+
+    z = load_netcdf(cf.posterior).posterior["z"].values
+    return parameter_table(z, "latent z")
+
+
+def _parameter_table(ch: Chain) -> str:
+    t = ch.summary.get("parameters") or _from_posterior(ch)
+    if t is None:
+        return "<p class=na>no draws yet</p>"
+    truth = any("truth" in r for r in t["rows"])
+    head = "".join(f"<th class=num>{c.replace('_', ' ')}</th>" for c in COLUMNS)
+    rows = [f"<table class=params><tr><th>{html.escape(t['label'])}</th>"
+            f"{'<th class=num>truth</th>' if truth else ''}{head}</tr>"]
+
+    def num(c, v):
+        if v is None:
+            return "<td class=na>&ndash;</td>"
+        return f"<td class=num>{v:,.0f}</td>" if c.startswith("ess") else \
+            f"<td class=num>{v:.3g}</td>"
+
+    for r in t["rows"]:
+        tag = " <span class=worst>worst</span>" if r["worst"] else ""
+        t_cell = num("truth", r.get("truth")) if truth else ""
+        rows.append(f"<tr><td>{html.escape(r['name'])}{tag}</td>{t_cell}"
+                    + "".join(num(c, r[c]) for c in COLUMNS) + "</tr>")
+    n = t["parameters"]
+    note = (f"<p class=note>{n} parameters: the first {t['first']} and the {t['worst']} with "
+            "the highest R-hat (then lowest bulk ESS); HDI: ArviZ's 94% highest-density "
+            "interval; MCSE: Monte-Carlo standard error of the mean.</p>"
+            if n > t["first"] + t["worst"] else "")
     return "".join(rows) + "</table>" + note
 
 
