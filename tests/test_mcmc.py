@@ -172,25 +172,27 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, sampler):
     assert full.potential_evals == again.potential_evals
 
 
-def test_nuts_resume_is_bit_identical_after_warmup_and_within_warmup(tmp_path):
+@pytest.mark.parametrize("full_mass", [False, True])
+def test_nuts_resume_is_bit_identical_after_warmup_and_within_warmup(tmp_path, full_mass):
     """A kill in each phase of Pyro's warm-up (step-size buffer, mass-matrix window, end buffer)
     and after it keeps what was done, and the resumed run equals the uninterrupted one bit for
     bit: draws, every statistic, adapted step size and mean acceptance probability."""
     phi, _, _ = _gaussian()
-    # 150 warm-up steps: Pyro's schedule is a 75-step buffer, a 25-step mass-matrix window
-    # (Welford), a 50-step buffer
-    kw = dict(chains=2, warmup=150, draws=30, seed=4, checkpoint_every=7)
+    # 60 warm-up steps: Pyro's schedule is a 9-step buffer, a 45-step mass-matrix window
+    # (Welford, diagonal or dense), a 6-step buffer
+    kw = dict(chains=1, warmup=60, draws=20, seed=4, checkpoint_every=4)
     counted = Target(phi, D)
-    full = run_chains(counted, NUTSKernel(), tmp_path / "full", **kw)
-    for frac, kept in ((0.3, "warmup"), (0.55, "warmup"), (0.75, "warmup"), (0.95, "sample")):
+    full = run_chains(counted, NUTSKernel(full_mass=full_mass), tmp_path / "full", **kw)
+    phases = []
+    for frac in (0.05, 0.3, 0.85, 0.97):
         folder = tmp_path / f"cut{frac}"
         with pytest.raises(Interrupt):
-            run_chains(Target(_killing(phi, int(frac * counted.evals)), D), NUTSKernel(),
-                       folder, **kw)
+            run_chains(Target(_killing(phi, int(frac * counted.evals)), D),
+                       NUTSKernel(full_mass=full_mass), folder, **kw)
         part = load_chains(folder)  # the warm-up so far was checkpointed, not thrown away
-        assert part.warmup_draws.shape[1] > 0 and part.status == "running"
-        assert (part.draws.shape[1] > 0) == (kept == "sample")
-        again = run_chains(Target(phi, D), NUTSKernel(), folder, **kw)
+        assert part.status == "running" and part.warmup_draws.shape[1] > 0
+        phases.append((part.warmup_draws.shape[1], part.draws.shape[1]))
+        again = run_chains(Target(phi, D), NUTSKernel(full_mass=full_mass), folder, **kw)
         assert np.array_equal(full.draws, again.draws), frac
         assert np.array_equal(full.warmup_draws, again.warmup_draws), frac
         for mine, theirs in ((full.stats, again.stats), (full.warmup_stats, again.warmup_stats)):
@@ -199,6 +201,9 @@ def test_nuts_resume_is_bit_identical_after_warmup_and_within_warmup(tmp_path):
                 assert np.array_equal(mine[k], theirs[k]), (frac, k)
         assert np.array_equal(full.step_size, again.step_size)
         assert np.array_equal(full.mean_accept_prob, again.mean_accept_prob)
+    # the kills fell in the first buffer, the mass-matrix window, late warm-up and sampling
+    (w0, _), (w1, _), (w2, _), (w3, s3) = phases
+    assert w0 < 9 <= w1 < 54 and w2 >= 40 and w3 == 60 and s3 > 0, phases
 
 
 @pytest.mark.parametrize("kernel", ["pcn", "rwm", "mala"])
