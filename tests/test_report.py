@@ -104,12 +104,19 @@ def test_chain_report_answers_in_the_fields_terms(chain_folders):
                 "mean acceptance probability": f"{s['mean_accept_prob']:.2f}"}
         for label, value in want.items():
             assert rows[label][col] == value, (label, rows[label])
-        # the ArviZ table: the first parameter's mean, sd and R-hat as ArviZ computes them
-        z = load_netcdf(folder / "posterior.nc").posterior["z"].values
-        ref = az.summary({"p": z}, round_to="none").iloc[0]
-        first = page.split("<table class=params>")[col + 1].split("<tr><td>[0]")[1]
-        for key in ("mean", "sd", "r_hat"):
-            assert f"<td class=num>{ref[key]:.3g}</td>" in first.split("</tr>")[0], key
+        # the ArviZ table of the parameters (log k, cell (0,0) first), as ArviZ computes it
+        # from posterior.nc's parameter draws, with the truth beside it
+        idata = load_netcdf(folder / "posterior.nc")
+        ref = az.summary({"p": idata.posterior["params"].values}, round_to="none").iloc[0]
+        table = page.split("<table class=params>")[col + 1]
+        assert table.startswith("<tr><th>log k</th><th class=num>truth</th>")
+        first = table.split("<tr><td>(0,0)</td>")[1].split("</tr>")[0]
+        truth = float(idata.constant_data["truth"].values[0])
+        assert first.startswith(f"<td class=num>{truth:.3g}</td>")
+        for key in ("mean", "sd", "hdi_3%", "mcse_mean", "r_hat"):
+            assert f"<td class=num>{ref[key]:.3g}</td>" in first, key
+        assert f"<td class=num>{ref['ess_bulk']:,.0f}</td>" in first
+        assert table.split("</table>")[0].count("<span class=worst>") == 3
     assert rows["NSSWR"][3].count("docs/inverse.md#nsswr") == 1
     # every figure has a unit and a meaning; the raw summary keys live behind the fold
     assert all(r[3] for k, r in rows.items() if k != "status")
@@ -134,8 +141,12 @@ def test_chain_report_renders_aligned_and_legible_in_headless_chromium(chain_fol
     assert 'data-overflow="no"' in dom  # nothing wider than the window
     import re
 
+    from autovae.inverse.figures import DPI, FONT
+
+    # two runs side by side on 1400 px: the smallest text of any picture is drawn at 9 px or more
     scale = float(re.search(r'data-figure-scale="([0-9.]+)"', dom).group(1))
-    assert scale >= 0.6, scale  # two runs side by side on 1400 px: no figure shrunk below 60%
+    smallest = min(v for k, v in FONT.items() if "size" in k) * DPI / 72
+    assert scale * smallest >= 9, (scale, smallest)
     shot = tmp_path / "chains.png"
     subprocess.run([*common, f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=120)

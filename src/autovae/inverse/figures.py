@@ -57,7 +57,8 @@ def scale_of(problem) -> Scale:
     return Scale(False, name)
 
 
-def _index_names(shape: Sequence[int], idx: Sequence[int]) -> list[str]:
+def index_names(shape: Sequence[int], idx) -> list[str]:
+    """Names of flattened parameter indices: ``(row,col)`` of a field, ``[i]`` of a vector."""
     if len(shape) == 2:
         return [f"({i // shape[1]},{i % shape[1]})" for i in idx]
     return [f"[{i}]" for i in idx]
@@ -209,7 +210,7 @@ def draw_pictures(folder: Path, problem, result, truth=None,
                     for rank, j in enumerate(chosen[:ERROR_BARS]):
                         cols = img.shape[1]
                         ax.text((j % cols + 0.5) / cols, (j // cols + 0.5) / side,
-                                str(rank + 1), ha="center", va="center", fontsize=9,
+                                str(rank + 1), ha="center", va="center", fontsize=11,
                                 color="w", fontweight="bold")
                 ax.set_title(f"{title} ({scale.label})")
                 ax.set_xticks([0, 0.5, 1])
@@ -255,7 +256,7 @@ def draw_pictures(folder: Path, problem, result, truth=None,
                     label="posterior mean ± 2 sd")
         if t is not None:
             ax.plot(x, t.reshape(-1).numpy()[chosen], "rx", ms=9, mew=2, label="truth")
-        ax.set_xticks(x, _index_names(shape, chosen), rotation=45 if len(shape) == 2 else 0)
+        ax.set_xticks(x, index_names(shape, chosen), rotation=45 if len(shape) == 2 else 0)
         ax.set_xlabel(("cell (row, column)" if len(shape) == 2 else "parameter")
                       + ", the order of the numbers on fields.png")
         ax.set_ylabel(scale.label)
