@@ -57,6 +57,9 @@ class Chain:
     @property
     def scale(self) -> str:
         """The parameters' name in the problem's own scale."""
+        table = self.summary.get("parameters")
+        if table:
+            return table["label"]
         if self.problem.get("forward") == "darcy":
             return "log k"
         return "ln θ" if self.positive else "parameters"
