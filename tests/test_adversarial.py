@@ -11,10 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from autovae.config import Config
+from autovae._registry import MODELS
+from autovae.config import SETTINGS, Config
 from autovae.data import DataSplits, load_data
 from autovae.discriminators import MLPDiscriminator
-from autovae.models import NonFiniteLossError, StepContext, build_model, evaluation_mode
+from autovae.models import VAE, NonFiniteLossError, StepContext, build_model, evaluation_mode
+from autovae.models.adversarial import AVA_PRESETS
 from autovae.quality import balance_metric_images
 from autovae.run import Run, load_trained
 from autovae.training import train
@@ -392,7 +394,7 @@ def test_a_diverging_gan_discriminator_stops_with_the_checkpoint_intact(tmp_path
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(model="gan-vae"), "unknown model 'gan-vae'; valid models: vae, beta-vae, gan"),
+    (dict(model="gan-vae"), "model must be one of vae, beta-vae, gan, vae-gan, .*got 'gan-vae'"),
     (dict(model="vae", disc_hidden=64), "disc_hidden = 64 does not apply to model vae \\(vae "
                                         "has no discriminator\\).*read by gan, vae-gan, ava1"),
     (dict(model="beta-vae", beta=2, ava_grad_mode="paper"), "ava_grad_mode = 'paper' does not "
@@ -412,6 +414,21 @@ def test_a_diverging_gan_discriminator_stops_with_the_checkpoint_intact(tmp_path
 def test_bad_settings_name_the_key_and_the_fix(settings, message):
     with pytest.raises(ValueError, match=message):
         Config(**settings)
+
+
+def test_model_choices_are_read_from_the_registry(monkeypatch):
+    assert Config(model="Beta_VAE", beta=2).model == "beta-vae"  # any case, _ for -
+    assert set(SETTINGS.specs["ava_preset"].allowed()) == set(AVA_PRESETS)
+
+    class Toy(VAE):
+        name = "toy"
+
+    monkeypatch.setitem(MODELS, "toy", Toy)
+    assert Config(model="toy").model == "toy"
+    assert "toy" in SETTINGS.specs["model"].help_text()
+    monkeypatch.delitem(MODELS, "toy")
+    with pytest.raises(ValueError, match="model must be one of .*got 'toy'"):
+        Config(model="toy")
 
 
 def test_paper_mode_refuses_a_likelihood_with_two_outputs_per_pixel():
