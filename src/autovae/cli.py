@@ -196,7 +196,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     codes = model.embed(x[: 2 * args.pairs])
     path_z = interpolate_codes(codes[: args.pairs], codes[args.pairs: 2 * args.pairs],
                                args.steps, args.mode)
-    frames = model.likelihood.mean(model.decode(path_z))
+    frames = model.decode_mean(path_z)
     print(save_interpolation(frames, out))
     return 0
 
