@@ -1,10 +1,7 @@
 """Adversarial models: learning, the paper-mode gradients by hand, exact resume, bad input."""
 
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +18,7 @@ from autovae.quality import balance_metric_images
 from autovae.run import Run, load_trained
 from autovae.training import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import SRC, _assert_same_checkpoints, _kill_after_first_checkpoint  # noqa: E402
+from helpers.resume import check_sigkill_resume, child_env
 
 TINY = dict(hidden=16, depth=1, latent="normal/normal:2", batch_size=16, lr=1e-2)
 
@@ -309,16 +305,13 @@ def test_ava5_resume_in_process_is_exact(tmp_path):
 
 @pytest.mark.slow  # three interpreters start: about a minute on a busy 2-core machine
 def test_four_optimizer_ava5_sigkill_then_resume_is_bit_identical(tmp_path):
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    killed, whole = tmp_path / "killed", tmp_path / "whole"
-    script = [sys.executable, "-c", _AVA5_SCRIPT]
     epochs = 8
-    epoch_at_kill = _kill_after_first_checkpoint([*script, str(killed), str(epochs)], killed,
-                                                 env, 0.2)
-    assert 1 <= epoch_at_kill < epochs
-    subprocess.run([*script, str(killed), str(epochs), "resume"], env=env, check=True)
-    subprocess.run([*script, str(whole), str(epochs)], env=env, check=True)
-    _assert_same_checkpoints(killed, whole, epochs)
+
+    def command(folder, resume):
+        return [sys.executable, "-c", _AVA5_SCRIPT, str(folder), str(epochs),
+                *(["resume"] if resume else [])]
+
+    whole = check_sigkill_resume(command, tmp_path, epochs, child_env(), 0.2)
     assert len(torch.load(Run(whole).checkpoint_path, weights_only=True)["optimizers"]) == 4
 
 
