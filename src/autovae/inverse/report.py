@@ -401,7 +401,7 @@ STYLE = """
 section.chains { max-width: none; }
 .grid { display: grid; gap: 1.5em; align-items: start; }
 .grid .cell { min-width: 0; overflow-x: auto; }
-img.figure { display: block; width: 100%; max-width: 1400px; height: auto; border: 1px solid #ddd; }
+img.figure { display: block; width: 100%; max-width: 1200px; height: auto; border: 1px solid #ddd; }
 .verdict { font-weight: 600; padding: 4px 8px; border-left: 5px solid; }
 .verdict.ok { border-color: #2a8a3a; background: #eef8ef; }
 .verdict.bad { border-color: #c0392b; background: #fbeeee; }
