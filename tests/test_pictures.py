@@ -427,3 +427,13 @@ def test_inversion_pictures_are_in_ln_theta_with_informed_error_bars_and_a_chain
         ["[4]", "[0]"]
     with pytest.raises(ValueError, match="--error-bars: parameter indices \\[6\\]"):
         draw_pictures(tmp_path, problem, result, truth, error_bars=[6])
+
+
+def test_error_bars_fall_back_to_evenly_spaced_without_a_gradient():
+    from autovae.inverse.figures import informed, scale_of
+
+    problem, _, _ = _linear_problem(positive=False)
+    problem.forward.gradient = False
+    theta = torch.ones(6, dtype=torch.float64)
+    idx, how = informed(problem, theta, scale_of(problem), k=3)
+    assert idx == [0, 2, 5] and "evenly spaced" in how and "no gradient" in how

@@ -97,13 +97,16 @@ def informed(problem, params: torch.Tensor, scale: Scale, k: int = ERROR_BARS
     and how they were chosen; evenly spaced ones where the model gives no gradient."""
     n = int(np.prod(problem.forward.param_shape))
     k = min(k, n)
+    why = "the forward model gives no gradient to rank them"
     try:
         s = sensitivity(problem, params, scale)
-    except (RuntimeError, ValueError):  # a model whose autograd graph cannot be walked twice
-        s = None
-    if s is None or not torch.isfinite(s).all():
+    except Exception as err:  # noqa: BLE001 (a picture never fails the run that made it)
+        s, why = None, f"ranking them failed: {type(err).__name__}"
+    if s is not None and not torch.isfinite(s).all():
+        s, why = None, "the sensitivity is not finite at the posterior mean"
+    if s is None:
         idx = np.linspace(0, n - 1, k).round().astype(int).tolist()
-        return idx, "evenly spaced (the forward model gives no gradient to rank them)"
+        return idx, f"evenly spaced ({why})"
     idx = torch.argsort(s, descending=True)[:k].tolist()
     return idx, "the data inform most: largest Σ_k (∂F_k/∂p / σ_k)² at the posterior mean"
 
