@@ -154,3 +154,17 @@ def test_chain_report_renders_aligned_and_legible_in_headless_chromium(chain_fol
 
     pixels = Image.open(shot).convert("L")
     assert pixels.size == (1400, 3000) and len(set(pixels.tobytes())) > 50
+
+
+def test_a_run_chains_folder_is_reported_from_its_posterior(tmp_path):
+    """A folder of run_chains (no summary.json): the figures come from posterior.nc."""
+
+    from autovae.inverse import Target, run_chains
+    from autovae.inverse.diagnostics import summary
+
+    r = run_chains(Target(lambda z: 0.5 * (z * z).sum(-1) * 4, 2), "rwm", tmp_path / "c",
+                   chains=2, warmup=50, draws=100, seed=1)
+    s = summary(r)
+    rows = _rows(write_report([tmp_path / "c"], tmp_path / "r.html").read_text())
+    assert rows["R-hat, max"][0] == f"{s['rhat_max']:.3g}"
+    assert rows["PDE solves"][0] == f"{s['solves']:,}"

@@ -42,7 +42,12 @@ class Chain:
         cf = ChainFolder(folder)
         summary = cf.read_json(cf.summary) if cf.summary.is_file() else {}
         problem = cf.read_json(cf.problem) if cf.problem.is_file() else {}
-        if not summary and cf.meta.is_file():  # a run_chains folder, or one still running
+        if not summary and cf.posterior.is_file():  # a run_chains folder: its diagnostics
+            from .diagnostics import load_netcdf
+            from .diagnostics import summary as diagnose
+
+            summary = diagnose(load_netcdf(cf.posterior))
+        elif not summary and cf.meta.is_file():  # still running
             meta = cf.read_json(cf.meta)
             summary = {"status": meta.get("status", "running"), "reason": meta.get("reason", "")}
         settings = summary.pop("settings", {}) or {}
