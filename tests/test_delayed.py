@@ -137,6 +137,8 @@ def test_built_in_cheap_models():
     fine_z, cheap_z = ab(theta), cheap(theta)
     rel = float((fine_z - cheap_z).norm() / fine_z.norm())
     assert 1e-4 < rel < 0.05 and cheap.solves == 2  # a coarser mesh, close but not equal
+    finer = coarse_forward(ab, "aristoff-bangerth-24")(theta)
+    assert float((fine_z - finer).norm() / fine_z.norm()) < rel / 2  # error ~ h^2
     darcy = DarcyForward(grid=16)
     half = coarse_forward(darcy)
     k = torch.zeros(1, 16, 16, dtype=torch.float64)

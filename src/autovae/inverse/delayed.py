@@ -352,9 +352,15 @@ class _HalfGridDarcy(ForwardModel):
 
 def coarse_forward(fine: ForwardModel, spec: str | None = None, **options) -> ForwardModel:
     """The cheap model for ``fine``: ``spec`` as ``--coarse-forward`` (the forms of
-    ``--forward``), or, without it, the built-in's coarser mesh (aristoff-bangerth: 16 x 16
-    cells; darcy: half the grid)."""
-    if spec:
+    ``--forward``, or ``aristoff-bangerth-N``: the benchmark on N x N cells), or, without it,
+    the built-in's coarser mesh (aristoff-bangerth: 16 x 16 cells; darcy: half the grid)."""
+    if spec and spec.startswith("aristoff-bangerth-") and fine.name == "aristoff-bangerth":
+        cells = spec.rsplit("-", 1)[1]
+        if not cells.isdigit():
+            raise ValueError(f"--coarse-forward {spec}: give aristoff-bangerth-N, N cells per "
+                             "side (a multiple of 8, e.g. 16 or 24)")
+        cheap = _CoarseAB(int(cells))
+    elif spec:
         from .forward_models import load_forward
 
         cheap = load_forward(spec, **options)
