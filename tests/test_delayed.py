@@ -78,14 +78,19 @@ def test_error_model_moves_the_cheap_posterior_toward_the_fine_one(tmp_path):
     assert float(aem.cov.abs().max()) < 1e-20
     plain = DelayedAcceptanceKernel(coarse_target(problem, wrong), "rwm", subchain=4)
     fixed = DelayedAcceptanceKernel(coarse_target(problem, wrong, aem), "rwm", subchain=4)
+    learnt = DelayedAcceptanceKernel(coarse_target(problem, wrong), "rwm", subchain=4,
+                                     adaptive_error=True)
     acc = {}
-    for name, k in (("plain", plain), ("aem", fixed)):
+    for name, k in (("plain", plain), ("aem", fixed), ("adaptive", learnt)):
         r = run_chains(problem.target(), k, tmp_path / name, chains=4, warmup=300,
                        draws=1000, seed=4)
         _within_4_mcse(r.draws, exact)
         acc[name] = delayed_summary(r)["fine_acceptance_of_moved"]
     # the corrected cheap posterior is the fine one: every screened proposal is accepted
     assert acc["aem"] > 0.999 and acc["plain"] < 0.9, acc
+    # learnt at the screened proposals during warm-up, then frozen: the same correction
+    assert acc["adaptive"] > 0.999 and torch.allclose(learnt._shift,
+                                                       torch.full((8,), -0.3).double())
 
 
 class _HolesForward(ForwardModel):

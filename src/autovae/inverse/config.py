@@ -85,6 +85,9 @@ class InverseConfig:
     error_model: int = _f(0, "delayed acceptance: prior draws for the approximation error "
                           "model (mean and covariance of fine - cheap outputs; 0: none)",
                           least=0)
+    adaptive_error: bool = _f(False, "delayed acceptance: learn the cheap model's offset "
+                              "(fine - cheap outputs) at the screened proposals during "
+                              "warm-up, then freeze it (Cui, Fox & O'Sullivan)")
     grid: int | None = _f(None, "grid n of the Darcy field / the KLE prior (default: the run's, "
                           "else 16)", least=2)
     dim: int | None = _f(None, "terms of the KLE prior (default: the run's latent dim, else 16)",

@@ -19,7 +19,9 @@ of the same parameter and observation sizes (``--coarse-forward``, the forms of
 covariance of fine - cheap outputs over prior draws (as tinyDA does), giving the cheap
 likelihood y - F_c - mu ~ N(0, Sigma_noise + Sigma). A cheap model whose outputs are NaN where
 the fine one's are not would exclude that region from the fine chain (pi_c = 0 there); the run
-stops then, naming it, rather than sample a biased posterior.
+stops then, naming it, rather than sample a biased posterior. ``adaptive_error`` (Cui, Fox &
+O'Sullivan's adaptive delayed acceptance) instead learns the offset during warm-up from the
+fine and cheap outputs at the screened proposals, where the posterior is, and freezes it.
 
 Costs: the fine target's ``solves`` are the runner's (``solves`` in summary.json); the cheap
 solves are the kernel's ``coarse_solves`` (per-draw statistic ``coarse_solves``, cumulative),
@@ -97,13 +99,13 @@ def coarse_target(problem: InverseProblem, cheap: ForwardModel,
         shift = torch.zeros_like(data)
         L = None
     else:
-        shift = error_model.mu
+        shift = error_model.mu.clone()
         cov = torch.diag(sigma ** 2) + error_model.cov
         cov = 0.5 * (cov + cov.T) + 1e-12 * cov.diagonal().mean() * torch.eye(len(data),
                                                                                dtype=cov.dtype)
         L = torch.linalg.cholesky(cov)
 
-    def residuals(z):
+    def predict(z):
         p = problem.params(z)
         p = p.reshape(len(p), *cheap.param_shape)
         flat = p.detach().reshape(len(p), -1)
@@ -117,7 +119,10 @@ def coarse_target(problem: InverseProblem, cheap: ForwardModel,
                                       cheap(p[~bad]).to(torch.float64))
         else:
             pred = cheap(p).to(torch.float64)
-        r = pred + shift - data
+        return pred
+
+    def residuals(z):
+        r = predict(z) + shift - data
         if L is None:
             return r / sigma
         return torch.linalg.solve_triangular(L, r.T.unsqueeze(0), upper=False)[0].T
@@ -125,10 +130,14 @@ def coarse_target(problem: InverseProblem, cheap: ForwardModel,
     def phi(z):
         return 0.5 * (residuals(z) ** 2).sum(-1)
 
-    return Target(phi, problem.dim, prior="normal" if problem.prior.normal
-                  else problem.prior.log_prior, solves=lambda: cheap.solves,
-                  gradient=cheap.gradient, gradient_reason=cheap.gradient_reason,
-                  residuals=residuals)
+    target = Target(phi, problem.dim, prior="normal" if problem.prior.normal
+                    else problem.prior.log_prior, solves=lambda: cheap.solves,
+                    gradient=cheap.gradient, gradient_reason=cheap.gradient_reason,
+                    residuals=residuals)
+    target.predict = predict  # the cheap predictions, and the shift added to them (in place:
+    target.error_shift = shift  # an adaptive error model moves it during warm-up)
+    target.fine_predict = problem.predict
+    return target
 
 
 class DelayedAcceptanceKernel(MCMCKernel):
@@ -138,7 +147,7 @@ class DelayedAcceptanceKernel(MCMCKernel):
     name = "da"
 
     def __init__(self, coarse: Target, inner: str | MetropolisKernel = "rwm", subchain: int = 5,
-                 **inner_options):
+                 adaptive_error: bool = False, **inner_options):
         if isinstance(subchain, bool) or not isinstance(subchain, int) or subchain < 1:
             raise ValueError(f"subchain must be an integer >= 1, got {subchain!r}")
         inner = make_kernel(inner, **inner_options)
@@ -148,6 +157,12 @@ class DelayedAcceptanceKernel(MCMCKernel):
                              f"{inner.name} is not one")
         if not isinstance(coarse, Target):
             raise ValueError(f"coarse must be a Target, got {type(coarse).__name__}")
+        if adaptive_error and getattr(coarse, "error_shift", None) is None:
+            raise ValueError("an adaptive error model needs a cheap target from coarse_target()")
+        self.adaptive_error = bool(adaptive_error)
+        self._shift = getattr(coarse, "error_shift", None)
+        self._bias = (lambda z: coarse.fine_predict(z) - coarse.predict(z)) \
+            if adaptive_error else None
         self.inner, self.subchain = inner, int(subchain)
         self.state: dict[str, Any] = {}
         self._stop = ""
@@ -167,7 +182,8 @@ class DelayedAcceptanceKernel(MCMCKernel):
                              residuals=coarse.residuals)
 
     def config(self) -> dict[str, Any]:
-        return {"kernel": self.name, "subchain": self.subchain, "inner": self.inner.config()}
+        return {"kernel": self.name, "subchain": self.subchain, "inner": self.inner.config(),
+                "adaptive_error": self.adaptive_error}
 
     def validate(self, target: Target) -> None:
         if target.dim != self.coarse.dim:
@@ -193,8 +209,29 @@ class DelayedAcceptanceKernel(MCMCKernel):
                                           "at the start")
             u0 = torch.where(bad, torch.tensor(math.nan, dtype=u0.dtype), u0)
         self.state = {"z": z0.clone(), "phi": phi_f, "log_prior": lp,
-                      "coarse": self._coarse_cache(), "coarse_solves": 0}
+                      "coarse": self._coarse_cache(), "coarse_solves": 0, "bias_n": 0,
+                      "bias_sum": None if self._shift is None else self._shift.clone() * 0}
         return u0
+
+    def _adapt_error(self, z: torch.Tensor) -> None:
+        """Warm-up only: the cheap model's offset becomes the running mean of fine - cheap
+        outputs at the screened proposals (posterior locations, unlike prior draws); the
+        cheap values cached at the chains' states are recomputed with it. Frozen after
+        warm-up, so the sampling phase is exact."""
+        s = self.state
+        with torch.no_grad():
+            d = self._bias(z)
+        d = d[torch.isfinite(d).all(1)]
+        if not len(d):
+            return
+        s["bias_sum"] = s["bias_sum"] + d.sum(0)
+        s["bias_n"] += len(d)
+        self._shift.copy_(s["bias_sum"] / s["bias_n"])
+        solves0 = self.coarse.solves
+        phi, lp, grad = self.inner._evaluate(self.coarse, s["z"])
+        s["coarse_solves"] += self.coarse.solves - solves0
+        s["coarse"] = {"phi": phi.detach(), "log_prior": lp.detach(),
+                       "grad": None if grad is None else grad.detach()}
 
     @staticmethod
     def _nan_reason(which, where) -> str:
@@ -216,6 +253,8 @@ class DelayedAcceptanceKernel(MCMCKernel):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = dict(state["da"])
         self.inner.load_state_dict(state["inner"])
+        if self.adaptive_error and self.state["bias_n"] > 0:
+            self._shift.copy_(self.state["bias_sum"] / self.state["bias_n"])
 
     def end_warmup(self, target: Target) -> None:
         self.inner.end_warmup(self.coarse)
@@ -264,6 +303,8 @@ class DelayedAcceptanceKernel(MCMCKernel):
             "log_prior": torch.where(accepted, new_cache["log_prior"], cache["log_prior"]),
             "grad": None if cache["grad"] is None else torch.where(acc, new_cache["grad"],
                                                                      cache["grad"])}
+        if adapting and self._bias is not None and moved.any():
+            self._adapt_error(z_new[moved])
         if self._nan_rows:  # does the fine model give a value where the cheap one gave NaN?
             probe = torch.cat(self._nan_rows)
             self._nan_rows.clear()

@@ -84,8 +84,9 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     delayed = _delayed(cfg, problem, kernel) if cfg.subchain else {}
     if delayed:
         kernel, kernel_name = delayed.pop("kernel"), f"da-{kernel_name}"
-    elif cfg.coarse_forward is not None or cfg.error_model:
-        raise ValueError("--coarse-forward and --error-model set up delayed acceptance: give "
+    elif cfg.coarse_forward is not None or cfg.error_model or cfg.adaptive_error:
+        raise ValueError("--coarse-forward, --error-model and --adaptive-error set up delayed "
+                         "acceptance: give "
                          "--subchain J (cheap steps per fine proposal) too")
     kernel.validate(target)
     cf = ChainFolder(_default_out(cfg, kernel_name, problem.prior))
@@ -118,7 +119,7 @@ def _delayed(cfg: InverseConfig, problem: InverseProblem, inner) -> dict[str, An
     aem = ApproximationError(problem, cheap, cfg.error_model, seed=cfg.seed) \
         if cfg.error_model else None
     kernel = DelayedAcceptanceKernel(coarse_target(problem, cheap, aem), inner,
-                                     subchain=cfg.subchain)
+                                     subchain=cfg.subchain, adaptive_error=cfg.adaptive_error)
     cheap_record = {f"cheap_{k}": v for k, v in cheap.describe().items()}
     return {"kernel": kernel, **cheap_record, "error_model_draws": cfg.error_model,
             **({} if aem is None else aem.describe())}
