@@ -210,15 +210,20 @@ class DelayedAcceptanceKernel(MCMCKernel):
             u0 = torch.where(bad, torch.tensor(math.nan, dtype=u0.dtype), u0)
         self.state = {"z": z0.clone(), "phi": phi_f, "log_prior": lp,
                       "coarse": self._coarse_cache(), "coarse_solves": 0, "bias_n": 0,
+                      "t": 0, "restart": warmup // 2,
                       "bias_sum": None if self._shift is None else self._shift.clone() * 0}
         return u0
 
     def _adapt_error(self, z: torch.Tensor) -> None:
         """Warm-up only: the cheap model's offset becomes the running mean of fine - cheap
-        outputs at the screened proposals (posterior locations, unlike prior draws); the
+        outputs at the screened proposals (posterior locations, unlike prior draws; restarted
+        halfway through warm-up, to forget the chains' approach); the
         cheap values cached at the chains' states are recomputed with it. Frozen after
         warm-up, so the sampling phase is exact."""
         s = self.state
+        s["t"] += 1
+        if s["t"] == s["restart"]:  # forget the approach to the posterior: average the
+            s["bias_sum"], s["bias_n"] = s["bias_sum"] * 0, 0  # second half of warm-up only
         with torch.no_grad():
             d = self._bias(z)
         d = d[torch.isfinite(d).all(1)]
