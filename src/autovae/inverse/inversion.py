@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .chains import ChainFolder, ChainResult, run_chains
-from .config import InverseConfig, check_kernel_options
+from .config import InverseConfig, check_kernel_options, error_bar_indices
 from .kernels import make_kernel
 from .outputs import summarise, write_outputs
 from .priors import Prior
@@ -69,6 +69,8 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
         ChainFolder(cfg.out).check_writable()
     built = PROBLEMS[cfg.problem](cfg)
     problem = built.problem
+    bars = None if cfg.error_bars is None else error_bar_indices(
+        cfg.error_bars, int(np.prod(problem.prior.param_shape)))
     kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")
     if cfg.subchain and cfg.kernel is None:  # delayed acceptance: a Metropolis kernel inside
         kernel_name = "pcn" if problem.prior.normal else (
@@ -107,7 +109,7 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
         d = delayed_summary(result)
         out.update({k: d[k] for k in ("coarse_solves", "fine_solves", "ess_per_1000_fine_solves",
                                       "fine_acceptance_of_moved") if k in d})
-    write_outputs(cf, problem, result, out, built)
+    write_outputs(cf, problem, result, out, built, error_bars=bars)
     return InversionResult(cf.path, problem, result, out, new_solves)
 
 

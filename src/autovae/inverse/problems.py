@@ -51,7 +51,8 @@ MAX_CELLS = 4096 * 4096
 COMMON = frozenset({"run", "problem", "prior", "data", "noise", "noise_kind", "truth_file",
                     "kernel", "kernel_options", "chains", "warmup", "draws", "thin", "step_size",
                     "target_accept", "seed", "checkpoint_every", "out", "device",
-                    "subchain", "coarse_forward", "error_model", "adaptive_error"})
+                    "error_bars", "subchain", "coarse_forward", "error_model",
+                    "adaptive_error"})
 VECTOR = ("gaussian", "lognormal", "uniform")  # priors on a parameter vector (vector_priors)
 PRIOR_VALUES = ("prior_mean", "prior_sd", "prior_cov", "prior_low", "prior_high")
 
