@@ -274,7 +274,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"autovae worker --study {name} --dir {folder}"
               + (" --storage URL" if storage else ""))
         return 0
-    study = run_search(storage, name, folder, spec, workers=args.workers, pool=args.db_pool)
+    study = run_search(storage, name, folder, spec, workers=args.workers, pool=args.db_pool,
+                       report=not args.quiet)
     print(analyze(study, folder))
     return 0
 
@@ -284,7 +285,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     storage, name, folder = _study_args(args)
     return run_worker(storage, name, folder, worker=args.worker, pool=args.db_pool,
-                      device=args.device)
+                      device=args.device, report=not args.quiet)
 
 
 def _load_study(args: argparse.Namespace):
@@ -317,10 +318,11 @@ def _cmd_retrain_best(args: argparse.Namespace) -> int:
                           progress=not args.quiet)
     for key, r in result.items():
         if isinstance(r, dict):
-            c = r["config"]
-            print(f"{key:26} test NLL {r['test_nll_mean']:.2f} +- {r['test_nll_sd']:.2f} nats "
-                  f"over {len(r['runs'])} seeds  ({c['latent']}, alpha {c['alpha']:g}, "
-                  f"K {c['samples']})")
+            c, n = r["config"], len(r["runs"])
+            spread = (f"+- {r['test_nll_sd']:.2f} nats (sd over {n} seeds)" if n > 1
+                      else "nats (1 seed: no spread)")
+            print(f"{key:26} test NLL {r['test_nll_mean']:.2f} {spread}  ({c['latent']}, "
+                  f"alpha {c['alpha']:g}, K {c['samples']})")
     print(f"gain of the best trial over the normal/normal ELBO VAE: {result['gain_nats']:.2f} "
           "nats")
     if "pairing_gain_nats" in result:
@@ -521,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "started elsewhere with 'autovae worker'")
     search.add_argument("--validation-nll-samples", type=_COUNT, default=50,
                         help="K for the validation NLL objective (50)")
+    search.add_argument("--quiet", action="store_true", help="no line per finished trial")
     _add_config_flags(search)
     search.set_defaults(run_command=_cmd_search)
 
@@ -532,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default=None,
                         help="device of this worker's trials: cpu, cuda, cuda:N or auto (default: "
                              "the study's); one worker per GPU, see docs/distributed.md")
+    worker.add_argument("--quiet", action="store_true", help="no line per finished trial")
     worker.set_defaults(run_command=_cmd_worker)
 
     study = sub.add_parser("study", help="a study's best trials, importances and plots")
