@@ -235,6 +235,31 @@ def _cmd_serve_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .inverse.forward_models import load_forward
+    from .inverse.simulate import read_truth, simulate, write_array
+
+    outs = [check_output_file(args.out, "--out")]
+    if args.truth_out:
+        outs.append(check_output_file(args.truth_out, "--truth-out"))
+        if outs[1].resolve() == outs[0].resolve():
+            raise ValueError(f"--truth-out {args.truth_out} is --out too; name another file")
+    forward = load_forward(args.forward)
+    sim = simulate(forward, read_truth(args.truth, forward), args.noise, args.noise_kind,
+                   args.seed)
+    write_array(outs[0], sim.y)
+    if args.truth_out:
+        write_array(outs[1], sim.truth)
+    print(f"{outs[0]}: {forward.n_obs} observations of {forward.name} at the truth {args.truth} "
+          f"(parameters {tuple(forward.param_shape)}), noise {args.noise:g} {args.noise_kind} "
+          f"(seed {args.seed})" + (f"; the truth in {outs[1]}" if args.truth_out else ""))
+    kind = " --noise-kind relative" if args.noise_kind == "relative" else ""
+    truth = f" --truth-file {outs[1]}" if args.truth_out else ""
+    print(f"invert it: autovae invert --problem custom --forward {args.forward} --data {outs[0]} "
+          f"--noise {args.noise:g}{kind}{truth}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -582,6 +607,29 @@ def build_parser() -> argparse.ArgumentParser:
                                 "--bc (e.g. left=dirichlet:1,right=dirichlet:0; default: p = 0 "
                                 "on x = 0, 1, no flux on y = 0, 1)")
     serve_fwd.set_defaults(run_command=_cmd_serve_forward)
+
+    simulate = sub.add_parser(
+        "simulate", help="simulate observations of a chosen truth (data for invert --data)",
+        description="Observations y = forward(truth) + Gaussian noise, written for "
+                    "'autovae invert --problem custom --data'. A --forward package.module:Class "
+                    "must be importable: installed (pip install -e), or its folder on "
+                    "PYTHONPATH.")
+    simulate.add_argument("--forward", required=True,
+                          help="darcy, aristoff-bangerth, package.module:Class or "
+                               "umbridge:http://host:port/name")
+    simulate.add_argument("--truth", required=True,
+                          help="the true parameters: a .npy/CSV file, one number for all, or "
+                               "grf:SEED (the Darcy truth's random field for --truth-seed SEED)")
+    simulate.add_argument("--noise", type=float, required=True,
+                          help="the noise's std (absolute) or fraction of |y| (relative)")
+    simulate.add_argument("--noise-kind", default="absolute", choices=("absolute", "relative"),
+                          help="absolute (default, as invert --problem custom) or relative")
+    simulate.add_argument("--seed", type=flag_type("--seed", "index"), default=0,
+                          help="seed of the noise draws (0)")
+    simulate.add_argument("--out", required=True, help="the observations: .npy, or CSV")
+    simulate.add_argument("--truth-out", default=None,
+                          help="also write the truth here (for invert --truth-file)")
+    simulate.set_defaults(run_command=_cmd_simulate)
 
     datasets = sub.add_parser("datasets", help="list the datasets --data accepts by name")
     datasets.set_defaults(run_command=_cmd_datasets)
