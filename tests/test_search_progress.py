@@ -187,3 +187,21 @@ def test_words():
     assert failure_word("trial 3's worker stopped sending heartbeats") == "worker lost"
     assert failure_word("database error: connection refused") == "database outage"
     assert failure_word(None) == "error"
+
+
+def test_a_study_that_cannot_be_read_leaves_the_trial_alone(tmp_path, capsys, monkeypatch):
+    from autovae.search import progress
+
+    spec = StudySpec(SPACE, BASE, ["nll"], trials=2, pruner="none")
+    create_study(open_storage(None, tmp_path), "r", spec)
+
+    def unreadable(self, study):
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(progress.SearchReporter, "finished", unreadable)
+    assert run_worker(None, "r", tmp_path, objective=_FailsTrialOne, report=True) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("trial 0 COMPLETE (the count and the best so far could not be read: "
+                      "RuntimeError)")
+    study = optuna.load_study(study_name="r", storage=open_storage(None, tmp_path))
+    assert [t.state for t in study.get_trials()][0] == TrialState.COMPLETE

@@ -79,7 +79,10 @@ class SearchReporter:
 
     def start(self, study: optuna.Study, worker: int) -> None:
         """The line a worker prints before its first trial."""
-        done = self.finished(study)
+        try:
+            done = self.finished(study)
+        except Exception:  # a database hiccup: the worker's own loop deals with it
+            return
         goal = ", ".join(f"{o} ({self.objectives[o][0]})" for o in self.spec.objectives)
         rest = (f"runs trials until {self.spec.trials} have finished" if done < self.spec.trials
                 else "has nothing left to run")
@@ -94,7 +97,12 @@ class SearchReporter:
         return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.say(self.line(study, trial))
+        try:
+            line = self.line(study, trial)
+        except Exception as err:  # reading the study failed: the trial itself is untouched
+            line = (f"trial {trial.number} {trial.state.name} (the count and the best so far "
+                    f"could not be read: {type(err).__name__})")
+        self.say(line)
 
     def line(self, study: optuna.Study, trial: FrozenTrial) -> str:
         count = f"[{self.finished(study):>{self.width}}/{self.spec.trials}]"
