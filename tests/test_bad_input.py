@@ -294,8 +294,10 @@ CLI_CASES = [
     *[(f"simulate {name}", ["simulate", "--forward", "darcy", "--truth", "grf:0", "--noise",
                             "0.1", "--out", R + "/y.npy", *change], message)
       for name, change, message in [
-          ("--noise 0", ["--noise", "0"], "--noise must be a positive number"),
-          ("--noise nan", ["--noise", "nan"], "--noise must be a positive number"),
+          ("--noise 0", ["--noise", "0"], "--noise must be a finite number > 0, got 0.0"),
+          ("--noise nan", ["--noise", "nan"], "--noise must be a finite number > 0, got nan"),
+          ("--noise-kind", ["--noise-kind", "fraction"],
+           "--noise-kind must be one of absolute, relative, got 'fraction'"),
           ("truth missing", ["--truth", R + "/nope.npy"], "/nope.npy: no such file"),
           ("truth not numbers", ["--truth", R + "/bad.yaml"], "is not a numeric .npy"),
           ("truth of another shape", ["--truth", R + "/truth_3.csv"],

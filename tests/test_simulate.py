@@ -12,7 +12,7 @@ import torch
 
 from autovae.cli import main
 from autovae.inverse.forward_models import AristoffBangerthForward, DarcyForward
-from autovae.inverse.invert import truth_field
+from autovae.inverse.problems import truth_field
 from autovae.inverse.simulate import read_truth, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,8 +95,18 @@ def test_bad_truths(spec, message):
 def test_bad_noise():
     forward = DarcyForward()
     truth = read_truth("0", forward)
-    for noise in (0.0, -1.0, float("nan"), True):
-        with pytest.raises(ValueError, match="--noise must be a positive number"):
+    for noise in (0.0, -1.0, float("nan"), True, "a lot"):
+        with pytest.raises(ValueError, match="--noise must be a"):
             simulate(forward, truth, noise)
-    with pytest.raises(ValueError, match="--noise-kind 'fraction'"):
+    with pytest.raises(ValueError, match="--noise-kind must be one of absolute, relative, got "
+                                         "'fraction'"):
         simulate(forward, truth, 0.1, "fraction")
+    with pytest.raises(ValueError, match=r"--seed must be an integer in \[0, "):
+        simulate(forward, truth, 0.1, seed=-1)
+
+
+def test_the_required_settings_are_named(capsys):
+    assert main(["simulate", "--forward", "darcy", "--truth", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "autovae: error: autovae simulate needs --noise, --out (e.g. --forward darcy --truth "
+        "grf:0 --noise 0.01 --out y.npy)")

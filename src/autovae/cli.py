@@ -237,26 +237,26 @@ def _cmd_serve_forward(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .inverse.forward_models import load_forward
-    from .inverse.simulate import read_truth, simulate, write_array
+    from .inverse.simulate import SETTINGS, SimulationSettings, read_truth, simulate, write_array
 
-    outs = [check_output_file(args.out, "--out")]
-    if args.truth_out:
-        outs.append(check_output_file(args.truth_out, "--truth-out"))
+    cfg = SimulationSettings(**SETTINGS.given(args))
+    outs = [check_output_file(cfg.out, "--out")]
+    if cfg.truth_out:
+        outs.append(check_output_file(cfg.truth_out, "--truth-out"))
         if outs[1].resolve() == outs[0].resolve():
-            raise ValueError(f"--truth-out {args.truth_out} is --out too; name another file")
-    forward = load_forward(args.forward)
-    sim = simulate(forward, read_truth(args.truth, forward), args.noise, args.noise_kind,
-                   args.seed)
+            raise ValueError(f"--truth-out {cfg.truth_out} is --out too; name another file")
+    forward = load_forward(cfg.forward)
+    sim = simulate(forward, read_truth(cfg.truth, forward), cfg.noise, cfg.noise_kind, cfg.seed)
     write_array(outs[0], sim.y)
-    if args.truth_out:
+    if cfg.truth_out:
         write_array(outs[1], sim.truth)
-    print(f"{outs[0]}: {forward.n_obs} observations of {forward.name} at the truth {args.truth} "
-          f"(parameters {tuple(forward.param_shape)}), noise {args.noise:g} {args.noise_kind} "
-          f"(seed {args.seed})" + (f"; the truth in {outs[1]}" if args.truth_out else ""))
-    kind = " --noise-kind relative" if args.noise_kind == "relative" else ""
-    truth = f" --truth-file {outs[1]}" if args.truth_out else ""
-    print(f"invert it: autovae invert --problem custom --forward {args.forward} --data {outs[0]} "
-          f"--noise {args.noise:g}{kind}{truth}")
+    print(f"{outs[0]}: {forward.n_obs} observations of {forward.name} at the truth {cfg.truth} "
+          f"(parameters {tuple(forward.param_shape)}), noise {cfg.noise:g} {cfg.noise_kind} "
+          f"(seed {cfg.seed})" + (f"; the truth in {outs[1]}" if cfg.truth_out else ""))
+    kind = " --noise-kind relative" if cfg.noise_kind == "relative" else ""
+    truth = f" --truth-file {outs[1]}" if cfg.truth_out else ""
+    print(f"invert it: autovae invert --problem custom --forward {cfg.forward} --data {outs[0]} "
+          f"--noise {cfg.noise:g}{kind}{truth}")
     return 0
 
 
@@ -577,21 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "'autovae invert --problem custom --data'. A --forward package.module:Class "
                     "must be importable: installed (pip install -e), or its folder on "
                     "PYTHONPATH.")
-    simulate.add_argument("--forward", required=True,
-                          help="darcy, aristoff-bangerth, package.module:Class or "
-                               "umbridge:http://host:port/name")
-    simulate.add_argument("--truth", required=True,
-                          help="the true parameters: a .npy/CSV file, one number for all, or "
-                               "grf:SEED (the Darcy truth's random field for --truth-seed SEED)")
-    simulate.add_argument("--noise", type=float, required=True,
-                          help="the noise's std (absolute) or fraction of |y| (relative)")
-    simulate.add_argument("--noise-kind", default="absolute", choices=("absolute", "relative"),
-                          help="absolute (default, as invert --problem custom) or relative")
-    simulate.add_argument("--seed", type=flag_type("--seed", "index"), default=0,
-                          help="seed of the noise draws (0)")
-    simulate.add_argument("--out", required=True, help="the observations: .npy, or CSV")
-    simulate.add_argument("--truth-out", default=None,
-                          help="also write the truth here (for invert --truth-file)")
+    from .inverse.simulate import SETTINGS as simulate_settings
+
+    simulate_settings.add_flags(simulate)
     simulate.set_defaults(run_command=_cmd_simulate)
 
     datasets = sub.add_parser("datasets", help="list the datasets --data accepts by name")

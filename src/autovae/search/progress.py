@@ -18,6 +18,7 @@ in the same short words.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import optuna
@@ -63,16 +64,15 @@ def failure_word(reason: str | None) -> str:
 
 
 class SearchReporter:
-    """An Optuna callback: one line per trial this worker finishes (see the module)."""
+    """An Optuna callback: one line per trial this worker finishes (see the module).
+    ``counts(study)``: the study's trials by state (from the storage, so of every worker)."""
 
-    def __init__(self, spec, out: TextIO | None = None):
+    def __init__(self, spec, counts: Callable[[optuna.Study], dict], out: TextIO | None = None):
         from ..models import model_class
-        from .study import OBJECTIVES
 
-        self.spec, self.out = spec, out
+        self.spec, self.counts, self.out = spec, counts, out
         self.bounded = model_class(spec.base.model).has_bound
         self.width = len(str(spec.trials))
-        self.objectives = OBJECTIVES
 
     def say(self, line: str) -> None:
         print(line, file=self.out or sys.stdout, flush=True)
@@ -83,7 +83,8 @@ class SearchReporter:
             done = self.finished(study)
         except Exception:  # a database hiccup: the worker's own loop deals with it
             return
-        goal = ", ".join(f"{o} ({self.objectives[o][0]})" for o in self.spec.objectives)
+        goal = ", ".join(f"{o} ({d})" for o, d in zip(self.spec.objectives,
+                                                      self.spec.directions, strict=True))
         rest = (f"runs trials until {self.spec.trials} have finished" if done < self.spec.trials
                 else "has nothing left to run")
         self.say(f"study {study.study_name!r}: {done} of {self.spec.trials} trials finished, "
@@ -91,9 +92,7 @@ class SearchReporter:
 
     def finished(self, study: optuna.Study) -> int:
         """Finished trials of the budget (COMPLETE and PRUNED), of every worker."""
-        from .study import _counts
-
-        counts = _counts(study)
+        counts = self.counts(study)
         return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -540,7 +540,7 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
         study._pop_waiting_trial_id = lambda: _claim_alone(study, spec.trials)
         _fail_orphans(study, spec.trials)  # we hold the lock: running trials are a dead worker's
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    reporter = SearchReporter(spec) if report else None
+    reporter = SearchReporter(spec, _counts) if report else None
     if reporter:
         reporter.start(study, worker)
     outage = _Outage(where)
