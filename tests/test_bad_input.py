@@ -73,7 +73,7 @@ def world(tmp_path_factory):
                        "dup.yaml": "epochs: 3\nlr: 0.1\nepochs: 4\n",
                        "dup.json": '{"epochs": 3, "epochs": 4}',
                        "space_fisher.yaml": "fisher_weight: [-1, 1]\n",
-                       "array_data.yaml": "data: [1, 2, 3]\n"}.items():
+                       "array_data.yaml": "data: [1, 2, 3]\n", "truth_3.csv": "1,2,3\n"}.items():
         (root / name).write_text(text)
     # issue 25: vector priors on the parameters of a custom model (aristoff-bangerth's 64)
     (root / "ab_data.csv").write_text(",".join(["0.01"] * 169) + "\n")
@@ -297,6 +297,29 @@ CLI_CASES = [
      "--bc sets the boundary conditions of darcy, not of aristoff-bangerth"),
     ("serve-forward darcy --bc malformed", ["serve-forward", "darcy", "--bc", "left"],
      "--bc 'left': 'left' is not side=kind:value"),
+    # -- issue 28: autovae simulate ---------------------------------------------------------
+    *[(f"simulate {name}", ["simulate", "--forward", "darcy", "--truth", "grf:0", "--noise",
+                            "0.1", "--out", R + "/y.npy", *change], message)
+      for name, change, message in [
+          ("--noise 0", ["--noise", "0"], "--noise must be a finite number > 0, got 0.0"),
+          ("--noise nan", ["--noise", "nan"], "--noise must be a finite number > 0, got nan"),
+          ("--noise-kind", ["--noise-kind", "fraction"],
+           "--noise-kind must be one of absolute, relative, got 'fraction'"),
+          ("truth missing", ["--truth", R + "/nope.npy"], "/nope.npy: no such file"),
+          ("truth not numbers", ["--truth", R + "/bad.yaml"], "is not a numeric .npy"),
+          ("truth of another shape", ["--truth", R + "/truth_3.csv"],
+           "holds 3 numbers of shape (3,); darcy takes 256 parameters of shape (16, 16)"),
+          ("truth grf:x", ["--truth", "grf:x"], "grf:SEED takes a seed >= 0"),
+          ("negative theta", ["--forward", "aristoff-bangerth", "--truth", "-1"],
+           "parameters must be > 0"),
+          ("unknown forward", ["--forward", "heat"], "unknown forward model 'heat'"),
+          ("class not importable", ["--forward", "nosuchpackage.models:Heat"],
+           "cannot import nosuchpackage.models (No module named 'nosuchpackage'); is it on "
+           "PYTHONPATH or installed?"),
+          ("--out a folder", ["--out", R + "/a_folder"], "a_folder is a folder; name a file"),
+          ("--truth-out is --out", ["--truth-out", R + "/y.npy"], "is --out too"),
+          ("--seed -1", ["--seed", "-1"], "--seed"),
+      ]],
     ("h --resume --model vae on a GAN", ["train", "--run", R + "/gan", "--resume", "--model",
                                          "vae"], "model: 'gan' -> 'vae'"),
     # -- issue 18: a run prior on the Aristoff-Bangerth benchmark, and --residual -------------
