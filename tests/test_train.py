@@ -275,6 +275,47 @@ def test_nll_is_below_minus_elbo_and_improves_with_k(tmp_path):
     assert many["active_units"] == int((codes.var(0) > 0.01).sum()) and many["active_units"] <= 4
 
 
+@pytest.mark.parametrize("grey", [False, True])
+def test_the_fast_nll_is_the_elementwise_estimate_at_the_same_seed(grey, monkeypatch):
+    """The K-sample NLL sums the Bernoulli log-probability without a log per pixel; at the same
+    seed it gives the numbers of the elementwise BCE form (the estimate before issue 27)."""
+    from autovae.beliefs.likelihoods import BernoulliLikelihood, Likelihood
+
+    torch.manual_seed(0)
+    model = build_model(Config(hidden=64, depth=2, latent="logistic/normal:3,cauchy/cauchy:2",
+                               latent_clip=50.0), (1, 28, 28)).eval()
+    with torch.no_grad():  # logits far out too, where softplus and its pieces part ways
+        model.decoder.net[-1].weight.mul_(20)
+    x = torch.rand(30, 1, 28, 28)
+    x = x if grey else x.bernoulli()
+
+    def estimate():
+        torch.manual_seed(7)
+        return model.log_likelihood(x, samples=300, budget=30 * 784 * 64)
+
+    fast = estimate()
+    monkeypatch.setattr(BernoulliLikelihood, "_log_prob_sum", Likelihood._log_prob_sum)
+    reference = estimate()
+    assert fast.dtype == torch.float32 and torch.isfinite(fast).all()
+    assert torch.allclose(fast, reference, rtol=2e-6, atol=2e-3), (fast - reference).abs().max()
+    assert (fast - reference).abs().max() < 1e-6 * reference.abs().max() * 784
+
+
+def test_bernoulli_log_prob_sum_against_float64():
+    import torch.nn.functional as F
+
+    from autovae.beliefs.likelihoods import bernoulli_log_prob_sum
+
+    g = torch.Generator().manual_seed(0)
+    for d, scale in ((784, 5.0), (64, 50.0), (97, 1.0)):  # 97: prime, one log per pixel
+        logits = torch.randn(4, 6, d, generator=g) * scale
+        x = torch.rand(6, d, generator=g)
+        exact = -F.binary_cross_entropy_with_logits(
+            *torch.broadcast_tensors(logits.double(), x.double()), reduction="none").sum(-1)
+        got = bernoulli_log_prob_sum(x, logits)
+        assert torch.allclose(got.double(), exact, rtol=1e-5, atol=d * scale * 2e-7)
+
+
 def test_a_different_run_in_the_folder_is_refused(tmp_path):
     data = tiny_data(64)
     config = Config(data="tiny", epochs=1, batch_size=32, hidden=8, depth=1,

@@ -47,6 +47,10 @@ class Config:
                              domain="count")
     binarize: str = _opt("none", "binarize pixels: none, static (once) or dynamic (each batch)",
                          choices=("none", "static", "dynamic"))
+    test_binarize: int | None = _opt(None, "score the test set as one fixed Bernoulli draw of "
+                                           "its grey levels, seeded by this number (the "
+                                           "binarised-MNIST protocol; the same for every run); "
+                                           "none: the test set as loaded", domain="seed")
     # model
     model: str = _opt("vae", "the model to train: vae, beta-vae (the VAE with beta != 1), gan, "
                                 "vae-gan, or ava0..ava5")
@@ -65,7 +69,8 @@ class Config:
                         choices=("mlp", "conv"))
     hidden: int = _opt(400, "hidden units per layer (mlp); the conv net has hidden/8 base "
                             "channels (at least 16)", domain="count")
-    depth: int = _opt(3, "hidden layers of the mlp", domain="count")
+    depth: int = _opt(3, "hidden layers of the mlp (0: linear encoder and decoder)",
+                      domain="index")
     latent_clip: float | None = _opt(None, "clamp latent draws to [-c, c] before the decoder "
                                            "(tames heavy-tailed posteriors)",
                                 domain="positive")
@@ -160,8 +165,8 @@ class Config:
 
 # Keys that data loading and the training loop read for every model; every other key is read by
 # the models that declare it in ``Model.reads`` (autovae.models), and refused on the others.
-LOOP_KEYS = frozenset({"data", "data_root", "download", "val_size", "limit", "binarize", "model",
-                       "epochs", "batch_size", "clip_grad", "seed", "device", "amp",
+LOOP_KEYS = frozenset({"data", "data_root", "download", "val_size", "limit", "binarize",
+                       "test_binarize", "model", "epochs", "batch_size", "clip_grad", "seed", "device", "amp",
                        "on_nonfinite", "compile"})
 
 
