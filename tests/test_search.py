@@ -213,3 +213,54 @@ def test_sample_quality_as_a_second_objective(tmp_path, monkeypatch):
     for t in trials:
         assert t.values[1] == t.user_attrs["fid"] > 0
     assert study.best_trials  # the Pareto front
+
+
+def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys):
+    """A tiny map (one digits cell, 2 seeds): the cell holds the pairing gain per seed on the
+    fixed binarised test set, the table and figure are made, and retrain-best places a study
+    on it; a killed map resumes without running its finished cells again."""
+    import json
+
+    from autovae.search.pairing_map import (
+        map_cells,
+        map_figure,
+        map_table,
+        run_map,
+        where_on_the_map,
+    )
+
+    cells = map_cells(["digits", "control-cauchy"], ["bernoulli", "gaussian"], [2])
+    assert [(c.data, c.likelihood) for c in cells] == [("digits", "bernoulli"),
+                                                       ("digits", "gaussian"),
+                                                       ("control-cauchy", "bernoulli")]
+    base = BASE.replace(epochs=1, hidden=8, nll_samples=5)
+    result = run_map(cells[:1], tmp_path / "map", base, seeds=2, trials=2,
+                     pairs=["normal/normal", "laplace/laplace"])
+    cell = result["cells"][0]
+    assert cell["test_data"] == "binarised (fixed draw, seed 0)"
+    assert len(cell["pairing_gain_per_seed"]) == 2
+    assert cell["pairing_gain"] == pytest.approx(cell["normal_nll"] - cell["best_nll"])
+    assert "| digits | bernoulli | binarised (fixed draw, seed 0) | 2 |" in map_table(result)
+    assert map_figure(result, tmp_path / "map.png").stat().st_size > 1000
+    stored = json.loads((tmp_path / "map" / "pairing_map.json").read_text())
+    assert stored["cells"] == result["cells"] and stored["settings"]["seeds"] == 2
+    again = run_map(cells[:1], tmp_path / "map", base, seeds=2, trials=2,
+                    pairs=["normal/normal", "laplace/laplace"])
+    assert again["cells"] == result["cells"]  # resumed: nothing ran again
+    with pytest.raises(ValueError, match="other settings"):
+        run_map(cells[:1], tmp_path / "map", base, seeds=3, trials=2)
+    retrain = json.loads((tmp_path / "map" / "cells" / cells[0].slug / "retrain.json")
+                         .read_text())
+    line = where_on_the_map(retrain, tmp_path / "map" / "pairing_map.json")
+    assert "is on the map" in line and "digits, bernoulli, latent 2" in line
+    assert "none found" in where_on_the_map(retrain, tmp_path / "nothing.json")
+    retrain["best"]["config"]["latent"] = "normal/normal:4"
+    assert "latent 4 -> 2" in where_on_the_map(retrain, tmp_path / "map" / "pairing_map.json")
+
+
+def test_the_map_command_refuses_one_seed(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from pairing_map import main as map_main
+
+    assert map_main(["--seeds", "1", "--out", "unused"]) == 2
+    assert "no spread, and so no claim" in capsys.readouterr().err

@@ -166,8 +166,8 @@ class Config:
 # Keys that data loading and the training loop read for every model; every other key is read by
 # the models that declare it in ``Model.reads`` (autovae.models), and refused on the others.
 LOOP_KEYS = frozenset({"data", "data_root", "download", "val_size", "limit", "binarize",
-                       "test_binarize", "model", "epochs", "batch_size", "clip_grad", "seed", "device", "amp",
-                       "on_nonfinite", "compile"})
+                       "test_binarize", "model", "epochs", "batch_size", "clip_grad", "seed",
+                       "device", "amp", "on_nonfinite", "compile"})
 
 
 def _check_model_reads(config: Config, cls) -> None:

@@ -37,7 +37,7 @@ __all__ = ["CONTROLS", "control_arrays", "control_decoder", "generating_spec"]
 
 SIDE = 8  # images are SIDE x SIDE, one channel
 COUNT, VAL, TEST = 6000, 1000, 1000
-GAIN = 3.0  # logits = GAIN * z W + b, W with unit-variance entries over sqrt(dim)
+GAIN = 1.0  # logits = GAIN * z W + b, W with unit-variance entries over sqrt(dim)
 SEED = 0
 
 # name -> (generating latent spec, its total dim)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,9 +100,9 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
              pairs: list[str] | None = None, progress: bool = False) -> dict:
     """Search the pairing in ``cell`` (``trials`` trials, the bound of ``base``), retrain the
     best and normal/normal with the same bound over ``seeds`` seeds; the cell's summary."""
+    from .analysis import retrain_best
     from .space import SearchSpace
     from .study import StudySpec, run_search
-    from .analysis import retrain_best
 
     _check_seeds(seeds)
     config = cell.config(base)
@@ -264,8 +263,9 @@ def where_on_the_map(result: dict, map_path: str | os.PathLike | None = None) ->
     where = ("on the map" if same_data and cell["latent_dim"] == dim else
              "near the map (" + ("same data, " if same_data else f"other data: {config['data']} "
                                  "is not on it; ") + f"latent {dim} -> {cell['latent_dim']})")
+    gain = _pm(cell["pairing_gain"], cell["pairing_gain_sd"])
     return (f"your study ({config['data']}, {config['likelihood']}, latent {dim}, gain of its "
             f"pairing {result['pairing_gain_nats']:+.2f} nats) is {where}: there the searched "
-            f"pairing {cell['best_latent']} gained {_pm(cell['pairing_gain'], cell['pairing_gain_sd'])} "
-            f"nats over normal/normal with the same bound on {cell['test_data']} "
+            f"pairing {cell['best_latent']} gained {gain} nats over normal/normal with the same "
+            f"bound on {cell['test_data']} "
             f"({_verdict(cell).strip('*')}); map: {path}")
