@@ -3,10 +3,12 @@
 A control dataset is drawn from a generative model that is fixed and known: latents ``z`` from
 the prior of a latent spec (e.g. ``cauchy/cauchy:2``: two iid Cauchy dims), a fixed decoder
 ``logits = gain * z W + b`` (``W``, ``b`` drawn once from a seeded generator), and one Bernoulli
-draw per pixel. A VAE with the generating pairing and a Bernoulli likelihood contains the true
-model, so on these data it should beat normal/normal with the same bound, and a pairing search
-should find the generating pairing (or one as good within the seed spread); if it cannot, the
-search has a bug. Named controls (``autovae datasets`` lists them):
+draw per pixel. :func:`true_nll` is the generating model's own test NLL, the floor any model
+of the data can reach. With the known decoder, the generating prior is worth nats: a VAE whose
+decoder is that decoder beats normal/normal with the same bound by more than one nat (tested).
+A VAE that learns an MLP decoder can warp a normal prior into the generating one, so there the
+pairing need not matter; a pairing search should find the generating pairing or one as good
+within the seed spread. Named controls (``autovae datasets`` lists them):
 
 * ``control-cauchy``: ``cauchy/cauchy:2``;
 * ``control-laplace``: ``laplace/laplace:2``;
@@ -25,6 +27,7 @@ Each dataset has 6000 images of 8 x 8 (4000 train, 1000 val, 1000 test), the sam
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +36,12 @@ import torch
 from .beliefs import LatentSpec
 from .data import DatasetInfo, _Source, register_dataset, register_dataset_family
 
-__all__ = ["CONTROLS", "control_arrays", "control_decoder", "generating_spec"]
+__all__ = ["CONTROLS", "control_arrays", "control_decoder", "generating_spec", "true_nll"]
 
 SIDE = 8  # images are SIDE x SIDE, one channel
 COUNT, VAL, TEST = 6000, 1000, 1000
-GAIN = 1.0  # logits = GAIN * z W + b, W with unit-variance entries over sqrt(dim)
+GAIN = 1.0  # logits = GAIN * z W + b, W with unit-variance entries over sqrt(dim): most
+# draws leave the pixels unsaturated, so the latents' tails show in the images
 SEED = 0
 
 # name -> (generating latent spec, its total dim)
@@ -83,6 +87,30 @@ def control_arrays(text: str, dim: int | None = None, count: int = COUNT,
     z = z.numpy()
     x.flags.writeable = z.flags.writeable = False  # shared by every caller through the cache
     return x, z
+
+
+@torch.no_grad()
+def true_nll(name: str, samples: int = 200_000, seed: int = 0, batch: int = 20_000) -> float:
+    """The test NLL of the generating model itself (its prior, its decoder), in nats per image:
+    the floor a model of the control can reach, estimated by importance sampling with the prior
+    as proposal (``samples`` draws per image; fine for a few latent dims)."""
+    from .data import load_data
+
+    text, dim = CONTROLS[name] if name in CONTROLS else (name.partition(":")[2], None)
+    spec = generating_spec(text, dim)
+    x = load_data(name).test.flatten(1).double()
+    w, b = control_decoder(spec.dim)
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        total = torch.full((x.shape[0],), -torch.inf, dtype=torch.float64)
+        for start in range(0, samples, batch):
+            logits = GAIN * spec.sample_prior(min(batch, samples - start)).double() @ w + b
+            log_lik = x @ logits.T - torch.nn.functional.softplus(logits).sum(-1)
+            total = torch.logaddexp(total, torch.logsumexp(log_lik, 1))
+    finally:
+        torch.set_rng_state(state)
+    return -(total - math.log(samples)).mean().item()
 
 
 def _load(text: str, dim: int | None, root: Path, download: bool) -> _Source:
