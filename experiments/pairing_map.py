@@ -9,12 +9,15 @@ and OUT/pairing_map.png (the figure), and prints the table.
     python experiments/pairing_map.py --out docs/results/map --datasets digits control-cauchy \
         --latent-dims 2 5 10 --seeds 3 --trials 8 --epochs 30
 
+    python experiments/pairing_map.py --combine runs/map_a runs/map_b --out docs/results/map
+
 Fewer than 2 seeds are refused: no spread, no claim.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from autovae.config import Config
 from autovae.search.pairing_map import (
     LIKELIHOODS,
     PAIRS,
+    combine_maps,
     map_cells,
     map_figure,
     map_table,
@@ -46,8 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="training images per cell")
     parser.add_argument("--nll-samples", type=int, default=5000, help="K of the test NLL")
     parser.add_argument("--note", default="", help="what this map is (stored with it)")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="DIR",
+                        help="no runs: combine the maps in these folders into --out")
     args = parser.parse_args(argv)
     try:
+        if args.combine:
+            result = combine_maps(args.combine)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "pairing_map.json").write_text(json.dumps(result, indent=2)
+                                                              + "\n")
+            return _write(result, Path(args.out))
         base = Config(epochs=args.epochs, batch_size=args.batch_size, hidden=args.hidden,
                       depth=args.depth, lr=args.lr, latent_clip=50.0, limit=args.limit,
                       nll_samples=args.nll_samples)
@@ -57,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"pairing_map: error: {err}", file=sys.stderr)
         return 2
+    return _write(result, Path(args.out))
+
+
+def _write(result: dict, out: Path) -> int:
     table = map_table(result)
-    out = Path(args.out)
     (out / "pairing_map.md").write_text(table + "\n")
     print(table)
     print(f"figure: {map_figure(result, out / 'pairing_map.png')}")

@@ -223,6 +223,7 @@ def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys)
     import json
 
     from autovae.search.pairing_map import (
+        combine_maps,
         map_cells,
         map_figure,
         map_table,
@@ -250,6 +251,7 @@ def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys)
     assert again["cells"] == result["cells"]  # resumed: nothing ran again
     with pytest.raises(ValueError, match="other settings"):
         run_map(cells[:1], tmp_path / "map", base, seeds=3, trials=2)
+    assert combine_maps([tmp_path / "map"] * 2)["cells"] == result["cells"] * 2
     retrain = json.loads((tmp_path / "map" / "cells" / cells[0].slug / "retrain.json")
                          .read_text())
     line = where_on_the_map(retrain, tmp_path / "map" / "pairing_map.json")

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..beliefs import LatentSpec
 from ..config import Config
 
-__all__ = ["Cell", "map_cells", "map_figure", "map_table", "run_cell", "run_map",
+__all__ = ["Cell", "combine_maps", "map_cells", "map_figure", "map_table", "run_cell", "run_map",
            "where_on_the_map"]
 
 PAIRS = ["normal/normal", "logistic/normal", "laplace/laplace", "cauchy/cauchy",
@@ -166,6 +166,16 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
     return result
 
 
+def combine_maps(folders: list[str | os.PathLike]) -> dict:
+    """One map of the cells of several (run with the same settings, e.g. in parallel)."""
+    maps = [json.loads((Path(f) / "pairing_map.json").read_text()) for f in folders]
+    for folder, other in zip(folders[1:], maps[1:], strict=True):
+        if other["settings"] != maps[0]["settings"]:
+            raise ValueError(f"{folder}: its map has other settings than {folders[0]}'s; "
+                             "combine maps made with the same settings only")
+    return {**maps[0], "cells": [c for m in maps for c in m["cells"]]}
+
+
 def _pm(mean: float, sd: float) -> str:
     return f"{mean:.2f} ± {sd:.2f}"
 
@@ -236,7 +246,8 @@ def map_figure(result: dict, path: str | os.PathLike) -> Path:
 def _default_map() -> Path | None:
     if os.environ.get(MAP_ENV):
         return Path(os.environ[MAP_ENV])
-    checkout = Path(__file__).resolve().parents[3] / "docs" / "results" / "pairing_map.json"
+    checkout = (Path(__file__).resolve().parents[3] / "docs" / "results" / "map"
+                / "pairing_map.json")
     return checkout if checkout.is_file() else None
 
 
