@@ -11,7 +11,8 @@ mean per latent dim) and ``entropy_power``: its point in the Fisher-Shannon plan
 All values are in nats per data point, averaged over the data. ``nll`` is ``-log p(x)``
 estimated by the IWAE bound with K = ``nll_samples`` draws, so it sits at or below ``-elbo`` and
 falls (towards the true NLL) as K grows. NLLs of different likelihood beliefs are not
-comparable: Bernoulli is a pmf, the others are densities.
+comparable: Bernoulli is a pmf, the others are densities. ``data`` says what the NLL is on
+(:mod:`autovae.scoring`): a Bernoulli NLL on grey levels has a floor, the data's own entropy.
 """
 
 from __future__ import annotations
