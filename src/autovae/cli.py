@@ -35,6 +35,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     width = max(16, *(len(name) + 2 for name in DATASETS))
     for info in DATASETS.values():
         print(f"{info.name:{width}}{info.description}")
+    print("or control:SPEC, a known-belief control with the latents of a latent spec (e.g. "
+          "control:laplace/laplace:3)")
     print("or a path: a .npy / .npz file, or a folder of images (see the README)")
     return 0
 
