@@ -231,6 +231,7 @@ def map_figure(result: dict, path: str | os.PathLike) -> Path:
     ax.axhline(0, color="k", lw=0.8)
     ax.axhline(1, color="k", lw=0.8, ls="--", label="+1 nat")
     ax.set_xscale("log")
+    ax.minorticks_off()
     dims = sorted({c["latent_dim"] for c in result["cells"]})
     ax.set_xticks(dims, [str(d) for d in dims])
     ax.set_xlabel("latent size")
