@@ -404,3 +404,27 @@ def test_active_units_count_the_dims_whose_code_varies():
     latent = LatentSpec.parse("normal/normal:2,logistic/normal:2")
     model = VAE(HalfEncoder(), torch.nn.Linear(4, 6), latent, likelihood("gaussian", (6,)))
     assert active_units(model, torch.rand(200, 6)) == 2
+
+
+def test_every_test_nll_says_its_data_and_binarised_evaluation_goes_beside(tmp_path, capsys):
+    """metrics.json names the test data and, on grey levels under a Bernoulli likelihood, its
+    entropy floor; evaluate --test-binarize writes the binarised evaluation beside it."""
+    from autovae.data import load_data
+    from autovae.scoring import bernoulli_entropy_floor
+
+    run = tmp_path / "run"
+    assert main(["train", "--run", str(run), "--data", "digits", "--hidden", "8", "--depth", "1",
+                 "--epochs", "1", "--latent", "normal/normal:2", "--nll-samples", "3",
+                 "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_data"] == "grey levels in [0, 1]"
+    floor = bernoulli_entropy_floor(load_data("digits").test)
+    assert metrics["test_bernoulli_entropy_floor"] == pytest.approx(floor)
+    assert metrics["test_nll_above_floor"] == pytest.approx(metrics["test_nll"] - floor)
+    assert metrics["test_nll"] > floor
+    assert main(["evaluate", str(run), "--test-binarize", "0", "--nll-samples", "3",
+                 "--quiet"]) == 0
+    binarised = json.loads((run / "metrics_binarized_seed0.json").read_text())
+    assert binarised["test_data"] == "binarised (fixed draw, seed 0)"
+    assert "test_bernoulli_entropy_floor" not in binarised
+    assert json.loads((run / "metrics.json").read_text()) == metrics  # kept as it was
