@@ -136,7 +136,8 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
             trials: int = 8, pairs: list[str] | None = None, note: str = "",
             progress: bool = False) -> dict:
     """Run every cell into ``out/cells/SLUG`` and write ``out/pairing_map.json`` after each
-    (a cell already in it is not run again: a killed map resumes)."""
+    (a cell already in it is not run again: a killed map resumes; cells it holds that are not
+    asked for are kept)."""
     _check_seeds(seeds)
     out = Path(out)
     path = out / "pairing_map.json"
@@ -150,10 +151,12 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
         raise ValueError(f"{path} holds a map with other settings ({found.get('settings')}); "
                          "write this one to another --out folder")
     done = {c["data"] + c["likelihood"] + str(c["latent_dim"]): c for c in found.get("cells", [])}
-    result = {"settings": settings, "cells": []}
+    result: dict = {"settings": settings}
     import torch
 
     result["torch"] = torch.__version__
+    keys = {c.data + c.likelihood + str(c.latent_dim) for c in cells}
+    result["cells"] = [c for k, c in done.items() if k not in keys]  # kept: cells run before
     for cell in cells:
         key = cell.data + cell.likelihood + str(cell.latent_dim)
         if key not in done:
