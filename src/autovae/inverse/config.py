@@ -69,8 +69,9 @@ class InverseConfig:
                                       "multiple of the inference grid)", least=2)
     truth_file: str | None = _f(None, "the true parameters (.npy/CSV), for the error and "
                                 "calibration metrics")
-    kernel: str | None = _f(None, "MCMC kernel: pcn, rwm, mala or nuts (default: pcn for a "
-                            "N(0, I) prior, else nuts)", choices=("pcn", "rwm", "mala", "nuts"))
+    kernel: str | None = _f(None, "MCMC kernel: pcn, rwm, mala, nuts or chees (ChEES-HMC, all "
+                            "chains in one batch; default: pcn for a N(0, I) prior, else nuts)",
+                            choices=("pcn", "rwm", "mala", "nuts", "chees"))
     chains: int = _f(4, "chains", least=1)
     warmup: int = _f(1000, "warm-up (adaptation) iterations per chain", least=0)
     draws: int = _f(2000, "kept draws per chain", least=1)

@@ -8,6 +8,8 @@ checkpoints and resume, the shape of Pyro's ``MCMCKernel`` / ``_gen_samples`` sp
 * :class:`RWMKernel` -- random-walk Metropolis on the potential U = phi - log p0.
 * :class:`MALAKernel` -- Metropolis-adjusted Langevin on U (gradients by autograd).
 * :class:`NUTSKernel` -- Pyro's NUTS on U, one Pyro kernel per chain, through Pyro's public API.
+* :class:`~autovae.inverse.chees.ChEESKernel` -- ChEES-HMC, all chains in lockstep: one batched
+  gradient per leapfrog step (:mod:`autovae.inverse.chees`).
 
 pCN, RWM and MALA adapt each chain's log step (Robbins-Monro toward a target acceptance, as
 ``pyro.infer.mcmc.RandomWalkKernel``) during warm-up only. NUTS adapts step size and mass
@@ -617,6 +619,15 @@ def _chain_seed(seed: int, chain: int) -> int:
 
 KERNELS: dict[str, type[MCMCKernel]] = {
     "pcn": PCNKernel, "rwm": RWMKernel, "mala": MALAKernel, "nuts": NUTSKernel}
+
+
+def _register_chees() -> None:
+    from .chees import ChEESKernel  # its own module; it imports this one
+
+    KERNELS["chees"] = ChEESKernel
+
+
+_register_chees()
 
 
 def make_kernel(kernel: str | MCMCKernel, **options) -> MCMCKernel:
