@@ -307,6 +307,7 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
         ChainFolder(cfg.out).check_writable()
     built = PROBLEMS[cfg.problem](cfg)
     problem = built.problem
+    _workers(problem.forward, cfg)
     kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")
     options: dict[str, Any] = {}
     if cfg.step_size is not None:
@@ -329,6 +330,18 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     out = _summarise(problem, result, built, cfg)
     _write_outputs(cf, problem, result, out, built)
     return InversionResult(cf.path, problem, result, out, new_solves)
+
+
+def _workers(forward, cfg: InverseConfig) -> None:
+    """--jobs and --forward-timeout onto the forward model, before any sampling."""
+    from .umbridge import UMBridgeForward
+
+    if cfg.forward_timeout is not None:
+        if not isinstance(forward, UMBridgeForward):
+            raise ValueError(f"--forward-timeout applies to a UM-Bridge model (--forward "
+                             f"umbridge:URL), not to {forward.name}; leave it out")
+        forward.timeout = cfg.forward_timeout
+    forward.set_jobs(cfg.jobs)
 
 
 def _sha(t: torch.Tensor) -> str:
