@@ -214,3 +214,71 @@ def test_a_server_that_does_not_answer_in_time_and_a_model_error_are_named(data,
             remote._gradient_rows(np.zeros((1, 4)), np.zeros((1, 6)))
     finally:
         _stop(server)
+
+
+# -- the recipes of docs/distributed.md ---------------------------------------------------------
+ROOT = HERE.parent
+
+
+def test_the_hyperqueue_job_script_serves_the_model_and_reports_its_url(tmp_path):
+    """examples/umbridge/hq-model-job.sh as HyperQueue would run it (its environment, its
+    PORT): a real server on this node's address, its URL written where the load balancer
+    reads it, and the model answering there as it does in process."""
+    from autovae.inverse import DarcyForward, UMBridgeForward
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "autovae"  # this checkout's autovae, whatever is installed
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m autovae \"$@\"\n")
+    shim.chmod(0o755)
+    port = _free_port()
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+               LOAD_BALANCER_DIR=str(tmp_path / "lb"), HQ_JOB_ID="7", PORT=str(port),
+               AUTOVAE_MODEL="darcy")
+    job = subprocess.Popen(["bash", str(ROOT / "examples" / "umbridge" / "hq-model-job.sh")],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        url_file = tmp_path / "lb" / "urls" / "url-7.txt"
+        deadline = time.time() + 90
+        while not url_file.is_file() or not url_file.read_text().strip():
+            assert time.time() < deadline and job.poll() is None, "the job did not report"
+            time.sleep(0.5)
+        url = url_file.read_text().strip()
+        assert url.endswith(f":{port}")
+        remote = UMBridgeForward(f"{url}/darcy")
+        x = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(3),
+                        dtype=torch.float64)
+        assert torch.equal(remote(x.reshape(2, 256)), DarcyForward()(x))
+    finally:
+        os.killpg(job.pid, 15)
+        job.wait(10)
+
+
+def test_the_kubernetes_replicas_agree_with_the_cli_and_the_api(tmp_path):
+    import yaml
+
+    from autovae.cli import build_parser
+
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "umbridge" /
+                                    "kubernetes-replicas.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    deploy, svc, ing = kinds["Deployment"], kinds["Service"], kinds["Ingress"]
+    assert deploy["apiVersion"] == "apps/v1" and ing["apiVersion"] == "networking.k8s.io/v1"
+    pod = deploy["spec"]["template"]
+    assert deploy["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"] \
+        == svc["spec"]["selector"]
+    container = pod["spec"]["containers"][0]
+    cmd = container["command"]
+    assert cmd[:2] == ["autovae", "serve-forward"]
+    args = build_parser().parse_args(cmd[1:])  # every flag exists
+    assert args.host == "0.0.0.0" and args.workers == 1
+    port = container["ports"][0]["containerPort"]
+    assert args.port == port == svc["spec"]["ports"][0]["targetPort"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/Info", "port": port}
+    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": svc["metadata"]["name"],
+                       "port": {"number": svc["spec"]["ports"][0]["port"]}}
+    timeout = kinds["ConfigMap"]["data"]["timeout-server"]
+    assert timeout.endswith("m") and 60 * int(timeout[:-1]) > 600  # > --forward-timeout
