@@ -25,7 +25,8 @@ number: jittered lengths without a random draw. After warm-up eps and T are froz
 averaged values (eps: the dual-averaging average; T: a moving average of log T with weight
 t^-1/2) and the mass matrix is kept, so the chains are a fixed, exact HMC kernel.
 A trajectory whose energy error exceeds 1000 or turns non-finite (the forward model failed
-there) is divergent: that chain stops integrating, its proposal is rejected.
+there) is divergent: that chain stops at its last finite point (it stays in the batch, so every
+call is the whole population), and its proposal is rejected.
 """
 
 from __future__ import annotations
@@ -174,19 +175,21 @@ class ChEESKernel(MCMCKernel):
         h0 = s["u"] + 0.5 * (p0 * p0 * inv_m).sum(-1)
         alive = torch.ones(q.shape[0], dtype=torch.bool)
         for _ in range(steps):
-            idx = alive.nonzero().flatten()
-            if len(idx) == 0:
+            if not alive.any():
                 break
-            whole = len(idx) == q.shape[0]
-            qa = q if whole else q[idx]
-            pa = (p if whole else p[idx]) - 0.5 * eps * (g if whole else g[idx])
-            qa = qa + eps * inv_m * pa
+            # every row in every call (sbc's target pairs rows with truths by position); a
+            # stopped chain stays at its last finite point
+            pa = p - 0.5 * eps * g
+            qa = torch.where(alive.unsqueeze(-1), q + eps * inv_m * pa, q)
             ua, ga = target.potential_and_grad(qa)
             pa = pa - 0.5 * eps * ga
-            q[idx], p[idx], u[idx], g[idx] = qa, pa, ua, ga
-            err = ua + 0.5 * (pa * pa * inv_m).sum(-1) - h0[idx]
+            err = ua + 0.5 * (pa * pa * inv_m).sum(-1) - h0
             bad = ~torch.isfinite(err) | ~torch.isfinite(ga).all(-1) | (err > _DIVERGENCE)
-            alive[idx[bad]] = False
+            keep = alive & ~bad
+            k = keep.unsqueeze(-1)
+            q, p = torch.where(k, qa, q), torch.where(k, pa, p)
+            u, g = torch.where(keep, ua, u), torch.where(k, ga, g)
+            alive = keep
         h1 = u + 0.5 * (p * p * inv_m).sum(-1)
         log_ratio = torch.where(alive, h0 - h1, -math.inf)
         log_ratio = torch.where(torch.isnan(log_ratio), -math.inf, log_ratio)
