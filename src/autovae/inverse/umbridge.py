@@ -34,6 +34,7 @@ def _split(url: str) -> tuple[str, str]:
 
 DEFAULT_TIMEOUT = 600.0
 """Seconds a UM-Bridge request may take before it is given up (``--forward-timeout``)."""
+_SETUP_TIMEOUT = 30.0  # the model's description (Info, sizes) and every connection
 
 
 class UMBridgeForward(ForwardModel):
@@ -58,7 +59,7 @@ class UMBridgeForward(ForwardModel):
         self.timeout = check_timeout(timeout)
         self._local = threading.local()
         try:
-            info = requests.get(f"{self.base}/Info", timeout=min(self.timeout, 30.0)).json()
+            info = requests.get(f"{self.base}/Info", timeout=_SETUP_TIMEOUT).json()
         except (requests.RequestException, ValueError) as err:
             raise ValueError(f"cannot reach a UM-Bridge server at {self.base} "
                              f"({type(err).__name__}); is it running, and is the address "
@@ -67,9 +68,9 @@ class UMBridgeForward(ForwardModel):
         if self.model_name not in models:
             raise ValueError(f"the UM-Bridge server at {self.base} has no model "
                              f"{self.model_name!r}; it serves {', '.join(models) or 'none'}")
-        support = self._post("ModelInfo", {})["support"]
-        ins = self._post("InputSizes", {"config": {}})["inputSizes"]
-        outs = self._post("OutputSizes", {"config": {}})["outputSizes"]
+        support = self._post("ModelInfo", {}, _SETUP_TIMEOUT)["support"]
+        ins = self._post("InputSizes", {"config": {}}, _SETUP_TIMEOUT)["inputSizes"]
+        outs = self._post("OutputSizes", {"config": {}}, _SETUP_TIMEOUT)["outputSizes"]
         if len(ins) != 1 or len(outs) != 1:
             raise ValueError(f"the UM-Bridge model {self.model_name} takes {len(ins)} input and "
                              f"gives {len(outs)} output vectors; autovae needs one of each")
@@ -102,19 +103,22 @@ class UMBridgeForward(ForwardModel):
             session = self._local.session = requests.Session()
         return session
 
-    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One request; the model's or the server's failure as a ValueError naming both."""
+    def _post(self, route: str, body: dict[str, Any], timeout: float | None = None
+              ) -> dict[str, Any]:
+        """One request (``timeout``: seconds, default ``self.timeout``); the model's or the
+        server's failure as a ValueError naming both."""
         import requests
 
+        timeout = self.timeout if timeout is None else timeout
         where = f"the UM-Bridge model {self.model_name} at {self.base}"
         resume = ("; nothing is lost: the chain folder keeps its last checkpoint, and running "
                   "the same command again resumes it")
         try:
             r = self._session().post(f"{self.base}/{route}", json={"name": self.model_name,
                                                                   **body},
-                                     timeout=(min(self.timeout, 30.0), self.timeout))
+                                     timeout=(min(timeout, _SETUP_TIMEOUT), timeout))
         except requests.Timeout:
-            raise ValueError(f"{where} did not answer {route} within {self.timeout:g} s "
+            raise ValueError(f"{where} did not answer {route} within {timeout:g} s "
                              f"(--forward-timeout){resume}") from None
         except requests.RequestException as err:
             raise ValueError(f"lost the UM-Bridge server at {self.base}: it stopped answering "
