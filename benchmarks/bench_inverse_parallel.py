@@ -74,7 +74,7 @@ def _invert(kernel, chains, warmup, draws, out, jobs=1):
     """One Aristoff-Bangerth inversion with the solver timed: (summary, solver CPU seconds,
     sampling CPU seconds, sampling wall seconds). CPU time, not wall time, is what compares
     fairly on a machine that other work shares."""
-    import autovae.inverse.invert as inversion
+    import autovae.inverse.inversion as inversion
     from autovae.inverse.forward_models import AristoffBangerthForward
 
     timers, cpu = [], {}

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..settings import option
 from .kernels import MCMCKernel, Target, _check_step, _check_target_accept
 
 __all__ = ["ChEESKernel", "halton"]
@@ -70,6 +71,17 @@ class ChEESKernel(MCMCKernel):
 
     name = "chees"
     needs_gradient = True
+    options = {
+        "learning_rate": option("ChEES: Adam's rate on the log trajectory length",
+                                domain="positive"),
+        "jitter": option("ChEES: the fraction of the trajectory length jittered (0 to 1)",
+                         domain="nonnegative"),
+        "max_leapfrog": option("ChEES: the most leapfrog steps in one iteration",
+                               domain="count"),
+        "adapt_mass": option("ChEES: adapt a diagonal mass matrix from the chains' variance"),
+        "max_divergent_run": option("stop after this many divergent iterations in a row "
+                                    "(nuts, chees)", domain="count"),
+    }
 
     def __init__(self, step_size: float | None = None, target_accept: float = 0.651,
                  learning_rate: float = 0.05, jitter: float = 1.0, max_leapfrog: int = 256,
