@@ -127,7 +127,11 @@ def _start(model: str, port: int, workers: int = 1, env_extra=None) -> subproces
 
 def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:  # a loaded machine: do not wait on its shutdown
+        proc.kill()
+        proc.wait(10)
 
 
 def _invert(tmp_path, forward: str, out: str, jobs: int = 1) -> int:
