@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .chains import ChainFolder, ChainResult, run_chains
-from .config import InverseConfig, check_kernel_options
+from .config import InverseConfig, check_kernel_options, error_bar_indices
 from .kernels import make_kernel
 from .outputs import summarise, write_outputs
 from .priors import Prior
@@ -70,6 +70,8 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     built = PROBLEMS[cfg.problem](cfg)
     problem = built.problem
     _workers(problem.forward, cfg)
+    bars = None if cfg.error_bars is None else error_bar_indices(
+        cfg.error_bars, int(np.prod(problem.prior.param_shape)))
     kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")
     check_kernel_options(kernel_name, cfg.kernel_options)
     options: dict[str, Any] = dict(cfg.kernel_options)
@@ -92,7 +94,7 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
                         checkpoint_every=cfg.checkpoint_every, progress=progress)
     new_solves = problem.forward.solves - solves0
     out = summarise(problem, result, built, cfg)
-    write_outputs(cf, problem, result, out, built)
+    write_outputs(cf, problem, result, out, built, error_bars=bars)
     return InversionResult(cf.path, problem, result, out, new_solves)
 
 
