@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ..settings import option
-from .kernels import MCMCKernel, Target, _check_step, _check_target_accept
+from .contract import MCMCKernel, Target, _check_step, _check_target_accept
 
 __all__ = ["ChEESKernel", "halton"]
 
