@@ -58,6 +58,9 @@ def world(tmp_path_factory):
     for name, text in files.items():
         (root / name).write_text(text)
     (root / "a_folder").mkdir()
+    import numpy as np
+
+    np.save(root / "wide.npy", np.linspace(-1, 3, 40 * 16, dtype=np.float32).reshape(40, 4, 4))
     # issue 20: a GAN run, folders where files go, a cut chain summary, bad config values
     assert main(["train", "--run", str(root / "gan"), *GAN_TRAIN, "--disc-hidden", "8",
                  "--no-evaluate"]) == 0
@@ -435,6 +438,15 @@ CLI_CASES = [
      "--forward-timeout applies to a UM-Bridge model (--forward umbridge:URL)"),
     ("serve-forward --workers 0", ["serve-forward", "darcy", "--workers", "0"],
      "--workers must be >= 1"),
+    # -- issue 27: binarised evaluation, the known-belief control -----------------------------
+    ("27 --test-binarize on real values", ["train", "--run", R + "/new", *TRAIN, "--data",
+                                           R + "/wide.npy", "--test-binarize", "0"],
+     "test_binarize: " + R + "/wide.npy's test set has values in"),
+    ("27 evaluate --test-binarize -1", ["evaluate", R + "/run", "--test-binarize", "-1"],
+     "--test-binarize"),
+    ("27 control with an infinite-KL pair", ["train", "--run", R + "/new", *TRAIN, "--data",
+                                             "control:cauchy/normal:2"],
+     "control data 'cauchy/normal:2': pair cauchy/normal has KL = +inf"),
 ]
 
 
@@ -655,7 +667,10 @@ def _code_disc(*args):
 def _lib_cases():
     from autovae.beliefs import LatentSpec, family, kl, likelihood
     from autovae.bounds import Bound, renyi_bound
+    from autovae.control import generating_spec
+    from autovae.scoring import binarized_test_set
     from autovae.search import SearchSpace, open_storage
+    from autovae.search.pairing_map import map_cells, run_map
 
     z23 = torch.zeros(2, 3)
     normal3 = family("normal", torch.zeros(3), 1.0)
@@ -759,6 +774,16 @@ def _lib_cases():
         ("i evaluate, NaN weights", lambda: _evaluate(model=_poisoned()), "encoder output h"),
         ("i embed NaN images", lambda: _tiny_model().embed(torch.full((2, 4), math.nan)),
          "encoder output h holds 8 non-finite"),
+        ("27 binarised test set of real values",
+         lambda: binarized_test_set(torch.tensor([[-1.0, 2.0]]), 0, "fields"),
+         "test_binarize: fields's test set has values in [-1, 2]"),
+        ("27 control with an infinite-KL pair", lambda: generating_spec("cauchy/normal:2"),
+         "pair cauchy/normal has KL = +inf"),
+        ("27 a map with one seed", lambda: run_map(map_cells(["digits"], ["bernoulli"], [2]),
+                                                   "unused", Config(), seeds=1),
+         "at least 2 seeds per model, got 1: with one seed there is no spread"),
+        ("27 a map cell of no likelihood", lambda: map_cells(["digits"], ["poisson"], [2]),
+         "likelihoods: poisson not on the map"),
         ("i NaN encoder output", lambda: LatentSpec.parse("normal/normal:2").posterior(
             torch.tensor([[math.nan, 0.0, 0.0, 0.0]])), "encoder output h holds 1 non-finite"),
         # issue 24

@@ -394,7 +394,8 @@ def test_datasplits_to_and_repr():
 def test_registry_names():
     assert set(DATASETS) == {"fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "svhn",
                              "digits", "orbit", "darcy-grf", "darcy-grf-8", "darcy-grf-32",
-                             "darcy-grf-64", "aristoff-bangerth-prior"}
+                             "darcy-grf-64", "aristoff-bangerth-prior", "control-cauchy",
+                             "control-laplace", "control-mixed"}
 
 
 def test_binarize():
@@ -410,6 +411,73 @@ def test_binarize():
         binarize(torch.tensor([0.5, 1.5]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         binarize(torch.tensor([float("nan")]))
+
+
+# --------------------------------------------------------------------------- comparable NLLs
+
+
+def test_bernoulli_entropy_floor_of_fashion_mnist_is_the_issues(fashion):
+    from autovae.scoring import bernoulli_entropy_floor
+
+    assert bernoulli_entropy_floor(fashion.test) == pytest.approx(189.86, abs=0.005)
+
+
+def test_entropy_floor_by_hand_and_zero_on_binary_data():
+    from autovae.scoring import bernoulli_entropy_floor
+
+    x = torch.tensor([[0.25, 0.5, 1.0], [0.0, 0.75, 0.5]])
+    h = lambda p: -p * math.log(p) - (1 - p) * math.log(1 - p)  # noqa: E731
+    expected = (h(0.25) + h(0.5) + h(0.75) + h(0.5)) / 2
+    assert bernoulli_entropy_floor(x, batch_size=1) == pytest.approx(expected, rel=1e-12)
+    assert bernoulli_entropy_floor(torch.tensor([[0.0, 1.0]])) == 0.0
+
+
+def test_a_fixed_binarised_test_set_is_the_same_for_every_run_seed():
+    from autovae.config import Config
+    from autovae.run import prepare, test_data_label
+
+    runs = [prepare(Config(data="digits", test_binarize=5, seed=s)) for s in (0, 1)]
+    assert torch.equal(runs[0].test, runs[1].test)
+    assert set(runs[0].test.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(runs[0].train, runs[1].train)  # other seeds, other val/train split
+    assert runs[0].train.unique().numel() > 2  # training stays on grey levels
+    grey = prepare(Config(data="digits")).test
+    assert runs[0].test.mean().item() == pytest.approx(grey.mean().item(), abs=0.01)
+    other = prepare(Config(data="digits", test_binarize=6)).test
+    assert not torch.equal(other, runs[0].test)
+    assert test_data_label(Config(test_binarize=5), runs[0].test) == \
+        "binarised (fixed draw, seed 5)"
+    assert test_data_label(Config(), grey) == "grey levels in [0, 1]"
+    assert "static, seed 8" in test_data_label(Config(binarize="static", seed=1), runs[0].test)
+
+
+def test_binarised_evaluation_of_real_values_is_refused(tmp_path):
+    from autovae.scoring import binarized_test_set
+
+    with pytest.raises(ValueError, match=r"test_binarize: fields's test set has values in "
+                                         r"\[-1, 2\], not grey levels"):
+        binarized_test_set(torch.tensor([[-1.0, 2.0]]), 0, "fields")
+
+
+def test_control_data_are_binary_fixed_and_follow_their_beliefs():
+    from autovae.control import control_arrays
+
+    d = load_data("control-cauchy")
+    assert d.event_shape == (1, 8, 8) and (len(d.train), len(d.val), len(d.test)) == \
+        (4000, 1000, 1000)
+    assert set(d.train.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(d.test, load_data("control-cauchy", seed=3).test)
+    _, z = control_arrays("cauchy/cauchy:2")
+    # a standard Cauchy: median |z| = 1, and about 6.3% of draws beyond 10
+    assert np.median(np.abs(z)) == pytest.approx(1.0, abs=0.05)
+    assert (np.abs(z) > 10).mean() == pytest.approx(2 / math.pi * math.atan(1 / 10), abs=0.01)
+    _, z = control_arrays("laplace/laplace:2")
+    assert np.abs(z).mean() == pytest.approx(1.0, abs=0.05)  # E|z| = b = 1
+    mixed = load_data("control:laplace/laplace:7,cauchy/cauchy:3", val_size=100)
+    assert mixed.name == "control:laplace/laplace:7,cauchy/cauchy:3" and len(mixed.val) == 100
+    assert torch.equal(mixed.test, load_data("control-mixed").test)  # the same spec
+    with pytest.raises(ValueError, match="cauchy/normal has KL = \\+inf"):
+        load_data("control:cauchy/normal:2")
 
 
 # --------------------------------------------------------------------------- bad input

@@ -228,6 +228,47 @@ def test_nll_is_below_minus_elbo_and_improves_with_k(tmp_path):
     assert many["active_units"] == int((codes.var(0) > 0.01).sum()) and many["active_units"] <= 4
 
 
+@pytest.mark.parametrize("grey", [False, True])
+def test_the_fast_nll_is_the_elementwise_estimate_at_the_same_seed(grey, monkeypatch):
+    """The K-sample NLL sums the Bernoulli log-probability without a log per pixel; at the same
+    seed it gives the numbers of the elementwise BCE form (the estimate before issue 27)."""
+    from autovae.beliefs.likelihoods import BernoulliLikelihood, Likelihood
+
+    torch.manual_seed(0)
+    model = build_model(Config(hidden=64, depth=2, latent="logistic/normal:3,cauchy/cauchy:2",
+                               latent_clip=50.0), (1, 28, 28)).eval()
+    with torch.no_grad():  # logits far out too, where softplus and its pieces part ways
+        model.decoder.net[-1].weight.mul_(20)
+    x = torch.rand(30, 1, 28, 28)
+    x = x if grey else x.bernoulli()
+
+    def estimate():
+        torch.manual_seed(7)
+        return model.log_likelihood(x, samples=300, budget=30 * 784 * 64)
+
+    fast = estimate()
+    monkeypatch.setattr(BernoulliLikelihood, "_log_prob_sum", Likelihood._log_prob_sum)
+    reference = estimate()
+    assert fast.dtype == torch.float32 and torch.isfinite(fast).all()
+    assert torch.allclose(fast, reference, rtol=2e-6, atol=2e-3), (fast - reference).abs().max()
+    assert (fast - reference).abs().max() < 1e-6 * reference.abs().max() * 784
+
+
+def test_bernoulli_log_prob_sum_against_float64():
+    import torch.nn.functional as F
+
+    from autovae.beliefs.likelihoods import bernoulli_log_prob_sum
+
+    g = torch.Generator().manual_seed(0)
+    for d, scale in ((784, 5.0), (64, 50.0), (97, 1.0)):  # 97: prime, one log per pixel
+        logits = torch.randn(4, 6, d, generator=g) * scale
+        x = torch.rand(6, d, generator=g)
+        exact = -F.binary_cross_entropy_with_logits(
+            *torch.broadcast_tensors(logits.double(), x.double()), reduction="none").sum(-1)
+        got = bernoulli_log_prob_sum(x, logits)
+        assert torch.allclose(got.double(), exact, rtol=1e-5, atol=d * scale * 2e-7)
+
+
 def test_a_different_run_in_the_folder_is_refused(tmp_path):
     data = tiny_data(64)
     config = Config(data="tiny", epochs=1, batch_size=32, hidden=8, depth=1,
@@ -363,3 +404,27 @@ def test_active_units_count_the_dims_whose_code_varies():
     latent = LatentSpec.parse("normal/normal:2,logistic/normal:2")
     model = VAE(HalfEncoder(), torch.nn.Linear(4, 6), latent, likelihood("gaussian", (6,)))
     assert active_units(model, torch.rand(200, 6)) == 2
+
+
+def test_every_test_nll_says_its_data_and_binarised_evaluation_goes_beside(tmp_path, capsys):
+    """metrics.json names the test data and, on grey levels under a Bernoulli likelihood, its
+    entropy floor; evaluate --test-binarize writes the binarised evaluation beside it."""
+    from autovae.data import load_data
+    from autovae.scoring import bernoulli_entropy_floor
+
+    run = tmp_path / "run"
+    assert main(["train", "--run", str(run), "--data", "digits", "--hidden", "8", "--depth", "1",
+                 "--epochs", "1", "--latent", "normal/normal:2", "--nll-samples", "3",
+                 "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_data"] == "grey levels in [0, 1]"
+    floor = bernoulli_entropy_floor(load_data("digits").test)
+    assert metrics["test_bernoulli_entropy_floor"] == pytest.approx(floor)
+    assert metrics["test_nll_above_floor"] == pytest.approx(metrics["test_nll"] - floor)
+    assert metrics["test_nll"] > floor
+    assert main(["evaluate", str(run), "--test-binarize", "0", "--nll-samples", "3",
+                 "--quiet"]) == 0
+    binarised = json.loads((run / "metrics_binarized_seed0.json").read_text())
+    assert binarised["test_data"] == "binarised (fixed draw, seed 0)"
+    assert "test_bernoulli_entropy_floor" not in binarised
+    assert json.loads((run / "metrics.json").read_text()) == metrics  # kept as it was

@@ -8,6 +8,7 @@ trained with the ELBO or the Renyi VR bound, and searched automatically. Trainin
     evaluate(result.model, result.data.test)      # {'elbo': ..., 'nll': ..., ...}
 """
 
+from . import control as _control  # noqa: F401 (registers the known-belief controls)
 from .beliefs import LatentSpec, family, kl, likelihood
 from .bounds import Bound, renyi_bound
 from .config import Config, load_config

@@ -35,6 +35,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     width = max(16, *(len(name) + 2 for name in DATASETS))
     for info in DATASETS.values():
         print(f"{info.name:{width}}{info.description}")
+    print("or control:SPEC, a known-belief control with the latents of a latent spec (e.g. "
+          "control:laplace/laplace:3)")
     print("or a path: a .npy / .npz file, or a folder of images (see the README)")
     return 0
 
@@ -74,20 +76,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(config, run.folder, resume=args.resume, progress=not args.quiet)
     print(f"trained {result.epochs_done} epochs into {run.folder}")
     if args.evaluate:
-        _evaluate(run, result.model, result.data.test, config.nll_samples, not args.quiet)
+        from .run import test_data_label
+
+        _evaluate(run, result.model, result.data.test, config.nll_samples, not args.quiet,
+                  label=test_data_label(config, result.data.test))
     return 0
 
 
 def _evaluate(run, model, x_test, nll_samples: int, progress: bool,
-              full_images: int | None = None) -> dict:
-    """Evaluate on ``x_test`` into RUN/metrics.json; a partial evaluation (fewer than
-    ``full_images`` test images, or fewer NLL samples than metrics.json holds) is written beside
-    it, named for what it is, so that it never replaces the full one."""
+              full_images: int | None = None, label: str | None = None,
+              beside: Path | None = None) -> dict:
+    """Evaluate on ``x_test`` (described by ``label``) into RUN/metrics.json; a partial
+    evaluation (fewer than ``full_images`` test images, or fewer NLL samples than metrics.json
+    holds) is written beside it, named for what it is, so that it never replaces the full one;
+    so is one on other test data than the run's own (``beside``)."""
     from .evaluation import evaluate, prefixed
 
     nll_samples = nll_samples if model.has_bound else None
-    metrics = prefixed(evaluate(model, x_test, nll_samples=nll_samples, progress=progress),
-                       "test")
+    metrics = prefixed(evaluate(model, x_test, nll_samples=nll_samples, progress=progress,
+                                data_label=label), "test")
+    if beside is not None:
+        run.save_metrics(metrics, beside)
+        print(json.dumps(metrics, indent=2))
+        print(f"evaluation on {label} written to {beside}; {run.metrics_path} keeps the run's "
+              "own test set", file=sys.stderr)
+        return metrics
     stored = run.metrics().get("nll_samples")
     images = x_test.shape[0]
     if (full_images is not None and images < full_images) or (
@@ -131,16 +144,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                          f"{QUALITY_MIN_IMAGES} images (the Inception score is a mean over "
                          f"{QUALITY_MIN_IMAGES} splits); ask for --quality-images "
                          f"{QUALITY_MIN_IMAGES} or more")
+    from .run import prepare, test_data_label
+
     run = Run(args.run)
     run.check_writable()
+    beside = None
+    if args.test_binarize is not None:  # checked with the run's data before the model loads
+        other = run.load_config().replace(test_binarize=args.test_binarize)
+        if other != run.load_config():
+            beside = run.folder / f"metrics_binarized_seed{args.test_binarize}.json"
+            check_output_file(beside, "output file")
+            test = prepare(other).test
     run, config, model, data = _load(args)
     if args.nll_samples is not None and not model.has_bound:
         raise ValueError(f"--nll-samples: model {model.name} has no bound, so no "
                          "importance-sampled NLL; drop --nll-samples (--quality scores its "
                          "samples)")
-    x = data.test if args.test_limit is None else data.test[: args.test_limit]
+    if beside is not None:
+        config = other
+        test = test.to(data.test.device)
+    else:
+        test = data.test
+    x = test if args.test_limit is None else test[: args.test_limit]
     _evaluate(run, model, x, args.nll_samples or config.nll_samples, not args.quiet,
-              full_images=data.test.shape[0])
+              full_images=test.shape[0], label=test_data_label(config, x), beside=beside)
     if args.quality:
         from .evaluation import evaluate_quality
 
@@ -341,18 +368,33 @@ def _cmd_retrain_best(args: argparse.Namespace) -> int:
     result = retrain_best(study, folder, epochs=args.epochs, seeds=args.seeds,
                           nll_samples=args.nll_samples, limit=args.limit,
                           progress=not args.quiet)
+    from .search.pairing_map import where_on_the_map
+
+    print(f"test NLL (K = {result['nll_samples']}) on the test set as {result['test_data']}:")
     for key, r in result.items():
-        if isinstance(r, dict):
+        if isinstance(r, dict) and "runs" in r:
             c, n = r["config"], len(r["runs"])
             spread = (f"+- {r['test_nll_sd']:.2f} nats (sd over {n} seeds)" if n > 1
                       else "nats (1 seed: no spread)")
             print(f"{key:26} test NLL {r['test_nll_mean']:.2f} {spread}  ({c['latent']}, "
                   f"alpha {c['alpha']:g}, K {c['samples']})")
+    floor = result.get("bernoulli_entropy_floor")
+    if floor is not None:
+        print(f"Bernoulli entropy floor of these grey levels: {floor:.2f} nats (no model scores "
+              "below it; only the part above it is reducible)")
+
+    def share(key: str) -> str:
+        return (f" ({result[key]:.1%} of the reducible part)" if floor is not None else "")
+
     print(f"gain of the best trial over the normal/normal ELBO VAE: {result['gain_nats']:.2f} "
-          "nats")
-    if "pairing_gain_nats" in result:
-        print(f"gain of its pairing alone (normal/normal with the same bound): "
-              f"{result['pairing_gain_nats']:.2f} nats")
+          f"nats{share('gain_share_of_reducible')}")
+    seeds = ", ".join(f"{g:+.2f}" for g in result["pairing_gain_per_seed"])
+    sd = result["pairing_gain_sd"]
+    spread = f" +- {sd:.2f}" if sd is not None else ""
+    print(f"gain of its pairing alone (normal/normal with the same bound): "
+          f"{result['pairing_gain_nats']:.2f}{spread} nats (per seed {seeds})"
+          f"{share('pairing_gain_share_of_reducible')}")
+    print(where_on_the_map(result, args.map))
     print(f"written to {folder / 'retrain.json'}")
     return 0
 
@@ -435,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="K for the NLL (default: the run's nll_samples)")
     evaluate.add_argument("--test-limit", type=_COUNT, default=None,
                           help="evaluate the first N test images only")
+    evaluate.add_argument("--test-binarize", type=flag_type("--test-binarize", "seed"),
+                          default=None, metavar="SEED",
+                          help="score a fixed binarisation of the test set drawn with SEED "
+                               "(comparable to binarised-MNIST numbers); written to "
+                               "RUN/metrics_binarized_seedSEED.json unless the run's own")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--quality", action="store_true",
                           help="add FID, KID, IS (domain features unless --inception-weights), "
@@ -539,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--nll-samples", type=_COUNT, default=None, help="K for the test NLL")
     retrain.add_argument("--limit", type=_COUNT, default=None,
                          help="training images (default: all)")
+    retrain.add_argument("--map", default=None,
+                         help="a pairing map (experiments/pairing_map.py) to place the study on "
+                              "(default $AUTOVAE_PAIRING_MAP, else the checkout's "
+                              "docs/results/pairing_map.json when there is one)")
     retrain.add_argument("--quiet", action="store_true")
     retrain.set_defaults(run_command=_cmd_retrain_best)
 

@@ -42,6 +42,11 @@ class Config:
                              domain="count")
     binarize: str = setting("none", "binarize pixels: none, static (once) or dynamic (each batch)",
                          choices=("none", "static", "dynamic"))
+    test_binarize: int | None = setting(None, "score the test set as one fixed Bernoulli draw "
+                                              "of its grey levels, seeded by this number (the "
+                                              "binarised-MNIST protocol; the same for every "
+                                              "run); none: the test set as loaded",
+                                        domain="seed")
     # model
     model: str = setting("vae", "the model to train (beta-vae: the VAE with beta != 1)",
                          choices=_model_names)
@@ -155,9 +160,9 @@ class Config:
 
 # Keys that data loading and the training loop read for every model; every other key is read by
 # the models that declare it in ``Model.reads`` (autovae.models), and refused on the others.
-LOOP_KEYS = frozenset({"data", "data_root", "download", "val_size", "limit", "binarize", "model",
-                       "epochs", "batch_size", "clip_grad", "seed", "device", "amp",
-                       "on_nonfinite", "compile"})
+LOOP_KEYS = frozenset({"data", "data_root", "download", "val_size", "limit", "binarize",
+                       "test_binarize", "model", "epochs", "batch_size", "clip_grad", "seed",
+                       "device", "amp", "on_nonfinite", "compile"})
 
 
 def _check_model_reads(config: Config, cls) -> None:

@@ -19,6 +19,9 @@ Names (case-insensitive, ``_`` and ``-`` interchangeable), see :data:`DATASETS`:
   (:func:`register_dataset`); train on them with ``--likelihood gaussian``.
 * ``aristoff-bangerth-prior``: 22,000 draws of the Aristoff-Bangerth benchmark's prior as 8x8
   images of ln theta (iid N(4, 2^2)), registered there too; ``--likelihood gaussian``.
+* ``control-cauchy``, ``control-laplace``, ``control-mixed`` and ``control:SPEC``: binary
+  8x8 images decoded by a known decoder from latents of known beliefs (the control where the
+  best pairing is known), registered by :mod:`autovae.control`.
 * ``orbit``: the AVA paper's 36 RGB images of 64x100 (shipped in ``autovae/datasets/orbit``,
   MIT licence; 21 distinct, all 36 kept as the paper's BM averages over them). Their alpha is
   opaque everywhere and is dropped. As in the paper, ``train`` and ``test`` are the same 36
@@ -57,8 +60,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DataSplits", "DatasetInfo", "binarize", "default_root", "load_data",
-           "read_idx"]
+__all__ = ["DATASETS", "DATASET_FAMILIES", "DataSplits", "DatasetInfo", "binarize",
+           "default_root", "load_data", "read_idx", "register_dataset", "register_dataset_family"]
 
 ROOT_ENV = "AUTOVAE_DATA"
 DEFAULT_ROOT = "~/.cache/autovae/data"
@@ -325,6 +328,16 @@ def register_dataset(info: DatasetInfo) -> None:
     DATASETS[info.name] = info
 
 
+# prefix -> make(rest): datasets named ``prefix:rest`` (``control:cauchy/cauchy:2``)
+DATASET_FAMILIES: dict[str, Callable[[str], DatasetInfo]] = {}
+
+
+def register_dataset_family(prefix: str, make: Callable[[str], DatasetInfo]) -> None:
+    """Make ``--data PREFIX:ARGS`` known: ``make(ARGS)`` gives the dataset's entry
+    (:mod:`autovae.control` registers ``control:SPEC``)."""
+    DATASET_FAMILIES[prefix] = make
+
+
 # --------------------------------------------------------------------------- user data
 
 
@@ -553,8 +566,10 @@ def load_data(
         raise TypeError(f"root must be a folder path, got {type(root).__name__}")
     key = os.fspath(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
-    if key in DATASETS:
-        info = DATASETS[key]
+    prefix, _, rest = key.partition(":")
+    if key in DATASETS or (rest and prefix in DATASET_FAMILIES):
+        info = DATASETS[key] if key in DATASETS else DATASET_FAMILIES[prefix](
+            os.fspath(name).strip().partition(":")[2])
         src = info.load(Path(root).expanduser() if root is not None else default_root(), download)
         label, default_val, test_size = info.name, info.val_size, info.test_size
     else:

@@ -11,7 +11,8 @@ mean per latent dim) and ``entropy_power``: its point in the Fisher-Shannon plan
 All values are in nats per data point, averaged over the data. ``nll`` is ``-log p(x)``
 estimated by the IWAE bound with K = ``nll_samples`` draws, so it sits at or below ``-elbo`` and
 falls (towards the true NLL) as K grows. NLLs of different likelihood beliefs are not
-comparable: Bernoulli is a pmf, the others are densities.
+comparable: Bernoulli is a pmf, the others are densities. ``data`` says what the NLL is on
+(:mod:`autovae.scoring`): a Bernoulli NLL on grey levels has a floor, the data's own entropy.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import torch
 
 from ._checks import check
 from .models import Model, evaluation_mode
+from .scoring import bernoulli_entropy_floor, describe_test_data
 
 __all__ = ["active_units", "evaluate", "evaluate_quality", "prefixed", "sample_quality_of"]
 
 # keys that describe the evaluation rather than measure the split
 _DESCRIPTIVE = ("nll_samples", "bound_name", "likelihood", "latent", "model", "evaluate_seconds",
-                "active_units")
+                "active_units")  # (``data`` is prefixed: ``test_data`` says what the test set is)
 
 
 def prefixed(metrics: dict, split: str) -> dict:
@@ -43,11 +45,15 @@ def prefixed(metrics: dict, split: str) -> dict:
 
 
 def evaluate(model: Model, x: torch.Tensor, nll_samples: int | None = None,
-             batch_size: int = 500, nll_batch_size: int = 100, progress: bool = False) -> dict:
+             batch_size: int = 500, nll_batch_size: int = 100, progress: bool = False,
+             data_label: str | None = None) -> dict:
     """Metrics of ``model`` on ``x`` (shape (N, *event_shape)), as a dict (see the module).
 
     ``nll_samples`` is K of the importance-sampled NLL (default 1000); only a model with a
-    bound has one, so giving it for another model is refused."""
+    bound has one, so giving it for another model is refused. ``data`` says what ``x`` is
+    (``data_label``, else :func:`~autovae.scoring.describe_test_data` of ``x``); a Bernoulli
+    model scored on grey levels also gets ``bernoulli_entropy_floor``, the NLL no model can
+    pass on ``x``, and ``nll_above_floor``, the part of its NLL that is reducible."""
     if not isinstance(model, Model):
         raise TypeError(f"model must be an autovae Model (train(...).model, or load_trained), "
                         f"got {type(model).__name__}")
@@ -92,7 +98,11 @@ def evaluate(model: Model, x: torch.Tensor, nll_samples: int | None = None,
                        for i in chunks)
             metrics.update(nll=nll / n, nll_samples=nll_samples, bound_name=model.bound.name,
                            likelihood=model.likelihood.name, latent=str(model.latent))
-    metrics.update(images=n, model=model.name,
+            label = data_label or describe_test_data(x)
+            if model.likelihood.name == "bernoulli" and label.startswith("grey"):
+                floor = bernoulli_entropy_floor(x)
+                metrics.update(bernoulli_entropy_floor=floor, nll_above_floor=nll / n - floor)
+    metrics.update(data=data_label or describe_test_data(x), images=n, model=model.name,
                    evaluate_seconds=time.perf_counter() - started)
     return metrics
 

@@ -31,8 +31,9 @@ from ._files import atomic_write
 from .config import Config, unknown
 from .data import DataSplits, binarize, load_data
 from .models import Model, build_model
+from .scoring import binarized_test_set, describe_test_data
 
-__all__ = ["Run", "StudyFolder", "load_trained", "prepare", "resolve_device"]
+__all__ = ["Run", "StudyFolder", "load_trained", "prepare", "resolve_device", "test_data_label"]
 
 
 class Run:
@@ -204,17 +205,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare(config: Config, device: torch.device | str = "cpu") -> DataSplits:
-    """Load, binarize (static) and move the data the config names."""
+    """Load, binarize (static) and move the data the config names; with ``test_binarize`` the
+    test set is the fixed binarisation of its grey levels (:mod:`autovae.scoring`)."""
     val_size = config.val_size
     if val_size is not None and val_size >= 1:
         val_size = int(val_size)
     data = load_data(config.data, config.data_root, val_size=val_size, seed=config.seed,
                      limit=config.limit, download=config.download)
+    fixed_test = (None if config.test_binarize is None
+                  else binarized_test_set(data.test, config.test_binarize, data.name))
     if config.binarize == "static":
         g = torch.Generator().manual_seed(config.seed + 7)
         data = dataclasses.replace(data, train=binarize(data.train, g),
                                    val=binarize(data.val, g), test=binarize(data.test, g))
+    if fixed_test is not None:
+        data = dataclasses.replace(data, test=fixed_test)
     return data.to(device)
+
+
+def test_data_label(config: Config, x: torch.Tensor) -> str:
+    """What the test NLL of a run with ``config`` is measured on (see :mod:`autovae.scoring`):
+    the fixed binarisation, the run's static one, or the data as loaded."""
+    static = config.seed + 7 if config.binarize == "static" else None
+    return describe_test_data(x, config.test_binarize, static)
 
 
 def load_trained(folder, device: str | None = None) -> tuple[Run, Config, Model, DataSplits]:

@@ -38,7 +38,7 @@ __all__ = ["NonFiniteLossError", "TrainResult", "resume_config", "train"]
 
 # Changing these between an interrupted run and its resume does not change the run's result.
 RESUMABLE_CHANGES = frozenset({"epochs", "device", "compile", "nll_samples", "data_root",
-                               "download"})
+                               "download", "test_binarize"})
 
 
 @dataclass

@@ -202,8 +202,11 @@ class Likelihood(nn.Module):
             raise ValueError(f"{self.name}: the batch shapes of x {tuple(x.shape)} and out "
                              f"{tuple(out.shape)} do not broadcast (x is (*batch_x, "
                              f"*event_shape), out (*batch, *out_event_shape))") from None
-        elem = self._log_prob(x, *params)
-        return elem.sum(dim=tuple(range(-self.event_dim, 0)))
+        return self._log_prob_sum(x, *params)
+
+    def _log_prob_sum(self, x: Tensor, *params: Tensor) -> Tensor:
+        """``_log_prob`` summed over the event dims (a belief may sum faster, see Bernoulli)."""
+        return self._log_prob(x, *params).sum(dim=tuple(range(-self.event_dim, 0)))
 
     def nll(self, x: Tensor, out: Tensor) -> Tensor:
         """Negative log-likelihood, ``-log_prob(x, out)``."""
@@ -256,6 +259,25 @@ class Likelihood(nn.Module):
             )
 
 
+def _product_group(d: int) -> int:
+    """The largest divisor of ``d`` up to 120: a product of that many sigmoids (each >= 1/2)
+    stays above 2**-120, inside float32's normal range."""
+    return max(g for g in range(1, min(d, 120) + 1) if d % g == 0)
+
+
+def bernoulli_log_prob_sum(x: Tensor, logits: Tensor) -> Tensor:
+    """``sum_j x_j eta_j - softplus(eta_j)`` over the last dim, without autograd, at a fraction
+    of the cost of the elementwise form (the importance-sampled NLL spends most of its
+    non-matmul time here): ``softplus(eta) = relu(eta) - log sigmoid(|eta|)``, and the logs
+    of the sigmoids are taken of products over groups of pixels (one log per group, not per
+    pixel). Agrees with the elementwise BCE to float32 rounding (tested)."""
+    d = logits.shape[-1]
+    group = _product_group(d)
+    linear = (logits * x).sum(-1) - logits.clamp_min(0).sum(-1)
+    sig = logits.abs().sigmoid_()
+    return linear + sig.unflatten(-1, (d // group, group)).prod(-1).log_().sum(-1)
+
+
 class BernoulliLikelihood(Likelihood):
     """Bernoulli / BCE on logits: ``log p = x*eta - softplus(eta)``.
 
@@ -268,6 +290,11 @@ class BernoulliLikelihood(Likelihood):
         # one fused, stable kernel for x * eta - softplus(eta)
         logits, x = torch.broadcast_tensors(logits, x)
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+
+    def _log_prob_sum(self, x: Tensor, logits: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and logits.requires_grad:
+            return super()._log_prob_sum(x, logits)
+        return bernoulli_log_prob_sum(x.flatten(-self.event_dim), logits.flatten(-self.event_dim))
 
     def _mean(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
@@ -287,6 +314,7 @@ class ContinuousBernoulliLikelihood(BernoulliLikelihood):
     """
 
     name = "continuous-bernoulli"
+    _log_prob_sum = Likelihood._log_prob_sum  # (its log C has no product form)
 
     def _log_prob(self, x: Tensor, logits: Tensor) -> Tensor:
         return super()._log_prob(x, logits) + continuous_bernoulli_log_norm(logits)

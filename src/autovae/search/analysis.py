@@ -163,11 +163,16 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     """Retrain the best config and normal/normal (same network, budget, likelihood) per seed;
     evaluate them on the test set. When the best trial's bound is not the ELBO, a third model,
     normal/normal with the best trial's bound, separates the gain of the pairing from the gain
-    of the bound. Returns and writes ``retrain.json`` in ``folder`` (with the trial retrained
-    and :func:`~autovae.search.progress.study_notes`, which go to stderr too). ``progress``: the
-    trial, each model and seed as it starts (and whether it resumes) and training bars."""
+    of the bound. ``pairing_gain_nats`` (with its value per seed) is normal/normal with the best
+    trial's bound minus the best trial; ``test_data`` says what the NLLs are measured on, and on
+    grey levels under a Bernoulli likelihood the gains are also given as shares of the
+    reducible part (above ``bernoulli_entropy_floor``). Returns and writes ``retrain.json`` in
+    ``folder`` (with the trial retrained and :func:`~autovae.search.progress.study_notes`, which
+    go to stderr too). ``progress``: the trial, each model and seed as it starts (and whether
+    it resumes) and training bars."""
     from ..evaluation import evaluate, prefixed
-    from ..run import prepare
+    from ..run import prepare, test_data_label
+    from ..scoring import bernoulli_entropy_floor, reducible_share
     from ..training import train
 
     spec = load_spec(study)
@@ -192,6 +197,7 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     if progress:
         _announce(study, spec, trial, models, seeds)
     data = prepare(best)
+    label = test_data_label(best, data.test)
     results: dict = {key: {"config": config.to_dict(), "runs": []}
                      for key, config in models.items()}
     total, count = seeds * len(models), 0
@@ -207,7 +213,8 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
                 print(name + _resumption(run_folder, config.epochs), flush=True)
             started = time.perf_counter()
             model = train(config, run_folder, data=data, resume=resume, progress=progress).model
-            metrics = prefixed(evaluate(model, data.test, nll_samples=config.nll_samples), "test")
+            metrics = prefixed(evaluate(model, data.test, nll_samples=config.nll_samples,
+                                        data_label=label), "test")
             Run(run_folder).save_metrics(metrics)
             if progress:
                 print(f"{name}: test NLL {metrics['test_nll']:.2f} nats (K = "
@@ -221,9 +228,24 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
         results[key]["test_nll_sd"] = statistics.stdev(nll) if len(nll) > 1 else None
     results["gain_nats"] = (results["normal/normal"]["test_nll_mean"]
                             - results["best"]["test_nll_mean"])
-    if "normal/normal, same bound" in results:
-        results["pairing_gain_nats"] = (results["normal/normal, same bound"]["test_nll_mean"]
-                                        - results["best"]["test_nll_mean"])
+    # normal/normal with the best trial's bound: the third model, or the ELBO baseline itself
+    # when the best trial's bound is the ELBO (alpha = 1 or K = 1)
+    same = "normal/normal, same bound" if "normal/normal, same bound" in results \
+        else "normal/normal"
+    per_seed = [a["test_nll"] - b["test_nll"] for a, b in
+                zip(results[same]["runs"], results["best"]["runs"], strict=True)]
+    results.update(pairing_gain_nats=statistics.mean(per_seed), pairing_gain_per_seed=per_seed,
+                   pairing_gain_sd=statistics.stdev(per_seed) if len(per_seed) > 1 else None,
+                   test_data=label, nll_samples=best.nll_samples)
+    if data.test.min() >= 0 and data.test.max() <= 1 and best.likelihood == "bernoulli" \
+            and label.startswith("grey"):  # the part of a grey-level NLL that is reducible
+        floor = bernoulli_entropy_floor(data.test)
+        results.update(
+            bernoulli_entropy_floor=floor,
+            gain_share_of_reducible=reducible_share(
+                results["gain_nats"], results["normal/normal"]["test_nll_mean"], floor),
+            pairing_gain_share_of_reducible=reducible_share(
+                results["pairing_gain_nats"], results[same]["test_nll_mean"], floor))
     results["trial"] = trial.number
     results["study_notes"] = notes
     StudyFolder(folder).retrain_path.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,0 +1,286 @@
+"""The pairing map: where a searched pairing beats normal/normal with the same bound, and where not.
+
+A map is a set of cells, each a (dataset, likelihood, latent size). In every cell the pairing is
+searched (:func:`~autovae.search.run_search`: the latent blocks' weights; the bound, network and
+budget fixed), then :func:`~autovae.search.retrain_best` trains the best pairing and
+normal/normal with the same bound, network and budget over ``seeds`` seeds and scores both on
+the test set (importance-sampled NLL). A cell's answer is the pairing gain, normal/normal's NLL
+minus the pairing's, per seed: a claim needs every seed to agree, so a map refuses fewer than
+two seeds (no spread, no claim).
+
+Likelihoods: ``bernoulli`` is trained on dynamic binarisations and scored on a fixed binarised
+test set (seed 0; comparable to the binarised-MNIST literature); ``continuous-bernoulli`` and
+``gaussian`` (learned shared sigma) are trained and scored on the grey levels. Binary data (the
+known-belief controls of :mod:`autovae.control`) are used as they are.
+
+``experiments/pairing_map.py`` runs a map and writes ``pairing_map.json``, the table and the
+figure; ``autovae retrain-best`` says where a study lies on it (:func:`where_on_the_map`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..beliefs import LatentSpec
+from ..config import Config
+
+__all__ = ["Cell", "combine_maps", "map_cells", "map_figure", "map_table", "run_cell", "run_map",
+           "where_on_the_map"]
+
+PAIRS = ["normal/normal", "logistic/normal", "laplace/laplace", "cauchy/cauchy",
+         "gumbel/gumbel"]  # the quick preset's candidates
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
+TEST_SEED = 0  # the fixed binarisation of a Bernoulli cell's test set
+MAP_ENV = "AUTOVAE_PAIRING_MAP"
+MIN_SEEDS = 2
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One setting of the map."""
+
+    data: str
+    likelihood: str
+    latent_dim: int
+
+    @property
+    def binary_data(self) -> bool:
+        return self.data.startswith("control")
+
+    @property
+    def slug(self) -> str:
+        return (f"{self.data.replace(':', '-').replace('/', '-')}_{self.likelihood}_"
+                f"d{self.latent_dim}")
+
+    def config(self, base: Config) -> Config:
+        """``base`` set to this cell's data, likelihood and the data it is scored on."""
+        changes: dict = {"data": self.data, "likelihood": self.likelihood,
+                         "latent": f"normal/normal:{self.latent_dim}", "latent_dim": None}
+        if self.likelihood == "bernoulli" and not self.binary_data:
+            changes.update(binarize="dynamic", test_binarize=TEST_SEED)
+        if self.likelihood == "gaussian":
+            changes.update(learn_sigma="shared")
+        return base.replace(**changes)
+
+
+def map_cells(datasets: list[str], likelihoods: list[str], latent_dims: list[int]) -> list[Cell]:
+    """Every (dataset, likelihood, latent size) that makes sense: binary data (the controls)
+    only under the Bernoulli likelihood, real-valued fields (darcy-grf) only under the
+    Gaussian."""
+    unknown = sorted(set(likelihoods) - set(LIKELIHOODS))
+    if unknown:
+        raise ValueError(f"likelihoods: {', '.join(unknown)} not on the map; choose from "
+                         f"{', '.join(LIKELIHOODS)}")
+    cells = []
+    for data in datasets:
+        for lik in likelihoods:
+            if data.startswith("control") and lik != "bernoulli":
+                continue  # binary data: only a pmf scores them
+            if data.startswith("darcy") and lik != "gaussian":
+                continue  # real values: only the Gaussian takes them
+            cells += [Cell(data, lik, d) for d in latent_dims]
+    if not cells:
+        raise ValueError("no map cells: each dataset needs a likelihood that fits it "
+                         "(controls: bernoulli; darcy-grf: gaussian)")
+    return cells
+
+
+def _check_seeds(seeds: int) -> int:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < MIN_SEEDS:
+        raise ValueError(f"seeds: a pairing map needs at least {MIN_SEEDS} seeds per model, got "
+                         f"{seeds!r}: with one seed there is no spread, and so no claim; pass "
+                         "--seeds 3")
+    return seeds
+
+
+def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
+             pairs: list[str] | None = None, progress: bool = False) -> dict:
+    """Search the pairing in ``cell`` (``trials`` trials, the bound of ``base``), retrain the
+    best and normal/normal with the same bound over ``seeds`` seeds; the cell's summary."""
+    from .analysis import retrain_best
+    from .space import SearchSpace
+    from .study import StudySpec, run_search
+
+    _check_seeds(seeds)
+    config = cell.config(base)
+    fixed = lambda name: (getattr(config, name), getattr(config, name))  # noqa: E731
+    space = SearchSpace(pairs=list(pairs or PAIRS), likelihoods=[cell.likelihood],
+                        alpha=fixed("alpha"), samples=fixed("samples"), beta=fixed("beta"),
+                        latent_dim=(cell.latent_dim, cell.latent_dim), hidden=fixed("hidden"),
+                        depth=fixed("depth"), lr=fixed("lr"))
+    spec = StudySpec(space, config, ["nll"], trials, sampler="tpe", pruner="none",
+                     validation_nll_samples=50)
+    study = run_search(None, "map", folder, spec)
+    result = retrain_best(study, folder, seeds=seeds, progress=progress)
+    same = result.get("normal/normal, same bound", result["normal/normal"])
+    gains = result["pairing_gain_per_seed"]
+    summary = {**asdict(cell), "best_latent": result["best"]["config"]["latent"],
+               "best_nll": result["best"]["test_nll_mean"],
+               "best_nll_sd": result["best"]["test_nll_sd"],
+               "normal_nll": same["test_nll_mean"], "normal_nll_sd": same["test_nll_sd"],
+               "pairing_gain": result["pairing_gain_nats"],
+               "pairing_gain_sd": result["pairing_gain_sd"], "pairing_gain_per_seed": gains,
+               "every_seed_gains": all(g > 0 for g in gains),
+               "every_seed_gains_1_nat": all(g >= 1 for g in gains),
+               "test_data": result["test_data"], "nll_samples": result["nll_samples"]}
+    for key in ("bernoulli_entropy_floor", "pairing_gain_share_of_reducible"):
+        if key in result:
+            summary[key] = result[key]
+    return summary
+
+
+def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int = 3,
+            trials: int = 8, pairs: list[str] | None = None, note: str = "",
+            progress: bool = False) -> dict:
+    """Run every cell into ``out/cells/SLUG`` and write ``out/pairing_map.json`` after each
+    (a cell already in it is not run again: a killed map resumes; cells it holds that are not
+    asked for are kept)."""
+    _check_seeds(seeds)
+    out = Path(out)
+    path = out / "pairing_map.json"
+    settings = {"seeds": seeds, "trials": trials, "pairs": list(pairs or PAIRS),
+                "base": {k: v for k, v in base.to_dict().items()
+                         if k in ("epochs", "batch_size", "hidden", "depth", "lr", "alpha",
+                                  "samples", "beta", "latent_clip", "nll_samples", "limit")},
+                "note": note}
+    found = json.loads(path.read_text()) if path.is_file() else {}
+    if found and found.get("settings") != settings:
+        raise ValueError(f"{path} holds a map with other settings ({found.get('settings')}); "
+                         "write this one to another --out folder")
+    done = {c["data"] + c["likelihood"] + str(c["latent_dim"]): c for c in found.get("cells", [])}
+    result: dict = {"settings": settings}
+    import torch
+
+    result["torch"] = torch.__version__
+    keys = {c.data + c.likelihood + str(c.latent_dim) for c in cells}
+    result["cells"] = [c for k, c in done.items() if k not in keys]  # kept: cells run before
+    for cell in cells:
+        key = cell.data + cell.likelihood + str(cell.latent_dim)
+        if key not in done:
+            done[key] = run_cell(cell, out / "cells" / cell.slug, base, seeds, trials, pairs,
+                                 progress)
+            print(_row(done[key]), flush=True)
+        result["cells"].append(done[key])
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def combine_maps(folders: list[str | os.PathLike]) -> dict:
+    """One map of the cells of several (run with the same settings, e.g. in parallel)."""
+    maps = [json.loads((Path(f) / "pairing_map.json").read_text()) for f in folders]
+    for folder, other in zip(folders[1:], maps[1:], strict=True):
+        if other["settings"] != maps[0]["settings"]:
+            raise ValueError(f"{folder}: its map has other settings than {folders[0]}'s; "
+                             "combine maps made with the same settings only")
+    return {**maps[0], "cells": [c for m in maps for c in m["cells"]]}
+
+
+def _pm(mean: float, sd: float) -> str:
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def _verdict(c: dict) -> str:
+    if c["best_latent"] == f"normal/normal:{c['latent_dim']}":
+        return "search picked normal/normal"
+    if c["every_seed_gains_1_nat"]:
+        return "**gain >= 1 nat, every seed**"
+    if c["every_seed_gains"]:
+        return "gain < 1 nat, every seed"
+    if all(g < 0 for g in c["pairing_gain_per_seed"]):
+        return "normal/normal better, every seed"
+    return "seeds disagree: no claim"
+
+
+def _row(c: dict) -> str:
+    share = (f" ({c['pairing_gain_share_of_reducible']:.1%})"
+             if "pairing_gain_share_of_reducible" in c else "")
+    seeds = ", ".join(f"{g:+.2f}" for g in c["pairing_gain_per_seed"])
+    return (f"| {c['data']} | {c['likelihood']} | {c['test_data']} | {c['latent_dim']} | "
+            f"{c['best_latent']} | {_pm(c['best_nll'], c['best_nll_sd'])} | "
+            f"{_pm(c['normal_nll'], c['normal_nll_sd'])} | "
+            f"{_pm(c['pairing_gain'], c['pairing_gain_sd'])}{share} | {seeds} | {_verdict(c)} |")
+
+
+def map_table(result: dict) -> str:
+    """The map as a Markdown table (NLLs in nats per data point, mean ± sd over seeds)."""
+    head = ("| data | likelihood | test data | latent | searched pairing | its NLL | "
+            "normal/normal, same bound | pairing gain | per seed | verdict |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
+    return "\n".join([head, *(_row(c) for c in result["cells"])])
+
+
+def map_figure(result: dict, path: str | os.PathLike) -> Path:
+    """The pairing gain (mean ± sd over seeds) against the latent size, one line per
+    (dataset, likelihood), with the 0 and +1 nat lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lines: dict[tuple[str, str], list[dict]] = {}
+    for c in result["cells"]:
+        lines.setdefault((c["data"], c["likelihood"]), []).append(c)
+    for i, ((data, lik), cells) in enumerate(lines.items()):
+        cells.sort(key=lambda c: c["latent_dim"])
+        x = [c["latent_dim"] * (1 + 0.03 * (i - len(lines) / 2)) for c in cells]
+        ax.errorbar(x, [c["pairing_gain"] for c in cells],
+                    yerr=[c["pairing_gain_sd"] for c in cells], marker="o", capsize=3,
+                    label=f"{data}, {lik}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(1, color="k", lw=0.8, ls="--", label="+1 nat")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    dims = sorted({c["latent_dim"] for c in result["cells"]})
+    ax.set_xticks(dims, [str(d) for d in dims])
+    ax.set_xlabel("latent size")
+    ax.set_ylabel("pairing gain over normal/normal,\nsame bound (nats, mean ± sd)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _default_map() -> Path | None:
+    if os.environ.get(MAP_ENV):
+        return Path(os.environ[MAP_ENV])
+    checkout = (Path(__file__).resolve().parents[3] / "docs" / "results" / "map"
+                / "pairing_map.json")
+    return checkout if checkout.is_file() else None
+
+
+def where_on_the_map(result: dict, map_path: str | os.PathLike | None = None) -> str:
+    """A line or two placing a ``retrain_best`` result on a pairing map (the nearest cell with
+    the same data and likelihood, else the same likelihood), or saying that there is no map."""
+    path = Path(map_path) if map_path is not None else _default_map()
+    if path is None or not path.is_file():
+        return ("pairing map: none found" + (f" at {path}" if path else "")
+                + " (experiments/pairing_map.py makes one; pass --map or set " + MAP_ENV + ")")
+    try:
+        cells = json.loads(path.read_text())["cells"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"pairing map {path}: not a pairing map (no cells); remake it"
+    config = result["best"]["config"]
+    dim = LatentSpec.parse(config["latent"], config.get("latent_dim")).dim
+    same_data = [c for c in cells if c["data"] == config["data"]
+                 and c["likelihood"] == config["likelihood"]]
+    near = same_data or [c for c in cells if c["likelihood"] == config["likelihood"]]
+    if not near:
+        return (f"pairing map {path}: no cell with the {config['likelihood']} likelihood; your "
+                "study is off the map")
+    cell = min(near, key=lambda c: abs(c["latent_dim"] - dim))
+    where = ("on the map" if same_data and cell["latent_dim"] == dim else
+             "near the map (" + ("same data, " if same_data else f"other data: {config['data']} "
+                                 "is not on it; ") + f"latent {dim} -> {cell['latent_dim']})")
+    gain = _pm(cell["pairing_gain"], cell["pairing_gain_sd"])
+    return (f"your study ({config['data']}, {config['likelihood']}, latent {dim}, gain of its "
+            f"pairing {result['pairing_gain_nats']:+.2f} nats) is {where}: there the searched "
+            f"pairing {cell['best_latent']} gained {gain} nats over normal/normal with the same "
+            f"bound on {cell['test_data']} "
+            f"({_verdict(cell).strip('*')}); map: {path}")
