@@ -416,7 +416,28 @@ CLI_CASES = [
                                                 R + "/new_chain"],
      "--error-bars 3,64: index 64 is beyond this problem's 64 parameters (0..63)"),
     ("inv --kernel unknown", ["invert", "--kernel", "nut", "--out", R + "/new_chain"],
-     "--kernel must be one of pcn, rwm, mala, nuts, got 'nut'; did you mean 'nuts'?"),
+     "--kernel must be one of pcn, rwm, mala, nuts, chees, got 'nut'; did you mean 'nuts'?"),
+    # -- issue 24: --jobs, --forward-timeout, serve-forward --workers ---------------------------
+    ("jobs 0", ["invert", "--jobs", "0", "--out", R + "/inv"], "--jobs must be >= 1, got 0"),
+    ("jobs negative", ["invert", "--jobs", "-3", "--out", R + "/inv"], "--jobs must be >= 1"),
+    ("jobs a boolean", ["invert", "--jobs", "yes", "--out", R + "/inv"],
+     "--jobs must be an integer, got 'yes'"),
+    ("jobs too many", ["invert", "--jobs", "100000", "--out", R + "/inv"],
+     "(at most 256 workers); give --jobs <= 256"),
+    ("forward-timeout 0", ["invert", "--forward-timeout", "0", "--out", R + "/inv"],
+     "--forward-timeout must be a positive number of seconds"),
+    ("forward-timeout nan", ["invert", "--forward-timeout", "nan", "--out", R + "/inv"],
+     "--forward-timeout must be finite"),
+    ("forward-timeout without UM-Bridge", ["invert", "--problem", "aristoff-bangerth",
+                                           "--forward-timeout", "5", "--out", R + "/inv"],
+     "--forward-timeout applies to --problem custom, not to aristoff-bangerth"),
+    ("forward-timeout on a Python model", ["invert", "--problem", "custom", "--forward",
+                                           "aristoff-bangerth", "--data", R + "/bad.yaml",
+                                           "--noise", "0.1", "--forward-timeout", "5",
+                                           "--out", R + "/inv"],
+     "--forward-timeout applies to a UM-Bridge model (--forward umbridge:URL)"),
+    ("serve-forward --workers 0", ["serve-forward", "darcy", "--workers", "0"],
+     "--workers must be >= 1"),
     # -- issue 27: binarised evaluation, the known-belief control -----------------------------
     ("27 --test-binarize on real values", ["train", "--run", R + "/new", *TRAIN, "--data",
                                            R + "/wide.npy", "--test-binarize", "0"],
@@ -586,6 +607,30 @@ def _poisoned():
     return model
 
 
+def _inverse_config(**values):
+    from autovae.inverse import InverseConfig
+
+    return InverseConfig(**values)
+
+
+def _check_jobs(jobs, processes=False):
+    from autovae.inverse.parallel import check_jobs
+
+    return check_jobs(jobs, processes)
+
+
+def _chees(**options):
+    from autovae.inverse.chees import ChEESKernel
+
+    return ChEESKernel(**options)
+
+
+def _check_timeout(value):
+    from autovae.inverse.umbridge import check_timeout
+
+    return check_timeout(value)
+
+
 def _spec(objectives, model="vae"):
     from autovae.search import SearchSpace, StudySpec
 
@@ -741,6 +786,18 @@ def _lib_cases():
          "likelihoods: poisson not on the map"),
         ("i NaN encoder output", lambda: LatentSpec.parse("normal/normal:2").posterior(
             torch.tensor([[math.nan, 0.0, 0.0, 0.0]])), "encoder output h holds 1 non-finite"),
+        # issue 24
+        ("jobs True", lambda: _inverse_config(jobs=True), "--jobs must be an integer, got True"),
+        ("jobs 0", lambda: _inverse_config(jobs=0), "--jobs must be >= 1"),
+        ("jobs 10**6", lambda: _inverse_config(jobs=10**6), "at most 256"),
+        ("jobs processes beyond the cores", lambda: _check_jobs(10**3 // 4, processes=True),
+         "cores; give --jobs <="),
+        ("jobs 2.5", lambda: _check_jobs(2.5), "--jobs must be a whole number"),
+        ("chees jitter 2", lambda: _chees(jitter=2), "jitter must lie in [0, 1]"),
+        ("chees max_leapfrog 0", lambda: _chees(max_leapfrog=0), "max_leapfrog"),
+        ("chees target_accept 1", lambda: _chees(target_accept=1.0), "target_accept"),
+        ("chees learning_rate -1", lambda: _chees(learning_rate=-1), "learning_rate"),
+        ("forward timeout inf", lambda: _check_timeout(math.inf), "--forward-timeout"),
     ]
 
 

@@ -44,6 +44,20 @@ def test_sbc_passes_the_right_prior_and_fails_an_overconfident_one(tmp_path):
     assert bad.coverage_90 < 0.8
 
 
+@pytest.mark.slow
+def test_sbc_passes_chees_on_the_right_prior(tmp_path):
+    """ChEES adapts one step, trajectory and mass matrix from all 200 chains (100 truths, each
+    its own posterior) and is then a fixed HMC kernel for every one of them: ranks uniform."""
+    truth_prior = KarhunenLoeve(6, dim=6, length_scale=0.3)
+    truths = truth_prior.params(truth_prior.sample(100, seed=11))
+    good = sbc(truth_prior, ReadOut(), truths, sigma=0.3, folder=tmp_path / "chees",
+               quantities=[0, 7, 14, 21, 28, 35, 3, 20], kernel="chees", chains=2, warmup=200,
+               draws=400, thin=2, seed=0)
+    assert good.rhat_max < 1.2
+    assert good.p_value > 0.01, (good.p_values, good.histogram())
+    assert 0.85 < good.coverage_90 < 0.95 and 0.9 < good.coverage_2sd
+
+
 def test_sbc_refuses_nuts_and_bad_truths(tmp_path):
     prior = KarhunenLoeve(6, dim=6, length_scale=0.3)
     with pytest.raises(ValueError, match="truths must be"):

@@ -108,6 +108,37 @@ def test_nuts_samples_the_gaussian_posterior(tmp_path):
     assert np.isfinite(r.stats["lp"]).all()  # the potential at each draw, from the memo
 
 
+def test_chees_samples_the_gaussian_posterior(tmp_path):
+    phi, mean, cov = _gaussian()
+    counted = Target(phi, D)
+    r = run_chains(counted, "chees", tmp_path / "c", chains=16, warmup=200, draws=300, seed=3,
+                   checkpoint_every=100)
+    assert r.complete and r.draws.shape == (16, 300, D)
+    _check_posterior(r, mean, cov, cov_tol=0.15)
+    s = r.summary()
+    assert s["rhat_max"] < 1.02 and s["divergences"] == 0 and s["ess_bulk_min"] > 2000
+    # lockstep: every chain takes the same number of leapfrog steps, each one batched call
+    steps = r.stats["n_steps"]
+    assert np.all(steps == steps[:1])
+    assert np.all(r.stats["step_size"] == r.stats["step_size"][:1, :1])  # frozen, shared
+    leapfrog = int(steps[0].sum() + r.warmup_stats["n_steps"][0].sum())
+    # setup adds one gradient at the start and the initial step search (one step a trial);
+    # a divergent chain stops integrating (early warm-up steps are bold)
+    assert 0.95 * 16 * leapfrog < s["gradient_evals"] <= 16 * (leapfrog + 31)
+    # the adapted mass matrix is the posterior's variance (16 chains x 150 iterations)
+    from autovae.inverse.chees import ChEESKernel
+
+    k = ChEESKernel()
+    k.load_state_dict(torch.load(tmp_path / "c" / "state.pt", weights_only=True)["kernel"])
+    assert np.allclose(k.inverse_mass.numpy(), np.diag(cov), rtol=0.25)
+
+
+def test_chees_halton_jitter():
+    from autovae.inverse.chees import halton
+
+    assert [halton(i) for i in range(1, 8)] == [0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875]
+
+
 def test_pcn_leaves_the_prior_invariant(tmp_path):
     """phi = 0: every proposal is accepted and the chain (an AR(1) with rho = sqrt(1 - beta^2))
     samples N(0, I)."""
@@ -232,6 +263,24 @@ def test_nuts_accept_prob_is_the_iteration_mean_pyro_averages(tmp_path):
     assert np.allclose(ap.mean(1), r.mean_accept_prob, atol=1e-9)
     assert summary(r)["mean_accept_prob"] == pytest.approx(float(np.mean(r.mean_accept_prob)))
     assert 0.5 < float(np.mean(r.mean_accept_prob)) < 1.0
+
+
+def test_chees_resume_is_bit_identical_within_and_after_warmup(tmp_path):
+    phi, _, _ = _gaussian()
+    kw = dict(chains=8, warmup=40, draws=40, thin=2, seed=4, checkpoint_every=15)
+    counted = Target(phi, D)
+    full = run_chains(counted, "chees", tmp_path / "full", **kw)
+    for cut in (counted.evals // 5, (4 * counted.evals) // 5):  # in warm-up, in sampling
+        folder = tmp_path / f"cut{cut}"
+        with pytest.raises(Interrupt):
+            run_chains(Target(_killing(phi, cut), D), "chees", folder, **kw)
+        again = run_chains(Target(phi, D), "chees", folder, checkpoint_every=7,
+                           **{k: v for k, v in kw.items() if k != "checkpoint_every"})
+        assert np.array_equal(full.draws, again.draws)
+        assert np.array_equal(full.warmup_draws, again.warmup_draws)
+        for k in full.stats:
+            assert np.array_equal(full.stats[k], again.stats[k]), k
+        assert np.array_equal(full.step_size, again.step_size)
 
 
 def test_finished_folder_is_read_back_and_other_settings_are_refused(tmp_path):

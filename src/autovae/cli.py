@@ -258,7 +258,7 @@ def _cmd_serve_forward(args: argparse.Namespace) -> int:
     model = load_forward(args.model, **options)
     print(f"serving {model.name} ({model.param_shape} -> {model.n_obs}) as UM-Bridge model "
           f"{args.name or model.name} at http://{args.host}:{args.port}", flush=True)
-    serve(model, args.port, args.host, args.name)
+    serve(model, args.port, args.host, args.name, args.workers)
     return 0
 
 
@@ -619,6 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_fwd.add_argument("--host", default="127.0.0.1",
                            help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     serve_fwd.add_argument("--name", default=None, help="the model's name (default: its own)")
+    serve_fwd.add_argument("--workers", type=int, default=1,
+                           help="requests evaluated at once (threads; default 1)")
     serve_fwd.add_argument("--bc", default=None, metavar="BC",
                            help="darcy only: its boundary conditions, spelled as autovae invert "
                                 "--bc (e.g. left=dirichlet:1,right=dirichlet:0; default: p = 0 "

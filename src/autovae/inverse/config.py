@@ -124,6 +124,18 @@ class InverseConfig:
                                      "mala 0.574, nuts 0.8)")
     seed: int = _f(0, "chain seed", least=0)
     checkpoint_every: int = _f(100, "iterations between checkpoints", least=1)
+    jobs: int = _f(1, "workers for the rows of a batch: threads for darcy and "
+                   "aristoff-bangerth, requests in flight for a UM-Bridge model, a model's "
+                   "own choice for package.module:Class (parallel_rows); the draws do not "
+                   "depend on it (at most 256)", least=1)
+    forward_timeout: float | None = _f(None, "seconds a UM-Bridge request may take before the "
+                                       "run stops, resumable (default 600)", least=0)
+    jobs: int = _f(1, "workers for the rows of a batch: threads for darcy and "
+                   "aristoff-bangerth, requests in flight for a UM-Bridge model, a model's "
+                   "own choice for package.module:Class (parallel_rows); the draws do not "
+                   "depend on it", least=1)
+    forward_timeout: float | None = _f(None, "seconds a UM-Bridge request may take before the "
+                                       "run stops (resumable; default 600)", least=0)
     out: str | None = _f(None, "chain folder (default RUN/invert-KERNEL-SEED with a run, else "
                          "runs/invert/PROBLEM-PRIOR-KERNEL-SEED)")
     device: str | None = _f(None, "device to load the run on")
@@ -140,6 +152,26 @@ class InverseConfig:
             raise ValueError(f"--target-accept must lie in (0, 1), got {self.target_accept!r}")
         if self.step_size is not None and self.step_size <= 0:
             raise ValueError(f"--step-size must be positive, got {self.step_size!r}")
+        from .parallel import check_jobs
+
+        check_jobs(self.jobs)
+        if self.forward_timeout is not None and self.forward_timeout <= 0:
+            raise ValueError(f"--forward-timeout must be a positive number of seconds, got "
+                             f"{self.forward_timeout!r}")
+        if self.forward_timeout is not None and self.forward is not None \
+                and not self.forward.startswith("umbridge:"):
+            raise ValueError(f"--forward-timeout applies to a UM-Bridge model (--forward "
+                             f"umbridge:URL), not to {self.forward}; leave it out")
+        from .parallel import check_jobs
+
+        check_jobs(self.jobs)
+        if self.forward_timeout is not None and self.forward_timeout <= 0:
+            raise ValueError(f"--forward-timeout must be a positive number of seconds, got "
+                             f"{self.forward_timeout!r}")
+        if self.forward_timeout is not None and self.forward is not None \
+                and not self.forward.startswith("umbridge:"):
+            raise ValueError(f"--forward-timeout applies to a UM-Bridge model (--forward "
+                             f"umbridge:URL), not to {self.forward}; leave it out")
         if self.noise is not None and self.noise <= 0:
             raise ValueError(f"--noise must be positive (e.g. 0.05), got {self.noise!r}")
         # one spelling, written out in full: the record reads the same however it was given

@@ -28,6 +28,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .boundary import SIDES, BoundaryConditions
+from .parallel import run_rows
 
 __all__ = ["DarcySolver", "darcy_pressure", "observation_operator"]
 
@@ -238,27 +239,36 @@ class DarcySolver:
                       for ki in k])
         return p[0] if single else p
 
-    def solve(self, log_k) -> torch.Tensor:
-        """(B, n, n) log-permeabilities -> (B, n, n) cell pressures, log_k's dtype, with grad."""
+    def solve(self, log_k, jobs: int = 1) -> torch.Tensor:
+        """(B, n, n) log-permeabilities -> (B, n, n) cell pressures, log_k's dtype, with grad;
+        the rows factorised (and back-propagated) on ``jobs`` threads."""
         log_k = _as_field(log_k, "log_k")
         if log_k.shape[1:] != (self.n, self.n):
             raise ValueError(f"log_k must have shape (B, {self.n}, {self.n}) for this "
                              f"solver; got {tuple(log_k.shape)}")
-        return _DarcySolve.apply(log_k, self)
+        return _DarcySolve.apply(log_k, self, jobs)
 
     # numpy cores of the autograd function
-    def _forward(self, log_k: np.ndarray):
+    def _forward(self, log_k: np.ndarray, jobs: int = 1):
         with np.errstate(over="ignore", under="ignore"):
             k = np.exp(log_k)
         if not np.isfinite(k).all() or (k <= 0).any():
             raise ValueError("exp(log_k) overflows or underflows (|log_k| > ~700): the "
                              "permeability must be positive and finite; bound log_k")
-        lus = [self._factor(ki) for ki in k]
-        p = np.stack([lu.solve(self._rhs_for(ki)) for lu, ki in zip(lus, k, strict=True)])
+        lus = [None] * len(k)
+        p = np.empty_like(k)
+
+        def rows(lo, hi):
+            for b in range(lo, hi):
+                lus[b] = self._factor(k[b])
+                p[b] = lus[b].solve(self._rhs_for(k[b]))
+
+        run_rows(rows, len(k), jobs)
         return k.reshape(len(k), -1), lus, p
 
     @np.errstate(over="ignore", invalid="ignore")
-    def _adjoint(self, k: np.ndarray, lus, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    def _adjoint(self, k: np.ndarray, lus, p: np.ndarray, g: np.ndarray, jobs: int = 1
+                 ) -> np.ndarray:
         """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve:
         lambda^T (db/dlog k - dA/dlog k p), A^T lambda = g (b depends on k through the
         Dirichlet faces' 2 k P).
@@ -267,21 +277,27 @@ class DarcySolver:
         products overflow: the gradient is then inf or NaN, returned as is without a warning,
         and the sampler rejects the step (Pyro's NUTS counts it as divergent)."""
         out = np.empty_like(p)
-        for b, lu in enumerate(lus):
-            lam = lu.solve(g[b], trans="T")
-            kb, pb = k[b], p[b]
-            t, _ = self._transmissibilities(kb)
-            # dA/dT_face has +1 on the diagonal, -1 off it: lambda^T dA p = (dl)(dp) per face
-            w = (lam[self._a] - lam[self._b]) * (pb[self._a] - pb[self._b])
-            grad = np.zeros(self.n * self.n)
-            # dT/dlog k_a = T^2 / (2 k_a), dT/dlog k_b = T^2 / (2 k_b)
-            np.add.at(grad, self._a, w * t * (t / (2.0 * kb[self._a])))
-            np.add.at(grad, self._b, w * t * (t / (2.0 * kb[self._b])))
-            # a Dirichlet face: A has 2 k, b has 2 k P, so lambda (dA p - db) = lambda 2 k (p - P)
-            np.add.at(grad, self._dir, lam[self._dir] * (pb[self._dir] - self._dir_p) * 2.0
-                      * kb[self._dir])
-            out[b] = -grad
+        run_rows(lambda lo, hi: [self._adjoint_row(k, lus, p, g, out, b) for b in range(lo, hi)],
+                 len(lus), jobs)
         return out.reshape(len(p), self.n, self.n)
+
+    @np.errstate(over="ignore", invalid="ignore")
+    def _adjoint_row(self, k, lus, p, g, out, b) -> None:
+        """Row b of :meth:`_adjoint`, written into ``out[b]``."""
+        lu = lus[b]
+        lam = lu.solve(g[b], trans="T")
+        kb, pb = k[b], p[b]
+        t, _ = self._transmissibilities(kb)
+        # dA/dT_face has +1 on the diagonal, -1 off it: lambda^T dA p = (dl)(dp) per face
+        w = (lam[self._a] - lam[self._b]) * (pb[self._a] - pb[self._b])
+        grad = np.zeros(self.n * self.n)
+        # dT/dlog k_a = T^2 / (2 k_a), dT/dlog k_b = T^2 / (2 k_b)
+        np.add.at(grad, self._a, w * t * (t / (2.0 * kb[self._a])))
+        np.add.at(grad, self._b, w * t * (t / (2.0 * kb[self._b])))
+        # a Dirichlet face: A has 2 k, b has 2 k P, so lambda (dA p - db) = lambda 2 k (p - P)
+        np.add.at(grad, self._dir, lam[self._dir] * (pb[self._dir] - self._dir_p) * 2.0
+                  * kb[self._dir])
+        out[b] = -grad
 
     def __repr__(self) -> str:
         f = f"{self.f.flat[0]:g}" if np.all(self.f == self.f.flat[0]) else "field"
@@ -309,18 +325,18 @@ class _DarcySolve(torch.autograd.Function):
     """log_k (B, n, n) -> p (B, n, n); backward by the adjoint solve with the saved LU."""
 
     @staticmethod
-    def forward(ctx, log_k, solver):
+    def forward(ctx, log_k, solver, jobs):
         lk = log_k.detach().cpu().double().numpy().reshape(len(log_k), -1)
-        k, lus, p = solver._forward(lk)
-        ctx.solver, ctx.state = solver, (k, lus, p)
+        k, lus, p = solver._forward(lk, jobs)
+        ctx.solver, ctx.state, ctx.jobs = solver, (k, lus, p), jobs
         return torch.from_numpy(p.reshape(log_k.shape)).to(log_k.dtype).to(log_k.device)
 
     @staticmethod
     def backward(ctx, grad_p):
         k, lus, p = ctx.state
         g = grad_p.detach().cpu().double().numpy().reshape(len(p), -1)
-        grad = ctx.solver._adjoint(k, lus, p, g)
-        return torch.from_numpy(grad).to(grad_p.dtype).to(grad_p.device), None
+        grad = ctx.solver._adjoint(k, lus, p, g, ctx.jobs)
+        return torch.from_numpy(grad).to(grad_p.dtype).to(grad_p.device), None, None
 
 
 @functools.lru_cache(maxsize=8)
@@ -328,12 +344,12 @@ def _solver(n: int, f: float, bc: BoundaryConditions) -> DarcySolver:
     return DarcySolver(n, f, bc)
 
 
-def observe(solver: DarcySolver, log_k: torch.Tensor, points) -> torch.Tensor:
+def observe(solver: DarcySolver, log_k: torch.Tensor, points, jobs: int = 1) -> torch.Tensor:
     """(B, P) pressures at ``points`` of the fields log_k (B, n, n) solved by ``solver`` (its
     source and boundary conditions), differentiable in log_k; dense H (any source field)."""
     n = log_k.shape[-1]
     H, offset, N = _observation(n, points, solver.bc)
-    p = solver.solve(log_k).reshape(len(log_k), n * n)
+    p = solver.solve(log_k, jobs).reshape(len(log_k), n * n)
     return _affine(p @ torch.from_numpy(H.toarray()).to(log_k.dtype).T, log_k, offset, N)
 
 
@@ -348,7 +364,7 @@ def _affine(obs: torch.Tensor, log_k: torch.Tensor, offset, N) -> torch.Tensor:
     return obs
 
 
-def darcy_pressure(log_k, points, f: float = 3.0, bc=None) -> torch.Tensor:
+def darcy_pressure(log_k, points, f: float = 3.0, bc=None, jobs: int = 1) -> torch.Tensor:
     """(B, n, n) log-permeabilities, (P, 2) points (x, y) in [0, 1]^2 -> (B, P) pressures.
 
     ``f``: the source; ``bc``: the boundary conditions (default: p = 0 on x = 0, 1, no flux on
@@ -362,7 +378,7 @@ def darcy_pressure(log_k, points, f: float = 3.0, bc=None) -> torch.Tensor:
     bc = BoundaryConditions.parse(bc)
     H, offset, N = _observation(n, pts, bc)
     H = H.tocoo()
-    p = _solver(n, float(f), bc).solve(log_k).reshape(len(log_k), n * n)
+    p = _solver(n, float(f), bc).solve(log_k, jobs).reshape(len(log_k), n * n)
     Hs = torch.sparse_coo_tensor(torch.from_numpy(np.stack([H.row, H.col]).astype(np.int64)),
                                  torch.from_numpy(H.data), H.shape, dtype=p.dtype,
                                  device=p.device, check_invariants=True)

@@ -38,6 +38,8 @@ class ForwardModel(abc.ABC):
     gradient_reason = ""
     forward_solves = 1        # PDE solves per parameter set mapped
     adjoint_solves = 1        # PDE solves per parameter set back-propagated
+    parallel_rows: str | None = None  # "threads" or "processes": rows may run in parallel
+    jobs = 1                  # workers for the rows of a batch (set_jobs)
     # what pictures and posterior.nc show of the model (optional): the observation points
     # (P, 2) in [0, 1]^2 to mark on parameter fields, the parameters' name, and whether they
     # take both signs (a diverging colour map centred at 0)
@@ -47,6 +49,52 @@ class ForwardModel(abc.ABC):
 
     def __init__(self):
         self.solves = 0
+
+    def set_jobs(self, jobs: int) -> None:
+        """Evaluate the rows of a batch on ``jobs`` workers (``--jobs``).
+
+        A model whose rows are independent says so with the class attribute
+        ``parallel_rows = "threads"`` (its ``evaluate`` releases the GIL: numpy, scipy, torch,
+        I/O) or ``"processes"`` (pure Python; the model is pickled to each worker, and refused
+        here, before any sampling, if it cannot be). ``evaluate`` then gets contiguous chunks
+        of the batch; each row must not depend on the chunk it comes in, so the draws do not
+        depend on ``jobs``. Built-in models and UM-Bridge override this. Without
+        ``parallel_rows`` the rows stay on one worker (jobs is accepted and unused)."""
+        from .parallel import ProcessRows, check_jobs
+
+        if self.parallel_rows not in (None, "threads", "processes"):
+            raise ValueError(f"{self.name}: parallel_rows must be None, 'threads' or "
+                             f"'processes', got {self.parallel_rows!r}")
+        jobs = check_jobs(jobs, processes=self.parallel_rows == "processes")
+        old = getattr(self, "_processes", None)
+        if old is not None:
+            old.close()
+        self._processes = ProcessRows(self, jobs) \
+            if self.parallel_rows == "processes" and jobs > 1 else None
+        self.jobs = jobs
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_processes", None)  # a worker's copy evaluates its rows itself
+        state["jobs"] = 1
+        return state
+
+    def _evaluate_batch(self, params: torch.Tensor) -> torch.Tensor:
+        """``evaluate`` on the batch, split over the workers where the model allows it."""
+        if self.jobs <= 1 or self.parallel_rows is None or params.shape[0] < 2:
+            return self.evaluate(params)
+        processes = getattr(self, "_processes", None)
+        if processes is not None:
+            return processes.evaluate(params)
+        from .parallel import run_rows
+
+        grad = torch.is_grad_enabled()  # grad mode is per thread
+
+        def rows(a, b):
+            with torch.set_grad_enabled(grad):
+                return self.evaluate(params[a:b])
+
+        return torch.cat(run_rows(rows, params.shape[0], self.jobs))
 
     @abc.abstractmethod
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
@@ -84,7 +132,7 @@ class ForwardModel(abc.ABC):
     def __call__(self, params) -> torch.Tensor:
         params = self.check(params)
         batch = params.shape[0]
-        out = self.evaluate(params)
+        out = self._evaluate_batch(params)
         self.solves += batch * self.forward_solves
         if not torch.is_tensor(out) or tuple(out.shape) != (batch, self.n_obs):
             shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__

@@ -73,6 +73,12 @@ class DarcyForward(ForwardModel):
         return {**super().describe(), "grid": self.grid, "points": self.points.tolist(),
                 "source": src, **bc}
 
+    def set_jobs(self, jobs: int) -> None:
+        """Factorise the rows of a batch on ``jobs`` threads (SuperLU releases the GIL)."""
+        from .parallel import check_jobs
+
+        self.jobs = check_jobs(jobs)
+
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         return self.pressure(params, self.points)
 
@@ -83,8 +89,8 @@ class DarcyForward(ForwardModel):
             if f is None:
                 from .darcy import DarcySolver, observe
                 return observe(DarcySolver(log_k.shape[-1], self.source, self.bc), log_k,
-                               points)
-            return darcy_pressure(log_k, points, f, self.bc)
+                               points, jobs=self.jobs)
+            return darcy_pressure(log_k, points, f, self.bc, jobs=self.jobs)
         except ValueError:
             if log_k.shape[0] == 1:
                 return torch.full((1, points.shape[0]), math.nan, dtype=log_k.dtype)
@@ -143,6 +149,12 @@ class AristoffBangerthForward(ForwardModel):
         from .aristoff_bangerth import AristoffBangerth
 
         self.benchmark = AristoffBangerth()
+
+    def set_jobs(self, jobs: int) -> None:
+        """Factorise the rows of a batch on ``jobs`` threads (LAPACK releases the GIL)."""
+        from .parallel import check_jobs
+
+        self.jobs = self.benchmark._solver.jobs = check_jobs(jobs)
 
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         """Observations, or NaN rows where the stiffness matrix cannot be factorised (theta's

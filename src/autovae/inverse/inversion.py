@@ -69,6 +69,7 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
         ChainFolder(cfg.out).check_writable()
     built = PROBLEMS[cfg.problem](cfg)
     problem = built.problem
+    _workers(problem.forward, cfg)
     bars = None if cfg.error_bars is None else error_bar_indices(
         cfg.error_bars, int(np.prod(problem.prior.param_shape)))
     kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")
@@ -111,6 +112,18 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
                                       "fine_acceptance_of_moved") if k in d})
     write_outputs(cf, problem, result, out, built, error_bars=bars)
     return InversionResult(cf.path, problem, result, out, new_solves)
+
+
+def _workers(forward, cfg: InverseConfig) -> None:
+    """--jobs and --forward-timeout onto the forward model, before any sampling."""
+    from .umbridge import UMBridgeForward
+
+    if cfg.forward_timeout is not None:
+        if not isinstance(forward, UMBridgeForward):
+            raise ValueError(f"--forward-timeout applies to a UM-Bridge model (--forward "
+                             f"umbridge:URL), not to {forward.name}; leave it out")
+        forward.timeout = cfg.forward_timeout
+    forward.set_jobs(cfg.jobs)
 
 
 def _delayed(cfg: InverseConfig, problem: InverseProblem, inner) -> dict[str, Any]:

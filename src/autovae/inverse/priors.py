@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,19 @@ class LogDensityPrior(Prior):
         return z.to(torch.float64).exp().reshape(z.shape[0], *self.param_shape)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        return self._log_density(self.params(z)) + z.sum(-1)
+        """log_density(e^z) + sum z; -inf where e^z overflows or underflows (a sampler's wild
+        proposal: it is then rejected, as where the forward model fails)."""
+        theta = self.params(z)
+        flat = theta.detach().reshape(len(theta), -1)
+        ok = torch.isfinite(flat).all(1) & (flat > 0).all(1)
+        if bool(ok.all()):
+            return self._log_density(theta) + z.sum(-1)
+        # -inf, still a function of z (autograd takes the gradient of the other rows)
+        out = torch.full((len(z),), -math.inf, dtype=torch.float64) + 0.0 * z.sum(-1)
+        if ok.any():
+            out = out.index_put((ok.nonzero().flatten(),),
+                                (self._log_density(theta[ok]) + z[ok].sum(-1)).to(out.dtype))
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"prior": self.name, "dim": self.dim}

@@ -51,7 +51,7 @@ MAX_CELLS = 4096 * 4096
 COMMON = frozenset({"run", "problem", "prior", "data", "noise", "noise_kind", "truth_file",
                     "kernel", "kernel_options", "chains", "warmup", "draws", "thin", "step_size",
                     "target_accept", "seed", "checkpoint_every", "out", "device",
-                    "error_bars", "subchain", "coarse_forward", "error_model",
+                    "error_bars", "jobs", "subchain", "coarse_forward", "error_model",
                     "adaptive_error"})
 VECTOR = ("gaussian", "lognormal", "uniform")  # priors on a parameter vector (vector_priors)
 PRIOR_VALUES = ("prior_mean", "prior_sd", "prior_cov", "prior_low", "prior_high")
@@ -318,7 +318,7 @@ PROBLEMS: dict[str, ProblemSpec] = {spec.name: spec for spec in (
                 noise=0.05, noise_kind="absolute",  # AristoffBangerth.sigma, as published
                 unread={"forward": _OWN_FORWARD}),
     ProblemSpec("custom", "your --forward with your --data", _custom,
-                frozenset({"forward", "grid", "dim", *PRIOR_VALUES}),
+                frozenset({"forward", "grid", "dim", "forward_timeout", *PRIOR_VALUES}),
                 priors=("run", "kle", *VECTOR), prior="kle",
                 noise=None, noise_kind="absolute",
                 unread={"residual": "it has no prior covariance for a residual field to "

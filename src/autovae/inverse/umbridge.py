@@ -11,6 +11,7 @@ through a real server.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +20,7 @@ import torch
 
 from .forward import ForwardModel
 
-__all__ = ["UMBridgeForward", "serve"]
+__all__ = ["DEFAULT_TIMEOUT", "UMBridgeForward", "serve"]
 
 
 def _split(url: str) -> tuple[str, str]:
@@ -31,62 +32,174 @@ def _split(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}", name
 
 
-class UMBridgeForward(ForwardModel):
-    """A UM-Bridge model over HTTP: parameters (B, n_in) -> observations (B, n_out)."""
+DEFAULT_TIMEOUT = 600.0
+"""Seconds a UM-Bridge request may take before it is given up (``--forward-timeout``)."""
+_SETUP_TIMEOUT = 30.0  # the model's description (Info, sizes) and every connection
 
-    def __init__(self, url: str, timeout: float = 10.0):
+
+class UMBridgeForward(ForwardModel):
+    """A UM-Bridge model over HTTP: parameters (B, n_in) -> observations (B, n_out).
+
+    Each row of a batch is one request; ``set_jobs(N)`` keeps up to N in flight (the server's
+    workers, or a load balancer in front of many servers, spread them), and the rows come back
+    in order, so the draws do not depend on N. ``timeout``: seconds a request may take. A
+    model's error comes back with the server's own message; a server that stops answering,
+    or answers nothing within ``timeout``, stops the run with one line naming it (the chain
+    folder keeps its last checkpoint: run the same command again to resume). A parameter set
+    the model cannot evaluate should give NaN outputs: the sampler then rejects it.
+    """
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT):
         super().__init__()
         import requests
-        import umbridge
 
         self.url = url
-        self.base, model_name = _split(url)
+        self.base, self.model_name = _split(url)
         self.name = f"umbridge:{url}"
+        self.timeout = check_timeout(timeout)
+        self._local = threading.local()
         try:
-            info = requests.get(f"{self.base}/Info", timeout=timeout).json()
+            info = requests.get(f"{self.base}/Info", timeout=_SETUP_TIMEOUT).json()
         except (requests.RequestException, ValueError) as err:
             raise ValueError(f"cannot reach a UM-Bridge server at {self.base} "
                              f"({type(err).__name__}); is it running, and is the address "
                              "right?") from None
-        models = info.get("models", [])
-        if model_name not in models:
-            raise ValueError(f"the UM-Bridge server at {self.base} has no model {model_name!r}; "
-                             f"it serves {', '.join(models) or 'none'}")
-        self.model = umbridge.HTTPModel(self.base, model_name)
-        ins, outs = self.model.get_input_sizes(), self.model.get_output_sizes()
+        models = info.get("models", []) if isinstance(info, dict) else []
+        if self.model_name not in models:
+            raise ValueError(f"the UM-Bridge server at {self.base} has no model "
+                             f"{self.model_name!r}; it serves {', '.join(models) or 'none'}")
+        support = self._post("ModelInfo", {}, _SETUP_TIMEOUT)["support"]
+        ins = self._post("InputSizes", {"config": {}}, _SETUP_TIMEOUT)["inputSizes"]
+        outs = self._post("OutputSizes", {"config": {}}, _SETUP_TIMEOUT)["outputSizes"]
         if len(ins) != 1 or len(outs) != 1:
-            raise ValueError(f"the UM-Bridge model {model_name} takes {len(ins)} input and "
+            raise ValueError(f"the UM-Bridge model {self.model_name} takes {len(ins)} input and "
                              f"gives {len(outs)} output vectors; autovae needs one of each")
-        if not self.model.supports_evaluate():
-            raise ValueError(f"the UM-Bridge model {model_name} does not support Evaluate")
+        if not support.get("Evaluate", False):
+            raise ValueError(f"the UM-Bridge model {self.model_name} does not support Evaluate")
         self.param_shape, self.n_obs = (int(ins[0]),), int(outs[0])
-        self.gradient = bool(self.model.supports_gradient())
+        self.gradient = bool(support.get("Gradient", False))
         if not self.gradient:
-            self.gradient_reason = (f"the UM-Bridge model {model_name} at {self.base} does not "
-                                    "support Gradient")
+            self.gradient_reason = (f"the UM-Bridge model {self.model_name} at {self.base} "
+                                    "does not support Gradient")
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "url": self.url}
 
+    def set_jobs(self, jobs: int) -> None:
+        """Keep up to ``jobs`` requests in flight."""
+        from .parallel import check_jobs
+
+        self.jobs = check_jobs(jobs)
+
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         return _Remote.apply(params.to(torch.float64), self)
 
-    def _evaluate_rows(self, rows: np.ndarray) -> np.ndarray:
-        out = []
-        for row in rows:
+    # -- HTTP -----------------------------------------------------------------------------------
+    def _session(self):
+        import requests
+
+        session = getattr(self._local, "session", None)
+        if session is None:  # one connection per worker thread
+            session = self._local.session = requests.Session()
+        return session
+
+    def _post(self, route: str, body: dict[str, Any], timeout: float | None = None
+              ) -> dict[str, Any]:
+        """One request (``timeout``: seconds, default ``self.timeout``); the model's or the
+        server's failure as a ValueError naming both."""
+        import requests
+
+        timeout = self.timeout if timeout is None else timeout
+        where = f"the UM-Bridge model {self.model_name} at {self.base}"
+        resume = ("; nothing is lost: the chain folder keeps its last checkpoint, and running "
+                  "the same command again resumes it")
+        try:
+            r = self._session().post(f"{self.base}/{route}", json={"name": self.model_name,
+                                                                  **body},
+                                     timeout=(min(timeout, _SETUP_TIMEOUT), timeout))
+        except requests.Timeout:
+            raise ValueError(f"{where} did not answer {route} within {timeout:g} s "
+                             f"(--forward-timeout){resume}") from None
+        except requests.RequestException as err:
+            raise ValueError(f"lost the UM-Bridge server at {self.base}: it stopped answering "
+                             f"({route}: {type(err).__name__}){resume} once it is back") \
+                from None
+        try:
+            data = r.json()
+        except ValueError:
+            text = " ".join(r.text.split())[:200] or "no body"
+            raise ValueError(f"{where} failed in {route}: HTTP {r.status_code} ({text}); see "
+                             "the server's log for the model's traceback") from None
+        if isinstance(data, dict) and "error" in data:
+            err = data["error"] if isinstance(data["error"], dict) else {"message": data["error"]}
+            raise ValueError(f"{where} failed in {route}: {err.get('type', 'Error')}: "
+                             f"{err.get('message', '')}")
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} answered {route} with {type(data).__name__}, not a JSON "
+                             "object")
+        return data
+
+    def _vector(self, data: dict[str, Any], key: str, route: str, size: int) -> list[float]:
+        try:
+            v = np.asarray(data[key][0] if route == "Evaluate" else data[key],
+                           dtype=np.float64)
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ValueError(f"the UM-Bridge model {self.model_name} at {self.base} answered "
+                             f"{route} without a vector of numbers under {key!r}") from None
+        if v.shape != (size,):
+            raise ValueError(f"the UM-Bridge model {self.model_name} at {self.base} returned "
+                             f"{v.size} values from {route}; it declares {size}")
+        return v
+
+    def _map(self, fn, n: int) -> np.ndarray:
+        """fn(i) for i in 0..n, up to ``jobs`` at once, in order."""
+        if self.jobs <= 1 or n < 2:
+            return np.stack([fn(i) for i in range(n)])
+        from .parallel import _pool
+
+        futures = [_pool(self.jobs).submit(fn, i) for i in range(n)]
+        out, first = [], None
+        for f in futures:  # wait for all: no request is left running behind an error
             try:
-                y = self.model([row.tolist()])[0]
-            except Exception as err:  # the server's error is the model's: a NaN for the chain
-                if "Connection" in type(err).__name__:
-                    raise ValueError(f"lost the UM-Bridge server at {self.base} ({err})") \
-                        from None
-                y = [math.nan] * self.n_obs
-            out.append(y)
-        return np.asarray(out, dtype=np.float64)
+                out.append(f.result())
+            except ValueError as err:
+                first = first or err
+        if first is not None:
+            raise first
+        return np.stack(out)
+
+    def _evaluate_rows(self, rows: np.ndarray) -> np.ndarray:
+        def one(i):
+            data = self._post("Evaluate", {"input": [rows[i].tolist()], "config": {}})
+            return self._vector(data, "output", "Evaluate", self.n_obs)
+
+        return self._map(one, len(rows))
 
     def _gradient_rows(self, rows: np.ndarray, sens: np.ndarray) -> np.ndarray:
-        return np.asarray([self.model.gradient(0, 0, [r.tolist()], s.tolist())
-                           for r, s in zip(rows, sens, strict=True)], dtype=np.float64)
+        def one(i):
+            data = self._post("Gradient", {"outWrt": 0, "inWrt": 0, "input": [rows[i].tolist()],
+                                           "sens": sens[i].tolist(), "config": {}})
+            return self._vector(data, "output", "Gradient", rows.shape[1])
+
+        return self._map(one, len(rows))
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+
+def check_timeout(value) -> float:
+    """A request timeout in seconds: positive and finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--forward-timeout must be a positive number of seconds, got "
+                         f"{value!r}")
+    return float(value)
 
 
 class _Remote(torch.autograd.Function):
@@ -105,12 +218,16 @@ class _Remote(torch.autograd.Function):
 
 
 def serve(model: ForwardModel, port: int = 4242, host: str = "127.0.0.1",
-          name: str | None = None) -> None:
+          name: str | None = None, workers: int = 1) -> None:
     """Serve ``model`` under the UM-Bridge protocol at http://host:port/name (blocks).
 
     The parameters travel flat (``prod(param_shape)`` values); Gradient is offered when the
-    model is differentiable.
+    model is differentiable. ``workers``: requests evaluated at once (threads; a model whose
+    work releases the GIL, or waits, runs that many in parallel).
     """
+    from .parallel import check_jobs
+
+    workers = check_jobs(workers, name="--workers")
     import functools
 
     import aiohttp.web
@@ -148,4 +265,4 @@ def serve(model: ForwardModel, port: int = 4242, host: str = "127.0.0.1",
 
     # umbridge's serve_models listens on every interface; bind the host asked for instead
     aiohttp.web.run_app = functools.partial(aiohttp.web.run_app, host=host)
-    umbridge.serve_models([Served(name or model.name)], port=port)
+    umbridge.serve_models([Served(name or model.name)], port=port, max_workers=workers)

@@ -1,0 +1,288 @@
+"""--jobs: the rows of a batch on N workers, with draws that do not depend on N.
+
+Built-in models (threads), a user's model (threads or processes, gradients included), and a
+UM-Bridge model through real local servers (``autovae serve-forward --workers``), never a mock:
+requests in flight, a server that dies mid-batch (one line naming it; the chain folder
+resumes to the draws an uninterrupted run gives).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autovae.cli import main
+from autovae.inverse import invert, load_chains
+from autovae.inverse.parallel import MAX_JOBS, check_jobs, chunks
+
+pytest.importorskip("umbridge")
+HERE = Path(__file__).parent
+
+
+def _same_chains(a: Path, b: Path) -> None:
+    """Every draw and per-draw statistic, warm-up included, and the kernel's final state."""
+    ra, rb = load_chains(a), load_chains(b)
+    assert ra.complete and rb.complete
+    assert np.array_equal(ra.draws, rb.draws) and np.array_equal(ra.warmup_draws,
+                                                                 rb.warmup_draws)
+    for k in ra.stats:
+        assert np.array_equal(ra.stats[k], rb.stats[k]), k
+    assert np.array_equal(ra.step_size, rb.step_size)
+    assert ra.solves == rb.solves
+    blocks = sorted(p.name for p in (a / "blocks").iterdir())
+    assert blocks == sorted(p.name for p in (b / "blocks").iterdir())
+    for name in blocks:  # the block files themselves, byte for byte
+        assert (a / "blocks" / name).read_bytes() == (b / "blocks" / name).read_bytes()
+
+
+def test_chunks_cover_the_batch_in_order():
+    assert chunks(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert chunks(2, 8) == [(0, 1), (1, 2)] and chunks(5, 1) == [(0, 5)]
+    assert check_jobs(MAX_JOBS) == MAX_JOBS
+
+
+@pytest.mark.parametrize("problem", ["aristoff-bangerth", "darcy"])
+def test_jobs_1_and_2_give_bit_identical_chain_folders(tmp_path, problem):
+    kw = dict(problem=problem, kernel="chees", chains=6, warmup=8, draws=6,
+              checkpoint_every=5, seed=2)
+    if problem == "darcy":
+        kw.update(grid=8, dim=6)
+    one = invert(jobs=1, out=str(tmp_path / "one"), **kw)
+    two = invert(jobs=2, out=str(tmp_path / "two"), **kw)
+    assert one.chains.solves > 6 * 14 * 2  # every iteration a batched gradient at least
+    _same_chains(tmp_path / "one", tmp_path / "two")
+    assert one.summary["rhat_max"] == two.summary["rhat_max"]
+
+
+@pytest.mark.parametrize("cls", ["TanhThreads", "TanhProcesses"])
+def test_a_user_model_declared_parallel_gives_the_same_values_and_gradients(cls):
+    from helpers import parallel_models
+
+    model, serial = getattr(parallel_models, cls)(), parallel_models.Tanh()
+    model.set_jobs(2)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = torch.randn(5, 6, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = model(xa), serial(xb)
+    assert torch.equal(ya.detach(), yb.detach())
+    (ga,) = torch.autograd.grad((ya * w).sum(), xa)
+    (gb,) = torch.autograd.grad((yb * w).sum(), xb)
+    assert torch.equal(ga, gb)
+    assert model.solves == serial.solves == 10  # five forward, five adjoint
+    with torch.no_grad():
+        assert torch.equal(model(x), serial(x))
+
+
+def test_an_unpicklable_model_declared_parallel_is_refused_before_sampling(tmp_path, capsys):
+    from helpers.parallel_models import Tanh, Unpicklable
+
+    with pytest.raises(ValueError, match="cannot be pickled"):
+        Unpicklable().set_jobs(2)
+    Unpicklable().set_jobs(1)  # one worker: nothing to send
+    y = Tanh()(torch.zeros(1, 4, dtype=torch.float64))[0].numpy()
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "chain"
+    code = main(["invert", "--problem", "custom", "--forward", "helpers.parallel_models:"
+                 "Unpicklable", "--data", str(tmp_path / "y.npy"), "--noise", "0.1",
+                 "--prior", "kle", "--grid", "2", "--dim", "4", "--jobs", "2", "--out",
+                 str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be pickled" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+# -- UM-Bridge through real servers -------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model: str, port: int, workers: int = 1, env_extra=None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(HERE), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1", **(env_extra or {}))
+    proc = subprocess.Popen([sys.executable, "-m", "autovae", "serve-forward", model, "--port",
+                             str(port), "--workers", str(workers), "--name", "tanh"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("the UM-Bridge server did not start") from None
+            time.sleep(0.3)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:  # a loaded machine: do not wait on its shutdown
+        proc.kill()
+        proc.wait(10)
+
+
+def _invert(tmp_path, forward: str, out: str, jobs: int = 1) -> int:
+    return main(["invert", "--problem", "custom", "--forward", forward, "--data",
+                 str(tmp_path / "y.npy"), "--noise", "0.1", "--prior", "kle", "--grid", "2",
+                 "--dim", "4", "--kernel", "chees", "--chains", "8", "--warmup", "10",
+                 "--draws", "10", "--checkpoint-every", "4", "--jobs", str(jobs), "--out",
+                 str(tmp_path / out), "--quiet"])
+
+
+@pytest.fixture()
+def data(tmp_path):
+    from helpers.parallel_models import Tanh
+
+    y = Tanh()(torch.tensor([[0.3, -0.2, 0.5, 0.1]], dtype=torch.float64))[0].numpy()
+    np.save(tmp_path / "y.npy", y)
+    return tmp_path
+
+
+def test_umbridge_requests_in_flight_give_the_draws_of_the_model_in_process(data, capsys):
+    port = _free_port()
+    server = _start("helpers.parallel_models:Tanh", port, workers=4)
+    try:
+        url = f"umbridge:http://127.0.0.1:{port}/tanh"
+        assert _invert(data, url, "remote4", jobs=4) == 0
+        assert _invert(data, url, "remote1", jobs=1) == 0
+    finally:
+        _stop(server)
+    assert _invert(data, "helpers.parallel_models:Tanh", "local") == 0
+    capsys.readouterr()
+    _same_chains(data / "remote4", data / "remote1")
+    a, b = load_chains(data / "remote4"), load_chains(data / "local")
+    assert np.allclose(a.draws, b.draws, rtol=1e-9, atol=1e-12) and a.solves == b.solves
+
+
+def test_a_server_that_dies_mid_batch_is_named_and_the_chain_folder_resumes(data, capsys):
+    assert _invert(data, "helpers.parallel_models:Tanh", "local") == 0
+    port = _free_port()
+    url = f"umbridge:http://127.0.0.1:{port}/tanh"
+    # the server exits at its 700th evaluation: in the sampling phase, inside a batch
+    server = _start("helpers.parallel_models:DyingTanh", port, workers=4,
+                    env_extra={"AUTOVAE_TEST_DIE_AFTER": "700"})
+    try:
+        capsys.readouterr()
+        assert _invert(data, url, "remote", jobs=4) == 2
+        err = capsys.readouterr().err
+    finally:
+        server.kill()
+        server.wait(10)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"lost the UM-Bridge server at http://127.0.0.1:{port}" in err
+    assert "nothing is lost" in err and "resumes" in err
+    meta = json.loads((data / "remote" / "chain.json").read_text())
+    assert meta["status"] == "running"
+    part = load_chains(data / "remote")
+    assert part.draws.shape[1] + part.warmup_draws.shape[1] > 0  # checkpoints were kept
+    server = _start("helpers.parallel_models:Tanh", port, workers=4)
+    try:
+        assert _invert(data, url, "remote", jobs=4) == 0
+    finally:
+        _stop(server)
+    a, b = load_chains(data / "remote"), load_chains(data / "local")
+    assert np.allclose(a.draws, b.draws, rtol=1e-9, atol=1e-12)
+    assert np.allclose(a.warmup_draws, b.warmup_draws, rtol=1e-9, atol=1e-12)
+
+
+def test_a_server_that_does_not_answer_in_time_and_a_model_error_are_named(data, capsys):
+    from autovae.inverse import UMBridgeForward
+
+    port = _free_port()
+    server = _start("helpers.parallel_models:Sleep50", port, workers=2)
+    try:
+        remote = UMBridgeForward(f"http://127.0.0.1:{port}/tanh", timeout=0.01)
+        with pytest.raises(ValueError, match=r"did not answer Evaluate within 0.01 s "
+                                             r"\(--forward-timeout\); nothing is lost"):
+            remote(torch.zeros(2, 4, dtype=torch.float64))
+        remote.timeout = 30.0
+        remote.set_jobs(2)
+        assert remote(torch.zeros(2, 4, dtype=torch.float64)).shape == (2, 6)
+        with pytest.raises(ValueError, match="InvalidInput: Input parameter 0 has invalid "
+                                             "length! Expected 4 but got 3"):
+            remote._evaluate_rows(np.zeros((1, 3)))
+        with pytest.raises(ValueError, match="UnsupportedFeature: Gradient not supported"):
+            remote._gradient_rows(np.zeros((1, 4)), np.zeros((1, 6)))
+    finally:
+        _stop(server)
+
+
+# -- the recipes of docs/distributed.md ---------------------------------------------------------
+ROOT = HERE.parent
+
+
+def test_the_hyperqueue_job_script_serves_the_model_and_reports_its_url(tmp_path):
+    """examples/umbridge/hq-model-job.sh as HyperQueue would run it (its environment, its
+    PORT): a real server on this node's address, its URL written where the load balancer
+    reads it, and the model answering there as it does in process."""
+    from autovae.inverse import DarcyForward, UMBridgeForward
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "autovae"  # this checkout's autovae, whatever is installed
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m autovae \"$@\"\n")
+    shim.chmod(0o755)
+    port = _free_port()
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+               LOAD_BALANCER_DIR=str(tmp_path / "lb"), HQ_JOB_ID="7", PORT=str(port),
+               AUTOVAE_MODEL="darcy")
+    job = subprocess.Popen(["bash", str(ROOT / "examples" / "umbridge" / "hq-model-job.sh")],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        url_file = tmp_path / "lb" / "urls" / "url-7.txt"
+        deadline = time.time() + 90
+        while not url_file.is_file() or not url_file.read_text().strip():
+            assert time.time() < deadline and job.poll() is None, "the job did not report"
+            time.sleep(0.5)
+        url = url_file.read_text().strip()
+        assert url.endswith(f":{port}")
+        remote = UMBridgeForward(f"{url}/darcy")
+        x = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(3),
+                        dtype=torch.float64)
+        assert torch.equal(remote(x.reshape(2, 256)), DarcyForward()(x))
+    finally:
+        os.killpg(job.pid, 15)
+        job.wait(10)
+
+
+def test_the_kubernetes_replicas_agree_with_the_cli_and_the_api(tmp_path):
+    import yaml
+
+    from autovae.cli import build_parser
+
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "umbridge" /
+                                    "kubernetes-replicas.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    deploy, svc, ing = kinds["Deployment"], kinds["Service"], kinds["Ingress"]
+    assert deploy["apiVersion"] == "apps/v1" and ing["apiVersion"] == "networking.k8s.io/v1"
+    pod = deploy["spec"]["template"]
+    assert deploy["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"] \
+        == svc["spec"]["selector"]
+    container = pod["spec"]["containers"][0]
+    cmd = container["command"]
+    assert cmd[:2] == ["autovae", "serve-forward"]
+    args = build_parser().parse_args(cmd[1:])  # every flag exists
+    assert args.host == "0.0.0.0" and args.workers == 1
+    port = container["ports"][0]["containerPort"]
+    assert args.port == port == svc["spec"]["ports"][0]["targetPort"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/Info", "port": port}
+    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": svc["metadata"]["name"],
+                       "port": {"number": svc["spec"]["ports"][0]["port"]}}
+    timeout = kinds["ConfigMap"]["data"]["timeout-server"]
+    assert timeout.endswith("m") and 60 * int(timeout[:-1]) > 600  # > --forward-timeout
