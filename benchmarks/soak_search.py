@@ -16,6 +16,15 @@ every 0.2 s). It prints trials per hour, the storage's share of a trial's wall t
 connection peak and the restart's effect::
 
     python benchmarks/soak_search.py [--workers 32] [--trials 256] [--epoch-seconds 1.5]
+
+``--freeze SECONDS`` adds the frozen-worker scenario: worker 0 stops itself (SIGSTOP) inside
+the transaction that writes its first trial's attributes, holding that trial's row lock, and is
+continued (SIGCONT) after SECONDS. It passes when no other worker's storage call that overlapped
+the freeze lasted longer than one heartbeat interval, and the frozen worker's trial was failed
+as stale and retried. The issue-26 goal (16 workers, a 60 s freeze, no kills or restart)::
+
+    python benchmarks/soak_search.py --workers 16 --trials 64 --freeze 60 --kill-fraction 0 \\
+        --no-restart
 """
 
 from __future__ import annotations
@@ -97,6 +106,9 @@ class Monitor(threading.Thread):
         self.total_peak = 0
         self.finished: list[tuple[float, int]] = []  # (time, complete + pruned)
         self.down = 0.0  # seconds the monitor could not reach the database
+        # (worker, backend pid, statement start) -> (first seen, seconds waited on a lock,
+        # the workers holding the lock it waits for)
+        self.lock_waits: dict[tuple, tuple[float, float, frozenset]] = {}
 
     def run(self) -> None:
         import psycopg2
@@ -114,6 +126,17 @@ class Monitor(threading.Thread):
                     cur.execute("SELECT count(*) FROM trials WHERE state IN "
                                 "('COMPLETE', 'PRUNED')")
                     done = cur.fetchone()[0]
+                    # statements of the workers waiting for a lock another transaction holds
+                    cur.execute("SELECT a.application_name, a.pid, a.query_start, extract(epoch "
+                                "FROM now() - a.query_start), array(SELECT b.application_name "
+                                "FROM pg_stat_activity b WHERE b.pid = ANY(pg_blocking_pids("
+                                "a.pid))) FROM pg_stat_activity a WHERE a.application_name LIKE "
+                                "'autovae:%' AND a.wait_event_type = 'Lock'")
+                    for app, pid, start, seconds, blockers in cur.fetchall():
+                        key = (app, pid, start)
+                        first, _, seen = self.lock_waits.get(key, (time.time(), 0.0,
+                                                                   frozenset()))
+                        self.lock_waits[key] = (first, float(seconds), seen | set(blockers))
                 for app, n in rows:
                     self.peak[app] = max(self.peak.get(app, 0), n)
                 self.total_peak = max(self.total_peak, sum(n for _, n in rows))
@@ -148,6 +171,9 @@ def main() -> int:
     parser.add_argument("--epoch-seconds", type=float, default=1.5)
     parser.add_argument("--kill-fraction", type=float, default=0.15)
     parser.add_argument("--heartbeat", type=float, default=2.0, help="AUTOVAE_HEARTBEAT_SECONDS")
+    parser.add_argument("--freeze", type=float, default=0.0,
+                        help="SIGSTOP worker 0 inside a transaction for this many seconds")
+    parser.add_argument("--no-restart", action="store_true", help="no PostgreSQL restart")
     parser.add_argument("--quick-trial-seconds", type=float, default=None,
                         help="wall time of one quick-preset trial, for the storage's share of it")
     parser.add_argument("--seed", type=int, default=0)
@@ -181,9 +207,14 @@ def main() -> int:
 
         def start(index: int) -> None:
             err = open(work / f"worker-{index}.err", "w")
-            p = subprocess.Popen([*cmd, "--worker", str(index)], env=env, stderr=err,
+            frozen = ["--stop-in-transaction"] if args.freeze and index == 0 else []
+            p = subprocess.Popen([*cmd, "--worker", str(index), *frozen], env=env, stderr=err,
                                  stdout=subprocess.DEVNULL)
             procs[index] = p
+
+        def logged(kind: str) -> list[dict]:
+            text = events.read_text() if events.exists() else ""
+            return [e for e in map(json.loads, text.splitlines()) if e["event"] == kind]
 
         monitor = Monitor(pg.dsn)
         monitor.start()
@@ -192,17 +223,26 @@ def main() -> int:
             start(i)
         n_kill = math.ceil(args.kill_fraction * args.workers)
         kill_at = sorted(rng.uniform(0.1, 0.8) * args.trials for _ in range(n_kill))
-        restart_at = 0.4 * args.trials
+        restart_at = math.inf if args.no_restart else 0.4 * args.trials
         killed: list[dict] = []
         restart: dict = {}
+        freeze: dict = {}  # {"t": when worker 0 stopped, "end": when it was continued}
         next_index = args.workers
         while any(p.poll() is None for p in procs.values()):
             done = monitor.done()
+            if args.freeze and "end" not in freeze:
+                if "t" not in freeze and logged("stopped"):
+                    freeze.update(t=logged("stopped")[0]["t"], done=done,
+                                  trial_id=logged("stopped")[0]["trial_id"])
+                if "t" in freeze and time.time() >= freeze["t"] + args.freeze:
+                    procs[0].send_signal(signal.SIGCONT)
+                    freeze["end"] = time.time()
             if kill_at and done >= kill_at[0]:
                 kill_at.pop(0)
                 time.sleep(rng.uniform(0, args.epoch_seconds * args.epochs))  # a random moment
                 alive = [i for i, p in procs.items() if p.poll() is None]
                 busy = _running_pids(pg.dsn)  # a worker in the middle of a trial, if any
+                alive = [i for i in alive if not (args.freeze and i == 0)]  # (not the frozen)
                 victim = rng.choice([i for i in alive if procs[i].pid in busy] or alive)
                 procs[victim].send_signal(signal.SIGKILL)
                 procs[victim].wait()
@@ -261,6 +301,30 @@ def main() -> int:
             TrialState.COMPLETE)
         worker_peak = max(monitor.peak.values(), default=0)
         checks["no worker held more than 2 connections"] = worker_peak <= 2
+        if freeze:
+            t0, t1 = freeze["t"], freeze.get("end", time.time())
+            frozen_pid = procs[0].pid
+            frozen_app = f":{frozen_pid}"
+            others = [(seconds, any(b.endswith(frozen_app) for b in blockers))
+                      for (app, _, _), (_, seconds, blockers) in monitor.lock_waits.items()
+                      if not app.endswith(frozen_app)]
+            freeze["lock_wait"] = max((w for w, by_frozen in others if by_frozen), default=0.0)
+            freeze["other_waits"] = sorted(w for w, by_frozen in others if not by_frozen)
+            overlapping = [e for e in lines if e["event"] == "slow_call"
+                           and e["pid"] != frozen_pid and e["since"] < t1
+                           and e["since"] + e["seconds"] > t0]
+            longest = max(overlapping, key=lambda e: e["seconds"], default=None)
+            freeze["longest"] = longest
+            freeze["completed"] = sum(e["event"] == "complete" and e["pid"] != frozen_pid
+                                      and t0 < e["t"] < t1 for e in lines)
+            frozen_trial = {t._trial_id: t for t in trials}.get(freeze["trial_id"])
+            freeze["reason"] = frozen_trial.user_attrs.get("failure", "") if frozen_trial else ""
+            checks[f"no other worker waited for the frozen one's locks more than one heartbeat "
+                   f"({args.heartbeat:g} s; frozen {args.freeze:g} s)"] = \
+                freeze["lock_wait"] <= args.heartbeat
+            checks["the frozen worker's trial was failed as stale and retried"] = \
+                frozen_trial is not None and frozen_trial.state == TrialState.FAIL and \
+                "retried as trial" in freeze["reason"]
         checks["every worker exited 0 (the killed ones aside)"] = all(
             c == 0 for i, c in codes.items() if i not in {k["index"] for k in killed})
 
@@ -339,6 +403,29 @@ def main() -> int:
               f"{len(victims)} of their trials failed -> " + "; ".join(
                   f"#{n} {'(checkpoint) ' if c else ''}-> retry #{r} {s}" for _, n, c, r, s, _, _
                   in victims))
+        if freeze:
+            longest = freeze["longest"]
+            print(f"  freeze: worker 0 stopped inside its attribute transaction at "
+                  f"{freeze['done']} finished trials, for {freeze.get('end', 0) - freeze['t']:.1f}"
+                  f" s; the others finished {freeze['completed']} trials meanwhile; their "
+                  "longest storage call overlapping it: "
+                  + (f"{longest['seconds']:.2f} s ({longest['call']})" if longest else
+                     "none over 0.2 s")
+                  + f" against a heartbeat of {args.heartbeat:g} s; the frozen trial: "
+                  f"{freeze['reason'] or '(no failure recorded)'}")
+            waits = freeze["other_waits"]
+            print(f"  lock waits of the other workers (pg_stat_activity and pg_blocking_pids, "
+                  f"sampled every 0.2 s): on the frozen worker, longest "
+                  f"{freeze['lock_wait']:.2f} s; on each other (the study lock's queue), "
+                  f"{len(waits)} waits seen, median "
+                  f"{statistics.median(waits) if waits else 0:.2f} s, longest "
+                  f"{max(waits, default=0):.2f} s")
+            said = (work / "worker-0.err").read_text().strip().splitlines()
+            print(f"  the frozen worker said ({len(said)} lines): " + " | ".join(said[-3:]))
+        for i, code in codes.items():
+            if code:
+                said = (work / f"worker-{i}.err").read_text().strip().splitlines()
+                print(f"  worker {i} exited {code}: {said[-1] if said else '(nothing said)'}")
         for name, ok in checks.items():
             print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
         if lost:

@@ -839,3 +839,70 @@ def test_log_prob_validation_can_be_switched_off_for_speed():
         Likelihood.set_default_validate_args(True)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         likelihood("bernoulli", (4,)).log_prob(x, out)
+
+
+# -- the AUTOVAE_* environment variables and storage URLs (issue 26): checked like flags --------
+STUDY = ["worker", "--study", "autovae", "--dir", R + "/study"]
+ENV_CASES = [
+    # (id, environment, argv, what the one line must name)
+    ("env pool not a number", {"AUTOVAE_DB_POOL": "x"}, STUDY, "AUTOVAE_DB_POOL='x'"),
+    ("env pool negative", {"AUTOVAE_DB_POOL": "-1"}, STUDY, "AUTOVAE_DB_POOL='-1'"),
+    ("env pool fraction", {"AUTOVAE_DB_POOL": "1.5"}, STUDY, "must be an integer in [0, 1000]"),
+    ("env heartbeat text", {"AUTOVAE_HEARTBEAT_SECONDS": "abc"}, STUDY,
+     "AUTOVAE_HEARTBEAT_SECONDS='abc': must be a number in [0.1, 86400] seconds"),
+    ("env heartbeat zero", {"AUTOVAE_HEARTBEAT_SECONDS": "0"}, STUDY,
+     "AUTOVAE_HEARTBEAT_SECONDS='0'"),
+    ("env heartbeat inf", {"AUTOVAE_HEARTBEAT_SECONDS": "inf"}, STUDY,
+     "AUTOVAE_HEARTBEAT_SECONDS='inf'"),
+    ("env retry nan", {"AUTOVAE_DB_RETRY_SECONDS": "nan"}, STUDY,
+     "AUTOVAE_DB_RETRY_SECONDS='nan'"),
+    ("env retry negative", {"AUTOVAE_DB_RETRY_SECONDS": "-5"}, STUDY,
+     "AUTOVAE_DB_RETRY_SECONDS='-5'"),
+    ("env data a file", {"AUTOVAE_DATA": R + "/bad.yaml"},
+     ["train", "--run", R + "/new_run", *TRAIN], "AUTOVAE_DATA="),
+    ("env storage bad url", {"AUTOVAE_STORAGE": "bogus://x"}, STUDY,
+     "'bogus://x' (from $AUTOVAE_STORAGE)"),
+    ("storage mysql without its driver", {},
+     [*STUDY, "--storage", "mysql://autovae:pw@dbhost/autovae"],
+     "needs the mysql driver, which is not installed: pip install mysqlclient"),
+    ("storage pymysql without its driver", {},
+     [*STUDY, "--storage", "mysql+pymysql://autovae@dbhost/autovae"], "pip install PyMySQL"),
+    ("env storage mysql without its driver", {"AUTOVAE_STORAGE": "mysql://u:secret@h/db"}, STUDY,
+     "'mysql://u:***@h/db' (from $AUTOVAE_STORAGE) needs the mysql driver"),
+    ("worker wait negative", {}, [*STUDY, "--wait", "-1"], "--wait"),
+]
+
+
+@pytest.mark.parametrize("env, argv, names", [c[1:] for c in ENV_CASES],
+                         ids=[c[0] for c in ENV_CASES])
+def test_environment_and_storage_are_checked_like_flags(world, capsys, monkeypatch, env, argv,
+                                                        names):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.replace(R, str(world)))
+    test_cli_refuses_bad_input_and_keeps_earlier_results(world, capsys, argv, names)
+    assert "secret" not in capsys.readouterr().err  # (a password is never shown)
+
+
+def test_bad_environment_variables_do_not_break_imports(world):
+    """Before: AUTOVAE_DB_POOL=x crashed 'import autovae.search' with a bare ValueError."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AUTOVAE_DB_POOL": "x", "AUTOVAE_HEARTBEAT_SECONDS": "abc",
+           "AUTOVAE_DB_RETRY_SECONDS": "nan", "AUTOVAE_DATA": str(world / "bad.yaml"),
+           "AUTOVAE_CACHE": str(world / "bad.yaml"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", "import autovae.cli, autovae.search, "
+                           "autovae.search.study, autovae.search.synthetic, autovae.data, "
+                           "autovae.quality"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+
+
+def test_a_cache_that_is_a_file_is_named(world, monkeypatch):
+    from autovae.quality import classifier_cache_dir
+
+    monkeypatch.setenv("AUTOVAE_CACHE", str(world / "bad.yaml"))
+    with pytest.raises(ValueError, match=r"AUTOVAE_CACHE=.*is not a folder"):
+        classifier_cache_dir()

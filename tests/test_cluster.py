@@ -118,7 +118,7 @@ def _synthetic(epoch_seconds=0.01):
 
 def test_a_stale_trial_is_failed_with_its_reason_and_retried_from_its_checkpoint(tmp_path,
                                                                                  monkeypatch):
-    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.2")
     storage = open_storage(None, tmp_path)
     study = create_study(storage, "s", StudySpec(SPACE, BASE, ["nll"], 3, pruner="none"))
     # a worker claimed a trial, ran one epoch of it (checkpoint), and died
@@ -163,7 +163,7 @@ class _CutOff(SyntheticObjective):
 
 def test_finishing_a_trial_that_another_worker_failed_does_not_error(tmp_path, monkeypatch,
                                                                      capsys):
-    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.2")
     storage = open_storage(None, tmp_path)
     create_study(storage, "s", StudySpec(SPACE, BASE, ["nll"], 3, pruner="median"))
     assert study_mod.run_worker(None, "s", tmp_path, objective=_CutOff) == 0
@@ -184,7 +184,7 @@ def test_journal_storage_one_worker_at_a_time_and_a_dead_ones_trial_is_retried(t
     study = create_study(storage, "j", StudySpec(SPACE, BASE, ["nll"], 2, pruner="none"))
     with pytest.raises(ValueError, match="--workers 2 on a journal storage"):
         study_mod.run_search(url, "j", tmp_path, StudySpec(SPACE, BASE, ["nll"], 2), workers=2)
-    held = study_mod._journal_lock(url)  # a worker is running
+    held = study_mod.journal_lock(url)  # a worker is running
     with pytest.raises(ValueError, match="in use by another worker.*PostgreSQL"):
         study_mod.run_worker(url, "j", tmp_path, objective=_synthetic())
     held.close()  # ... and is SIGKILLed in the middle of a trial
@@ -244,8 +244,9 @@ def test_slurm_recipe_runs_its_worker_command(postgres_password, tmp_path):
     assert states == [TrialState.COMPLETE] * 2
 
 
-def _container_command(job: dict, env: dict, host, port, folder, password) -> list[str]:
-    (container,) = job["spec"]["template"]["spec"]["containers"]
+def _container_command(job: dict, env: dict, host, port, folder, password,
+                       part: str = "containers") -> list[str]:
+    (container,) = job["spec"]["template"]["spec"][part]
     for var in container["env"]:  # the password comes from the Secret, never the command
         if "valueFrom" in var:
             assert var["valueFrom"]["secretKeyRef"]["name"] == "autovae-db"
@@ -267,12 +268,22 @@ def test_kubernetes_recipe_runs_its_commands(postgres_password, tmp_path):
     docs = list(yaml.safe_load_all((ROOT / "examples" / "kubernetes" /
                                     "autovae-search.yaml").read_text()))
     kinds = [d["kind"] for d in docs]
-    assert {"Secret", "Service", "StatefulSet", "PersistentVolumeClaim", "Job"} <= set(kinds)
+    assert {"Service", "StatefulSet", "PersistentVolumeClaim", "Job"} <= set(kinds)
+    assert "Secret" not in kinds  # made by 'kubectl create secret', never replaced
     jobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Job"}
     workers = jobs["autovae-workers"]
     assert workers["spec"]["completionMode"] == "Indexed"
     (container,) = workers["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1  # one worker per GPU
+
+    # the init containers wait for the database (Debian's pg_isready), which answers
+    pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+    for job in jobs.values():
+        env = _env(tmp_path)
+        env["PATH"] = f"{pg_bin}:{env['PATH']}"
+        command = _container_command(job, env, host, port, folder, password, "initContainers")
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
 
     # the study, created once (here under another name: the recipe's preset trains for real)
     env = _env(tmp_path)
@@ -289,4 +300,25 @@ def test_kubernetes_recipe_runs_its_commands(postgres_password, tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     study, states = _states(open_storage(url, folder, heartbeat=False), "fmnist")
+    assert states == [TrialState.COMPLETE] * 2
+
+
+def test_a_worker_started_before_its_study_waits_for_it(tmp_path, monkeypatch, capsys):
+    import threading
+
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.2")
+    with pytest.raises(ValueError, match=r"no study 's' in .*create it with 'autovae search' "
+                                         r"first \(waited 0.5 s\)"):
+        study_mod.run_worker(None, "s", tmp_path, objective=_synthetic(), wait=0.5)
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(study_mod.run_worker(
+        None, "s", tmp_path, objective=_synthetic(), wait=60)))
+    worker.start()
+    time.sleep(1.0)  # the worker is waiting; now the study is created
+    create_study(open_storage(None, tmp_path), "s", StudySpec(SPACE, BASE, ["nll"], 2,
+                                                              pruner="none"))
+    worker.join(timeout=120)
+    assert codes == [0]
+    assert "waiting up to 60 s for the study 's'" in capsys.readouterr().err
+    study, states = _states(open_storage(None, tmp_path), "s")
     assert states == [TrialState.COMPLETE] * 2

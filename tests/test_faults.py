@@ -66,7 +66,7 @@ def _states(study):
 
 def test_a_dead_workers_trial_near_the_end_is_failed_and_retried(tmp_path, monkeypatch):
     """Before: the survivor reached the budget and returned, leaving the trial RUNNING."""
-    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.3)
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.3")
     spec = StudySpec(SPACE, BASE, ["nll"], trials=2, pruner="none", validation_nll_samples=5)
     storage = open_storage(None, tmp_path)
     study = create_study(storage, "s", spec)
@@ -83,7 +83,7 @@ def test_a_dead_workers_trial_near_the_end_is_failed_and_retried(tmp_path, monke
 def test_a_trial_cut_by_a_database_error_says_why_and_is_retried(tmp_path, monkeypatch):
     import sqlalchemy.exc
 
-    monkeypatch.setattr(study_mod, "HEARTBEAT_SECONDS", 0.3)
+    monkeypatch.setenv("AUTOVAE_HEARTBEAT_SECONDS", "0.3")
     original = study_mod._set_user_attrs
     calls = []
 
@@ -192,3 +192,74 @@ def test_a_long_outage_ends_with_one_clear_line(postgres, tmp_path):
     assert "did not answer for" in last
     assert 8 <= survived < 60, survived  # it retried for its allowance, then said so
     print(f"worker retried for {survived:.1f} s; stderr: {err!r}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["attributes", "claim"])
+def test_a_worker_frozen_inside_a_transaction_does_not_stall_the_others(postgres, tmp_path,
+                                                                        where):
+    """Before: a worker SIGSTOPped inside the transaction that writes its trial's attributes
+    held the trial's row; the worker that swept it waited on that row holding the study lock,
+    and every other worker waited as long as the freeze lasted. Frozen inside a claim, it holds
+    the study lock itself: the server ends its session after one heartbeat."""
+    import json
+    import signal
+
+    url, _ = postgres
+    budget, heartbeat, freeze = 8, 1.0, 10.0
+    spec = StudySpec(SPACE, BASE.replace(epochs=3), ["nll"], trials=budget, pruner="none",
+                     validation_nll_samples=5)
+    create_study(open_storage(url, tmp_path, heartbeat=False), "pg", spec)
+    env = {**os.environ, "PYTHONPATH": SRC, "AUTOVAE_HEARTBEAT_SECONDS": str(heartbeat)}
+    log = tmp_path / "events.jsonl"
+    cmd = [sys.executable, "-m", "autovae.search.synthetic", "--storage", url, "--study", "pg",
+           "--dir", str(tmp_path), "--epoch-seconds", "0.3", "--log", str(log)]
+
+    def events(kind):
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+    stop = "--stop-in-transaction" if where == "attributes" else "--stop-in-claim"
+    frozen = subprocess.Popen([*cmd, "--worker", "0", stop],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    others = [subprocess.Popen([*cmd, "--worker", str(i)], stderr=subprocess.PIPE, text=True,
+                               env=env) for i in (1, 2, 3)]
+    deadline = time.time() + 180  # the frozen one stopped, and the others run trials
+    while time.time() < deadline and not (
+            events("stopped") and {e["pid"] for e in events("start")} >= {p.pid for p in others}):
+        assert all(p.poll() is None for p in (frozen, *others))
+        time.sleep(0.1)
+    assert events("stopped"), "the worker never reached its attribute transaction"
+    started = time.time()
+    time.sleep(freeze)
+    os.kill(frozen.pid, signal.SIGCONT)
+    errors = [p.communicate(timeout=300)[1] for p in (frozen, *others)]
+    wall = time.time() - started
+    assert [p.returncode for p in (frozen, *others)] == [0] * 4, errors
+    assert not any("Traceback" in e for e in errors), errors
+
+    study = optuna.load_study(study_name="pg", storage=open_storage(url, tmp_path))
+    states = _states(study)
+    assert states.count(TrialState.COMPLETE) == budget, states  # exactly the budget
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    if where == "attributes":  # the frozen worker's trial: failed as stale, and retried
+        (ours,) = [t for t in study.get_trials()
+                   if t._trial_id == events("stopped")[0]["trial_id"]]
+        assert ours.state == TrialState.FAIL
+        assert ours.user_attrs["failure"].startswith("its worker stopped sending heartbeats")
+    else:  # its claim was undone: no trial of its own, none failed
+        assert TrialState.FAIL not in states
+    # the others went on finishing trials while it was frozen
+    pid = frozen.pid
+    during = [e for e in events("complete") if e["pid"] != pid
+              and started < e["t"] < started + freeze]
+    assert len(during) >= 2, (len(during), errors)
+    # and none of their storage calls waited for the frozen one (a loaded machine's margin:
+    # 3 heartbeats, while the freeze lasted 10)
+    waits = [e["seconds"] for e in events("slow_call") if e["pid"] != pid]
+    assert max(waits, default=0) < 3 * heartbeat, (waits, errors)
+    # the frozen worker, continued, says what happened in one line
+    said = [line for line in errors[0].splitlines() if line.strip()]
+    assert len(said) == 1 and "paused inside a database transaction" in said[0], errors[0]
+    print(f"{len(during)} trials finished by the others during the {freeze:g} s freeze; their "
+          f"longest storage call {max(waits, default=0):.2f} s; wall {wall:.0f} s")

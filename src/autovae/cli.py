@@ -337,7 +337,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     storage, name, folder = _study_args(args)
     return run_worker(storage, name, folder, worker=args.worker, pool=args.db_pool,
-                      device=args.device, report=not args.quiet)
+                      device=args.device, report=not args.quiet, wait=args.wait)
 
 
 def _load_study(args: argparse.Namespace):
@@ -571,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device of this worker's trials: cpu, cuda, cuda:N or auto (default: "
                              "the study's); one worker per GPU, see docs/distributed.md")
     worker.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    worker.add_argument("--wait", type=flag_type("--wait", "nonnegative"), default=0.0,
+                        metavar="SECONDS", help="wait up to SECONDS for a database that does not "
+                        "answer yet and a study not created yet (0: none; e.g. on Kubernetes)")
     worker.set_defaults(run_command=_cmd_worker)
 
     study = sub.add_parser("study", help="a study's best trials, importances and plots")

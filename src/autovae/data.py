@@ -146,7 +146,9 @@ class DatasetInfo:
 
 def default_root() -> Path:
     """``$AUTOVAE_DATA`` if set, else ``~/.cache/autovae/data``."""
-    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser()
+    from ._env import env_folder
+
+    return env_folder(ROOT_ENV, DEFAULT_ROOT)
 
 
 # --------------------------------------------------------------------------- IDX (MNIST family)

@@ -212,7 +212,9 @@ def inception_features(weights_path: str | os.PathLike | None = None,
 
 def classifier_cache_dir() -> Path:
     """``$AUTOVAE_CACHE/classifiers``, default ``~/.cache/autovae/classifiers``."""
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/autovae").expanduser() / "classifiers"
+    from .._env import env_folder
+
+    return env_folder(CACHE_ENV, "~/.cache/autovae") / "classifiers"
 
 
 def _weights_sha256(state_dict: dict[str, Tensor]) -> str:

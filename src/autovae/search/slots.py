@@ -12,7 +12,13 @@ trial that is retried counts once.
 
 A claimed trial gets its first heartbeat in the claiming transaction, so a worker killed at
 any instant after its claim leaves a trial that :func:`sweep_stale` fails (with the reason) and
-retries. These functions work on Optuna's RDB schema through its own models (Optuna 5.x).
+retries. These functions work on Optuna's RDB schema through its own models, reached only
+through :mod:`autovae.search._optuna_rdb` (which checks the Optuna version).
+
+A worker frozen inside one of these transactions (SIGSTOP) holds its locks until PostgreSQL ends
+its session (``idle_in_transaction_session_timeout``, see :mod:`autovae.search.storage`); the
+sweep of stale trials does not even wait for it: it skips a study lock or a trial row that
+another transaction holds, and tries again at its next period.
 
 Storages without transactions (the journal file) take another road: one worker at a time, see
 :func:`autovae.search.study.run_worker`.
@@ -21,6 +27,7 @@ Storages without transactions (the journal file) take another road: one worker a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -28,8 +35,11 @@ from datetime import datetime
 import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
+
+from . import _optuna_rdb as rdb
+from ._optuna_rdb import models
+from .storage import database_error, heartbeat_seconds, lock_timed_out
 
 __all__ = ["MAX_RETRIES", "NoSlot", "claim", "fail_trials", "set_user_attrs", "state_counts",
            "sweep_stale"]
@@ -45,28 +55,41 @@ class NoSlot(Exception):
 
 @contextmanager
 def _transaction(storage: RDBStorage) -> Iterator[sa.orm.Session]:
-    session = storage.scoped_session()
+    """One transaction. On PostgreSQL it waits for a lock, and may stay idle inside, for one
+    heartbeat period at most (:mod:`autovae.search.storage`). A database error that ends a
+    transaction open for longer than that is marked with ``paused_seconds``: this process was
+    frozen inside it and the server ended its session."""
+    session = rdb.session(storage)
+    started = time.monotonic()
     try:
+        if session.get_bind().dialect.name == "postgresql":
+            ms = max(1, round(1000 * heartbeat_seconds()))
+            session.execute(sa.text(f"SET LOCAL lock_timeout = {ms}; "
+                                    f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
         yield session
         session.commit()
-    except BaseException:
+    except BaseException as err:
+        paused = time.monotonic() - started
+        if paused > heartbeat_seconds() and database_error(err) and not lock_timed_out(err):
+            err.paused_seconds = paused
         session.rollback()
         raise
     finally:
         session.close()
 
 
-def _lock_study(session, study_id: int) -> None:
+def _lock_study(session, study_id: int, wait: bool = True) -> bool:
     """Hold the study's row until commit. Every claim and failure takes it, as does Optuna's
     trial creation (SELECT ... FOR UPDATE); SQLite has no row locks, so there a no-op UPDATE
-    takes the database's write lock first, before anything is read."""
+    takes the database's write lock first, before anything is read. ``wait=False``: if another
+    transaction holds the row, return False at once (SKIP LOCKED) instead of waiting for it."""
     study = models.StudyModel
     if session.get_bind().dialect.name == "sqlite":
         session.execute(sa.update(study).where(study.study_id == study_id)
                         .values(study_name=study.study_name))
-    else:
-        session.execute(sa.select(study.study_id).where(study.study_id == study_id)
-                        .with_for_update())
+        return True
+    return session.execute(sa.select(study.study_id).where(study.study_id == study_id)
+                           .with_for_update(skip_locked=not wait)).first() is not None
 
 
 def _budget(session, study_id: int) -> int:
@@ -108,7 +131,7 @@ def claim(storage: RDBStorage, study_id: int) -> int:
             trial.study_id == study_id, trial.state == TrialState.WAITING)
             .order_by(trial.trial_id).limit(1)).scalar_one_or_none()
         if waiting is None:  # a new trial, numbered under the lock as Optuna numbers them
-            waiting = storage._get_prepared_new_trial(study_id, None, session)
+            waiting = rdb.new_trial(storage, study_id, None, session)
         else:
             waiting.state, waiting.datetime_start = TrialState.RUNNING, datetime.now()
         trial_id = waiting.trial_id
@@ -131,18 +154,21 @@ def _attr(session, trial_id: int, key: str, value=None, write: bool = False):
 
 def fail_trials(storage: RDBStorage, study_id: int,
                 pick: Callable[[sa.orm.Session], list[tuple[int, str]]],
-                retry: bool = True, failed_too: bool = False) -> list[tuple[int, int | None]]:
+                retry: bool = True, failed_too: bool = False,
+                wait: bool = True) -> list[tuple[int, int | None]]:
     """Fail the trials that ``pick(session)`` names, as ``(trial_id, reason)``, each with its
     reason in the user attribute ``failure``, and queue a retry of each while the budget needs
     it (at most :data:`MAX_RETRIES` retries of one trial). One transaction, under the study lock:
     a trial that another worker finished or failed first is left alone, except that with
     ``failed_too`` a trial that Optuna failed (on its way out of a trial a database error cut)
-    gets its retry, keeping the reason it has. Returns ``(number of the failed trial, number of
-    its retry or None)``."""
+    gets its retry, keeping the reason it has. ``wait=False``: nothing is done if another
+    transaction holds the study lock. Returns ``(number of the failed trial, number of its retry
+    or None)``."""
     trial_model = models.TrialModel
     done = []
     with _transaction(storage) as session:
-        _lock_study(session, study_id)
+        if not _lock_study(session, study_id, wait):
+            return done
         budget = _budget(session, study_id)
         for trial_id, reason in pick(session):
             row = session.get(trial_model, trial_id, populate_existing=True)
@@ -154,7 +180,7 @@ def fail_trials(storage: RDBStorage, study_id: int,
                         said and ("retried as trial" in said or "not retried" in said)):
                     continue  # finished, or failed and dealt with by another worker
                 reason = said or reason
-            frozen = storage._build_frozen_trial_from_trial_model(row)
+            frozen = rdb.frozen_trial(storage, row)
             counts = _counts(session, study_id)
             needed = (counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
                       + counts[TrialState.RUNNING] + counts[TrialState.WAITING]
@@ -171,8 +197,7 @@ def fail_trials(storage: RDBStorage, study_id: int,
                                   "failed_trial": frozen.system_attrs.get("failed_trial",
                                                                           frozen.number),
                                   "retry_history": history})
-                retry_number = storage._get_prepared_new_trial(study_id, template,
-                                                               session).number
+                retry_number = rdb.new_trial(storage, study_id, template, session).number
                 reason += f"; retried as trial {retry_number}"
             elif retry and not needed:
                 reason += "; not retried: the budget is met without it"
@@ -196,19 +221,26 @@ def set_user_attrs(storage: RDBStorage, trial_id: int, attrs: dict) -> None:
             _attr(session, trial_id, key, value, write=True)
 
 
-def sweep_stale(storage: RDBStorage, study_id: int, grace: float) -> list[tuple[int, int | None]]:
+def sweep_stale(storage: RDBStorage, study_id: int, grace: float, wait: bool = True,
+                spare: int | None = None) -> list[tuple[int, int | None]]:
     """Fail (with the reason) and retry the running trials whose last heartbeat is older than
-    ``grace`` seconds by the database's clock; see :func:`fail_trials`."""
+    ``grace`` seconds by the database's clock; see :func:`fail_trials`. A cheap read first: the
+    study lock is taken only when some trial looks stale. The rows of trials that another
+    transaction holds are skipped (SKIP LOCKED), and with ``wait=False`` so is a held study lock:
+    the next sweep tries again. ``spare``: the id of a trial not to fail (the sweeping worker's
+    own, alive, whose heartbeat may be late on a loaded machine)."""
     trial, beat = models.TrialModel, models.TrialHeartbeatModel
 
-    def stale(session) -> list[tuple[int, str]]:
+    def stale(session, lock: bool = True) -> list[tuple[int, str]]:
         now = session.execute(sa.select(sa.func.now())).scalar().replace(tzinfo=None)
-        rows = session.execute(sa.select(trial.trial_id, beat.heartbeat)
-                               .join(beat, beat.trial_id == trial.trial_id)
-                               .where(trial.study_id == study_id,
-                                      trial.state == TrialState.RUNNING)).all()
+        query = (sa.select(trial.trial_id, beat.heartbeat)
+                 .join(beat, beat.trial_id == trial.trial_id)
+                 .where(trial.study_id == study_id, trial.state == TrialState.RUNNING,
+                        trial.trial_id != (-1 if spare is None else spare)))
+        if lock:
+            query = query.with_for_update(of=trial, skip_locked=True)
         picked = []
-        for trial_id, last in rows:
+        for trial_id, last in session.execute(query).all():
             age = (now - last.replace(tzinfo=None)).total_seconds()
             if age > grace:
                 picked.append((trial_id, f"its worker stopped sending heartbeats: the last came "
@@ -216,4 +248,7 @@ def sweep_stale(storage: RDBStorage, study_id: int, grace: float) -> list[tuple[
                                          "died, hung or lost the database)"))
         return picked
 
-    return fail_trials(storage, study_id, stale)
+    with _transaction(storage) as session:
+        if not stale(session, lock=False):
+            return []
+    return fail_trials(storage, study_id, stale, wait=wait)

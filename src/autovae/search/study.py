@@ -1,4 +1,4 @@
-"""Studies, storages, the objective and workers.
+"""Studies, the objective and workers (storages: :mod:`autovae.search.storage`).
 
 A study lives in a folder (``--dir``): its embedded SQLite store ``study.db`` (unless another
 ``--storage`` is given), one run folder per trial under ``trials/``, and the analysis. The study
@@ -6,42 +6,52 @@ is created once, before any worker starts; it records its search space, objectiv
 and trial budget, so a worker on another machine needs only the storage URL and study name, and
 re-running the same command resumes the study.
 
-Storages: the embedded SQLite file (default), ``journal:PATH`` (a journal file: one worker at a
-time, no server), or a PostgreSQL URL for many machines
-(``postgresql+psycopg2://user@host:5432/db``, the password from ``PGPASSWORD``). With SQL
-storages every worker sends a heartbeat; a trial whose worker died is failed with the reason and
-retried (resuming from its last epoch checkpoint when the trial folders are shared). The budget
-is kept exactly by :mod:`autovae.search.slots`; each worker holds at most ``AUTOVAE_DB_POOL``
-(default 2) database connections.
+With SQL storages every worker sends a heartbeat; a trial whose worker died or froze is failed
+with the reason and retried (resuming from its last epoch checkpoint when the trial folders are
+shared). The budget is kept exactly by :mod:`autovae.search.slots`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from .._checks import StudyFault, check_folder
+from .._checks import StudyFault, check
 from ..config import Config
 from ..data import DataSplits
 from ..models import NonFiniteLossError, model_class
 from ..run import Run, StudyFolder
+from . import _optuna_rdb as rdb
 from . import slots
 from .progress import SearchReporter
 from .space import SearchSpace
+from .storage import (
+    Outage,
+    Unreachable,
+    database_error,
+    heartbeat_seconds,
+    interrupted_in_transaction,
+    journal_lock,
+    lock_timed_out,
+    open_storage,
+    redact,
+)
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "StudyFault", "StudySpec", "create_study",
            "open_storage", "run_worker", "run_search"]
@@ -86,13 +96,6 @@ PRUNERS = {
                                                                max_resource=epochs),
     "none": lambda epochs: optuna.pruners.NopPruner(),
 }
-# Heartbeat period of a running trial; a trial silent for 3 periods is failed and retried.
-HEARTBEAT_SECONDS = float(os.environ.get("AUTOVAE_HEARTBEAT_SECONDS", "10"))
-# Database connections a worker process keeps at most (PostgreSQL, MySQL): one for the trial
-# loop, one for the heartbeat thread. 0: none kept, one opened per operation (behind PgBouncer).
-DB_POOL = int(os.environ.get("AUTOVAE_DB_POOL", "2"))
-
-
 @dataclass
 class StudySpec:
     """Everything that defines a study; stored in the study so every worker agrees."""
@@ -154,168 +157,6 @@ class StudySpec:
                    d["trials"], d["sampler"], d["pruner"], d["validation_nll_samples"])
 
 
-# -- storage ------------------------------------------------------------------------------------
-def open_storage(url: str | None, folder: Path, heartbeat: bool = True, create: bool = True,
-                 pool: int | None = None):
-    """An Optuna storage for ``url`` (None: SQLite in ``folder``), with a clear error if bad.
-
-    ``create=False`` (read-only commands) refuses a store that does not exist yet instead of
-    making one, and creates no folder. A SQLite file that is empty or cut short is refused.
-    A server database gets a bounded connection pool of ``pool`` connections (default
-    :data:`DB_POOL`; 0: no pool, a connection per operation), and each connection names its
-    process in ``pg_stat_activity.application_name`` (``autovae:HOST:PID``).
-    """
-    folder = Path(folder)
-    if url is None:
-        db = StudyFolder(folder).db_path
-        if not create and not db.is_file():
-            raise ValueError(f"no study in {folder} (no {db.name}); create one with "
-                             f"'autovae search --dir {folder}'")
-        check_folder(folder, "study folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{db.resolve()}"
-    if url.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url[len("journal:"):]).expanduser()
-        if path.is_dir():
-            raise ValueError(f"journal storage {path} is a folder; name a file in it, e.g. "
-                             f"journal:{path / 'study.log'}")
-        if not create and not path.is_file():
-            raise ValueError(f"no journal storage {path}; create the study with 'autovae search'")
-        check_folder(path.parent, "folder of the journal storage")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        url = _postgres_driver(url)
-    if not url.startswith(("sqlite:///", "postgresql+", "mysql")):
-        raise ValueError(f"bad storage URL {_redact(url)!r}: use sqlite:///path.db, journal:PATH "
-                         "or postgresql+psycopg2://user@host:5432/database")
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        _check_sqlite_file(Path(url[len("sqlite:///"):]), create)
-    pool = DB_POOL if pool is None else pool
-    if pool < 0:
-        raise ValueError(f"--db-pool {pool}: a pool holds 0 or more connections (default 2)")
-    engine: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        engine["connect_args"] = {"timeout": 120}
-    else:  # a server: a bounded pool, so that workers x pool fits max_connections
-        if pool == 0:
-            import sqlalchemy.pool
-
-            engine["poolclass"] = sqlalchemy.pool.NullPool
-        else:
-            engine.update(pool_size=pool, max_overflow=0, pool_timeout=60)
-    if url.startswith("postgresql"):
-        engine["connect_args"] = {
-            "connect_timeout": 10,
-            "application_name": f"autovae:{socket.gethostname()[:40]}:{os.getpid()}"}
-        if url.startswith(("postgresql+psycopg2:", "postgresql+psycopg:")):
-            # a server or link that dies silently is noticed in about a minute, not hours
-            engine["connect_args"].update(keepalives=1, keepalives_idle=30,
-                                          keepalives_interval=10, keepalives_count=3)
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            kwargs: dict[str, Any] = {}
-            if heartbeat:
-                kwargs = dict(heartbeat_interval=HEARTBEAT_SECONDS,
-                              grace_period=3 * HEARTBEAT_SECONDS)
-            storage = _Storage(url, engine_kwargs=engine, **kwargs)
-            if heartbeat:
-                _beat_through_outages(storage)
-            return storage
-    except ImportError as err:
-        raise ValueError(f"storage {url!r} needs a database driver: {err}") from None
-    except Exception as err:  # sqlalchemy's OperationalError, ArgumentError, ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot open storage {_redact(url)}: {first}") from None
-
-
-class _Storage(RDBStorage):
-    """Optuna's RDB storage, whose stale trials are failed by :func:`slots.sweep_stale` (one
-    transaction: the reason, the state and the retry together) instead of by Optuna's own
-    sweep at the start of each trial (which cannot record a reason on a failed trial)."""
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return []
-
-
-def _beat_through_outages(storage: RDBStorage) -> None:
-    """A heartbeat that meets a database outage is skipped, not fatal to the heartbeat thread
-    (the next beat retries; the trial is failed as stale only after three missed periods)."""
-    beat = storage.record_heartbeat
-
-    def record_heartbeat(trial_id: int) -> None:
-        try:
-            beat(trial_id)
-        except Exception as err:
-            if _database_error(err) is None:
-                raise
-            _Outage.last_error = time.monotonic()
-
-    storage.record_heartbeat = record_heartbeat
-
-
-def _postgres_driver(url: str) -> str:
-    """``postgresql://`` names SQLAlchemy's default driver (psycopg 3 in SQLAlchemy 2.1): use it
-    when installed, else psycopg2 when that is, else say which to install."""
-    rest = url.split("://", 1)[1]
-    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
-        try:
-            __import__(module)
-        except ImportError:
-            continue
-        return f"{dialect}://{rest}"
-    raise ValueError(f"storage {_redact(url)} needs a PostgreSQL driver: pip install "
-                     "psycopg2-binary and use postgresql+psycopg2://...")
-
-
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def _check_sqlite_file(path: Path, create: bool) -> None:
-    """Refuse a SQLite store that is a folder, in a missing folder, empty or cut short: an
-    empty file must not silently become a new store, nor a truncated one lose trials."""
-    if path.is_dir():
-        raise ValueError(f"SQLite storage {path} is a folder; name a file, e.g. "
-                         f"sqlite:///{path / 'study.db'}")
-    if not path.exists():
-        if not create:
-            raise ValueError(f"no SQLite storage {path}")
-        if not path.parent.is_dir():
-            raise ValueError(f"SQLite storage {path}: its folder {path.parent} does not exist; "
-                             "create it first or name another file")
-        return
-    with open(path, "rb") as f:
-        header = f.read(100)
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"SQLite storage {path} is empty (0 bytes), not a study store; restore "
-                         "it from a backup, or move it away to start a new study")
-    if len(header) < 100 or not header.startswith(_SQLITE_HEADER):
-        raise ValueError(f"SQLite storage {path} is not a SQLite database (damaged header); "
-                         "restore it from a backup")
-    page = int.from_bytes(header[16:18], "big")
-    page = 65536 if page == 1 else page
-    pages = int.from_bytes(header[28:32], "big")
-    valid = header[24:28] == header[92:96]  # the in-header size is current
-    if size % page or (valid and pages and size < pages * page):
-        raise ValueError(f"SQLite storage {path} is cut short ({size} bytes, expected "
-                         f"{pages * page if valid else 'a multiple of ' + str(page)}); restore it "
-                         "from a backup")
-
-
-def _redact(url: str) -> str:
-    """The URL with its password hidden, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
-    return url
-
-
 def create_study(storage, name: str, spec: StudySpec) -> optuna.Study:
     """Create the study (or load it, if it exists with the same spec); refuses a mismatch."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -372,9 +213,9 @@ class _TakenOver(Exception):
 
 def _set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
     """``trial.set_user_attr`` for each item; in one transaction on a SQL storage."""
-    backend = _backend(trial.study)
+    backend = rdb.backend(trial.study)
     if isinstance(backend, RDBStorage):
-        slots.set_user_attrs(backend, trial._trial_id, attrs)
+        slots.set_user_attrs(backend, rdb.trial_id(trial), attrs)
     else:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -386,16 +227,22 @@ class Objective:
     def __init__(self, spec: StudySpec, folder: Path, data: DataSplits | None):
         self.spec, self.folder, self.data = spec, folder, data
         self.current: int | None = None  # the number of the trial being run
+        self.current_id: int | None = None  # ... and its id in the storage
+        self.given_up: set[int] = set()  # trials cut short by the database or another worker
+        self.cut: BaseException | None = None  # the database error that cut the last one short
 
     def __call__(self, trial: optuna.Trial):
-        self.current = trial.number
+        self.current, self.current_id = trial.number, rdb.trial_id(trial)
         try:
             return self._run(trial)
         except optuna.exceptions.UpdateFinishedTrialError as err:
+            self.given_up.add(trial.number)
             raise _TakenOver(str(err)) from None
         except Exception as err:  # a database error: the trial says why it failed, if it can
-            cause = _database_error(err)
+            cause = database_error(err)
             if cause is not None:
+                self.given_up.add(trial.number)
+                self.cut = err
                 try:
                     trial.set_user_attr("failure", f"database error: {cause}")
                 except Exception:  # the database is still down
@@ -425,7 +272,7 @@ class Objective:
             except optuna.exceptions.UpdateFinishedTrialError:
                 raise
             except Exception as err:  # a database outage: train on, unpruned this epoch
-                if _database_error(err) is None:
+                if database_error(err) is None:
                     raise
                 return
             if prune:
@@ -480,16 +327,19 @@ def load_spec(study: optuna.Study) -> StudySpec:
 def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0,
                seed: int | None = None, data: DataSplits | None = None,
                pool: int | None = None, objective: type[Objective] = Objective,
-               device: str | None = None, report: bool = False) -> int:
+               device: str | None = None, report: bool = False, wait: float = 0.0) -> int:
     """Run trials of an existing study until it holds its budget of finished trials.
 
     A trial is started only in a free slot of the budget (:func:`slots.claim`: counted and
     started in one transaction), so however many workers race, the study ends with exactly its
-    budget of finished trials. Before it returns, a worker waits for the other workers' running
-    trials: a dead worker's trial is failed (with the reason) after three missed heartbeats and
-    retried, so none stays RUNNING. A database that stops answering is retried with backoff for
-    ``AUTOVAE_DB_RETRY_SECONDS`` (default 300); the trial it interrupted is failed with its
-    reason and retried, and a trial that another worker failed meanwhile is left to its retry.
+    budget of finished trials. Every heartbeat period a background thread of each worker fails
+    (with the reason) and retries the trials whose worker stopped beating for three periods, so
+    a dead worker's trial is swept even while every live worker is training; before it returns,
+    a worker waits for the other workers' running trials, so none stays RUNNING. A database that
+    stops answering is retried with backoff for ``AUTOVAE_DB_RETRY_SECONDS`` (default 300); the
+    trial it interrupted is failed with its reason and retried, and a trial that another worker
+    failed meanwhile is left to its retry. ``wait`` seconds: how long to wait for a database
+    that does not answer yet or a study not created yet (workers started beside them).
 
     A journal storage has no transactions and no heartbeats: there one worker at a time holds
     the study (a lock beside the journal file; another is refused), and the trials it finds
@@ -497,15 +347,11 @@ def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0
     replaces the study's for this worker's trials. ``report``: a line per trial it finishes
     (:class:`~autovae.search.progress.SearchReporter`).
     """
-    storage = open_storage(storage_url, folder, pool=pool)
-    where = _redact(storage_url or str(StudyFolder(folder).db_path))
-    lock = _journal_lock(storage_url) if not isinstance(storage, RDBStorage) else None
+    check("wait", wait, "nonnegative")
+    where = redact(storage_url or str(StudyFolder(folder).db_path))
+    storage, study = _open_study(storage_url, name, folder, pool, where, wait)
+    lock = journal_lock(storage_url) if not isinstance(storage, RDBStorage) else None
     try:
-        try:
-            study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
-            raise ValueError(f"no study {name!r} in {where}; create it with 'autovae search' "
-                             "first") from None
         spec = load_spec(study)
         if device is not None:
             spec.base = spec.base.replace(device=device)
@@ -518,10 +364,87 @@ def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0
             storage.engine.dispose()  # a finished worker holds no connection
 
 
+def _open_study(storage_url: str | None, name: str, folder: Path, pool: int | None, where: str,
+                wait: float):
+    """The storage and the study, waiting up to ``wait`` seconds for a database that does not
+    answer yet (refused, unknown host) or a study that does not exist yet."""
+    deadline, said = time.monotonic() + wait, False
+    while True:
+        storage = None
+        try:
+            storage = open_storage(storage_url, folder, pool=pool)
+            return storage, optuna.load_study(study_name=name, storage=storage)
+        except (KeyError, Unreachable) as err:
+            if isinstance(storage, RDBStorage):
+                storage.engine.dispose()
+            if time.monotonic() >= deadline:
+                if isinstance(err, Unreachable):
+                    raise
+                raise ValueError(f"no study {name!r} in {where}; create it with 'autovae "
+                                 "search' first" + (f" (waited {wait:g} s)" if wait else "")
+                                 ) from None
+            if not said:
+                print(f"autovae: waiting up to {wait:g} s for the study {name!r} in {where}",
+                      file=sys.stderr)
+                said = True
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+
+
 def _prepare(spec: StudySpec) -> DataSplits:
     from ..run import prepare
 
     return prepare(spec.base)
+
+
+class _Sweeper(threading.Thread):
+    """Every heartbeat period, fails (with the reason) and retries the study's stale trials, in
+    the background: a dead or frozen worker's trial is swept even while every live worker is
+    inside a trial. It never queues for the study lock (another worker holding it may be frozen,
+    and will sweep in its turn); after a database error seen by this process, the other workers'
+    beats get a grace period to come back before their trials can look stale."""
+
+    def __init__(self, storage: RDBStorage, study_id: int, ours: Callable[[], int | None]):
+        super().__init__(name="autovae-sweeper", daemon=True)
+        self.storage, self.study_id, self.stop = storage, study_id, threading.Event()
+        self.ours = ours  # the id of the trial this worker runs (alive: not stale, if late)
+        self.period = heartbeat_seconds()
+        self.grace = 3 * self.period
+
+    def run(self) -> None:
+        while True:
+            if time.monotonic() - Outage.last_error > self.grace:
+                self.sweep()
+            if self.stop.wait(self.period):
+                return
+
+    def sweep(self) -> None:
+        try:
+            swept = slots.sweep_stale(self.storage, self.study_id, self.grace, wait=False,
+                                      spare=self.ours())
+        except Exception as err:
+            if database_error(err) is None:
+                print(f"autovae: the sweep of stale trials failed: {type(err).__name__}: {err}",
+                      file=sys.stderr)
+            elif not lock_timed_out(err):
+                Outage.last_error = time.monotonic()
+            return
+        for number, retry in swept:
+            print(f"autovae: trial {number}'s worker stopped sending heartbeats; failed it and "
+                  + ("did not retry it" if retry is None else f"retried it as trial {retry}"),
+                  file=sys.stderr)
+
+
+class _QuietRecovery(logging.Filter):
+    """Drops Optuna's warnings (with its traceback) about the trials this worker gave up
+    because of the database or another worker's sweep; the worker says one line instead."""
+
+    def __init__(self, numbers: set[int]):
+        super().__init__()
+        self.numbers = numbers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = re.match(r"Trial (\d+) failed", str(record.msg))
+        return not (match and int(match.group(1)) in self.numbers)
 
 
 def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str, worker: int,
@@ -529,71 +452,89 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
     seed = spec.base.seed * 1000 + worker if seed is None else seed
     study.sampler = SAMPLERS[spec.sampler](seed, len(spec.objectives) > 1)
     study.pruner = PRUNERS[spec.pruner](spec.base.epochs)
-    storage = _backend(study)
-    rdb = isinstance(storage, RDBStorage)
-    grace = 3 * HEARTBEAT_SECONDS
+    storage = rdb.backend(study)
+    on_rdb = isinstance(storage, RDBStorage)
+    pause = heartbeat_seconds() / 2
     # Optuna starts a trial in study.ask(), by popping a queued trial or creating one; here
     # it starts the trial claimed in the budget's next free slot, or none (slots.NoSlot).
-    if rdb:
-        study._pop_waiting_trial_id = lambda: slots.claim(storage, study._study_id)
+    if on_rdb:
+        rdb.start_trials_with(study, lambda: slots.claim(storage, rdb.study_id(study)))
     else:
-        study._pop_waiting_trial_id = lambda: _claim_alone(study, spec.trials)
+        rdb.start_trials_with(study, lambda: _claim_alone(study, spec.trials))
         _fail_orphans(study, spec.trials)  # we hold the lock: running trials are a dead worker's
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet = _QuietRecovery(objective.given_up)
+    rdb.trial_logger().addFilter(quiet)
+    sweeper = _Sweeper(storage, rdb.study_id(study), lambda: objective.current_id) \
+        if on_rdb else None
+    if sweeper is not None:
+        sweeper.start()
     reporter = SearchReporter(spec, _counts) if report else None
     if reporter:
         reporter.start(study, worker)
-    outage = _Outage(where)
-    interrupted: int | None = None  # a trial of ours that a database error cut short
-    swept = -math.inf  # when this worker last looked for stale trials
-    while True:
-        try:
-            if interrupted is not None:
-                _fail_ours(study, interrupted, f"database outage: {outage.cause}", spec.trials)
-                interrupted = None
-            if rdb and time.monotonic() - max(_Outage.last_error, swept) > grace / 3:
-                # (once a heartbeat period; after an outage seen here, the other workers'
-                # beats get a grace period to come back before their trials can look stale)
-                if time.monotonic() - _Outage.last_error > grace:
-                    slots.sweep_stale(storage, study._study_id, grace)
-                    swept = time.monotonic()
-            counts = _counts(study)
-            outage.over()
-            if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= spec.trials:
-                if rdb and counts[TrialState.RUNNING]:  # a budget made smaller meanwhile
-                    time.sleep(HEARTBEAT_SECONDS / 2)
+    outage = Outage(where)
+    interrupted: tuple[int, str] | None = None  # a trial of ours cut short, and why
+    try:
+        while True:
+            try:
+                if interrupted is not None:
+                    _fail_ours(study, *interrupted, spec.trials)
+                    interrupted = None
+                counts = _counts(study)
+                outage.over()
+                if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] >= spec.trials:
+                    if on_rdb and counts[TrialState.RUNNING]:  # others' trials, still running
+                        time.sleep(pause)
+                        continue
+                    _drop_unneeded_retries(study)
+                    return 0
+                if counts[TrialState.FAIL] > 2 * spec.trials:
+                    print(f"autovae: {counts[TrialState.FAIL]} trials failed, more than twice "
+                          "the budget: a broken space or settings, not bad luck; see the "
+                          "trials' 'failure' attributes", file=sys.stderr)
+                    return 0
+                objective.current = objective.current_id = None
+                study.optimize(objective, n_trials=1, catch=(), gc_after_trial=True,
+                               callbacks=[reporter] if reporter else None)
+            except slots.NoSlot:  # the rest of the budget is running on other workers
+                time.sleep(pause)
+            except Exception as err:
+                number, objective.current = objective.current, None
+                objective.current_id = None
+                error, objective.cut = objective.cut or err, None  # (Optuna's own came after)
+                # this worker was frozen (SIGSTOP, swapped out) inside a transaction, and the
+                # database ended its session after one heartbeat period: the others went on
+                paused = interrupted_in_transaction(error)
+                if number is not None and _taken_over(study, number):
+                    print(f"autovae: trial {number} was failed by another worker while this one "
+                          + ("was paused inside a database transaction" if paused else
+                             "could not reach the database")
+                          + "; its retry continues it from its last checkpoint", file=sys.stderr)
                     continue
-                _drop_unneeded_retries(study)
-                return 0
-            if counts[TrialState.FAIL] > 2 * spec.trials:
-                print(f"autovae: {counts[TrialState.FAIL]} trials failed, more than twice the "
-                      "budget: a broken space or settings, not bad luck; see the trials' "
-                      "'failure' attributes", file=sys.stderr)
-                return 0
-            objective.current = None
-            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=True,
-                           callbacks=[reporter] if reporter else None)
-        except slots.NoSlot:  # the rest of the budget is running on other workers
-            time.sleep(HEARTBEAT_SECONDS / 2)
-        except Exception as err:
-            number, objective.current = objective.current, None
-            if number is not None and _taken_over(study, number):
-                print(f"autovae: trial {number} was failed by another worker while this one "
-                      "could not reach the database; its retry continues it from its last "
-                      "checkpoint", file=sys.stderr)
-                continue
-            cause = _database_error(err)
-            if cause is None:
-                raise
-            if number is not None:
-                interrupted = number
-            _Outage.last_error = time.monotonic()
-            outage.wait(cause)
-
-
-def _backend(study: optuna.Study):
-    """The study's storage under Optuna's cache of finished trials."""
-    return getattr(study._storage, "_backend", study._storage)
+                cause = database_error(error)
+                if cause is None:
+                    raise
+                if lock_timed_out(error) and number is None:
+                    continue  # another worker held a lock too long (and is cut off): again
+                if paused:
+                    print(f"autovae: this worker was paused inside a database transaction for "
+                          f"more than {2 * pause:g} s (stopped, swapped out?) and the database "
+                          "ended its session" + (f"; trial {number} is failed and retried"
+                                                 if number is not None else ""),
+                          file=sys.stderr)
+                    if number is not None:
+                        interrupted = (number, "its worker was paused inside a database "
+                                               "transaction and the database ended its session")
+                    continue
+                if number is not None:
+                    interrupted = (number, f"database outage: {cause}")
+                Outage.last_error = time.monotonic()
+                outage.wait(cause)
+    finally:
+        rdb.trial_logger().removeFilter(quiet)
+        if sweeper is not None:
+            sweeper.stop.set()
+            sweeper.join()
 
 
 def _taken_over(study: optuna.Study, number: int) -> bool:
@@ -601,29 +542,12 @@ def _taken_over(study: optuna.Study, number: int) -> bool:
     stopped reaching the database), not by its own failure: then reporting to it, or telling
     its result, raised (an UpdateFinishedTrialError, or "Cannot tell a FAIL trial")."""
     try:
-        trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, number))
+        storage = rdb.cached(study)
+        trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+            rdb.study_id(study), number))
     except Exception:
         return False
     return trial.state == TrialState.FAIL and "heartbeat" in str(trial.user_attrs.get("failure"))
-
-
-def _journal_lock(url: str | None):
-    """The lock that lets one worker at a time use a journal storage (released by the kernel
-    when the worker dies, even by SIGKILL), or a ValueError saying why not and what instead."""
-    import fcntl  # (POSIX)
-
-    path = Path(url[len("journal:"):]).expanduser()
-    lock = open(path.with_name(path.name + ".worker"), "a+")  # (".lock" is Optuna's)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise ValueError(f"journal storage {path} is in use by another worker: a journal file has "
-                         "no heartbeats, so a dead worker's trial could not be told from a live "
-                         "one and would stay RUNNING; run one worker on it, or several on "
-                         "PostgreSQL (docs/distributed.md) or SQLite (one machine)") from None
-    return lock
 
 
 def _claim_alone(study: optuna.Study, budget: int) -> int:
@@ -632,10 +556,11 @@ def _claim_alone(study: optuna.Study, budget: int) -> int:
     if counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING] \
             >= budget:
         raise slots.NoSlot
+    storage = rdb.cached(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if study._storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
-            return t._trial_id
-    return study._storage.create_new_trial(study._study_id)
+        if storage.set_trial_state_values(rdb.trial_id(t), TrialState.RUNNING):
+            return rdb.trial_id(t)
+    return storage.create_new_trial(rdb.study_id(study))
 
 
 def _fail_orphans(study: optuna.Study, budget: int) -> None:
@@ -649,11 +574,11 @@ def _fail_orphans(study: optuna.Study, budget: int) -> None:
 def _fail_ours(study: optuna.Study, number: int, reason: str, budget: int) -> None:
     """Fail trial ``number`` (ours, cut short), recording ``reason``, and queue its retry
     (which continues its run from the last checkpoint) while the budget needs it."""
-    storage = study._storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    if isinstance(_backend(study), RDBStorage):
-        storage = _backend(study)
-        slots.fail_trials(storage, study._study_id, lambda session: [(trial_id, reason)],
+    storage = rdb.cached(study)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(rdb.study_id(study), number)
+    if isinstance(rdb.backend(study), RDBStorage):
+        storage = rdb.backend(study)
+        slots.fail_trials(storage, rdb.study_id(study), lambda session: [(trial_id, reason)],
                           failed_too=True)
         return
     frozen = storage.get_trial(trial_id)  # a journal: we are its only worker
@@ -681,83 +606,33 @@ def _fail_ours(study: optuna.Study, number: int, reason: str, budget: int) -> No
 
 
 def _counts(study: optuna.Study) -> dict:
-    if isinstance(_backend(study), RDBStorage):
-        return slots.state_counts(_backend(study), study._study_id)
+    if isinstance(rdb.backend(study), RDBStorage):
+        return slots.state_counts(rdb.backend(study), rdb.study_id(study))
     counts = dict.fromkeys(TrialState, 0)
     for t in study.get_trials(deepcopy=False):
         counts[t.state] += 1
     return counts
 
 
-# How long a worker retries a database that does not answer before it gives up.
-DB_RETRY_SECONDS = float(os.environ.get("AUTOVAE_DB_RETRY_SECONDS", "300"))
-
-
-class _Outage:
-    """Backoff for a database that stopped answering: 0.5 s doubling to 10 s, for at most
-    ``DB_RETRY_SECONDS``; then one clear line (:class:`StudyFault`)."""
-
-    last_error = -math.inf  # time.monotonic() of this process's last database error
-
-    def __init__(self, where: str):
-        self.where, self.since, self.delay, self.cause = where, None, 0.5, ""
-
-    def wait(self, cause: str) -> None:
-        now = time.monotonic()
-        self.cause = cause
-        if self.since is None:
-            self.since = now
-            print(f"autovae: database {self.where} unavailable ({cause}); retrying for up to "
-                  f"{DB_RETRY_SECONDS:.0f} s", file=sys.stderr)
-        if now - self.since > DB_RETRY_SECONDS:
-            raise StudyFault(f"database {self.where} did not answer for {now - self.since:.0f} s "
-                             f"({cause}); the finished trials are kept: re-run the same command "
-                             "when it is back")
-        time.sleep(min(self.delay, DB_RETRY_SECONDS - (now - self.since) + 0.05))
-        self.delay = min(2 * self.delay, 10.0)
-
-    def over(self) -> None:
-        if self.since is not None:
-            print(f"autovae: database {self.where} is back after "
-                  f"{time.monotonic() - self.since:.1f} s", file=sys.stderr)
-        self.since, self.delay = None, 0.5
-
-
-def _database_error(err: BaseException) -> str | None:
-    """The first line of the database error in ``err``'s chain (Optuna wraps it, or fails on
-    its own way out of a trial with it as the context), or None if there is none."""
-    import sqlalchemy.exc
-
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                            sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
-            text = str(getattr(err, "orig", None) or err).strip()
-            return text.splitlines()[0] if text else type(err).__name__
-        err = err.__cause__ or err.__context__
-    return None
-
-
 def _drop_unneeded_retries(study: optuna.Study) -> None:
     """Fail the queued trials that the met budget no longer needs, saying why."""
     reason = "not run: the budget was met without it"
-    storage = study._storage
-    if isinstance(_backend(study), RDBStorage):
+    storage = rdb.cached(study)
+    if isinstance(rdb.backend(study), RDBStorage):
         import sqlalchemy
-        from optuna.storages._rdb import models
 
         def waiting(session):
-            trial = models.TrialModel
+            trial = rdb.models.TrialModel
             ids = session.execute(sqlalchemy.select(trial.trial_id).where(
-                trial.study_id == study._study_id, trial.state == TrialState.WAITING)).scalars()
+                trial.study_id == rdb.study_id(study), trial.state == TrialState.WAITING)
+            ).scalars()
             return [(i, reason) for i in ids]
 
-        slots.fail_trials(_backend(study), study._study_id, waiting, retry=False)
+        slots.fail_trials(rdb.backend(study), rdb.study_id(study), waiting, retry=False)
         return
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        storage.set_trial_user_attr(t._trial_id, "failure", reason)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        storage.set_trial_user_attr(rdb.trial_id(t), "failure", reason)
+        storage.set_trial_state_values(rdb.trial_id(t), TrialState.FAIL)
 
 
 def run_search(storage_url: str | None, name: str, folder: Path, spec: StudySpec,

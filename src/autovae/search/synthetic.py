@@ -8,13 +8,20 @@ reason, retried and resumed from the checkpoint by the same worker, storage, hea
 code as a real search, for almost no CPU (so that 32 workers fit on two cores)::
 
     python -m autovae.search.synthetic --storage URL --study NAME --dir DIR --worker 3 \\
-        [--epoch-seconds 0.5] [--log events.jsonl] [--studies a,b,c] [--report]
+        [--epoch-seconds 0.5] [--log events.jsonl] [--studies a,b,c] [--report] \\
+        [--stop-in-transaction | --stop-in-claim]
 
 The study is created as usual (``autovae search`` or :func:`~autovae.search.create_study`);
 its base ``epochs`` is the number of sleeps. ``--log`` appends one JSON line per event (trial
 started, trial completed as acknowledged by the database, worker exit) with the seconds this
 process spent in storage calls on its main thread, which the soak benchmark turns into the
-storage's share of a trial's wall time.
+storage's share of a trial's wall time, and one line per storage call of the main thread that
+took longer than :data:`SLOW_CALL_SECONDS` (the longest waits of a worker).
+
+``--stop-in-transaction`` makes the worker stop itself (SIGSTOP) inside the transaction that
+writes its first trial's attributes, holding that trial's row lock, until someone sends it
+SIGCONT: the frozen worker of the fault test and the soak benchmark. ``--stop-in-claim`` stops it
+inside its first claim of a slot instead, holding the study's lock.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -33,6 +41,7 @@ from . import study as study_mod
 __all__ = ["SyntheticObjective", "main"]
 
 EPOCH_SECONDS = 0.5
+SLOW_CALL_SECONDS = 0.2
 
 
 class SyntheticObjective(study_mod.Objective):
@@ -98,6 +107,8 @@ class _EventLog:
                 result = function(*args, **kwargs)
             finally:
                 spent = time.perf_counter() - started
+                if spent > SLOW_CALL_SECONDS:
+                    self.write("slow_call", call=name, seconds=spent, since=time.time() - spent)
                 self.storage_seconds += spent
                 calls, seconds = self.by_call.get(name, (0, 0.0))
                 self.by_call[name] = (calls + 1, seconds + spent)
@@ -146,6 +157,49 @@ class _IdleClock:
         self.log.idle_seconds += time.perf_counter() - started
 
 
+def _stop_in_transaction(log: _EventLog | None) -> None:
+    """Stop this process (SIGSTOP) inside the first transaction that writes a trial's user
+    attributes (:func:`autovae.search.slots.set_user_attrs`), after its writes reached the
+    database: the trial's row lock and its attribute rows are held until SIGCONT."""
+    from . import slots
+
+    original = slots._attr
+    stopped = []
+
+    def attr(session, trial_id, key, value=None, write=False):
+        result = original(session, trial_id, key, value, write)
+        if write and not stopped:
+            stopped.append(trial_id)
+            session.flush()
+            if log:
+                log.write("stopped", trial_id=trial_id)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            if log:
+                log.write("continued", trial_id=trial_id)
+        return result
+
+    slots._attr = attr
+
+
+def _stop_in_claim(log: _EventLog | None) -> None:
+    """Stop this process (SIGSTOP) inside its first claim of a slot, holding the study's row
+    lock (taken before the budget is read), until SIGCONT."""
+    from . import slots
+
+    original = slots._budget
+    stopped = []
+
+    def budget(session, study_id):
+        if not stopped:
+            stopped.append(study_id)
+            if log:
+                log.write("stopped", trial_id=None)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return original(session, study_id)
+
+    slots._budget = budget
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", default=None)
@@ -157,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-pool", type=int, default=None)
     parser.add_argument("--log", default=None)
     parser.add_argument("--report", action="store_true", help="a line per finished trial")
+    parser.add_argument("--stop-in-transaction", action="store_true",
+                        help="SIGSTOP this worker inside its first trial's attribute transaction")
+    parser.add_argument("--stop-in-claim", action="store_true",
+                        help="SIGSTOP this worker inside its first claim (holding the study lock)")
     args = parser.parse_args(argv)
     SyntheticObjective.epoch_seconds = args.epoch_seconds
     if args.log:
@@ -170,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
 
         study_mod.open_storage = open_storage
         study_mod.time = _IdleClock(log)
+    if args.stop_in_transaction:
+        _stop_in_transaction(SyntheticObjective.log)
+    if args.stop_in_claim:
+        _stop_in_claim(SyntheticObjective.log)
     names = args.studies.split(",") if args.studies else [args.study]
     for name in names:
         folder = Path(args.dir) / name if args.studies else Path(args.dir)
