@@ -220,7 +220,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
 def _cmd_serve_forward(args: argparse.Namespace) -> int:
     from .inverse.forward_models import load_forward
-    from .inverse.umbridge import serve
+    from .inverse.umbridge import check_serve, serve
 
     options = {}
     if args.bc is not None:
@@ -228,7 +228,9 @@ def _cmd_serve_forward(args: argparse.Namespace) -> int:
             raise ValueError(f"--bc sets the boundary conditions of darcy, not of {args.model}; "
                              "leave it out (or serve a class that sets its own)")
         options["bc"] = args.bc
+    check_serve(args.host, args.port, args.name or "model")
     model = load_forward(args.model, **options)
+    check_serve(args.host, args.port, args.name or model.name)
     print(f"serving {model.name} ({model.param_shape} -> {model.n_obs}) as UM-Bridge model "
           f"{args.name or model.name} at http://{args.host}:{args.port}", flush=True)
     serve(model, args.port, args.host, args.name)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_memory
 from .._files import atomic_path
 from .boundary import DEFAULT_BC
 from .chains import ChainFolder, ChainResult, run_chains
@@ -48,7 +49,9 @@ from .diagnostics import save_netcdf, summary
 from .forward_models import DarcyForward, load_forward
 from .grf import KarhunenLoeve, sample_grf
 from .kernels import make_kernel
+from .limits import chain_bytes, field_bytes
 from .priors import DecoderPrior, ExpPrior, LogDensityPrior, Prior, ResidualFieldPrior
+from .probe import probe_problem
 from .problem import InverseProblem
 
 __all__ = ["PROBLEMS", "InversionResult", "format_summary", "invert", "truth_field"]
@@ -115,9 +118,22 @@ def _size_check(name: str, cells: int) -> None:
 
 
 def _points(spec: str):
-    if isinstance(spec, str) and spec.isdigit():
-        return int(spec)
+    count = _count_of(spec)
+    if count is not None:
+        return count
     return _read_array(spec, "points")
+
+
+def _count_of(spec) -> int | None:
+    """--points as a count (64, 1e4), or None for a file name."""
+    try:
+        value = float(spec)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(value) and value.is_integer() and value >= 1):
+        raise ValueError(f"--points {spec} is neither a square count of observation points "
+                         "(e.g. 64 = 8x8) nor a file of (x, y) rows")
+    return int(value)
 
 
 def _darcy(cfg: InverseConfig) -> Built:
@@ -305,6 +321,7 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     cfg = config
     if cfg.out is not None:
         ChainFolder(cfg.out).check_writable()
+    check_memory(_field_bytes(cfg), "this inversion")
     built = PROBLEMS[cfg.problem](cfg)
     problem = built.problem
     kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")
@@ -316,6 +333,10 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     kernel = make_kernel(kernel_name, **options)
     target = problem.target()
     kernel.validate(target)
+    forward = problem.forward
+    check_memory(chain_bytes(cfg.chains, cfg.draws, problem.dim, int(np.prod(
+        forward.param_shape)), forward.n_obs, dense_metric=kernel.needs_gradient), "this inversion")
+    probe_problem(problem, cfg.chains, cfg.seed, kernel.needs_gradient)
     cf = ChainFolder(_default_out(cfg, kernel_name, problem.prior))
     cf.check_writable()
     record = {"problem": cfg.problem, "run": cfg.run, **problem.prior.describe(),
@@ -329,6 +350,15 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     out = _summarise(problem, result, built, cfg)
     _write_outputs(cf, problem, result, out, built)
     return InversionResult(cf.path, problem, result, out, new_solves)
+
+
+def _field_bytes(cfg: InverseConfig) -> dict[str, int]:
+    """What the settings make the problem hold before its chains (:mod:`.limits`)."""
+    darcy = cfg.problem == "darcy"
+    count = _count_of(cfg.points) if darcy else None
+    return field_bytes(grid=cfg.grid or (16 if darcy else None), dim=cfg.dim, points=count,
+                       truth_resolution=cfg.truth_resolution if darcy else None,
+                       residual=cfg.residual, kle=cfg.prior in (None, "kle") and cfg.run is None)
 
 
 def _sha(t: torch.Tensor) -> str:
