@@ -63,6 +63,11 @@ class Run:
 
     # -- config ---------------------------------------------------------------------------------
     def has_config(self) -> bool:
+        """Whether the folder holds a run's config.yaml (a folder in its place is refused)."""
+        if self.config_path.is_dir():
+            raise ValueError(f"{self.config_path} is a folder, where a run keeps its settings "
+                             "file; this is not a run folder autovae wrote: give the run's "
+                             "folder, or move that folder away")
         return self.config_path.is_file()
 
     def load_config(self) -> Config:
