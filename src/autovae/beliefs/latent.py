@@ -139,7 +139,7 @@ def _parse_blocks(text: str, dim: int | None) -> list[tuple[str, str, int]]:
             single = (f"give latent '{pairs[0][0]}/{pairs[0][1]}:{dim}', or "
                       if len(pairs) == 1 else "")
             raise ValueError(f"latent blocks {text.strip()!r} add up to {sum(sizes)} dimensions "
-                             f"but latent_dim = {dim}: latent_dim (--latent-dim) sets the total "
+                             f"but dim={dim}: dim (latent_dim, --latent-dim) sets the total "
                              "of a latent spec written in percentages ('70% logistic/normal, "
                              f"30% cauchy/cauchy'); {single}leave latent_dim out")
         return [(post, prior, n) for (post, prior, _), n in zip(pairs, sizes, strict=True)]

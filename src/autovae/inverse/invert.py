@@ -358,7 +358,8 @@ def _field_bytes(cfg: InverseConfig) -> dict[str, int]:
     count = _count_of(cfg.points) if darcy else None
     return field_bytes(grid=cfg.grid or (16 if darcy else None), dim=cfg.dim, points=count,
                        truth_resolution=cfg.truth_resolution if darcy else None,
-                       residual=cfg.residual, kle=cfg.prior in (None, "kle") and cfg.run is None)
+                       residual=cfg.residual, kle=cfg.prior in (None, "kle") and cfg.run is None,
+                       points_text=cfg.points)
 
 
 def _sha(t: torch.Tensor) -> str:

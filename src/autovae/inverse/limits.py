@@ -34,7 +34,7 @@ def solve_bytes(cells: int) -> int:
 
 def field_bytes(grid: int | None = None, dim: int | None = None, points: int | None = None,
                 truth_resolution: int | None = None, residual: int = 0, kle: bool = True,
-                dense_points: bool = False) -> dict[str, int]:
+                dense_points: bool = False, points_text: str | None = None) -> dict[str, int]:
     """Bytes by setting of what an inversion builds before its chains: the KLE prior's (or a
     residual field's) dense covariance on ``grid`` x ``grid`` cells, the observation points'
     arrays (predictions of :data:`METRIC_DRAWS` draws, a dense observation matrix with a
@@ -48,7 +48,9 @@ def field_bytes(grid: int | None = None, dim: int | None = None, points: int | N
             parts[f"--dim {dim}"] = 4 * F64 * dim * cells
     if points is not None:
         cells = grid * grid if grid else 1
-        parts[f"--points {points}"] = points * (2 * F64 + F64 * METRIC_DRAWS * 4 + 64) + (
+        label = f"--points {points_text or points}" + (
+            f" ({points:,} points)" if points_text not in (None, str(points)) else "")
+        parts[label] = points * (2 * F64 + F64 * METRIC_DRAWS * 4 + 64) + (
             F64 * points * cells if dense_points else 0)
     if truth_resolution is not None:
         cells = truth_resolution * truth_resolution
