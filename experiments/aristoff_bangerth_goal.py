@@ -44,7 +44,8 @@ def table(budget: float) -> list[dict]:
     """One row per finished run; the errors recomputed against the reference packaged now
     (it may be newer than the run's summary.json)."""
     from autovae.inverse import InverseConfig, load_chains, reference_posterior
-    from autovae.inverse.invert import PROBLEMS, reference_error
+    from autovae.inverse.outputs import reference_error
+    from autovae.inverse.problems import PROBLEMS
 
     problem = PROBLEMS["aristoff-bangerth"](InverseConfig(problem="aristoff-bangerth")).problem
     reference = reference_posterior()

@@ -34,7 +34,8 @@ from autovae.inverse import (
 )
 from autovae.inverse import ess as ess_of
 from autovae.inverse.grf import sample_grf
-from autovae.inverse.invert import TRUTH_SEED_OFFSET, invert
+from autovae.inverse.inversion import invert
+from autovae.inverse.problems import TRUTH_SEED_OFFSET
 
 ROOT = Path("runs/inverse")
 RESULTS = Path("docs/results")

@@ -306,6 +306,43 @@ CLI_CASES = [
                            "--data", R + "/bad.yaml", "--noise", "0.1", "--residual", "8",
                            "--out", R + "/new_chain"],
      "--residual applies to --problem darcy or aristoff-bangerth"),
+    # -- issue 26: a setting the problem or the kernel does not read is refused, not ignored ---
+    ("inv --grid on aristoff-bangerth", ["invert", "--problem", "aristoff-bangerth", "--grid",
+                                         "8", "--out", R + "/new_chain"],
+     "--grid applies to --problem darcy or custom, not to aristoff-bangerth"),
+    ("inv --points on custom", ["invert", "--problem", "custom", "--forward",
+                                "aristoff-bangerth", "--points", "16", "--out", R + "/new_chain"],
+     "--points applies to --problem darcy, not to custom"),
+    ("inv --truth-seed on aristoff-bangerth", ["invert", "--problem", "aristoff-bangerth",
+                                               "--truth-seed", "3", "--out", R + "/new_chain"],
+     "--truth-seed applies to --problem darcy, not to aristoff-bangerth"),
+    ("inv --forward with darcy", ["invert", "--problem", "darcy", "--forward",
+                                  "umbridge:http://127.0.0.1:9/m", "--out", R + "/new_chain"],
+     "--forward applies to --problem custom, not to darcy (it has its own forward model"),
+    ("inv --forward with aristoff-bangerth", ["invert", "--problem", "aristoff-bangerth",
+                                              "--forward", "aristoff-bangerth", "--out",
+                                              R + "/new_chain"],
+     "--forward applies to --problem custom, not to aristoff-bangerth"),
+    ("inv --device without a run", ["invert", "--prior", "kle", "--device", "cpu", "--out",
+                                    R + "/new_chain"], "--device cpu is where the run is loaded"),
+    ("inv --max-tree-depth on pcn", ["invert", "--kernel", "pcn", "--max-tree-depth", "5",
+                                     "--out", R + "/new_chain"],
+     "--max-tree-depth applies to --kernel nuts, not to pcn"),
+    ("inv --precondition on the default kernel", ["invert", "--prior", "kle", "--grid", "4",
+                                                  "--precondition", "none", "--out",
+                                                  R + "/new_chain", "--quiet"],
+     "--precondition applies to --kernel mala, not to pcn"),
+    ("inv --adapt on nuts", ["invert", "--kernel", "nuts", "--adapt", "no", "--out",
+                             R + "/new_chain"],
+     "--adapt applies to --kernel pcn or rwm or mala, not to nuts"),
+    ("inv --precondition unknown", ["invert", "--kernel", "mala", "--precondition", "gaus",
+                                    "--out", R + "/new_chain"],
+     "--precondition must be one of auto, gauss-newton, covariance, none, got 'gaus'"),
+    ("inv --max-tree-depth 0", ["invert", "--kernel", "nuts", "--max-tree-depth", "0",
+                                "--out", R + "/new_chain"],
+     "--max-tree-depth must be an integer >= 1"),
+    ("inv --kernel unknown", ["invert", "--kernel", "nut", "--out", R + "/new_chain"],
+     "--kernel must be one of pcn, rwm, mala, nuts, got 'nut'; did you mean 'nuts'?"),
 ]
 
 
@@ -683,7 +720,20 @@ def _lib_cases():
     normal3 = family("normal", torch.zeros(3), 1.0)
     normal2 = family("normal", torch.zeros(2), 1.0)
     bern = likelihood("bernoulli", (4,))
+    from autovae.inverse import InverseConfig, make_kernel
+
     return [
+        ("InverseConfig unread problem setting", lambda: InverseConfig(
+            problem="aristoff-bangerth", source=2.0), "--source applies to --problem darcy"),
+        ("InverseConfig kernel option of another kernel", lambda: InverseConfig(
+            kernel="rwm", kernel_options={"full_mass": True}), "--full-mass applies to --kernel "
+         "nuts, not to rwm"),
+        ("InverseConfig unknown kernel option", lambda: InverseConfig(
+            kernel_options={"tree_depth": 3}), "did you mean 'max_tree_depth'?"),
+        ("InverseConfig kernel_options not a mapping", lambda: InverseConfig(
+            kernel_options=[1]), "kernel_options must be a mapping"),
+        ("make_kernel option of another kernel", lambda: make_kernel("pcn", max_tree_depth=3),
+         "kernel option 'max_tree_depth' does not apply to pcn; it is read by nuts"),
         ("renyi_bound K = 0", lambda: renyi_bound(torch.zeros(0, 3), 0.0), "K = 0"),
         ("renyi_bound 1-D", lambda: renyi_bound(torch.zeros(5), 0.0), "(K, *batch)"),
         ("renyi_bound list", lambda: renyi_bound([[0.0]], 0.0), "log_weights"),

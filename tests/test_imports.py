@@ -137,3 +137,26 @@ def test_train_and_evaluate_are_functions_not_shadowed_modules():
     for name in ("autovae.train", "autovae.evaluate"):
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module(name)
+
+
+def test_inverse_invert_is_always_the_function():
+    """The module is ``inversion``: importing it first does not shadow the function."""
+    import autovae.inverse.inversion  # noqa: F401
+    from autovae.inverse import invert
+
+    assert callable(invert) and invert.__module__ == "autovae.inverse.inversion"
+
+
+def test_inverse_lazy_names_are_the_type_checking_names():
+    """``__all__``, the lazy table and the TYPE_CHECKING imports name the same objects."""
+    import autovae.inverse as inverse
+
+    text = Path(inverse.__file__).read_text()
+    block = ast.parse(text).body
+    typed = {alias.asname or alias.name
+             for node in block if isinstance(node, ast.If)
+             for stmt in node.body if isinstance(stmt, ast.ImportFrom)
+             for alias in stmt.names}
+    assert typed == set(inverse._WHERE) == set(inverse.__all__)
+    for name in inverse.__all__:
+        assert getattr(inverse, name) is not None

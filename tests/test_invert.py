@@ -30,7 +30,7 @@ from autovae.inverse import (
     run_chains,
     sample_grf,
 )
-from autovae.inverse.invert import truth_field
+from autovae.inverse.problems import truth_field
 from autovae.run import load_trained
 from autovae.training import train
 

@@ -1,9 +1,9 @@
 """Checking user input where it enters: numeric domains, paths and storage-safe folders.
 
 Every numeric setting has a declared domain (a key of :data:`DOMAINS`); :func:`check` refuses a
-value outside it with one line that names the setting, the value and what is allowed. Config
-fields declare theirs with ``_opt(..., domain=...)``, CLI-only flags use :func:`flag_type`, and
-library functions call :func:`check` on their arguments.
+value outside it with one line that names the setting, the value and what is allowed. Settings
+declare theirs with ``setting(..., domain=...)`` (:mod:`autovae.settings`), CLI-only flags use
+:func:`flag_type`, and library functions call :func:`check` on their arguments.
 """
 
 from __future__ import annotations

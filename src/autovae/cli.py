@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import errno
 import json
@@ -20,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ._checks import StudyFault, check_folder, check_output_file, flag_type
-from .config import Config, load_config
+from .config import SETTINGS as CONFIG_SETTINGS
+from .config import load_config
 from .models import NonFiniteLossError
 
 _COUNT = flag_type("count", "count")  # integers >= 1
@@ -48,8 +48,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 
 # -- train and evaluate --------------------------------------------------------------------------
 def _config_overrides(args: argparse.Namespace) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-            if getattr(args, f.name, None) is not None}
+    return CONFIG_SETTINGS.given(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -203,10 +202,11 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
-    from .inverse.config import FIELDS, InverseConfig
-    from .inverse.invert import format_summary, invert
+    from .inverse.config import SETTINGS, InverseConfig, kernel_settings
+    from .inverse.inversion import invert
+    from .inverse.outputs import format_summary
 
-    given = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
+    given = {**SETTINGS.given(args), **kernel_settings().given(args)}
     config = (InverseConfig.from_file(args.config, **given) if args.config
               else InverseConfig.from_dict(given))
     result = invert(config, progress=not args.quiet)
@@ -333,59 +333,22 @@ def _cmd_retrain_best(args: argparse.Namespace) -> int:
 
 
 # -- the parser ----------------------------------------------------------------------------------
-class _BoolFlag(argparse.BooleanOptionalAction):
-    """``--flag``, ``--no-flag``, and ``--flag yes|no|true|false|1|0`` (the words a config file
-    takes; ``--spectral-norm no`` must not be read as "unrecognized argument: no")."""
-
-    _WORDS = {"true": True, "yes": True, "1": True, "on": True,
-              "false": False, "no": False, "0": False, "off": False}
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, **kwargs)
-        self.nargs, self.metavar = "?", "yes|no"
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if values is None:
-            super().__call__(parser, namespace, None, option_string)
-            return
-        word = self._WORDS.get(str(values).strip().lower())
-        if word is None:
-            raise argparse.ArgumentError(self, f"must be yes or no (or true/false), got "
-                                               f"{values!r}")
-        if option_string.startswith("--no-"):
-            raise argparse.ArgumentError(self, f"{option_string} takes no value; write "
-                                               f"{option_string} alone, or "
-                                               f"--{option_string[5:]} {values}")
-        setattr(namespace, self.dest, word)
-
-
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run settings (also config-file keys; flags win)")
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        help_text = f"{f.metadata['help']} (default: {default})"
-        if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action=_BoolFlag, default=None,
-                               help=help_text + "; also --no-" + flag[2:] + ", or "
-                               + flag + " yes|no")
-        else:
-            group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                               help=help_text)
+    CONFIG_SETTINGS.add_flags(group)
 
 
 def _add_inverse_flags(parser: argparse.ArgumentParser) -> None:
-    """The invert flags, generated from InverseConfig; old spellings are refused by name."""
-    from .inverse.config import FIELDS, RENAMED
+    """The invert flags, generated from InverseConfig and the kernels' declared options; old
+    spellings are refused by name."""
+    from .inverse.config import RENAMED, SETTINGS, kernel_settings
+    from .inverse.kernels import option_readers
 
-    for f in FIELDS.values():
-        meta = f.metadata
-        help_text = f"{meta['help']} (default: {f.default})"
-        if meta["positional"]:
-            parser.add_argument(f.name, nargs="?", default=None, help=help_text)
-            continue
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            metavar=f.name.upper(), help=help_text)
+    SETTINGS.add_flags(parser)
+    group = parser.add_argument_group("kernel options (also config-file keys; refused for "
+                                      "kernels that do not read them)")
+    kernel_settings().add_flags(
+        group, note=lambda spec: f"--kernel {' or '.join(option_readers(spec.name))}; ")
     for old, new in RENAMED.items():
         parser.add_argument(f"--{old}", action=_Renamed, nargs="?", help=argparse.SUPPRESS,
                             new=f"--{new}")

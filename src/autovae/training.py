@@ -17,7 +17,6 @@ step, :mod:`autovae.models.base`); the loop owns what must exist once:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import random
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from ._checks import check_folder
 from ._registry import model_class
 from .beliefs import NonFiniteInputError
-from .config import Config, _coerce, unknown
+from .config import SETTINGS, Config, unknown
 from .data import DataSplits, binarize
 from .models import Model, NonFiniteLossError, StepContext, build_model, evaluation_mode
 from .run import Run, load_model_state, prepare, resolve_device
@@ -92,13 +91,12 @@ def resume_config(run: Run, overrides: dict) -> Config:
     refused by name before the changed config is checked as a whole (so ``--model vae`` on a
     GAN run says that the model differs, not that the GAN's discriminator width is foreign)."""
     saved = run.load_config()
-    fields = {f.name: f for f in dataclasses.fields(Config)}
     unknown(overrides)
     changed = []
     for key, value in overrides.items():
         if key in RESUMABLE_CHANGES or value is None:
             continue
-        value = _coerce(fields[key], value)
+        value = SETTINGS.coerce(key, value)
         if key == "model":
             value = model_class(value).name
         if value != getattr(saved, key):

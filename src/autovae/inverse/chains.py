@@ -33,6 +33,7 @@ import torch
 
 from .._checks import check_memory
 from .._files import atomic_write
+from .config import FIELDS
 from .kernels import MCMCKernel, Target, make_kernel
 from .limits import chain_bytes
 
@@ -252,10 +253,19 @@ def _count(name: str, value, least: int) -> int:
     return int(value)
 
 
-def run_chains(target: Target, kernel, folder: str | Path, chains: int = 4, warmup: int = 500,
-               draws: int = 1000, seed: int = 0, thin: int = 1, checkpoint_every: int = 100,
+# the library's defaults are the command line's: one place, InverseConfig
+_DEFAULTS = {name: FIELDS[name].default for name in ("chains", "warmup", "draws",
+                                                     "checkpoint_every")}
+
+
+def run_chains(target: Target, kernel, folder: str | Path, *, chains: int | None = None,
+               warmup: int | None = None, draws: int | None = None, seed: int = 0,
+               thin: int = 1, checkpoint_every: int | None = None,
                init: torch.Tensor | None = None, progress: bool = False) -> ChainResult:
     """Run (or resume) ``chains`` chains of ``kernel`` on ``target`` into ``folder``.
+
+    ``chains``, ``warmup``, ``draws`` and ``checkpoint_every`` default to ``autovae invert``'s
+    (:class:`~autovae.inverse.config.InverseConfig`: 4, 1000, 2000 and 100).
 
     ``warmup`` adaptation iterations, then ``draws * thin`` iterations of which every
     ``thin``-th is kept. Every ``checkpoint_every`` iterations the kept draws and the full
@@ -265,6 +275,11 @@ def run_chains(target: Target, kernel, folder: str | Path, chains: int = 4, warm
     that diverges many iterations in a row, stops the run: status ``"diverged"`` with the
     reason; what was sampled is kept. ``progress``: a bar per chain on a terminal.
     """
+    chains = _DEFAULTS["chains"] if chains is None else chains
+    warmup = _DEFAULTS["warmup"] if warmup is None else warmup
+    draws = _DEFAULTS["draws"] if draws is None else draws
+    checkpoint_every = _DEFAULTS["checkpoint_every"] if checkpoint_every is None \
+        else checkpoint_every
     kernel = make_kernel(kernel)
     chains, warmup = _count("chains", chains, 1), _count("warmup", warmup, 0)
     draws, thin = _count("draws", draws, 1), _count("thin", thin, 1)

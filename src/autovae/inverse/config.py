@@ -1,51 +1,71 @@
 """InverseConfig: every setting of an inversion, in one place.
 
 The ``autovae invert`` flags and the keys of its config file (``--config``, YAML/TOML/JSON) are
-generated from these fields and checked here; the record is saved in the chain folder.
+generated from these fields and from the kernels' declared options
+(:data:`~autovae.inverse.kernels.KERNELS`, each class's ``options``) by the one settings engine
+(:mod:`autovae.settings`), and checked here: types and domains, the choices of ``problem`` and
+``kernel`` read from their registries, a setting that the problem does not read
+(:class:`~autovae.inverse.problems.ProblemSpec` ``reads``) or a kernel option that the kernel
+does not read refused by name. The record is saved in the chain folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..settings import Settings
+from ..settings import setting as _f
 from .boundary import DEFAULT_BC, BoundaryConditions
 
-__all__ = ["InverseConfig", "RENAMED"]
+__all__ = ["SETTINGS", "InverseConfig", "RENAMED", "check_kernel_options", "kernel_settings"]
 
 
-def _f(default, help: str, choices: tuple | None = None, least: float | None = None,
-       positional: bool = False):
-    return field(default=default, metadata={"help": help, "choices": choices, "least": least,
-                                            "positional": positional})
+def _problem_names() -> tuple[str, ...]:
+    from .problems import PROBLEMS
+
+    return tuple(PROBLEMS)
+
+
+def _prior_names() -> tuple[str, ...]:
+    from .problems import PROBLEMS
+
+    return tuple(dict.fromkeys(p for spec in PROBLEMS.values() for p in spec.priors))
+
+
+def _kernel_names() -> tuple[str, ...]:
+    from .kernels import KERNELS
+
+    return tuple(KERNELS)
 
 
 @dataclass(frozen=True)
 class InverseConfig:
-    """Settings of one inversion (see ``autovae invert --help``)."""
+    """Settings of one inversion (see ``autovae invert --help``); ``kernel_options``: the
+    kernel's own options by name (``{"max_tree_depth": 12}``), each also a flag
+    (``--max-tree-depth``) and a top-level key of a config file."""
 
     run: str | None = _f(None, "a trained run whose decoder (or generator) and latent prior "
                          "are the prior (--prior run)", positional=True)
-    problem: str = _f("darcy", "the inverse problem: darcy (the latent-MCMC authors' released "
-                      "Darcy case, spec 3.2), aristoff-bangerth (the SIAM Review 2023 benchmark), "
-                      "or custom (your --forward with your --data)",
-                      choices=("darcy", "aristoff-bangerth", "custom"))
+    problem: str | None = _f(None, "the inverse problem: darcy (the latent-MCMC authors' "
+                             "released Darcy case), aristoff-bangerth (the SIAM Review 2023 "
+                             "benchmark), or custom (your --forward with your --data); "
+                             "default: custom with --forward, else darcy",
+                             choices=_problem_names)
     prior: str | None = _f(None, "run (the run's decoder and latent prior), kle (Karhunen-Loeve "
                            "expansion of the GRF) or benchmark (aristoff-bangerth's own prior); "
-                           "default: run with a run folder, else kle (darcy) or benchmark",
-                           choices=("run", "kle", "benchmark"))
+                           "default: run with a run folder, else kle (darcy, custom) or "
+                           "benchmark (aristoff-bangerth)", choices=_prior_names)
     residual: int = _f(0, "terms of a Gaussian residual field added to a run prior (darcy, "
                        "aristoff-bangerth), its covariance fitted to what the decoder's draws "
                        "miss of the problem's prior covariance (the GRF's; 2^2 I in ln theta): "
                        "calibrated uncertainty from a VAE prior (0: none)", least=0)
-    forward: str | None = _f(None, "forward model: darcy, aristoff-bangerth, "
-                             "package.module:Class or umbridge:http://host:port/name "
-                             "(default: the problem's)")
+    forward: str | None = _f(None, "your forward model (--problem custom): "
+                             "package.module:Class, umbridge:http://host:port/name, or a "
+                             "built-in one (darcy, aristoff-bangerth) with your --data")
     grid: int | None = _f(None, "grid n of the Darcy field / the KLE prior (default: the run's, "
                           "else 16)", least=2)
     dim: int | None = _f(None, "terms of the KLE prior (default: the run's latent dim, else 16)",
@@ -69,8 +89,8 @@ class InverseConfig:
                                       "multiple of the inference grid)", least=2)
     truth_file: str | None = _f(None, "the true parameters (.npy/CSV), for the error and "
                                 "calibration metrics")
-    kernel: str | None = _f(None, "MCMC kernel: pcn, rwm, mala or nuts (default: pcn for a "
-                            "N(0, I) prior, else nuts)", choices=("pcn", "rwm", "mala", "nuts"))
+    kernel: str | None = _f(None, "MCMC kernel (default: pcn for a N(0, I) prior, else nuts)",
+                            choices=_kernel_names)
     chains: int = _f(4, "chains", least=1)
     warmup: int = _f(1000, "warm-up (adaptation) iterations per chain", least=0)
     draws: int = _f(2000, "kept draws per chain", least=1)
@@ -84,10 +104,11 @@ class InverseConfig:
     out: str | None = _f(None, "chain folder (default RUN/invert-KERNEL-SEED with a run, else "
                          "runs/invert/PROBLEM-PRIOR-KERNEL-SEED)")
     device: str | None = _f(None, "device to load the run on")
+    kernel_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
+        SETTINGS.coerce_fields(self)
+        object.__setattr__(self, "kernel_options", _kernel_options(self.kernel_options))
         if self.target_accept is not None and not 0 < self.target_accept < 1:
             raise ValueError(f"--target-accept must lie in (0, 1), got {self.target_accept!r}")
         if self.step_size is not None and self.step_size <= 0:
@@ -96,21 +117,38 @@ class InverseConfig:
             raise ValueError(f"--noise must be positive (e.g. 0.05), got {self.noise!r}")
         # one spelling, written out in full: the record reads the same however it was given
         object.__setattr__(self, "bc", str(BoundaryConditions.parse(self.bc)))
+        if self.problem is None:  # --forward names your model: the problem is custom
+            object.__setattr__(self, "problem", "darcy" if self.forward is None else "custom")
+        if self.device is not None and self.run is None:
+            raise ValueError(f"--device {self.device} is where the run is loaded, and no run "
+                             "folder is given; drop --device or give a run folder")
+        _check_problem_reads(self)
+        if self.kernel is not None:
+            check_kernel_options(self.kernel, self.kernel_options)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> InverseConfig:
-        """A config from keys (hyphens or underscores), refusing unknown or renamed keys."""
-        clean = {}
+    def from_dict(cls, values: Mapping[str, Any]) -> InverseConfig:
+        """A config from keys (hyphens or underscores; a kernel's options at the top level or
+        under ``kernel_options``), refusing unknown or renamed keys."""
+        clean: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        kernel_keys = kernel_settings().specs
         for key, value in values.items():
             name = str(key).replace("-", "_")
             if name in RENAMED:
                 raise ValueError(f"invert setting {key!r} is now {RENAMED[name]!r}")
-            if name not in FIELDS:
-                close = difflib.get_close_matches(name, list(FIELDS), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"unknown invert setting {key!r}{hint}")
-            clean[name] = value
-        return cls(**clean)
+            if name == "kernel_options":
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"kernel_options must be a mapping of option names to "
+                                     f"values, got {value!r}")
+                options.update({str(k).replace("-", "_"): v for k, v in value.items()})
+                continue
+            SETTINGS.unknown([name], also=[*kernel_keys, "kernel_options"])
+            if name in kernel_keys:
+                options[name] = value
+            else:
+                clean[name] = value
+        return cls(**clean, kernel_options=options)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> InverseConfig:
@@ -125,45 +163,52 @@ class InverseConfig:
         return dataclasses.asdict(self)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(InverseConfig)}
+SETTINGS = Settings.of(InverseConfig, "invert setting", by_flag=True)
+FIELDS = SETTINGS.specs  # name -> Spec of every setting but kernel_options
 RENAMED = {"samples": "draws", "sampler": "kernel"}  # old invert spellings, refused by name
 
 
-def _coerce(f: dataclasses.Field, value):
-    name = "--" + f.name.replace("_", "-")
-    tp = typing.get_type_hints(InverseConfig)[f.name]
-    optional = type(None) in typing.get_args(tp)
-    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
-        if not optional:
-            raise ValueError(f"{name} cannot be empty")
-        return None
-    if base is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    elif base is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")
-    elif not isinstance(value, str):
-        if isinstance(value, Path):
-            value = str(value)
-        else:
-            raise ValueError(f"{name} must be a string, got {value!r}")
-    choices, least = f.metadata["choices"], f.metadata["least"]
-    if choices and value not in choices:
-        old = {"kl": "kle"}.get(value)
-        hint = f"; did you mean {old!r}?" if old in choices else ""
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}{hint}")
-    if least is not None and value < least:
-        raise ValueError(f"{name} must be >= {least:g}, got {value!r}")
-    return value
+def kernel_settings() -> Settings:
+    """The kernels' declared options as settings (flags and config keys)."""
+    from .kernels import kernel_options
+
+    return Settings(kernel_options(), "invert setting", by_flag=True)
+
+
+def _kernel_options(options) -> dict[str, Any]:
+    if not isinstance(options, Mapping):
+        raise ValueError(f"kernel_options must be a mapping of option names to values, got "
+                         f"{options!r}")
+    engine = kernel_settings()
+    engine.unknown(options)
+    return {key: engine.coerce(key, value) for key, value in options.items()}
+
+
+def check_kernel_options(kernel: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option that ``kernel`` does not read, naming the kernels that read it."""
+    from .kernels import KERNELS, option_readers
+
+    for key in options:
+        if key not in KERNELS[kernel].options:
+            flag = "--" + key.replace("_", "-")
+            readers = option_readers(key)
+            raise ValueError(f"{flag} applies to --kernel {' or '.join(readers)}, not to "
+                             f"{kernel}; drop {flag} or choose "
+                             f"{'that kernel' if len(readers) == 1 else 'one of those kernels'}")
+
+
+def _check_problem_reads(cfg: InverseConfig) -> None:
+    """Refuse a setting away from its default on a problem that does not read it, naming the
+    setting, why (where the problem says) and the problems that read it."""
+    from .problems import COMMON, PROBLEMS, problem_readers
+
+    spec = PROBLEMS[cfg.problem]
+    for name, setting in SETTINGS.specs.items():
+        if name in COMMON or name in spec.reads or getattr(cfg, name) == setting.default:
+            continue
+        readers = problem_readers(name)
+        reason = spec.unread.get(name)
+        raise ValueError(f"{setting.flag} applies to --problem {' or '.join(readers)}, not to "
+                         f"{cfg.problem}{f' ({reason})' if reason else ''}; drop "
+                         f"{setting.flag} or choose "
+                         f"{'that problem' if len(readers) == 1 else 'one of those problems'}")

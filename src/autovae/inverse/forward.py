@@ -38,6 +38,12 @@ class ForwardModel(abc.ABC):
     gradient_reason = ""
     forward_solves = 1        # PDE solves per parameter set mapped
     adjoint_solves = 1        # PDE solves per parameter set back-propagated
+    # what pictures and posterior.nc show of the model (optional): the observation points
+    # (P, 2) in [0, 1]^2 to mark on parameter fields, the parameters' name, and whether they
+    # take both signs (a diverging colour map centred at 0)
+    points: torch.Tensor | None = None
+    parameter_label = "parameter"
+    signed = False
 
     def __init__(self):
         self.solves = 0

@@ -39,6 +39,8 @@ class DarcyForward(ForwardModel):
     """
 
     name = "darcy"
+    parameter_label = "log k"
+    signed = True
 
     def __init__(self, grid: int = 16, points=64, source=3.0, bc=None):
         super().__init__()

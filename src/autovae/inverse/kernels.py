@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..settings import Spec, option, specs_of_signature
+
 __all__ = ["KERNELS", "MALAKernel", "MCMCKernel", "NUTSKernel", "PCNKernel", "RWMKernel",
-           "Target", "make_kernel"]
+           "Target", "kernel_options", "make_kernel", "option_readers"]
 
 
 # -- target -------------------------------------------------------------------------------------
@@ -150,6 +152,9 @@ class MCMCKernel(abc.ABC):
 
     name = "kernel"
     needs_gradient = False
+    # constructor keywords a user may set (flags and config keys; autovae.settings.option),
+    # beside step_size and target_accept, which every kernel takes
+    options: dict[str, dict[str, Any]] = {}
     checkpoint_in_warmup = True
 
     def validate(self, target: Target) -> None:
@@ -205,6 +210,12 @@ class MCMCKernel(abc.ABC):
 class MetropolisKernel(MCMCKernel):
     """Metropolis-Hastings with a per-chain step adapted on its log; subclasses define the
     proposal, the energy that the acceptance compares and any proposal correction."""
+
+    options = {
+        "adapt": option("adapt each chain's step toward target_accept during warm-up"),
+        "shared_step": option("one step size for all chains (their mean log step)"),
+        "adapt_rate": option("Robbins-Monro rate of the step adaptation", domain="positive"),
+    }
 
     def __init__(self, step_size: float, target_accept: float, adapt: bool = True,
                  shared_step: bool = False, adapt_rate: float = 0.5):
@@ -359,6 +370,14 @@ class MALAKernel(MetropolisKernel):
     name = "mala"
     needs_gradient = True
 
+    options = {
+        **MetropolisKernel.options,
+        "precondition": option("MALA's preconditioner M: auto (gauss-newton where the target "
+                               "knows its residuals, else covariance), gauss-newton, covariance "
+                               "(the warm-up draws') or none",
+                               choices=("auto", "gauss-newton", "covariance", "none")),
+    }
+
     def __init__(self, step_size: float = 0.05, target_accept: float = 0.574, adapt: bool = True,
                  shared_step: bool = False, adapt_rate: float = 0.5, precondition: str = "auto"):
         super().__init__(step_size, target_accept, adapt, shared_step, adapt_rate)
@@ -449,6 +468,14 @@ class NUTSKernel(MCMCKernel):
     name = "nuts"
     needs_gradient = True
     checkpoint_in_warmup = False
+
+    options = {
+        "max_tree_depth": option("NUTS: the most doublings of a trajectory (1 to 20)",
+                                 domain="count"),
+        "full_mass": option("NUTS: adapt a dense mass matrix (default diagonal)"),
+        "max_divergent_run": option("NUTS: stop after this many divergent iterations in a row",
+                                    domain="count"),
+    }
 
     def __init__(self, target_accept: float = 0.8, max_tree_depth: int = 10,
                  full_mass: bool = False, step_size: float = 1.0, max_divergent_run: int = 50):
@@ -619,11 +646,34 @@ KERNELS: dict[str, type[MCMCKernel]] = {
     "pcn": PCNKernel, "rwm": RWMKernel, "mala": MALAKernel, "nuts": NUTSKernel}
 
 
+def kernel_options(name: str | None = None) -> dict[str, Spec]:
+    """The options kernel ``name`` declares (``options``, typed and defaulted by its
+    constructor), or those of every kernel (flags and config keys are made from these)."""
+    if name is not None:
+        return specs_of_signature(KERNELS[name], KERNELS[name].options)
+    out: dict[str, Spec] = {}
+    for kernel in KERNELS:
+        for key, spec in kernel_options(kernel).items():
+            out.setdefault(key, spec)
+    return out
+
+
+def option_readers(key: str) -> list[str]:
+    """The kernels that read option ``key``."""
+    return [name for name, cls in KERNELS.items() if key in cls.options]
+
+
 def make_kernel(kernel: str | MCMCKernel, **options) -> MCMCKernel:
-    """A kernel from its name (one of :data:`KERNELS`) and options, or the kernel itself."""
+    """A kernel from its name (one of :data:`KERNELS`) and options (``step_size``,
+    ``target_accept`` and what the kernel declares in ``options``), or the kernel itself."""
     if isinstance(kernel, str):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        for key in options:
+            if key not in ("step_size", "target_accept") and key not in KERNELS[kernel].options:
+                readers = option_readers(key)
+                raise ValueError(f"kernel option {key!r} does not apply to {kernel}; it is read "
+                                 f"by {', '.join(readers) or 'no kernel'}")
         return KERNELS[kernel](**options)
     if options:
         raise ValueError("options go with a kernel name, not with a kernel instance")

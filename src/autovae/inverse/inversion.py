@@ -1,0 +1,142 @@
+"""``autovae invert``: sample the posterior of an inverse problem into a chain folder.
+
+:func:`invert` takes an :class:`~autovae.inverse.config.InverseConfig`, builds the problem
+named by ``problem`` (each a :class:`~autovae.inverse.problems.ProblemSpec` in
+:data:`~autovae.inverse.problems.PROBLEMS`: a prior, a forward model, data, noise and, where
+known, the truth), samples it with the chosen kernel
+(:func:`~autovae.inverse.chains.run_chains`) and writes into the chain folder
+(:class:`~autovae.inverse.chains.ChainFolder`) problem.json, summary.json (diagnostics, costs
+per draw / per 1000 solves / per second, errors and calibration against the truth),
+posterior.nc and pictures (:mod:`autovae.inverse.outputs`). Re-running the same settings
+resumes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import check_memory
+from .chains import ChainFolder, ChainResult, run_chains
+from .config import InverseConfig, check_kernel_options
+from .kernels import make_kernel
+from .limits import chain_bytes, field_bytes
+from .outputs import summarise, write_outputs
+from .priors import Prior
+from .probe import probe_problem
+from .problem import InverseProblem
+from .problems import PROBLEMS, points_count
+
+__all__ = ["InversionResult", "invert"]
+
+
+class InversionResult:
+    """What :func:`invert` made: the problem, the chains, the summary and the folder."""
+
+    def __init__(self, folder: Path, problem: InverseProblem, chains: ChainResult,
+                 summary: dict[str, Any], new_solves: int):
+        self.folder, self.problem, self.chains = folder, problem, chains
+        self.summary, self.new_solves = summary, new_solves
+
+    def __repr__(self) -> str:
+        return f"InversionResult({str(self.folder)!r}, status={self.chains.status!r})"
+
+
+def _default_out(cfg: InverseConfig, kernel: str, prior: Prior) -> Path:
+    if cfg.out is not None:
+        return Path(cfg.out)
+    tag = prior.describe()["prior"]
+    if cfg.run is not None:
+        return Path(cfg.run) / f"invert-{'' if tag == 'run' else tag + '-'}{kernel}-{cfg.seed}"
+    return Path("runs") / "invert" / f"{cfg.problem}-{tag}-{kernel}-{cfg.seed}"
+
+
+def invert(config: InverseConfig | None = None, progress: bool = False,
+           **settings) -> InversionResult:
+    """Run (or resume) one inversion and return its :class:`InversionResult`.
+
+    ``config`` (or its fields as keywords: ``invert(problem="aristoff-bangerth",
+    kernel="nuts")``); ``progress``: a bar per chain on a terminal.
+    """
+    if config is None:
+        config = InverseConfig.from_dict(settings)
+    elif settings:
+        raise ValueError("give an InverseConfig or keyword settings, not both")
+    elif not isinstance(config, InverseConfig):
+        raise ValueError(f"config must be an InverseConfig, got {type(config).__name__}")
+    cfg = config
+    if cfg.out is not None:
+        ChainFolder(cfg.out).check_writable()
+    check_memory(_field_bytes(cfg), "this inversion")
+    built = PROBLEMS[cfg.problem](cfg)
+    problem = built.problem
+    kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")
+    check_kernel_options(kernel_name, cfg.kernel_options)
+    options: dict[str, Any] = dict(cfg.kernel_options)
+    if cfg.step_size is not None:
+        options["step_size"] = cfg.step_size
+    if cfg.target_accept is not None:
+        options["target_accept"] = cfg.target_accept
+    kernel = make_kernel(kernel_name, **options)
+    target = problem.target()
+    kernel.validate(target)
+    forward = problem.forward
+    check_memory(chain_bytes(cfg.chains, cfg.draws, problem.dim, int(np.prod(
+        forward.param_shape)), forward.n_obs, dense_metric=kernel.needs_gradient),
+        "this inversion")
+    probe_problem(problem, cfg.chains, cfg.seed, kernel.needs_gradient)
+    cf = ChainFolder(_default_out(cfg, kernel_name, problem.prior))
+    cf.check_writable()
+    record = {"problem": cfg.problem, "run": cfg.run, **problem.prior.describe(),
+              **problem.forward.describe(), **built.settings,
+              "data_sha": _sha(problem.data), "prior_probe": problem.prior.probe()}
+    _check_problem(cf, record)
+    solves0 = problem.forward.solves
+    result = run_chains(target, kernel, cf.path, chains=cfg.chains, warmup=cfg.warmup,
+                        draws=cfg.draws, seed=cfg.seed, thin=cfg.thin,
+                        checkpoint_every=cfg.checkpoint_every, progress=progress)
+    new_solves = problem.forward.solves - solves0
+    out = summarise(problem, result, built, cfg)
+    write_outputs(cf, problem, result, out, built)
+    return InversionResult(cf.path, problem, result, out, new_solves)
+
+
+def _field_bytes(cfg: InverseConfig) -> dict[str, int]:
+    """What the settings the problem reads make it hold before its chains (:mod:`.limits`)."""
+    reads = PROBLEMS[cfg.problem].reads
+    darcy = "points" in reads  # a built-in Darcy model: observation points and a GRF truth
+    return field_bytes(grid=cfg.grid or (16 if darcy else None), dim=cfg.dim,
+                       points=points_count(cfg.points) if darcy else None,
+                       truth_resolution=cfg.truth_resolution if darcy else None,
+                       residual=cfg.residual if "residual" in reads else 0,
+                       kle=cfg.prior in (None, "kle") and cfg.run is None,
+                       points_text=cfg.points)
+
+
+def _sha(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16]
+
+
+def _check_problem(cf: ChainFolder, record: dict[str, Any]) -> None:
+    """Create problem.json, or check that the folder holds the same problem and that the
+    prior still maps a code to the same parameters (a retrained run would silently change
+    what the stored draws mean)."""
+    from .chains import same_settings
+
+    if cf.problem.is_file():
+        old = cf.read_json(cf.problem)
+        old_probe, new = old.pop("prior_probe", None), dict(record)
+        probe = new.pop("prior_probe")
+        same_settings(old, new, cf.path, "chain of another problem")
+        if old_probe is not None and not np.allclose(old_probe, probe, rtol=1e-6, atol=1e-6):
+            raise ValueError(f"{cf.path} holds a chain whose prior mapped its codes to other "
+                             "parameters (the run was retrained or changed since): its draws "
+                             "would mean other parameters; use another --out")
+        return
+    cf.path.mkdir(parents=True, exist_ok=True)
+    cf.write_json(cf.problem, record)
