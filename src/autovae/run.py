@@ -105,7 +105,8 @@ class Run:
             return torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
         except Exception as err:  # truncated zip, bad pickle, foreign objects
             raise ValueError(f"checkpoint {self.checkpoint_path} is corrupt or truncated "
-                             f"({type(err).__name__}); delete it to retrain from scratch") from None
+                             f"({type(err).__name__}); it is left as it is: train into another "
+                             "--run folder to start afresh") from None
 
     # -- metrics --------------------------------------------------------------------------------
     def history(self) -> list[dict[str, Any]]:
