@@ -282,8 +282,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from .run import resolve_device
     from .search import run_worker
 
+    if args.device is not None:  # before the study is opened (and its store written)
+        resolve_device(args.device)
     storage, name, folder = _study_args(args)
     return run_worker(storage, name, folder, worker=args.worker, pool=args.db_pool,
                       device=args.device)
