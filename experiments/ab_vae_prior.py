@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autovae.inverse import InverseConfig, invert
+from autovae.inverse import ChainFolder, InverseConfig, invert
 
 RUN = "runs/inverse/ab-vae"
 ROOT = Path("runs/inverse/ab")
@@ -63,8 +63,8 @@ def stage_nuts(names=None, seed: int = 0) -> None:
 
 def row(name: str, seed: int = 0) -> dict:
     path = folder(name, seed)
-    s = json.loads((path / "summary.json").read_text())
-    p = json.loads((path / "problem.json").read_text())
+    chain = ChainFolder(path)
+    s, p = chain.read_json(chain.summary), chain.read_json(chain.problem)
     out = {"folder": str(path), "prior": name, "data": "published z_hat (theta_true known)",
            "sampler": "nuts", "seed": seed}
     out.update({k: s.get(k) for k in SUMMARY_KEYS if k in s})
@@ -108,7 +108,7 @@ def blocks(name: str, path: Path, reference: Path) -> dict:
     for label, idx in (("low", LOW), ("high", HIGH), ("rest", rest)):
         out[f"ln_theta_mean_{label}"] = float(mean[idx].mean())
         out[f"ln_theta_sd_{label}"] = float(sd[idx].mean())
-    if (reference / "summary.json").is_file():
+    if ChainFolder(reference).summary.is_file():
         ref_mean, ref_sd = _log_moments("benchmark", reference)
         out["rel_l2_to_benchmark_posterior_mean"] = float(
             torch.linalg.norm(mean - ref_mean) / torch.linalg.norm(ref_mean))
@@ -142,7 +142,7 @@ def vae_draws(n: int = 20000) -> dict:
 
 def stage_table() -> None:
     rows = [row(name, seed) for name in PRIORS for seed in range(10)
-            if (folder(name, seed) / "summary.json").is_file()]
+            if ChainFolder(folder(name, seed)).summary.is_file()]
     summary = {}
     for name in PRIORS:
         mine = [r for r in rows if r["prior"] == name]

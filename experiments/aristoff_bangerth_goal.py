@@ -43,7 +43,7 @@ def at_budget(curve: list[dict], budget: float) -> dict | None:
 def table(budget: float) -> list[dict]:
     """One row per finished run; the errors recomputed against the reference packaged now
     (it may be newer than the run's summary.json)."""
-    from autovae.inverse import InverseConfig, load_chains, reference_posterior
+    from autovae.inverse import ChainFolder, InverseConfig, load_chains, reference_posterior
     from autovae.inverse.outputs import reference_error
     from autovae.inverse.problems import PROBLEMS
 
@@ -51,10 +51,10 @@ def table(budget: float) -> list[dict]:
     reference = reference_posterior()
     rows = []
     for folder in sorted(RUNS.glob("*-s*")):
-        summary = folder / "summary.json"
-        if not summary.is_file():
+        chain = ChainFolder(folder)
+        if not chain.summary.is_file():
             continue
-        s = json.loads(summary.read_text())
+        s = chain.read_json(chain.summary)
         ref = reference_error(problem, load_chains(folder), reference, points=40)
         point = at_budget(ref["curve"], budget)
         rows.append({

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from autovae.inverse import (
+    ChainFolder,
     DecoderPrior,
     ForwardModel,
     InverseConfig,
@@ -186,12 +187,14 @@ def collect() -> list[dict]:
     rows = []
     for name, folder in RUNS.items():
         for residual in (RESIDUAL, 0):
-            pattern = f"{_tag(folder, residual)}-coarse-nuts-s*/summary.json"
-            for path in sorted((ROOT / "tierB").glob(pattern)):
-                s = json.loads(path.read_text())
-                rows.append({"folder": path.parent.name, "prior": _prior_name(name, residual),
+            pattern = f"{_tag(folder, residual)}-coarse-nuts-s*"
+            for chain in map(ChainFolder, sorted((ROOT / "tierB").glob(pattern))):
+                if not chain.summary.is_file():
+                    continue
+                rows.append({"folder": chain.path.name, "prior": _prior_name(name, residual),
                              "data": "coarse", "sampler": "nuts",
-                             "seed": int(path.parent.name.rsplit("-s", 1)[1]), **s})
+                             "seed": int(chain.path.name.rsplit("-s", 1)[1]),
+                             **chain.read_json(chain.summary)})
     return rows
 
 

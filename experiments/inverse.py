@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from autovae.inverse import (
+    ChainFolder,
     DecoderPrior,
     ForwardModel,
     InverseConfig,
@@ -207,11 +208,12 @@ def collect() -> list[dict] | None:
     """Tier B rows from the chain folders' summary.json, saved to inverse_tierB.json; None
     when there are no chain folders (the stored JSON is then left as it is)."""
     rows = []
-    for path in sorted((ROOT / "tierB").glob("*/summary.json")):
-        s = json.loads(path.read_text())
-        prior, data, sampler, seed = path.parent.name.rsplit("-", 3)
-        rows.append({"folder": path.parent.name, "prior": prior, "data": data,
-                     "sampler": sampler, "seed": int(seed[1:]), **s})
+    for chain in map(ChainFolder, sorted((ROOT / "tierB").glob("*"))):
+        if not chain.summary.is_file():
+            continue
+        prior, data, sampler, seed = chain.path.name.rsplit("-", 3)
+        rows.append({"folder": chain.path.name, "prior": prior, "data": data,
+                     "sampler": sampler, "seed": int(seed[1:]), **chain.read_json(chain.summary)})
     if not rows:
         return None
     _save("inverse_tierB.json", rows)

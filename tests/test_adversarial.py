@@ -1,26 +1,24 @@
 """Adversarial models: learning, the paper-mode gradients by hand, exact resume, bad input."""
 
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from autovae.config import Config
+from autovae._registry import MODELS
+from autovae.config import SETTINGS, Config
 from autovae.data import DataSplits, load_data
 from autovae.discriminators import MLPDiscriminator
-from autovae.models import NonFiniteLossError, StepContext, build_model, evaluation_mode
+from autovae.models import VAE, NonFiniteLossError, StepContext, build_model, evaluation_mode
+from autovae.models.adversarial import AVA_PRESETS
 from autovae.quality import balance_metric_images
 from autovae.run import Run, load_trained
 from autovae.training import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import SRC, _assert_same_checkpoints, _kill_after_first_checkpoint  # noqa: E402
+from helpers.resume import check_sigkill_resume, child_env
 
 TINY = dict(hidden=16, depth=1, latent="normal/normal:2", batch_size=16, lr=1e-2)
 
@@ -307,16 +305,13 @@ def test_ava5_resume_in_process_is_exact(tmp_path):
 
 @pytest.mark.slow  # three interpreters start: about a minute on a busy 2-core machine
 def test_four_optimizer_ava5_sigkill_then_resume_is_bit_identical(tmp_path):
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    killed, whole = tmp_path / "killed", tmp_path / "whole"
-    script = [sys.executable, "-c", _AVA5_SCRIPT]
     epochs = 8
-    epoch_at_kill = _kill_after_first_checkpoint([*script, str(killed), str(epochs)], killed,
-                                                 env, 0.2)
-    assert 1 <= epoch_at_kill < epochs
-    subprocess.run([*script, str(killed), str(epochs), "resume"], env=env, check=True)
-    subprocess.run([*script, str(whole), str(epochs)], env=env, check=True)
-    _assert_same_checkpoints(killed, whole, epochs)
+
+    def command(folder, resume):
+        return [sys.executable, "-c", _AVA5_SCRIPT, str(folder), str(epochs),
+                *(["resume"] if resume else [])]
+
+    whole = check_sigkill_resume(command, tmp_path, epochs, child_env(), 0.2)
     assert len(torch.load(Run(whole).checkpoint_path, weights_only=True)["optimizers"]) == 4
 
 
@@ -392,7 +387,7 @@ def test_a_diverging_gan_discriminator_stops_with_the_checkpoint_intact(tmp_path
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(model="gan-vae"), "unknown model 'gan-vae'; valid models: vae, beta-vae, gan"),
+    (dict(model="gan-vae"), "model must be one of vae, beta-vae, gan, vae-gan, .*got 'gan-vae'"),
     (dict(model="vae", disc_hidden=64), "disc_hidden = 64 does not apply to model vae \\(vae "
                                         "has no discriminator\\).*read by gan, vae-gan, ava1"),
     (dict(model="beta-vae", beta=2, ava_grad_mode="paper"), "ava_grad_mode = 'paper' does not "
@@ -412,6 +407,21 @@ def test_a_diverging_gan_discriminator_stops_with_the_checkpoint_intact(tmp_path
 def test_bad_settings_name_the_key_and_the_fix(settings, message):
     with pytest.raises(ValueError, match=message):
         Config(**settings)
+
+
+def test_model_choices_are_read_from_the_registry(monkeypatch):
+    assert Config(model="Beta_VAE", beta=2).model == "beta-vae"  # any case, _ for -
+    assert set(SETTINGS.specs["ava_preset"].allowed()) == set(AVA_PRESETS)
+
+    class Toy(VAE):
+        name = "toy"
+
+    monkeypatch.setitem(MODELS, "toy", Toy)
+    assert Config(model="toy").model == "toy"
+    assert "toy" in SETTINGS.specs["model"].help_text()
+    monkeypatch.delitem(MODELS, "toy")
+    with pytest.raises(ValueError, match="model must be one of .*got 'toy'"):
+        Config(model="toy")
 
 
 def test_paper_mode_refuses_a_likelihood_with_two_outputs_per_pixel():

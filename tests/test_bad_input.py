@@ -341,6 +341,15 @@ CLI_CASES = [
     ("inv --max-tree-depth 0", ["invert", "--kernel", "nuts", "--max-tree-depth", "0",
                                 "--out", R + "/new_chain"],
      "--max-tree-depth must be an integer >= 1"),
+    # -- issue 28: the parameters of error_bars.png ---------------------------------------------
+    ("inv --error-bars words", ["invert", "--prior", "kle", "--error-bars", "first,last",
+                                "--out", R + "/new_chain"],
+     "--error-bars must be comma-separated parameter indices >= 0 (e.g. 0,9,27), got "
+     "'first,last'"),
+    ("inv --error-bars beyond the parameters", ["invert", "--problem", "aristoff-bangerth",
+                                                "--error-bars", "3,64", "--out",
+                                                R + "/new_chain"],
+     "--error-bars 3,64: index 64 is beyond this problem's 64 parameters (0..63)"),
     ("inv --kernel unknown", ["invert", "--kernel", "nut", "--out", R + "/new_chain"],
      "--kernel must be one of pcn, rwm, mala, nuts, got 'nut'; did you mean 'nuts'?"),
 ]

@@ -16,7 +16,7 @@ from autovae.inverse import (
     grf_fields,
     sample_grf,
 )
-from autovae.inverse.grf import canonical_eigh
+from autovae.inverse.grf import COVARIANCES, canonical_eigh
 
 
 def sample_cov(u):
@@ -36,7 +36,7 @@ N = 20000
 
 @pytest.mark.parametrize("kernel,nu,method", [
     ("squared_exponential", None, "fft"),  # separable exact sampler
-    ("squared_exponential", None, "kl"),
+    ("squared_exponential", None, "kle"),
     ("matern", 1.5, "fft"),  # circulant embedding
     ("exponential", None, "fft"),
     ("matern", 1.0, "fft"),  # general nu: Bessel K_nu table
@@ -91,7 +91,7 @@ def test_anisotropic_and_log_uniform_length_scales():
 
 def test_seeding_is_reproducible():
     for kw in ({"length_scale": (0.1, 0.5)}, {"length_scale": 0.2, "kernel": "matern12"},
-               {"length_scale": 0.2, "method": "kl"}):
+               {"length_scale": 0.2, "method": "kle"}):
         a = sample_grf(50, 16, seed=7, **kw)
         assert torch.equal(a, sample_grf(50, 16, seed=7, **kw))
         assert not torch.equal(a, sample_grf(50, 16, seed=8, **kw))
@@ -215,7 +215,8 @@ def test_eigenbasis_does_not_depend_on_the_lapack_path(monkeypatch):
     (lambda: sample_grf(0, 8), "n_fields must be a positive integer"),
     (lambda: sample_grf(10, 1), "n \\(grid size\\)"),
     (lambda: sample_grf(10, 8, variance=0.0), "variance must be positive"),
-    (lambda: sample_grf(10, 8, method="cholesky"), "method must be"),
+    (lambda: sample_grf(10, 8, method="cholesky"), "method must be 'fft' or 'kle'"),
+    (lambda: sample_grf(10, 8, length_scale=0.2, method="kl"), "now spelt method='kle'"),
     (lambda: sample_grf(10, 8, length_scale_distribution="normal"), "length_scale_distrib"),
     (lambda: sample_grf(10, 8, seed=1, generator=torch.Generator()), "seed or generator"),
     (lambda: KarhunenLoeve(8, dim=65), "dim must be an integer in \\[1, n\\*n = 64\\]"),
@@ -229,3 +230,10 @@ def test_bad_inputs_raise_value_errors(call, match):
 def _kle_field():
     kle = KarhunenLoeve(12, dim=16, length_scale_range=(0.1, 0.5))
     return kle.params(torch.ones(1, 16, dtype=torch.float64))
+
+
+def test_every_named_covariance_is_a_correlation():
+    for name in COVARIANCES:
+        nu = 1.0 if name == "matern" else None
+        rho = correlation([0.0, 0.5, 3.0], name, nu)
+        assert rho[0] == 1.0 and 1.0 > rho[1] > rho[2] > 0.0, (name, rho)

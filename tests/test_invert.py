@@ -359,9 +359,27 @@ def test_aristoff_bangerth_error_against_the_reference_posterior(tmp_path):
     assert spent[-1] * 2 == res.summary["solves"]  # the last draw has spent everything
     assert curve[-1]["rel_l2_mean_theta"] == s["rel_l2_mean_theta"]
     assert "R-hat" in s["source"] and (tmp_path / "ab" / "reference_error.png").is_file()
+    # in the problem's own scale: the table of parameters is ArviZ's in ln theta (the chain's
+    # z here), beside ln of the truth; the settings are those aristoff-bangerth reads
+    from autovae.inverse.aristoff_bangerth import AristoffBangerth
+
+    table = res.summary["parameters"]
+    assert table["label"] == "ln θ" and table["parameters"] == 64
+    z = load_chains(tmp_path / "ab").draws
+    for row in table["rows"]:
+        i = row["index"]
+        ref_row = az.summary({"p": z[..., i]}, round_to="none").iloc[0]
+        assert row["mean"] == pytest.approx(ref_row["mean"], rel=1e-12)
+        assert row["sd"] == pytest.approx(ref_row["sd"], rel=1e-12)
+        assert row["truth"] == pytest.approx(math.log(AristoffBangerth().theta_true[i]))
+    settings = res.summary["settings"]
+    assert "residual" in settings and "draws" in settings
+    assert not {"grid", "points", "source", "bc", "truth_seed", "truth_resolution", "dim",
+                "forward"} & set(settings)
     assert main(["report", str(tmp_path / "ab"), "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
-    assert "rel l2 mean log theta vs reference" in page and "reference error" in page
+    assert f"<td class=num>{s['rel_l2_mean_log_theta']:.3g} (its own MC error " in page
+    assert "reference error" in page
     # another noise level is another posterior: no reference
     other = invert(problem="aristoff-bangerth", kernel="rwm", chains=2, warmup=5, draws=5,
                    noise=0.1, out=str(tmp_path / "ab2"))

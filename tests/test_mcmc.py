@@ -172,19 +172,66 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, sampler):
     assert full.potential_evals == again.potential_evals
 
 
-def test_nuts_resume_is_bit_identical_after_warmup_and_within_warmup(tmp_path):
+@pytest.mark.parametrize("full_mass", [False, True])
+def test_nuts_resume_is_bit_identical_after_warmup_and_within_warmup(tmp_path, full_mass):
+    """A kill in each phase of Pyro's warm-up (step-size buffer, mass-matrix window, end buffer)
+    and after it keeps what was done, and the resumed run equals the uninterrupted one bit for
+    bit: draws, every statistic, adapted step size and mean acceptance probability."""
     phi, _, _ = _gaussian()
-    kw = dict(chains=2, warmup=30, draws=40, seed=4, checkpoint_every=10)
+    # 60 warm-up steps: Pyro's schedule is a 9-step buffer, a 45-step mass-matrix window
+    # (Welford, diagonal or dense), a 6-step buffer
+    kw = dict(chains=1, warmup=60, draws=20, seed=4, checkpoint_every=4)
     counted = Target(phi, D)
-    full = run_chains(counted, NUTSKernel(), tmp_path / "full", **kw)
-    for cut in (counted.evals // 4, (3 * counted.evals) // 4):  # chain 0 warm-up, chain 1
-        folder = tmp_path / f"cut{cut}"
+    full = run_chains(counted, NUTSKernel(full_mass=full_mass), tmp_path / "full", **kw)
+    phases = []
+    for frac in (0.05, 0.3, 0.85, 0.97):
+        folder = tmp_path / f"cut{frac}"
         with pytest.raises(Interrupt):
-            run_chains(Target(_killing(phi, cut), D), NUTSKernel(), folder, **kw)
-        again = run_chains(Target(phi, D), NUTSKernel(), folder, **kw)
-        assert np.array_equal(full.draws, again.draws)
-        assert np.array_equal(full.warmup_draws, again.warmup_draws)
-        assert np.array_equal(full.stats["n_steps"], again.stats["n_steps"])
+            run_chains(Target(_killing(phi, int(frac * counted.evals)), D),
+                       NUTSKernel(full_mass=full_mass), folder, **kw)
+        part = load_chains(folder)  # the warm-up so far was checkpointed, not thrown away
+        assert part.status == "running" and part.warmup_draws.shape[1] > 0
+        phases.append((part.warmup_draws.shape[1], part.draws.shape[1]))
+        again = run_chains(Target(phi, D), NUTSKernel(full_mass=full_mass), folder, **kw)
+        assert np.array_equal(full.draws, again.draws), frac
+        assert np.array_equal(full.warmup_draws, again.warmup_draws), frac
+        for mine, theirs in ((full.stats, again.stats), (full.warmup_stats, again.warmup_stats)):
+            assert mine.keys() == theirs.keys()
+            for k in mine:
+                assert np.array_equal(mine[k], theirs[k]), (frac, k)
+        assert np.array_equal(full.step_size, again.step_size)
+        assert np.array_equal(full.mean_accept_prob, again.mean_accept_prob)
+    # the kills fell in the first buffer, the mass-matrix window, late warm-up and sampling
+    (w0, _), (w1, _), (w2, _), (w3, s3) = phases
+    assert w0 < 9 <= w1 < 54 and w2 >= 40 and w3 == 60 and s3 > 0, phases
+
+
+@pytest.mark.parametrize("kernel", ["pcn", "rwm", "mala"])
+def test_metropolis_resume_within_warmup_is_bit_identical(tmp_path, kernel):
+    phi, _, _ = _gaussian()
+    kw = dict(chains=3, warmup=120, draws=30, seed=2, checkpoint_every=9)
+    full = run_chains(Target(phi, D), kernel, tmp_path / "full", **kw)
+    with pytest.raises(Interrupt):  # in warm-up, after MALA's first preconditioner update
+        run_chains(Target(_killing(phi, 3 * 70), D), kernel, tmp_path / "cut", **kw)
+    assert load_chains(tmp_path / "cut").warmup_draws.shape[1] > 0
+    again = run_chains(Target(phi, D), kernel, tmp_path / "cut", **kw)
+    assert np.array_equal(full.warmup_draws, again.warmup_draws)
+    assert np.array_equal(full.draws, again.draws)
+    assert np.array_equal(full.step_size, again.step_size)
+    assert np.array_equal(full.stats["accept_prob"], again.stats["accept_prob"])
+
+
+def test_nuts_accept_prob_is_the_iteration_mean_pyro_averages(tmp_path):
+    """NUTS reports each iteration's acceptance probability (Pyro's running mean is its
+    average): the per-draw statistic, the summary's mean and Pyro's figure agree."""
+    phi, _, _ = _gaussian()
+    r = run_chains(Target(phi, D), NUTSKernel(), tmp_path / "c", chains=2, warmup=60,
+                   draws=50, seed=1)
+    ap = r.stats["accept_prob"]
+    assert ap.shape == (2, 50) and np.all((ap >= 0) & (ap <= 1))
+    assert np.allclose(ap.mean(1), r.mean_accept_prob, atol=1e-9)
+    assert summary(r)["mean_accept_prob"] == pytest.approx(float(np.mean(r.mean_accept_prob)))
+    assert 0.5 < float(np.mean(r.mean_accept_prob)) < 1.0
 
 
 def test_finished_folder_is_read_back_and_other_settings_are_refused(tmp_path):
@@ -289,3 +336,50 @@ def test_ess_and_rhat_by_arviz():
     s = summary(iid)
     assert s["chains"] == 4 and s["draws"] == 1000 and s["dim"] == 5
     assert s["ess_bulk_min"] <= s["ess_bulk_median"] and s["rhat_max"] < 1.01
+
+
+class _Bar:
+    """Stands for tqdm: records what each chain's bar would show."""
+
+    shown: list = []
+
+    def __init__(self, **kw):
+        self.n = kw.get("initial", 0)
+
+    def set_postfix(self, post, refresh=True):
+        _Bar.shown.append((self.n, dict(post)))
+
+    def update(self, k):
+        self.n += k
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("kernel", ["pcn", "nuts"])
+def test_progress_shows_the_phase_and_the_running_acceptance_probability(tmp_path, monkeypatch,
+                                                                          kernel):
+    """During warm-up the bars show the adapting kernel's acceptance (not 0 until sampling),
+    as the mean acceptance probability; NUTS adds tree depth, and divergences after warm-up."""
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.shown = []
+    phi, _, _ = _gaussian()
+    r = run_chains(Target(phi, D), kernel, tmp_path / "c", chains=1, warmup=40, draws=30,
+                   seed=3, progress=True)
+    warm = [p for n, p in _Bar.shown if n < 40]
+    post = [p for n, p in _Bar.shown if n >= 40]
+    assert len(warm) == 40 and len(post) == 30
+    assert all(p["phase"] == "warm-up" for p in warm) and all(p["phase"] == "sampling"
+                                                              for p in post)
+    # the running mean over the phase so far, from the per-iteration statistic
+    a = r.warmup_stats["accept_prob"][0]
+    assert [p["acc. prob"] for p in warm] == [f"{a[:k].mean():.2f}" for k in range(1, 41)]
+    assert float(warm[-1]["acc. prob"]) > 0.1
+    assert post[-1]["acc. prob"] == f"{r.stats['accept_prob'][0].mean():.2f}"
+    if kernel == "nuts":
+        assert [p["depth"] for p in post] == r.stats["tree_depth"][0].tolist()
+        assert "div" not in warm[-1] and post[-1]["div"] == int(r.stats["diverging"].sum())
+    else:
+        assert "depth" not in post[-1] and "div" not in post[-1]

@@ -51,7 +51,7 @@ def test_from_config_is_abstract():
 
 
 @pytest.mark.parametrize("flag, given, missing", [
-    ("has_encoder", {"embed"}, "reconstruct, decode"),
+    ("has_encoder", {"embed"}, "reconstruct, decode_mean"),
     ("has_bound", {"log_likelihood"}, "elbo_and_bound"),
     ("has_likelihood", set(), "decode"),
     ("can_be_prior", set(), "generate_from"),

@@ -345,3 +345,95 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         save_grid(torch.ones(4, 1, 3, 3), path)
     assert path.read_bytes() == before  # the old picture is intact
     assert os.listdir(path.parent) == ["g.png"]  # and no temp file is left
+
+
+# -- inversion pictures (autovae.inverse.figures) ---------------------------------------------
+def _linear_problem(positive: bool, n_obs: int = 5):
+    """F(p) = A p (parameters > 0 for ``positive``, sampled in their logs) with known noise."""
+    from autovae.inverse import ForwardModel, InverseProblem
+    from autovae.inverse.priors import LogDensityPrior
+
+    g = torch.Generator().manual_seed(3)
+    A = torch.rand(n_obs, 6, generator=g, dtype=torch.float64) * torch.tensor(
+        [3.0, 0.1, 1.0, 0.01, 2.0, 0.5], dtype=torch.float64)
+
+    class Linear(ForwardModel):
+        name = "linear"
+        param_shape, n_obs_ = (6,), n_obs
+
+        def evaluate(self, params):
+            return params.to(torch.float64) @ A.T
+
+    Linear.n_obs = n_obs
+    Linear.positive = positive
+    sigma = torch.linspace(0.5, 1.5, n_obs, dtype=torch.float64)
+    prior = LogDensityPrior(lambda z: -0.5 * (z * z).sum(-1), (6,), "test")
+    data = torch.ones(n_obs, dtype=torch.float64)
+    return InverseProblem(prior, Linear(), data, sigma, "absolute"), A, sigma
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_sensitivity_is_the_fisher_diagonal_and_ranks_the_error_bars(positive):
+    from autovae.inverse.figures import informed, scale_of, sensitivity
+
+    problem, A, sigma = _linear_problem(positive)
+    theta = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.2, 1.5], dtype=torch.float64)
+    scale = scale_of(problem)
+    assert scale.log == positive and scale.label == ("ln θ" if positive else "parameter")
+    # d F_k / d p_i = A_ki; in ln theta, A_ki theta_i
+    J = A * theta if positive else A
+    want = ((J / sigma[:, None]) ** 2).sum(0)
+    got = sensitivity(problem, theta, scale)
+    assert torch.allclose(got, want, rtol=1e-12)
+    idx, how = informed(problem, theta, scale, k=3)
+    assert idx == torch.argsort(want, descending=True)[:3].tolist() and "inform most" in how
+    # many observations: Hutchinson's estimate with random signs, unbiased and close
+    big, A2, s2 = _linear_problem(positive, n_obs=400)
+    J2 = A2 * theta if positive else A2
+    est = sensitivity(big, theta, scale, probes=256)
+    exact = ((J2 / s2[:, None]) ** 2).sum(0)
+    assert torch.allclose(est, exact, rtol=0.35)
+
+
+def test_inversion_pictures_are_in_ln_theta_with_informed_error_bars_and_a_chain_legend(
+        tmp_path):
+    from types import SimpleNamespace
+
+    from autovae.inverse.figures import PictureData, draw_pictures
+
+    problem, _, _ = _linear_problem(positive=True)
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(3, 200, 6, generator=g, dtype=torch.float64) * 0.3 + 1.0).numpy()
+    truth = torch.full((6,), math.e, dtype=torch.float64)  # ln theta = 1
+    result = SimpleNamespace(draws=z, kernel="rwm", mean_accept_prob=np.array([0.3] * 3))
+    data = PictureData(problem, z, truth)
+    # z is ln theta itself here: the pictures' mean and sd are those of z, the truth is ln
+    assert np.allclose(data.mean.numpy(), z.reshape(-1, 6).mean(0), atol=1e-12)
+    assert np.allclose(data.sd.numpy(), z.reshape(-1, 6).std(0), atol=1e-12)
+    assert torch.allclose(data.truth, torch.ones(6, dtype=torch.float64))
+    figs = {}
+    names = draw_pictures(tmp_path, problem, result, truth, figures=figs,
+                          error_bars=None)
+    assert names == ["traces.png", "error_bars.png", "calibration.png"]  # 6 is no square
+    legend = figs["traces.png"].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["chain 0", "chain 1", "chain 2"]
+    ax = figs["error_bars.png"].axes[0]
+    assert ax.get_ylabel() == "ln θ"
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"[{i}]" for i in data.chosen]
+    # a user's choice of parameters, and a refusal naming the flag
+    figs = {}
+    draw_pictures(tmp_path, problem, result, truth, error_bars=[4, 0], figures=figs)
+    assert [t.get_text() for t in figs["error_bars.png"].axes[0].get_xticklabels()] == \
+        ["[4]", "[0]"]
+    with pytest.raises(ValueError, match="--error-bars: parameter indices \\[6\\]"):
+        draw_pictures(tmp_path, problem, result, truth, error_bars=[6])
+
+
+def test_error_bars_fall_back_to_evenly_spaced_without_a_gradient():
+    from autovae.inverse.figures import informed, scale_of
+
+    problem, _, _ = _linear_problem(positive=False)
+    problem.forward.gradient = False
+    theta = torch.ones(6, dtype=torch.float64)
+    idx, how = informed(problem, theta, scale_of(problem), k=3)
+    assert idx == [0, 2, 5] and "evenly spaced" in how and "no gradient" in how

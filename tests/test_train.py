@@ -5,12 +5,8 @@ Fashion-MNIST where Debian's dataset-fashion-mnist package is installed.
 """
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,11 +19,11 @@ from autovae.models import NonFiniteLossError, build_model, evaluation_mode
 from autovae.run import Run, load_trained
 from autovae.training import train
 
+from helpers.resume import HELPERS, check_sigkill_resume, child_env
+
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not DEBIAN_FMNIST.exists(),
                                   reason="needs Debian's dataset-fashion-mnist package")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-HELPERS = str(Path(__file__).resolve().parent / "helpers")
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy-run"
 
 SMALL = {
@@ -69,42 +65,6 @@ def _params(model):
                       if p.is_floating_point()])
 
 
-def _kill_after_first_checkpoint(command: list[str], run: Path, env: dict, margin: float):
-    """Start ``command``, SIGKILL it ``margin`` seconds after its first checkpoint appears;
-    return the epoch of the checkpoint it left."""
-    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
-    checkpoint = Run(run).checkpoint_path
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not checkpoint.exists():
-        time.sleep(0.01)
-    time.sleep(margin)  # into a later epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    return torch.load(checkpoint, weights_only=True)["epoch"]
-
-
-def _assert_same_checkpoints(a_path: Path, b_path: Path, epochs: int) -> None:
-    """Bit-identical model, every optimizer's state and the scaler."""
-    a = torch.load(Run(a_path).checkpoint_path, weights_only=True)
-    b = torch.load(Run(b_path).checkpoint_path, weights_only=True)
-    assert a["epoch"] == b["epoch"] == epochs
-    for key in b["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert a["optimizers"].keys() == b["optimizers"].keys()
-    for name, state in b["optimizers"].items():
-        for index, values in state["state"].items():
-            for key, value in values.items():
-                other = a["optimizers"][name]["state"][index][key]
-                assert torch.equal(torch.as_tensor(other), torch.as_tensor(value)), (name, key)
-    assert a["scaler"] == b["scaler"]
-    rows_a, rows_b = Run(a_path).history(), Run(b_path).history()
-    assert [r["epoch"] for r in rows_a] == list(range(1, epochs + 1))
-    drop = ("seconds", "images_per_second")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in rows_b]
-
-
 @pytest.mark.parametrize("dataset", REAL_DATA)
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, dataset):
     size = (["--limit", "6000", "--val-size", "500", "--epochs", "4"]
@@ -113,17 +73,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, datas
             "--lr", "1e-3", "--latent", "logistic/normal:4,laplace/laplace:4",
             "--binarize", "dynamic", "--no-evaluate", "--quiet"]
     epochs = int(size[size.index("--epochs") + 1])
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    killed = tmp_path / "killed"
-    train_cmd = [sys.executable, "-m", "autovae", "train", "--run"]
-    epoch_at_kill = _kill_after_first_checkpoint([*train_cmd, str(killed), *args], killed, env,
-                                                 0.1 if dataset == "fashion-mnist" else 0.3)
-    assert 1 <= epoch_at_kill < epochs
-    subprocess.run([*train_cmd, str(killed), "--resume", "--no-evaluate", "--quiet"],
-                   env=env, check=True)
-    whole = tmp_path / "whole"
-    subprocess.run([*train_cmd, str(whole), *args], env=env, check=True)
-    _assert_same_checkpoints(killed, whole, epochs)
+
+    def command(folder, resume):
+        train = [sys.executable, "-m", "autovae", "train", "--run", str(folder)]
+        return [*train, "--resume", "--no-evaluate", "--quiet"] if resume else [*train, *args]
+
+    check_sigkill_resume(command, tmp_path, epochs, child_env(),
+                         0.1 if dataset == "fashion-mnist" else 0.3)
 
 
 _GAME_SCRIPT = """
@@ -138,16 +94,13 @@ train(config, sys.argv[1], resume=len(sys.argv) > 3, progress=False)
 
 
 def test_two_optimizer_game_sigkill_then_resume_is_bit_identical(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, HELPERS]), "OMP_NUM_THREADS": "1"}
-    killed, whole = tmp_path / "killed", tmp_path / "whole"
-    script = [sys.executable, "-c", _GAME_SCRIPT]
     epochs = 25
-    epoch_at_kill = _kill_after_first_checkpoint([*script, str(killed), str(epochs)], killed,
-                                                 env, 0.3)
-    assert 1 <= epoch_at_kill < epochs
-    subprocess.run([*script, str(killed), str(epochs), "resume"], env=env, check=True)
-    subprocess.run([*script, str(whole), str(epochs)], env=env, check=True)
-    _assert_same_checkpoints(killed, whole, epochs)
+
+    def command(folder, resume):
+        return [sys.executable, "-c", _GAME_SCRIPT, str(folder), str(epochs),
+                *(["resume"] if resume else [])]
+
+    check_sigkill_resume(command, tmp_path, epochs, child_env(HELPERS), 0.3)
 
 
 @pytest.fixture

@@ -8,9 +8,15 @@ package: the registry imports nothing from autovae.
 
 from __future__ import annotations
 
-__all__ = ["MODELS", "model_class"]
+__all__ = ["MODELS", "model_class", "model_key"]
 
 MODELS: dict[str, type] = {}
+
+
+def model_key(name):
+    """The registry key a model name is spelt as (case-insensitive, ``_`` as ``-``); anything
+    but a string is returned as it is, for the caller's check to refuse."""
+    return name.strip().lower().replace("_", "-") if isinstance(name, str) else name
 
 
 def model_class(name: str) -> type:
@@ -22,7 +28,7 @@ def model_class(name: str) -> type:
     if not isinstance(name, str):
         raise ValueError(f"model must be a model name (one of {', '.join(MODELS)}), "
                          f"got {name!r}")
-    key = name.strip().lower().replace("_", "-")
+    key = model_key(name)
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     return MODELS[key]

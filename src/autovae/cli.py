@@ -196,7 +196,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     codes = model.embed(x[: 2 * args.pairs])
     path_z = interpolate_codes(codes[: args.pairs], codes[args.pairs: 2 * args.pairs],
                                args.steps, args.mode)
-    frames = model.likelihood.mean(model.decode(path_z))
+    frames = model.decode_mean(path_z)
     print(save_interpolation(frames, out))
     return 0
 
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     invert = sub.add_parser(
         "invert", help="sample the posterior of an inverse problem by MCMC",
-        description="Bayesian inversion: the Darcy case (spec 3.2) in a run's latent space or "
+        description="Bayesian inversion: the latent-MCMC Darcy case in a run's latent space or "
                     "a Karhunen-Loeve prior, the Aristoff-Bangerth benchmark, or your own "
                     "forward model (a Python class or a UM-Bridge model). Writes a resumable "
                     "chain folder with summary.json (diagnostics, costs per solve and per "

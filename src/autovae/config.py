@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import check_readable, load_yaml, syntax_error
-from ._registry import MODELS, model_class
+from ._registry import MODELS, model_key
 from .settings import Settings, setting
 
 __all__ = ["LOOP_KEYS", "SETTINGS", "Config", "load_config"]
+
+
+def _model_names() -> tuple[str, ...]:
+    return tuple(MODELS)
 
 
 @dataclass
@@ -39,8 +43,8 @@ class Config:
     binarize: str = setting("none", "binarize pixels: none, static (once) or dynamic (each batch)",
                          choices=("none", "static", "dynamic"))
     # model
-    model: str = setting("vae", "the model to train: vae, beta-vae (the VAE with beta != 1), gan, "
-                                "vae-gan, or ava0..ava5")
+    model: str = setting("vae", "the model to train (beta-vae: the VAE with beta != 1)",
+                         choices=_model_names)
     latent: str = setting("normal/normal:20",
                        "latent blocks, e.g. 'logistic/normal:14,cauchy/cauchy:6' or "
                        "'70%% logistic/normal, 30%% cauchy/cauchy' (with latent_dim)")
@@ -124,9 +128,9 @@ class Config:
     nll_samples: int = setting(1000, "K for the importance-sampled test NLL", domain="count")
 
     def __post_init__(self):
+        object.__setattr__(self, "model", model_key(self.model))
         SETTINGS.coerce_fields(self)
-        cls = model_class(self.model)
-        object.__setattr__(self, "model", cls.name)
+        cls = MODELS[self.model]
         if not 0 <= self.vaegan_gamma <= 1:
             raise ValueError(f"vaegan_gamma must be in [0, 1], got {self.vaegan_gamma}")
         _check_model_reads(self, cls)

@@ -42,16 +42,6 @@ _UNITS = {
     "active_units": ("active latent units", "Var of the code > 0.01"),
     "test_fisher": ("posterior location Fisher information J", "per latent dim"),
     "test_entropy_power": ("posterior entropy power N", "Stam: J N >= 1"),
-    # chains of autovae invert
-    "solves": ("PDE solves", "forward and adjoint, warm-up included"),
-    "seconds": ("time", "s, warm-up included"),
-    "rhat_max": ("R-hat max", "<= 1.05 to trust the ESS"),
-    "ess_bulk_min": ("ESS bulk, min over parameters", "draws"),
-    "ess_per_draw": ("ESS (bulk min) per kept draw", ""),
-    "ess_per_1000_solves": ("ESS (bulk min) per 1000 solves", ""),
-    "ess_per_second": ("ESS (bulk min) per second", "1/s"),
-    "coverage_2sd": ("truth within 2 posterior sd", "fraction of parameters"),
-    "coverage_90": ("truth in the central 90% band", "fraction of parameters"),
 }
 
 
@@ -195,47 +185,6 @@ def _is_chain(folder: Path) -> bool:
     return ChainFolder(folder).is_chain()
 
 
-# the figures that compare kernels honestly come first (per draw, per 1000 solves, per second)
-_CHAIN_FIRST = ("status", "kernel", "chains", "draws", "solves", "seconds", "rhat_max", "note",
-                "ess_bulk_min", "ess_bulk_median", "ess_tail_min", "ess_tail_median",
-                "ess_per_draw", "ess_per_1000_solves", "ess_per_second", "rel_l2_mean",
-                "coverage_1sd", "coverage_2sd", "coverage_50", "coverage_90", "coverage_95")
-
-
-def _chain_section(folder: Path) -> str:
-    """An inversion's summary table (costs first) and pictures (fields, traces, error bars)."""
-    from .inverse.chains import ChainFolder
-
-    cf = ChainFolder(folder)
-    summary = cf.read_json(cf.summary) if cf.summary.is_file() else {}
-    problem = cf.read_json(cf.problem) if cf.problem.is_file() else {}
-    settings = summary.pop("settings", {})
-    summary.pop("acceptance_per_chain", None)
-    reference = summary.pop("reference", None) or {}  # its curve is reference_error.png
-    summary.update({k if k.startswith("reference") else f"reference_{k}" if k == "source"
-                    else f"{k}_vs_reference": v for k, v in reference.items() if k != "curve"})
-    summary = {**{k: summary[k] for k in _CHAIN_FIRST if k in summary}, **summary}
-    prior = str(problem.get("prior_description", problem.get("prior", "")))
-    what = " &middot; ".join(html.escape(str(x)) for x in (
-        problem.get("problem", ""), f"prior {prior}", problem.get("forward", ""),
-        summary.get("kernel", "")) if x)
-    parts = [f"<section><h2>{html.escape(folder.name)}</h2>",
-             f"<p class=latent>inversion &middot; {what}</p>"]
-    parts.append("<h3>summary</h3>" + (_metrics_table(summary) if summary else
-                                       "<p>no summary.json yet: run <code>autovae invert</code> "
-                                       "to the end</p>"))
-    for name in cf.PICTURES:
-        if (folder / name).is_file():
-            title = name[:-4].replace("_", " ")
-            parts.append(f"<h3>{title}</h3><img alt='{title}' "
-                         f"src='data:image/png;base64,{_file_png(folder / name)}'>")
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in settings.items())
-    parts.append(f"<details><summary>settings</summary><table>{rows}</table></details>"
-                 "</section>")
-    return "".join(parts)
-
-
 def _run_section(folder: Path) -> str:
     run = Run(folder)
     config = run.load_config()
@@ -284,20 +233,29 @@ window.addEventListener('load', () => {
 
 
 def write_report(paths: list[str | Path], out: str | Path | None = None, top: int = 3) -> Path:
-    """Write the HTML report of one or more runs (or studies) and return its path."""
+    """Write the HTML report of one or more runs (or studies) and return its path; chain
+    folders of ``autovae invert`` get the inversion report
+    (:func:`autovae.inverse.report.chain_block`), side by side."""
+    from .inverse.report import CHECK, STYLE, chain_block
+
     runs = collect_runs(paths, top)
     out = check_output_file(Path(out) if out is not None else runs[0] / "report.html",
                             "report file")
+    chains = [r for r in runs if _is_chain(r)]
+    models = [r for r in runs if r not in chains]
     title = "autovae report: " + ", ".join(r.name for r in runs)
+    body = ""
+    if models:
+        body += ("<p>NLLs of different likelihood beliefs are not comparable (Bernoulli is a "
+                 "pmf, the others densities); bounds are in nats per image, higher is "
+                 "better.</p><div class=runs>" + "".join(map(_run_section, models)) + "</div>")
+        if plane := _fisher_shannon_plane(models):
+            body += (f"<h2>Fisher-Shannon plane</h2><img alt='Fisher-Shannon plane' "
+                     f"src='data:image/png;base64,{plane}'>")
+    if chains:
+        body += chain_block(chains)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style><script>{_CHECK}</script></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>NLLs of different likelihood beliefs are not "
-            "comparable (Bernoulli is a pmf, the others densities); bounds are in nats per "
-            "image, higher is better.</p><div class=runs>"
-            + "".join(_chain_section(r) if _is_chain(r) else _run_section(r) for r in runs)
-            + "</div>"
-            + (f"<h2>Fisher-Shannon plane</h2><img alt='Fisher-Shannon plane' "
-               f"src='data:image/png;base64,{plane}'>" if (plane := _fisher_shannon_plane(runs))
-               else "") + "</body></html>")
+            f"<style>{_STYLE}{STYLE}</style><script>{_CHECK}{CHECK}</script></head><body>"
+            f"<h1>{html.escape(title)}</h1>{body}</body></html>")
     atomic_write(out, lambda f: f.write(page.encode()))
     return out

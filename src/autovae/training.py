@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import check_folder
-from ._registry import model_class
+from ._registry import model_key
 from .beliefs import NonFiniteInputError
 from .config import SETTINGS, Config, unknown
 from .data import DataSplits, binarize
@@ -96,9 +96,7 @@ def resume_config(run: Run, overrides: dict) -> Config:
     for key, value in overrides.items():
         if key in RESUMABLE_CHANGES or value is None:
             continue
-        value = SETTINGS.coerce(key, value)
-        if key == "model":
-            value = model_class(value).name
+        value = SETTINGS.coerce(key, model_key(value) if key == "model" else value)
         if value != getattr(saved, key):
             changed.append(f"{key}: {getattr(saved, key)!r} -> {value!r}")
     if changed:

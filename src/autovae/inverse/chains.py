@@ -13,8 +13,9 @@ A chain folder (:class:`ChainFolder`, the one owner of this layout)::
                              against a reference posterior, its error against solves spent
 
 Resume: calling :func:`run_chains` again with the same settings continues from ``state.pt``,
-bit-identically at any checkpoint after warm-up, and within warm-up for kernels that can
-checkpoint there (pCN, RWM, MALA; an interrupted NUTS warm-up restarts from its seed).
+bit-identically at any checkpoint, in warm-up as after it (every kernel here checkpoints its
+adaptation state; one that declares ``checkpoint_in_warmup = False`` reruns its warm-up from
+its seed instead, which reproduces the same draws).
 """
 
 from __future__ import annotations
@@ -312,8 +313,15 @@ def _counters(chains: int) -> dict[str, Any]:
             "accept_prob_sum": torch.zeros(chains, dtype=torch.float64),
             "step_size": torch.zeros(chains, dtype=torch.float64),
             "divergences": torch.zeros(chains, dtype=torch.long),
+            **_warmup_counters(chains),
             "evals": 0, "grad_evals": 0, "solves": 0,
             "warmup_seconds": 0.0, "sampling_seconds": 0.0}
+
+
+def _warmup_counters(chains: int) -> dict[str, torch.Tensor]:
+    """Warm-up acceptance, for the progress bars (absent from states saved before them)."""
+    return {"warmup_accepted": torch.zeros(chains, dtype=torch.long),
+            "warmup_accept_prob_sum": torch.zeros(chains, dtype=torch.float64)}
 
 
 class _Runner:
@@ -360,8 +368,10 @@ class _Runner:
                                     "the prior fails there); draw other start points with "
                                     "another --seed, or give run_chains start points (init)")
         end_total = self.warmup + self.total
-        bars = self._bars(state["step"], end_total)
         c = state["counters"]
+        for key, zero in _warmup_counters(self.chains).items():
+            c.setdefault(key, zero)
+        bars = self._bars(state["step"], end_total)
         pending: list[tuple[str, list, dict]] = []  # warm-up blocks of a kernel that cannot
         try:                                        # checkpoint there, written at its end
             while state["step"] < end_total:
@@ -399,7 +409,11 @@ class _Runner:
         for s in range(first, last):
             out = k.sample(self.target, gen, adapting=phase == "warmup")
             done = s + 1 - (0 if phase == "warmup" else self.warmup)
-            if phase == "sample":
+            if phase == "warmup":
+                c["warmup_accepted"] += out["accepted"].long()
+                if "accept_prob" in out:
+                    c["warmup_accept_prob_sum"] += out["accept_prob"].to(torch.float64)
+            else:
                 c["accepted"] += out["accepted"].long()
                 if "accept_prob" in out:
                     c["accept_prob_sum"] += out["accept_prob"].to(torch.float64)
@@ -449,21 +463,32 @@ class _Runner:
             return []
         from tqdm.auto import tqdm
 
-        return [tqdm(total=total, initial=step, desc=f"chain {c} ({self.kernel.name})",
+        return [tqdm(total=total, initial=step, desc=f"chain {c} {self.kernel.name}",
                      position=c, leave=True, disable=None, unit="it", dynamic_ncols=True)
                 for c in range(self.chains)]
 
     def _tick(self, bars, out, c, step) -> None:
+        """The bars' figures, over the phase so far: the phase, the mean acceptance probability
+        (the fraction of moves where a kernel gives none), the step size and, where the kernel
+        reports them, the tree depth of this iteration and the divergences after warm-up."""
         if not bars:
             return
         warm = step <= self.warmup
-        posts = c["post_steps"].clamp(min=1)
-        acc = (c["accepted"] / posts).tolist()
+        n = step if warm else step - self.warmup
+        if "accept_prob" in out:
+            name = "acc. prob"
+            acc = c["warmup_accept_prob_sum" if warm else "accept_prob_sum"] / n
+        else:
+            name = "moved"
+            acc = c["warmup_accepted" if warm else "accepted"].double() / n
         for i, bar in enumerate(bars):
-            bar.set_postfix({"phase": "warm-up" if warm else "sampling",
-                             "acc": f"{acc[i]:.2f}",
-                             "step": f"{float(out['step_size'][i]):.3g}",
-                             "div": int(c["divergences"][i])}, refresh=False)
+            post = {"phase": "warm-up" if warm else "sampling", name: f"{float(acc[i]):.2f}",
+                    "step": f"{float(out['step_size'][i]):.3g}"}
+            if "tree_depth" in out:
+                post["depth"] = int(out["tree_depth"][i])
+            if "diverging" in out and not warm:
+                post["div"] = int(c["divergences"][i])
+            bar.set_postfix(post, refresh=False)
             bar.update(1)
 
 

@@ -21,7 +21,8 @@ from ..settings import Settings
 from ..settings import setting as _f
 from .boundary import DEFAULT_BC, BoundaryConditions
 
-__all__ = ["SETTINGS", "InverseConfig", "RENAMED", "check_kernel_options", "kernel_settings"]
+__all__ = ["SETTINGS", "InverseConfig", "RENAMED", "check_kernel_options", "error_bar_indices",
+           "kernel_settings"]
 
 
 def _problem_names() -> tuple[str, ...]:
@@ -104,6 +105,10 @@ class InverseConfig:
     out: str | None = _f(None, "chain folder (default RUN/invert-KERNEL-SEED with a run, else "
                          "runs/invert/PROBLEM-PRIOR-KERNEL-SEED)")
     device: str | None = _f(None, "device to load the run on")
+    error_bars: str | None = _f(None, "the parameters error_bars.png shows: comma-separated "
+                                "indices (a field's cells row-major, i = row * n + column); "
+                                "default: the 12 the data inform most (the forward model's "
+                                "sensitivity at the posterior mean)")
     kernel_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -123,6 +128,8 @@ class InverseConfig:
             raise ValueError(f"--device {self.device} is where the run is loaded, and no run "
                              "folder is given; drop --device or give a run folder")
         _check_problem_reads(self)
+        if self.error_bars is not None:
+            error_bar_indices(self.error_bars)
         if self.kernel is not None:
             check_kernel_options(self.kernel, self.kernel_options)
 
@@ -195,6 +202,21 @@ def check_kernel_options(kernel: str, options: Mapping[str, Any]) -> None:
             raise ValueError(f"{flag} applies to --kernel {' or '.join(readers)}, not to "
                              f"{kernel}; drop {flag} or choose "
                              f"{'that kernel' if len(readers) == 1 else 'one of those kernels'}")
+
+
+def error_bar_indices(text: str, count: int | None = None) -> list[int]:
+    """``--error-bars`` as parameter indices, checked against ``count`` parameters if given."""
+    try:
+        idx = [int(x) for x in str(text).replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        idx = []
+    if not idx or any(i < 0 for i in idx):
+        raise ValueError(f"--error-bars must be comma-separated parameter indices >= 0 (e.g. "
+                         f"0,9,27), got {text!r}")
+    if count is not None and max(idx) >= count:
+        raise ValueError(f"--error-bars {text}: index {max(idx)} is beyond this problem's "
+                         f"{count} parameters (0..{count - 1})")
+    return idx
 
 
 def _check_problem_reads(cfg: InverseConfig) -> None:

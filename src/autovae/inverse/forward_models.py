@@ -185,6 +185,7 @@ class AristoffBangerthForward(ForwardModel):
     name = "aristoff-bangerth"
     param_shape, n_obs = (64,), 169
     positive = True
+    parameter_label = "θ"  # pictures show ln θ
 
     def __init__(self):
         super().__init__()

@@ -11,13 +11,14 @@ Zabaras 2022):
   clipped negative spectrum is below 1e-4 of the trace. Measured on one busy core: 38k SE
   16 x 16 fields/s, 2.5k 64 x 64; Matern 5/2 with l in [0.1, 0.5] 3.6k and 150 fields/s
   (a padded 2-D FFT spectrum per field);
-* Karhunen-Loeve ("kl"): the eigendecomposition of the n^2 x n^2 kernel matrix, cached, for a
-  fixed length scale. :class:`KarhunenLoeve` truncates it to ``dim`` terms, the usual
+* ``method="kle"`` (Karhunen-Loeve): the eigendecomposition of the n^2 x n^2 kernel matrix,
+  cached, for a fixed length scale. :class:`KarhunenLoeve` truncates it to ``dim`` terms, the usual
   low-dimensional baseline prior: u = mean + sum_k sqrt(lambda_k) phi_k z_k, z ~ N(0, I).
 
-Kernels (r = distance / length scale): ``squared_exponential`` exp(-r^2 / 2); ``matern`` with
-smoothness ``nu`` (closed forms for 1/2, 3/2, 5/2, Bessel K_nu otherwise; ``exponential`` =
-Matern 1/2, ``matern12``/``matern32``/``matern52`` are shorthands).
+Covariance kernels, :data:`COVARIANCES` (r = distance / length scale): ``squared_exponential``
+exp(-r^2 / 2); ``matern`` with smoothness ``nu`` (closed forms for 1/2, 3/2, 5/2, Bessel K_nu
+otherwise; ``exponential`` = Matern 1/2, ``matern12``/``matern32``/``matern52`` are
+shorthands).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from .priors import Prior
 
 __all__ = [
-    "KERNELS",
+    "COVARIANCES",
     "KarhunenLoeve",
     "canonical_eigh",
     "cell_centres",
@@ -43,7 +44,7 @@ __all__ = [
     "sample_grf",
 ]
 
-KERNELS = ("squared_exponential", "matern", "exponential", "matern12", "matern32", "matern52")
+COVARIANCES = ("squared_exponential", "matern", "exponential", "matern12", "matern32", "matern52")
 _ALIASES = {"se": "squared_exponential", "rbf": "squared_exponential", "gaussian":
             "squared_exponential", "squared-exponential": "squared_exponential"}
 _SHORT_NU = {"exponential": 0.5, "matern12": 0.5, "matern32": 1.5, "matern52": 2.5}
@@ -53,7 +54,7 @@ _TABLE_STEP = 2e-4  # spacing of the Matern table in r for general nu (interpola
 def _kernel(kernel: str, nu: float | None) -> tuple[str, float | None]:
     """Normalised (name, nu): name is ``squared_exponential`` or ``matern``."""
     if not isinstance(kernel, str):
-        raise ValueError(f"kernel must be a string, one of {KERNELS}; got {kernel!r}")
+        raise ValueError(f"kernel must be a string, one of {COVARIANCES}; got {kernel!r}")
     name = _ALIASES.get(kernel.lower(), kernel.lower())
     if name in _SHORT_NU:
         if nu is not None and float(nu) != _SHORT_NU[name]:
@@ -69,7 +70,7 @@ def _kernel(kernel: str, nu: float | None) -> tuple[str, float | None]:
         if not (math.isfinite(float(nu)) and float(nu) > 0):
             raise ValueError(f"nu must be a positive number; got {nu!r}")
         return name, float(nu)
-    raise ValueError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
+    raise ValueError(f"unknown kernel {kernel!r}; choose one of {COVARIANCES}")
 
 
 def _rho_numpy(r: np.ndarray, name: str, nu: float | None) -> np.ndarray:
@@ -440,8 +441,8 @@ def sample_grf(n_fields: int, n: int = 16, kernel: str = "squared_exponential",
     length scale (``length_scale_distribution`` uniform or log-uniform); with ``anisotropic``
     l_x and l_y are drawn independently, from the same range or from ((lo_x, hi_x),
     (lo_y, hi_y)) (equal ends fix them). ``method``: ``fft`` (circulant
-    embedding, any length scales) or ``kl`` (cached eigendecomposition; fixed length scale,
-    n <= 32 is quick). Same seed, same fields.
+    embedding, any length scales) or ``kle`` (Karhunen-Loeve: cached eigendecomposition; fixed
+    length scale, n <= 32 is quick). Same seed, same fields.
     """
     if isinstance(n_fields, bool) or not isinstance(n_fields, (int, np.integer)) or n_fields < 1:
         raise ValueError(f"n_fields must be a positive integer; got {n_fields!r}")
@@ -454,9 +455,11 @@ def sample_grf(n_fields: int, n: int = 16, kernel: str = "squared_exponential",
     gen = _generator(seed, generator)
     ranges = _ranges(length_scale, anisotropic)
     if method == "kl":
+        raise ValueError("method='kl' is now spelt method='kle' (Karhunen-Loeve)")
+    if method == "kle":
         lx, hx, ly, hy = ranges
         if lx != hx or ly != hy:
-            raise ValueError("method='kl' needs a fixed length scale (a number, or with "
+            raise ValueError("method='kle' needs a fixed length scale (a number, or with "
                              "anisotropic=True ((l_x, l_x), (l_y, l_y))); use method='fft' for "
                              "a range")
         lam, phi = _kl_basis(n, name, nu, lx, ly, float(variance))
@@ -464,7 +467,7 @@ def sample_grf(n_fields: int, n: int = 16, kernel: str = "squared_exponential",
         u = xi @ (phi * lam.sqrt()).T + mean
         return u.reshape(n_fields, n, n).float()
     if method != "fft":
-        raise ValueError(f"method must be 'fft' or 'kl'; got {method!r}")
+        raise ValueError(f"method must be 'fft' or 'kle'; got {method!r}")
     lx, ly, extremes = _draw_scales(ranges, int(n_fields), length_scale_distribution,
                                     anisotropic, gen)
     if name == "squared_exponential":

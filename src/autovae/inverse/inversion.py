@@ -21,7 +21,7 @@ import torch
 
 from .._checks import check_memory
 from .chains import ChainFolder, ChainResult, run_chains
-from .config import InverseConfig, check_kernel_options
+from .config import InverseConfig, check_kernel_options, error_bar_indices
 from .kernels import make_kernel
 from .limits import chain_bytes, field_bytes
 from .outputs import summarise, write_outputs
@@ -73,6 +73,8 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     check_memory(_field_bytes(cfg), "this inversion")
     built = PROBLEMS[cfg.problem](cfg)
     problem = built.problem
+    bars = None if cfg.error_bars is None else error_bar_indices(
+        cfg.error_bars, int(np.prod(problem.prior.param_shape)))
     kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")
     check_kernel_options(kernel_name, cfg.kernel_options)
     options: dict[str, Any] = dict(cfg.kernel_options)
@@ -100,7 +102,7 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
                         checkpoint_every=cfg.checkpoint_every, progress=progress)
     new_solves = problem.forward.solves - solves0
     out = summarise(problem, result, built, cfg)
-    write_outputs(cf, problem, result, out, built)
+    write_outputs(cf, problem, result, out, built, error_bars=bars)
     return InversionResult(cf.path, problem, result, out, new_solves)
 
 

@@ -11,8 +11,9 @@ checkpoints and resume, the shape of Pyro's ``MCMCKernel`` / ``_gen_samples`` sp
 
 pCN, RWM and MALA adapt each chain's log step (Robbins-Monro toward a target acceptance, as
 ``pyro.infer.mcmc.RandomWalkKernel``) during warm-up only. NUTS adapts step size and mass
-matrix in Pyro; its warm-up cannot be checkpointed (Pyro's adaptation state is not public), so
-an interrupted NUTS warm-up restarts from its seed, which reproduces the same draws.
+matrix in Pyro; its state (dual averaging, Welford mass-matrix estimate, adaptation window,
+iteration counters) is read from and written back to Pyro's kernel, so every kernel checkpoints
+during warm-up and resumes bit-identically there too.
 """
 
 from __future__ import annotations
@@ -145,9 +146,12 @@ class MCMCKernel(abc.ABC):
 
     ``setup(target, z0, seed, warmup)`` starts the chains; ``sample(target, gen, adapting)``
     advances them one iteration and returns per-chain statistics (C,) including ``accepted`` (bool),
-    ``nonfinite`` (the chain cannot go on) and ``step_size``; ``end_warmup()`` freezes
-    adaptation; ``state_dict``/``load_state_dict`` hold what resume needs (with the runner's
-    generator, an exact continuation). ``z`` is the current state (C, d).
+    ``nonfinite`` (the chain cannot go on), ``step_size`` and, where the kernel knows it,
+    ``accept_prob`` (the iteration's acceptance probability: what progress bars and summaries
+    average); ``end_warmup()`` freezes adaptation; ``state_dict``/``load_state_dict`` hold what
+    resume needs (with the runner's generator, an exact continuation). ``z`` is the current
+    state (C, d). ``checkpoint_in_warmup`` (default True): the state can be saved during
+    warm-up; a kernel that sets it False has its warm-up rerun from its seed after a kill.
     """
 
     name = "kernel"
@@ -458,16 +462,20 @@ class NUTSKernel(MCMCKernel):
 
     Step size (dual averaging toward ``target_accept``) and a diagonal (``full_mass``: dense)
     mass matrix are adapted by Pyro during warm-up; give it 50 steps or more. After warm-up the
-    kernels are rebuilt with the adapted step and mass matrix frozen (what resume rebuilds
-    too). Each chain keeps its own RNG stream. A run stops when one chain has
-    ``max_divergent_run`` divergent post-warm-up iterations in a row. Only Pyro's public API
-    is used: ``setup``, ``sample``, ``diagnostics``, ``logging``, ``step_size``,
-    ``inverse_mass_matrix`` and ``mass_matrix_adapter``.
+    kernels are rebuilt with the adapted step and mass matrix frozen. Each chain keeps its own
+    RNG stream. A run stops when one chain has ``max_divergent_run`` divergent post-warm-up
+    iterations in a row.
+
+    Checkpoints hold each Pyro kernel's state (:func:`_pyro_state`: iteration and acceptance
+    counters, step size, dual-averaging state, adaptation window, mass matrix and its Welford
+    estimate); resume rebuilds the kernel through Pyro's ``setup`` and writes that state back,
+    so a kill in warm-up or after it continues bit-identically. Those are Pyro's private
+    attributes (checked against pyro-ppl 1.9; a Pyro without them is refused on resume, naming
+    the attribute).
     """
 
     name = "nuts"
     needs_gradient = True
-    checkpoint_in_warmup = False
 
     options = {
         "max_tree_depth": option("NUTS: the most doublings of a trajectory (1 to 20)",
@@ -525,19 +533,27 @@ class NUTSKernel(MCMCKernel):
                     adapt_mass_matrix=False, full_mass=self.full_mass,
                     max_tree_depth=self.max_tree_depth)
 
-    def _start(self, c: int, warmup: int | None) -> None:
-        """(Re)build chain c's Pyro kernel: adapting over ``warmup`` steps, or frozen."""
+    def _start(self, c: int, warmup: int | None, saved: dict[str, Any] | None = None) -> None:
+        """(Re)build chain c's Pyro kernel: adapting over ``warmup`` steps, or frozen; with
+        ``saved`` (:func:`_pyro_state`), continue exactly where that kernel was."""
         cs = self._chains[c]
         frozen = warmup is None
         pk = self._make(cs["step_size"] if frozen else None)
         pk.initial_params = {"z": cs["z"].clone()}
+        if saved is not None and not frozen:  # no step-size search: the saved state has one
+            pk._find_reasonable_step_size = lambda z: pk._adapter.step_size
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(cs["rng"])
             pk.setup(0 if frozen else warmup)
-            if not frozen:  # a frozen rebuild (after warm-up, or on resume) leaves it as is
+            if not frozen and saved is None:  # a rebuild leaves the chain's stream as it is
                 cs["rng"] = torch.get_rng_state()
+        if saved is not None and not frozen:
+            del pk._find_reasonable_step_size
+            pk._adapter._find_reasonable_step_size = pk._find_reasonable_step_size
         if frozen:
             pk.mass_matrix_adapter.inverse_mass_matrix = {("z",): cs["imm"].clone()}
+        if saved is not None:
+            _load_pyro_state(pk, saved, adapting=not frozen)
         self._pyro[c] = pk
 
     def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
@@ -547,7 +563,7 @@ class NUTSKernel(MCMCKernel):
             rng = torch.Generator().manual_seed(_chain_seed(seed, c)).get_state()
             self._chains.append({"z": z0[c].clone(), "rng": rng, "div_run": 0,
                                  "divergences": 0, "step_size": self.step_size,
-                                 "imm": None, "frozen": False})
+                                 "imm": None, "frozen": False, "warmup": int(warmup)})
         self._pyro = [None] * len(self._chains)
         with torch.no_grad():
             u0 = target.potential(z0)
@@ -563,15 +579,20 @@ class NUTSKernel(MCMCKernel):
     def sample(self, target: Target, gen: torch.Generator, adapting: bool
                ) -> dict[str, torch.Tensor]:
         self._target = target
-        out: dict[str, list] = {k: [] for k in ("accepted", "diverging", "n_steps", "step_size",
-                                                "lp", "nonfinite")}
+        out: dict[str, list] = {k: [] for k in ("accepted", "accept_prob", "diverging",
+                                                "n_steps", "step_size", "lp", "nonfinite")}
         for cs, pk in zip(self._chains, self._pyro, strict=True):
             calls0 = target.evals
             div0 = _divergences(pk, 0)
+            mean0 = pk._mean_accept_prob
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(cs["rng"])
                 params = pk.sample({"z": cs["z"]})
                 cs["rng"] = torch.get_rng_state()
+            # this iteration's acceptance probability, from Pyro's running mean over the phase
+            n = pk._t - (pk._warmup_steps if pk._t > pk._warmup_steps else 0)
+            out["accept_prob"].append(min(1.0, max(0.0, mean0 + n * (pk._mean_accept_prob
+                                                                      - mean0))))
             z = params["z"].detach().clone()
             diverging = _divergences(pk, div0) > div0
             accepted = not torch.equal(z, cs["z"])
@@ -587,8 +608,8 @@ class NUTSKernel(MCMCKernel):
             out["lp"].append(lp)
             out["nonfinite"].append(False)
         stats = {k: torch.tensor(v) for k, v in out.items()}
-        stats["lp"] = stats["lp"].to(torch.float64)
-        stats["step_size"] = stats["step_size"].to(torch.float64)
+        for k in ("lp", "step_size", "accept_prob"):
+            stats[k] = stats[k].to(torch.float64)
         stats["tree_depth"] = torch.ceil(torch.log2(stats["n_steps"].double() + 1)).long()
         return stats
 
@@ -601,8 +622,9 @@ class NUTSKernel(MCMCKernel):
         return ""
 
     def mean_accept_prob(self) -> torch.Tensor:
-        """Pyro's running mean acceptance probability per chain (its ``logging()``, 3 digits)."""
-        return torch.tensor([float(pk.logging()["acc. prob"]) for pk in self._pyro],
+        """Pyro's running mean acceptance probability per chain, over the current phase (warm-up,
+        or sampling after it)."""
+        return torch.tensor([float(pk._mean_accept_prob) for pk in self._pyro],
                             dtype=torch.float64)
 
     def step_sizes(self) -> torch.Tensor:
@@ -619,13 +641,82 @@ class NUTSKernel(MCMCKernel):
             self._start(c, None)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"chains": [dict(cs) for cs in self._chains]}
+        return {"chains": [dict(cs, pyro=None if pk is None else _pyro_state(pk))
+                           for cs, pk in zip(self._chains, self._pyro, strict=True)]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._chains = [dict(cs) for cs in state["chains"]]
+        self._chains = [{k: v for k, v in cs.items() if k != "pyro"} for cs in state["chains"]]
         self._pyro = [None] * len(self._chains)
-        for c in range(len(self._chains)):
-            self._start(c, None)
+        for c, cs in enumerate(state["chains"]):
+            # a state without a warm-up count or Pyro state (written before they were kept)
+            # was saved after warm-up: a frozen rebuild, as then
+            warmup = None if cs["frozen"] else cs["warmup"]
+            self._start(c, warmup, cs.get("pyro"))
+
+
+# Pyro's kernel state that a checkpoint keeps: (object path, attribute) -> state key. Private
+# attributes of pyro-ppl 1.9's HMC/NUTS, WarmupAdapter, DualAveraging and WelfordCovariance.
+_PYRO_COUNTERS = {"t": "_t", "accept_cnt": "_accept_cnt",
+                  "mean_accept_prob": "_mean_accept_prob", "divergences": "_divergences"}
+_PYRO_ADAPTER = {"step_size": "step_size", "window": "_current_window"}
+_PYRO_DUAL_AVERAGING = {"prox_center": "prox_center", "x_avg": "_x_avg", "g_avg": "_g_avg",
+                        "da_t": "_t", "x_t": "_x_t"}
+_PYRO_WELFORD = {"mean": "_mean", "m2": "_m2", "n_samples": "n_samples"}
+
+
+def _attr(obj, name: str, default=None, required: bool = True):
+    if hasattr(obj, name):
+        value = getattr(obj, name)
+        return value.detach().clone() if isinstance(value, torch.Tensor) else \
+            (list(value) if isinstance(value, list) else value)
+    if required:
+        raise ValueError(f"this Pyro ({type(obj).__name__}) has no attribute {name}; the NUTS "
+                         "checkpoint needs pyro-ppl 1.9 (pip install 'pyro-ppl>=1.9,<1.10')")
+    return default
+
+
+def _pyro_state(pk) -> dict[str, Any]:
+    """What a Pyro HMC/NUTS kernel needs to continue exactly: counters, step size, dual
+    averaging, adaptation window, inverse mass matrix and its Welford estimate."""
+    a = pk._adapter
+    state = {k: _attr(pk, v) for k, v in _PYRO_COUNTERS.items()}
+    state.update({k: _attr(a, v) for k, v in _PYRO_ADAPTER.items()})
+    state["imm"] = pk.inverse_mass_matrix[("z",)].detach().clone()
+    if a.adapt_step_size:
+        da = a._step_size_adapt_scheme
+        state.update({k: _attr(da, v, required=v != "_x_t")
+                      for k, v in _PYRO_DUAL_AVERAGING.items()})
+    welford = a.mass_matrix_adapter._adapt_scheme.get(("z",))
+    if welford is not None:
+        state.update({k: _attr(welford, v) for k, v in _PYRO_WELFORD.items()})
+    return state
+
+
+def _load_pyro_state(pk, state: dict[str, Any], adapting: bool) -> None:
+    """Write :func:`_pyro_state` back into a kernel just built by ``setup``."""
+    a = pk._adapter
+    for k, v in _PYRO_COUNTERS.items():
+        _attr(pk, v)  # refuses a Pyro without it
+        setattr(pk, v, list(state[k]) if k == "divergences" else state[k])
+    if not adapting:
+        return
+    pk.mass_matrix_adapter.inverse_mass_matrix = {("z",): state["imm"].clone()}  # resets Welford
+    for k, v in _PYRO_ADAPTER.items():
+        _attr(a, v)
+        setattr(a, v, state[k])
+    if a.adapt_step_size:
+        da = a._step_size_adapt_scheme
+        for k, v in _PYRO_DUAL_AVERAGING.items():
+            if k == "x_t" and state.get(k) is None:
+                continue
+            _attr(da, v, required=v != "_x_t")
+            setattr(da, v, state[k])
+    welford = a.mass_matrix_adapter._adapt_scheme.get(("z",))
+    if welford is not None:
+        for k, v in _PYRO_WELFORD.items():
+            _attr(welford, v)
+            value = state[k]
+            setattr(welford, v, value.clone() if isinstance(value, torch.Tensor) else value)
 
 
 def _divergences(pk, fallback: int) -> int:

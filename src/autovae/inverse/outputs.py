@@ -1,21 +1,20 @@
 """What an inversion writes beside its chains: summary.json (diagnostics, costs, errors and
-calibration against a truth or a reference posterior), posterior.nc (ArviZ) and pictures
-(fields, traces, error bars, calibration, reference error), and the terminal summary.
+calibration against a truth or a reference posterior, the settings the problem reads, an ArviZ
+table of the first and worst parameters), posterior.nc (ArviZ) and pictures
+(:mod:`autovae.inverse.figures`), and the terminal summary.
 
 Problem-specific pictures ask the forward model (``points``: observation points to mark;
-``parameter_label`` and ``signed``: how its parameters are named and coloured), never its
-type.
+``parameter_label``, ``signed`` and ``positive``: how its parameters are named, coloured and
+scaled), never its type.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._files import atomic_path
 from .chains import ChainFolder, ChainResult
 from .config import InverseConfig
 from .diagnostics import save_netcdf, summary
@@ -26,11 +25,12 @@ __all__ = ["format_summary", "reference_error", "summarise", "write_outputs"]
 
 
 def summarise(problem: InverseProblem, result: ChainResult, built: Built,
-               cfg: InverseConfig) -> dict[str, Any]:
+              cfg: InverseConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"status": result.status, "reason": result.reason,
                            "problem": cfg.problem}
+    settings = read_settings(cfg)
     if result.draws.shape[1] == 0:
-        return {**out, "draws": 0, "settings": cfg.to_dict()}
+        return {**out, "draws": 0, "settings": settings}
     out.update(summary(result))
     total = result.draws.shape[0] * result.draws.shape[1]
     for key in ("ess_bulk_min", "ess_bulk_median", "ess_tail_min"):
@@ -41,8 +41,45 @@ def summarise(problem: InverseProblem, result: ChainResult, built: Built,
         out["rel_l2_prior_mean"] = _prior_mean_error(problem, built.truth)
     if built.reference is not None:
         out["reference"] = reference_error(problem, result, built.reference)
-    out["settings"] = cfg.to_dict()
+    out["parameters"] = _parameters(problem, result, built.truth)
+    out["settings"] = settings
     return out
+
+
+def read_settings(cfg: InverseConfig) -> dict[str, Any]:
+    """The settings the problem reads (:data:`~autovae.inverse.problems.COMMON` and its
+    ``reads``): another problem's (Darcy's grid, points, ...) are not this run's."""
+    from .problems import COMMON, PROBLEMS
+
+    reads = COMMON | PROBLEMS[cfg.problem].reads
+    return {k: v for k, v in cfg.to_dict().items() if k in reads}
+
+
+def _parameter_draws(problem: InverseProblem, draws: np.ndarray, log: bool,
+                     batch: int = 512) -> np.ndarray:
+    """The parameters of every draw (chains, draws, n), in their logs with ``log``."""
+    z = torch.from_numpy(np.ascontiguousarray(draws)).reshape(-1, problem.dim)
+    with torch.no_grad():
+        p = torch.cat([problem.params(z[i:i + batch]) for i in range(0, len(z), batch)])
+    p = p.reshape(len(z), -1)
+    return (p.log() if log else p).reshape(*draws.shape[:2], -1).numpy()
+
+
+def _parameters(problem: InverseProblem, result: ChainResult, truth) -> dict[str, Any]:
+    """The ArviZ table of the first and worst parameters in the problem's scale (ln theta for
+    positive parameters), with the truth beside them where known."""
+    from .figures import index_names, scale_of
+    from .report import parameter_table
+
+    scale = scale_of(problem)
+    values = _parameter_draws(problem, result.draws, scale.log)
+    t = None
+    if truth is not None:
+        t = torch.as_tensor(truth, dtype=torch.float64).reshape(-1)
+        t = (t.log() if scale.log else t).numpy()
+    shape = tuple(problem.prior.param_shape)
+    names = index_names(shape, range(values.shape[-1]))
+    return parameter_table(values, scale.label, t, names)
 
 
 def reference_error(problem: InverseProblem, result: ChainResult, reference: dict[str, Any],
@@ -88,10 +125,20 @@ def _prior_mean_error(problem: InverseProblem, truth) -> float | None:
     return problem.relative_l2(mean, torch.as_tensor(truth).reshape(mean.shape))
 
 
+# posterior.nc keeps every draw's parameters (``params``) up to this many values (8 bytes each)
+PARAMS_IN_NETCDF = 4_000_000
+
+
 def write_outputs(cf: ChainFolder, problem: InverseProblem, result: ChainResult,
-                   out: dict[str, Any], built: Built) -> None:
+                  out: dict[str, Any], built: Built,
+                  error_bars: list[int] | None = None) -> None:
+    """posterior.nc (the draws z and, when not too large, the parameters ``params`` as the
+    forward model takes them: theta, not ln theta), the pictures
+    (:func:`~autovae.inverse.figures.draw_pictures`) and summary.json."""
     if result.draws.shape[1] > 0:
         import arviz as az
+
+        from .figures import draw_pictures
 
         idata = result.to_inference_data()
         const = {"sigma": problem.sigma.numpy()}
@@ -105,127 +152,17 @@ def write_outputs(cf: ChainFolder, problem: InverseProblem, result: ChainResult,
             dims["points"] = ["obs", "xy"]
         idata.extend(az.from_dict(observed_data={"y": problem.data.numpy()},
                                   constant_data=const, dims=dims))
+        n_params = int(np.prod(problem.prior.param_shape))
+        if result.draws.shape[0] * result.draws.shape[1] * n_params <= PARAMS_IN_NETCDF:
+            params = _parameter_draws(problem, result.draws, log=False)
+            idata.posterior["params"] = (("chain", "draw", "param"), params)
+            idata.posterior.attrs["params"] = (
+                f"the forward model's parameters ({problem.forward.parameter_label}) of each "
+                "draw, flattened row-major")
         save_netcdf(idata, cf.posterior)
-        _pictures(cf, problem, result, built.truth, out.get("reference"))
+        draw_pictures(cf.path, problem, result, built.truth, out.get("reference"),
+                      error_bars=error_bars)
     cf.write_json(cf.summary, out)
-
-
-def _as_image(t: torch.Tensor) -> torch.Tensor | None:
-    """Parameters as a 2-D picture: a field as it is, a square count as a square."""
-    t = t.reshape(-1) if t.ndim != 2 else t
-    if t.ndim == 2:
-        return t
-    m = math.isqrt(t.numel())
-    return t.reshape(m, m) if m * m == t.numel() else None
-
-
-def _pictures(cf: ChainFolder, problem: InverseProblem, result: ChainResult, truth,
-              reference: dict[str, Any] | None = None) -> None:
-    """fields.png (parameters as images: truth, mean, sd, error), traces.png, error_bars.png,
-    calibration.png (against a truth), reference_error.png (against a reference posterior)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    def save(fig, name):
-        with atomic_path(cf.path / name) as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-
-    mean, std, _ = problem.posterior_params(result.draws)
-    label = problem.forward.parameter_label
-    t = None if truth is None else torch.as_tensor(truth, dtype=torch.float64).reshape(mean.shape)
-    images = [("posterior mean", mean), ("posterior sd", std)]
-    if t is not None:
-        images = [("truth", t)] + images + [("|mean - truth|", (mean - t).abs())]
-    images = [(title, _as_image(v)) for title, v in images]
-    if all(img is not None for _, img in images):
-        pts = None if problem.forward.points is None else problem.forward.points.numpy()
-        fig = Figure(figsize=(3.2 * len(images), 3.2))
-        FigureCanvasAgg(fig)
-        lim = max(float(img.abs().max()) for title, img in images
-                  if title in ("truth", "posterior mean"))
-        for i, (title, img) in enumerate(images):
-            ax = fig.add_subplot(1, len(images), i + 1)
-            signed = title in ("truth", "posterior mean") and problem.forward.signed
-            im = ax.imshow(img.numpy(), origin="lower", extent=(0, 1, 0, 1),
-                           cmap="RdBu_r" if signed else "viridis",
-                           vmin=-lim if signed else None, vmax=lim if signed else None)
-            if pts is not None:
-                ax.scatter(pts[:, 0], pts[:, 1], s=4, c="k")
-            ax.set_title(f"{title} ({label})", fontsize=9)
-            fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.tight_layout()
-        save(fig, "fields.png")
-
-    draws = result.draws
-    k = min(4, problem.dim)
-    fig = Figure(figsize=(8, 1.6 * k))
-    FigureCanvasAgg(fig)
-    for j in range(k):
-        ax = fig.add_subplot(k, 1, j + 1)
-        for c in range(draws.shape[0]):
-            ax.plot(draws[c, :, j], lw=0.5, label=f"chain {c}")
-        ax.set_ylabel(f"z[{j}]")
-    fig.axes[0].set_title(f"{result.kernel} traces after warm-up (acceptance "
-                          f"{float(np.mean(result.acceptance)):.2f})", fontsize=9)
-    fig.axes[-1].set_xlabel("kept draw")
-    fig.tight_layout()
-    save(fig, "traces.png")
-
-    flat_mean, flat_sd = mean.reshape(-1), std.reshape(-1)
-    if mean.ndim == 2:  # a field: cells on the diagonal
-        n = mean.shape[0]
-        cells = [int(i) * n + int(i) for i in np.linspace(0, n - 1, 8).round()]
-        names = [f"({int(i)},{int(i)})" for i in np.linspace(0, n - 1, 8).round()]
-    else:
-        cells = list(np.linspace(0, flat_mean.numel() - 1, min(16, flat_mean.numel()))
-                     .round().astype(int))
-        names = [str(c) for c in cells]
-    fig = Figure(figsize=(7, 3))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    x = np.arange(len(cells))
-    ax.errorbar(x, [float(flat_mean[c]) for c in cells],
-                yerr=[2 * float(flat_sd[c]) for c in cells], fmt="o", capsize=3,
-                label="posterior mean +- 2 sd")
-    if t is not None:
-        ax.plot(x, [float(t.reshape(-1)[c]) for c in cells], "rx", label="truth")
-    ax.set_xticks(x, names, fontsize=7)
-    ax.set_xlabel("cell (row, column)" if mean.ndim == 2 else "parameter index")
-    ax.set_ylabel(label)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, "error_bars.png")
-
-    if t is not None:
-        levels, cover = problem.coverage_curve(result.draws, t)
-        fig = Figure(figsize=(3.6, 3.6))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
-        ax.plot(levels, cover, "o-", ms=3, label="this posterior")
-        ax.set_xlabel("nominal level of the central interval")
-        ax.set_ylabel("fraction of parameters covered")
-        ax.set_title("calibration against the truth", fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        save(fig, "calibration.png")
-
-    if reference is not None and "curve" in reference:
-        fig = Figure(figsize=(4.4, 3.4))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        spent = [c["solves_per_chain"] for c in reference["curve"]]
-        for key, name, colour in (("log_theta", "ln theta", "C0"), ("theta", "theta", "C1")):
-            ax.loglog(spent, [c[f"rel_l2_mean_{key}"] for c in reference["curve"]], "o-",
-                      ms=3, color=colour, label=f"{name}: this run")
-            ax.axhline(reference[f"reference_rel_mcse_{key}"], color=colour, ls=":", lw=1,
-                       label=f"{name}: the reference's own MC error")
-        ax.set_xlabel("PDE solves per chain (warm-up included)")
-        ax.set_ylabel("relative L2 error of the posterior mean")
-        ax.set_title("against the reference posterior", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        save(fig, "reference_error.png")
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -237,8 +174,9 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"status {s['status']}" + (f": {s['reason']}" if s.get("reason") else "")]
     if s.get("draws"):
         lines += [
-            f"{s.get('kernel')}: {s['chains']} chains x {s['draws']} draws, acceptance "
-            f"{f('acceptance')}, R-hat max {f('rhat_max')}",
+            f"{s.get('kernel')}: {s['chains']} chains x {s['draws']} draws, mean acceptance "
+            f"probability {f('mean_accept_prob', '{:.2f}')}, R-hat max {f('rhat_max')}"
+            + (f", {s['divergences']} divergences" if s.get("divergences") else ""),
             f"ESS bulk min/median {f('ess_bulk_min')}/{f('ess_bulk_median')}, tail min "
             f"{f('ess_tail_min')}; per draw {f('ess_per_draw')}, per 1000 solves "
             f"{f('ess_per_1000_solves')}, per second {f('ess_per_second')}",
@@ -247,15 +185,18 @@ def format_summary(s: dict[str, Any]) -> str:
         ]
         if s.get("note"):
             lines.append(s["note"])
+        log = s.get("log_rel_l2_mean") is not None  # positive parameters: read in their logs
         if s.get("rel_l2_mean") is not None:
-            lines.append(f"relative L2 error of the posterior mean {f('rel_l2_mean')}, truth "
-                         f"within 2 sd for {f('coverage_2sd', '{:.0%}')} of the parameters, "
-                         f"NSSWR {f('nsswr')}")
+            pre, scale = ("log_", " in ln θ") if log else ("", "")
+            lines.append(f"relative L2 error of the posterior mean{scale} "
+                         f"{f(pre + 'rel_l2_mean')}, truth within 2 sd for "
+                         f"{f(pre + 'coverage_2sd', '{:.0%}')} of the parameters, NSSWR "
+                         f"{f('nsswr')}")
         ref = s.get("reference")
         if ref:
             lines.append(
                 f"posterior mean against the reference posterior: relative L2 error "
-                f"{ref['rel_l2_mean_log_theta']:.3g} in ln theta (the reference's own MC error "
+                f"{ref['rel_l2_mean_log_theta']:.3g} in ln θ (the reference's own MC error "
                 f"{ref['reference_rel_mcse_log_theta']:.2g}), {ref['rel_l2_mean_theta']:.3g} "
-                f"in theta (its own {ref['reference_rel_mcse_theta']:.2g})")
+                f"in θ (its own {ref['reference_rel_mcse_theta']:.2g})")
     return "\n".join(lines)

@@ -50,7 +50,8 @@ MAX_CELLS = 4096 * 4096
 # folder); every other setting is read by the problems that declare it in ``reads``
 COMMON = frozenset({"run", "problem", "prior", "data", "noise", "noise_kind", "truth_file",
                     "kernel", "kernel_options", "chains", "warmup", "draws", "thin", "step_size",
-                    "target_accept", "seed", "checkpoint_every", "out", "device"})
+                    "target_accept", "seed", "checkpoint_every", "out", "device",
+                    "error_bars"})
 
 
 @dataclass

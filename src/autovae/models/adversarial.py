@@ -76,7 +76,7 @@ from ..nets import NETWORK_KEYS, build_networks
 from .base import Model, StepContext
 from .vae import FISHER_KEYS, VAE
 
-__all__ = ["AVA", "AVA0", "AVA1", "AVA2", "AVA3", "AVA4", "AVA5", "AVA_KEYS", "GAN", "PRESETS",
+__all__ = ["AVA", "AVA0", "AVA1", "AVA2", "AVA3", "AVA4", "AVA5", "AVA_KEYS", "AVA_PRESETS", "GAN",
            "VAEGAN", "VAEGAN_KEYS", "AdversarialSettings", "gan_generator_loss", "minus_mmd",
            "paper_surrogates"]
 
@@ -85,7 +85,7 @@ __all__ = ["AVA", "AVA0", "AVA1", "AVA2", "AVA3", "AVA4", "AVA5", "AVA_KEYS", "G
 AVA_KEYS = frozenset({"ava_preset", "ava_grad_mode", "couple_encoder"})
 VAEGAN_KEYS = frozenset({"vaegan_gamma", "equilibrium"})
 
-PRESETS = {
+AVA_PRESETS = {  # ava_preset: the adversarial training recipe (not search presets)
     "paper": dict(grad_mode="paper", couple_encoder=False, gan_loss="minimax", optimizer="sgd"),
     "modern": dict(grad_mode="autograd", couple_encoder=True, gan_loss="non-saturating",
                    optimizer="adam"),
@@ -108,7 +108,7 @@ class AdversarialSettings:
 
     @classmethod
     def from_config(cls, config) -> AdversarialSettings:
-        preset = dict(PRESETS[config.ava_preset])
+        preset = dict(AVA_PRESETS[config.ava_preset])
         for key, field in (("grad_mode", "ava_grad_mode"), ("couple_encoder", "couple_encoder"),
                            ("gan_loss", "gan_loss")):
             if getattr(config, field) is not None:

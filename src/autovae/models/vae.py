@@ -210,6 +210,11 @@ class VAE(Model):
             z = z.clamp(-self.latent_clip, self.latent_clip)
         return self.likelihood.mean(self.decoder(z))
 
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood mean decoded from codes of any leading shape: (..., dim) ->
+        (..., *event) (data points, as :meth:`reconstruct` and :meth:`generate` give)."""
+        return self.likelihood.mean(self.decode(z))
+
     def terms(self, x: torch.Tensor, samples: int):
         """(q, log p(x|z), log p(z), log q(z|x)), the last three of shape (samples, B)."""
         q = self.posterior(x)
@@ -304,11 +309,11 @@ class VAE(Model):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The likelihood mean decoded from each image's code."""
-        return self.likelihood.mean(self.decode(self.embed(x)))
+        return self.decode_mean(self.embed(x))
 
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
         """The likelihood mean decoded from n draws of the prior."""
         n = check("n", n, "count")
-        return self.likelihood.mean(self.decode(self.latent.sample_prior(n).to(self.device)))
+        return self.decode_mean(self.latent.sample_prior(n).to(self.device))
 
