@@ -73,8 +73,13 @@ def world(tmp_path_factory):
                        "dup.yaml": "epochs: 3\nlr: 0.1\nepochs: 4\n",
                        "dup.json": '{"epochs": 3, "epochs": 4}',
                        "space_fisher.yaml": "fisher_weight: [-1, 1]\n",
-                       "array_data.yaml": "data: [1, 2, 3]\n"}.items():
+                       "array_data.yaml": "data: [1, 2, 3]\n", "truth_3.csv": "1,2,3\n"}.items():
         (root / name).write_text(text)
+    # issue 25: vector priors on the parameters of a custom model (aristoff-bangerth's 64)
+    (root / "ab_data.csv").write_text(",".join(["0.01"] * 169) + "\n")
+    (root / "mean3.txt").write_text("1 2 3\n")
+    (root / "cov_not_pd.txt").write_text("\n".join(
+        " ".join("2" if i != j else "1" for j in range(64)) for i in range(64)) + "\n")
     return root
 
 
@@ -84,6 +89,8 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 
 R = "{root}"
+CUSTOM = ["invert", "--forward", "aristoff-bangerth", "--data", R + "/ab_data.csv", "--noise",
+          "0.05", "--out", R + "/new_chain"]
 CLI_CASES = [
     # CLI-only counts and indices
     ("sample --n -5", ["sample", R + "/run", "--n", "-5"], "--n"),
@@ -290,6 +297,29 @@ CLI_CASES = [
      "--bc sets the boundary conditions of darcy, not of aristoff-bangerth"),
     ("serve-forward darcy --bc malformed", ["serve-forward", "darcy", "--bc", "left"],
      "--bc 'left': 'left' is not side=kind:value"),
+    # -- issue 28: autovae simulate ---------------------------------------------------------
+    *[(f"simulate {name}", ["simulate", "--forward", "darcy", "--truth", "grf:0", "--noise",
+                            "0.1", "--out", R + "/y.npy", *change], message)
+      for name, change, message in [
+          ("--noise 0", ["--noise", "0"], "--noise must be a finite number > 0, got 0.0"),
+          ("--noise nan", ["--noise", "nan"], "--noise must be a finite number > 0, got nan"),
+          ("--noise-kind", ["--noise-kind", "fraction"],
+           "--noise-kind must be one of absolute, relative, got 'fraction'"),
+          ("truth missing", ["--truth", R + "/nope.npy"], "/nope.npy: no such file"),
+          ("truth not numbers", ["--truth", R + "/bad.yaml"], "is not a numeric .npy"),
+          ("truth of another shape", ["--truth", R + "/truth_3.csv"],
+           "holds 3 numbers of shape (3,); darcy takes 256 parameters of shape (16, 16)"),
+          ("truth grf:x", ["--truth", "grf:x"], "grf:SEED takes a seed >= 0"),
+          ("negative theta", ["--forward", "aristoff-bangerth", "--truth", "-1"],
+           "parameters must be > 0"),
+          ("unknown forward", ["--forward", "heat"], "unknown forward model 'heat'"),
+          ("class not importable", ["--forward", "nosuchpackage.models:Heat"],
+           "cannot import nosuchpackage.models (No module named 'nosuchpackage'); is it on "
+           "PYTHONPATH or installed?"),
+          ("--out a folder", ["--out", R + "/a_folder"], "a_folder is a folder; name a file"),
+          ("--truth-out is --out", ["--truth-out", R + "/y.npy"], "is --out too"),
+          ("--seed -1", ["--seed", "-1"], "--seed"),
+      ]],
     ("h --resume --model vae on a GAN", ["train", "--run", R + "/gan", "--resume", "--model",
                                          "vae"], "model: 'gan' -> 'vae'"),
     # -- issue 18: a run prior on the Aristoff-Bangerth benchmark, and --residual -------------
@@ -341,6 +371,38 @@ CLI_CASES = [
     ("inv --max-tree-depth 0", ["invert", "--kernel", "nuts", "--max-tree-depth", "0",
                                 "--out", R + "/new_chain"],
      "--max-tree-depth must be an integer >= 1"),
+    # issue 25: vector priors and delayed acceptance
+    ("inv --prior-mean file of the wrong length", [*CUSTOM, "--prior", "gaussian",
+                                                  "--prior-mean", R + "/mean3.txt"],
+     "--prior-mean (file " + R + "/mean3.txt) holds 3 values; the forward model takes 64"),
+    ("inv --prior-sd <= 0", [*CUSTOM, "--prior", "lognormal", "--prior-sd", "0"],
+     "--prior-sd must be > 0 for every parameter"),
+    ("inv --prior uniform reversed", [*CUSTOM, "--prior", "uniform", "--prior-low", "2",
+                                      "--prior-high", "1"],
+     "uniform prior bounds reversed or empty at parameter 0"),
+    ("inv --prior uniform infinite", [*CUSTOM, "--prior", "uniform", "--prior-low", "-inf",
+                                      "--prior-high", "1"], "--prior-low must be finite"),
+    ("inv --prior uniform without bounds", [*CUSTOM, "--prior", "uniform"],
+     "--prior uniform needs its bounds"),
+    ("inv --prior-cov not positive definite", [*CUSTOM, "--prior", "gaussian", "--prior-cov",
+                                               R + "/cov_not_pd.txt"],
+     "--prior-cov is not positive definite"),
+    ("inv --prior-mean with kle", [*CUSTOM, "--prior-mean", "1"],
+     "--prior-mean sets a vector prior"),
+    ("inv --prior-low on darcy", ["invert", "--prior-low", "0", "--out", R + "/new_chain"],
+     "--prior-low applies to --problem custom"),
+    ("inv cheap model of another size", ["invert", "--problem", "aristoff-bangerth",
+                                         "--subchain", "2", "--coarse-forward", "darcy",
+                                         "--out", R + "/new_chain"],
+     "the cheap model darcy takes parameters of shape (16, 16)"),
+    ("inv --coarse-forward without --subchain", ["invert", "--problem", "aristoff-bangerth",
+                                                 "--coarse-forward", "aristoff-bangerth",
+                                                 "--out", R + "/new_chain"],
+     "give --subchain J"),
+    ("inv delayed acceptance with nuts", ["invert", "--problem", "aristoff-bangerth",
+                                          "--kernel", "nuts", "--subchain", "2",
+                                          "--out", R + "/new_chain"],
+     "delayed acceptance needs a Metropolis kernel"),
     # -- issue 28: the parameters of error_bars.png ---------------------------------------------
     ("inv --error-bars words", ["invert", "--prior", "kle", "--error-bars", "first,last",
                                 "--out", R + "/new_chain"],

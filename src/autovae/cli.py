@@ -237,6 +237,31 @@ def _cmd_serve_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .inverse.forward_models import load_forward
+    from .inverse.simulate import SETTINGS, SimulationSettings, read_truth, simulate, write_array
+
+    cfg = SimulationSettings(**SETTINGS.given(args))
+    outs = [check_output_file(cfg.out, "--out")]
+    if cfg.truth_out:
+        outs.append(check_output_file(cfg.truth_out, "--truth-out"))
+        if outs[1].resolve() == outs[0].resolve():
+            raise ValueError(f"--truth-out {cfg.truth_out} is --out too; name another file")
+    forward = load_forward(cfg.forward)
+    sim = simulate(forward, read_truth(cfg.truth, forward), cfg.noise, cfg.noise_kind, cfg.seed)
+    write_array(outs[0], sim.y)
+    if cfg.truth_out:
+        write_array(outs[1], sim.truth)
+    print(f"{outs[0]}: {forward.n_obs} observations of {forward.name} at the truth {cfg.truth} "
+          f"(parameters {tuple(forward.param_shape)}), noise {cfg.noise:g} {cfg.noise_kind} "
+          f"(seed {cfg.seed})" + (f"; the truth in {outs[1]}" if cfg.truth_out else ""))
+    kind = " --noise-kind relative" if cfg.noise_kind == "relative" else ""
+    truth = f" --truth-file {outs[1]}" if cfg.truth_out else ""
+    print(f"invert it: autovae invert --problem custom --forward {cfg.forward} --data {outs[0]} "
+          f"--noise {cfg.noise:g}{kind}{truth}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -276,7 +301,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"autovae worker --study {name} --dir {folder}"
               + (" --storage URL" if storage else ""))
         return 0
-    study = run_search(storage, name, folder, spec, workers=args.workers, pool=args.db_pool)
+    study = run_search(storage, name, folder, spec, workers=args.workers, pool=args.db_pool,
+                       report=not args.quiet)
     print(analyze(study, folder))
     return 0
 
@@ -289,7 +315,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     storage, name, folder = _study_args(args)
     return run_worker(storage, name, folder, worker=args.worker, pool=args.db_pool,
-                      device=args.device)
+                      device=args.device, report=not args.quiet)
 
 
 def _load_study(args: argparse.Namespace):
@@ -322,10 +348,11 @@ def _cmd_retrain_best(args: argparse.Namespace) -> int:
                           progress=not args.quiet)
     for key, r in result.items():
         if isinstance(r, dict):
-            c = r["config"]
-            print(f"{key:26} test NLL {r['test_nll_mean']:.2f} +- {r['test_nll_sd']:.2f} nats "
-                  f"over {len(r['runs'])} seeds  ({c['latent']}, alpha {c['alpha']:g}, "
-                  f"K {c['samples']})")
+            c, n = r["config"], len(r["runs"])
+            spread = (f"+- {r['test_nll_sd']:.2f} nats (sd over {n} seeds)" if n > 1
+                      else "nats (1 seed: no spread)")
+            print(f"{key:26} test NLL {r['test_nll_mean']:.2f} {spread}  ({c['latent']}, "
+                  f"alpha {c['alpha']:g}, K {c['samples']})")
     print(f"gain of the best trial over the normal/normal ELBO VAE: {result['gain_nats']:.2f} "
           "nats")
     if "pairing_gain_nats" in result:
@@ -489,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "started elsewhere with 'autovae worker'")
     search.add_argument("--validation-nll-samples", type=_COUNT, default=50,
                         help="K for the validation NLL objective (50)")
+    search.add_argument("--quiet", action="store_true", help="no line per finished trial")
     _add_config_flags(search)
     search.set_defaults(run_command=_cmd_search)
 
@@ -500,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default=None,
                         help="device of this worker's trials: cpu, cuda, cuda:N or auto (default: "
                              "the study's); one worker per GPU, see docs/distributed.md")
+    worker.add_argument("--quiet", action="store_true", help="no line per finished trial")
     worker.set_defaults(run_command=_cmd_worker)
 
     study = sub.add_parser("study", help="a study's best trials, importances and plots")
@@ -546,6 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 "--bc (e.g. left=dirichlet:1,right=dirichlet:0; default: p = 0 "
                                 "on x = 0, 1, no flux on y = 0, 1)")
     serve_fwd.set_defaults(run_command=_cmd_serve_forward)
+
+    simulate = sub.add_parser(
+        "simulate", help="simulate observations of a chosen truth (data for invert --data)",
+        description="Observations y = forward(truth) + Gaussian noise, written for "
+                    "'autovae invert --problem custom --data'. A --forward package.module:Class "
+                    "must be importable: installed (pip install -e), or its folder on "
+                    "PYTHONPATH.")
+    from .inverse.simulate import SETTINGS as simulate_settings
+
+    simulate_settings.add_flags(simulate)
+    simulate.set_defaults(run_command=_cmd_simulate)
 
     datasets = sub.add_parser("datasets", help="list the datasets --data accepts by name")
     datasets.set_defaults(run_command=_cmd_datasets)

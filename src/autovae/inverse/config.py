@@ -57,9 +57,12 @@ class InverseConfig:
                              "default: custom with --forward, else darcy",
                              choices=_problem_names)
     prior: str | None = _f(None, "run (the run's decoder and latent prior), kle (Karhunen-Loeve "
-                           "expansion of the GRF) or benchmark (aristoff-bangerth's own prior); "
-                           "default: run with a run folder, else kle (darcy, custom) or "
-                           "benchmark (aristoff-bangerth)", choices=_prior_names)
+                           "expansion of the GRF), benchmark (aristoff-bangerth's own prior), "
+                           "or a prior on the parameter vector: gaussian, lognormal (custom, "
+                           "aristoff-bangerth: pCN applies) or uniform (custom; sampled "
+                           "through a logit map); default: run with a run folder, else kle "
+                           "(darcy, custom) or benchmark (aristoff-bangerth)",
+                           choices=_prior_names)
     residual: int = _f(0, "terms of a Gaussian residual field added to a run prior (darcy, "
                        "aristoff-bangerth), its covariance fitted to what the decoder's draws "
                        "miss of the problem's prior covariance (the GRF's; 2^2 I in ln theta): "
@@ -67,6 +70,25 @@ class InverseConfig:
     forward: str | None = _f(None, "your forward model (--problem custom): "
                              "package.module:Class, umbridge:http://host:port/name, or a "
                              "built-in one (darcy, aristoff-bangerth) with your --data")
+    prior_mean: str | None = _f(None, "--prior gaussian or lognormal: the mean (of ln theta "
+                                "for lognormal): a number, comma-separated numbers or a file of "
+                                "one per parameter (default 0; aristoff-bangerth 4)")
+    prior_sd: str | None = _f(None, "--prior gaussian or lognormal: the sd, as --prior-mean "
+                              "(default 1; aristoff-bangerth 2)")
+    prior_cov: str | None = _f(None, "--prior gaussian or lognormal: a covariance file "
+                               "(P x P numbers) instead of --prior-sd")
+    prior_low: str | None = _f(None, "--prior uniform: the lower bounds, as --prior-mean")
+    prior_high: str | None = _f(None, "--prior uniform: the upper bounds, as --prior-mean")
+    subchain: int = _f(0, "delayed acceptance: subchain steps of --kernel (pcn, rwm or mala) "
+                       "on the cheap model per fine proposal (0: off)", least=0)
+    coarse_forward: str | None = _f(None, "delayed acceptance's cheap model, in the forms of "
+                                    "--forward (default: the built-in problem's coarser mesh)")
+    error_model: int = _f(0, "delayed acceptance: prior draws for the approximation error "
+                          "model (mean and covariance of fine - cheap outputs; 0: none)",
+                          least=0)
+    adaptive_error: bool = _f(False, "delayed acceptance: learn the cheap model's offset "
+                              "(fine - cheap outputs) at the screened proposals during "
+                              "warm-up, then freeze it (Cui, Fox & O'Sullivan)")
     grid: int | None = _f(None, "grid n of the Darcy field / the KLE prior (default: the run's, "
                           "else 16)", least=2)
     dim: int | None = _f(None, "terms of the KLE prior (default: the run's latent dim, else 16)",
@@ -151,6 +173,8 @@ class InverseConfig:
                 options.update({str(k).replace("-", "_"): v for k, v in value.items()})
                 continue
             SETTINGS.unknown([name], also=[*kernel_keys, "kernel_options"])
+            if name in VECTOR_VALUES and not isinstance(value, str | Path | type(None)):
+                value = _as_text(name, value)  # a number or a list in a config file
             if name in kernel_keys:
                 options[name] = value
             else:
@@ -173,6 +197,18 @@ class InverseConfig:
 SETTINGS = Settings.of(InverseConfig, "invert setting", by_flag=True)
 FIELDS = SETTINGS.specs  # name -> Spec of every setting but kernel_options
 RENAMED = {"samples": "draws", "sampler": "kernel"}  # old invert spellings, refused by name
+
+
+VECTOR_VALUES = ("prior_mean", "prior_sd", "prior_low", "prior_high")
+
+
+def _as_text(name: str, value) -> str:
+    """A config file's number or list of numbers as the text a flag would give."""
+    values = value if isinstance(value, list | tuple) else [value]
+    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                             for v in values):
+        raise ValueError(f"{name} must be a number, a list of numbers or a file, got {value!r}")
+    return ",".join(repr(float(v)) for v in values)
 
 
 def kernel_settings() -> Settings:

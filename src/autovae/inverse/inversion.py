@@ -76,6 +76,9 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     bars = None if cfg.error_bars is None else error_bar_indices(
         cfg.error_bars, int(np.prod(problem.prior.param_shape)))
     kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")
+    if cfg.subchain and cfg.kernel is None:  # delayed acceptance: a Metropolis kernel inside
+        kernel_name = "pcn" if problem.prior.normal else (
+            "mala" if problem.forward.gradient else "rwm")
     check_kernel_options(kernel_name, cfg.kernel_options)
     options: dict[str, Any] = dict(cfg.kernel_options)
     if cfg.step_size is not None:
@@ -84,6 +87,13 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
         options["target_accept"] = cfg.target_accept
     kernel = make_kernel(kernel_name, **options)
     target = problem.target()
+    delayed = _delayed(cfg, problem, kernel) if cfg.subchain else {}
+    if delayed:
+        kernel, kernel_name = delayed.pop("kernel"), f"da-{kernel_name}"
+    elif cfg.coarse_forward is not None or cfg.error_model or cfg.adaptive_error:
+        raise ValueError("--coarse-forward, --error-model and --adaptive-error set up delayed "
+                         "acceptance: give "
+                         "--subchain J (cheap steps per fine proposal) too")
     kernel.validate(target)
     forward = problem.forward
     check_memory(chain_bytes(cfg.chains, cfg.draws, problem.dim, int(np.prod(
@@ -93,7 +103,7 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     cf = ChainFolder(_default_out(cfg, kernel_name, problem.prior))
     cf.check_writable()
     record = {"problem": cfg.problem, "run": cfg.run, **problem.prior.describe(),
-              **problem.forward.describe(), **built.settings,
+              **problem.forward.describe(), **built.settings, **delayed,
               "data_sha": _sha(problem.data), "prior_probe": problem.prior.probe()}
     _check_problem(cf, record)
     solves0 = problem.forward.solves
@@ -102,6 +112,12 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
                         checkpoint_every=cfg.checkpoint_every, progress=progress)
     new_solves = problem.forward.solves - solves0
     out = summarise(problem, result, built, cfg)
+    if delayed:
+        from .delayed import delayed_summary
+
+        d = delayed_summary(result)
+        out.update({k: d[k] for k in ("coarse_solves", "fine_solves", "ess_per_1000_fine_solves",
+                                      "fine_acceptance_of_moved") if k in d})
     write_outputs(cf, problem, result, out, built, error_bars=bars)
     return InversionResult(cf.path, problem, result, out, new_solves)
 
@@ -116,6 +132,20 @@ def _field_bytes(cfg: InverseConfig) -> dict[str, int]:
                        residual=cfg.residual if "residual" in reads else 0,
                        kle=cfg.prior in (None, "kle") and cfg.run is None,
                        points_text=cfg.points)
+
+
+def _delayed(cfg: InverseConfig, problem: InverseProblem, inner) -> dict[str, Any]:
+    """Delayed acceptance's kernel (``kernel``) and what identifies it in problem.json."""
+    from .delayed import ApproximationError, DelayedAcceptanceKernel, coarse_forward, coarse_target
+
+    cheap = coarse_forward(problem.forward, cfg.coarse_forward)
+    aem = ApproximationError(problem, cheap, cfg.error_model, seed=cfg.seed) \
+        if cfg.error_model else None
+    kernel = DelayedAcceptanceKernel(coarse_target(problem, cheap, aem), inner,
+                                     subchain=cfg.subchain, adaptive_error=cfg.adaptive_error)
+    cheap_record = {f"cheap_{k}": v for k, v in cheap.describe().items()}
+    return {"kernel": kernel, **cheap_record, "error_model_draws": cfg.error_model,
+            **({} if aem is None else aem.describe())}
 
 
 def _sha(t: torch.Tensor) -> str:

@@ -51,7 +51,10 @@ MAX_CELLS = 4096 * 4096
 COMMON = frozenset({"run", "problem", "prior", "data", "noise", "noise_kind", "truth_file",
                     "kernel", "kernel_options", "chains", "warmup", "draws", "thin", "step_size",
                     "target_accept", "seed", "checkpoint_every", "out", "device",
-                    "error_bars"})
+                    "error_bars", "subchain", "coarse_forward", "error_model",
+                    "adaptive_error"})
+VECTOR = ("gaussian", "lognormal", "uniform")  # priors on a parameter vector (vector_priors)
+PRIOR_VALUES = ("prior_mean", "prior_sd", "prior_cov", "prior_low", "prior_high")
 
 
 @dataclass
@@ -148,6 +151,25 @@ def points_count(spec) -> int | None:
     return int(value)
 
 
+def _vector_prior(cfg, prior_name: str, shape, mean=None, sd=None) -> Prior:
+    """``--prior gaussian|lognormal|uniform`` on parameters of ``shape``; ``mean``/``sd``: the
+    problem's defaults (aristoff-bangerth's ln theta ~ N(4, 2^2))."""
+    from .vector_priors import vector_prior
+
+    return vector_prior(prior_name, shape,
+                        mean=cfg.prior_mean if cfg.prior_mean is not None else mean,
+                        sd=cfg.prior_sd if cfg.prior_sd is not None or cfg.prior_cov else sd,
+                        cov=cfg.prior_cov, low=cfg.prior_low, high=cfg.prior_high)
+
+
+def _no_prior_values(cfg, prior_name: str) -> None:
+    for key in PRIOR_VALUES:
+        if getattr(cfg, key) is not None:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{flag} sets a vector prior (--prior gaussian, lognormal or "
+                             f"uniform), not --prior {prior_name}; drop {flag} or choose one")
+
+
 def _no_residual_without_run(cfg) -> None:
     if cfg.residual:
         raise ValueError("--residual adds a residual field to a run prior: give a run folder")
@@ -233,9 +255,14 @@ def _aristoff_bangerth(cfg, prior_name: str) -> Built:
             cov = bench.prior_sd**2 * torch.eye(bench.n_params, dtype=torch.float64)
             base = ResidualFieldPrior(base, cov, cfg.residual)
         prior: Prior = ExpPrior(base)  # the decoder gives ln theta; the forward model theta
+    elif prior_name == "lognormal":  # the benchmark's prior as ln theta = 4 + 2 z: pCN applies
+        _no_residual_without_run(cfg)
+        prior = _vector_prior(cfg, prior_name, (bench.n_params,), mean=4.0, sd=bench.prior_sd)
     else:  # benchmark
         _no_residual_without_run(cfg)
         prior = LogDensityPrior(bench.log_prior, (bench.n_params,), "benchmark")
+    if prior_name != "lognormal":
+        _no_prior_values(cfg, prior_name)
     data = bench.data if cfg.data is None else torch.from_numpy(
         _read_array(cfg.data, "data")).reshape(-1)
     noise = spec.noise if cfg.noise is None else cfg.noise
@@ -245,7 +272,10 @@ def _aristoff_bangerth(cfg, prior_name: str) -> Built:
         bench.theta_true if cfg.truth_file is None else _truth_params(cfg.truth_file))
     settings = {"noise": noise, "noise_kind": kind, "data_file": cfg.data,
                 "truth_file": cfg.truth_file}
-    as_published = (prior_name == "benchmark" and cfg.data is None and cfg.noise is None
+    benchmark_prior = prior_name == "benchmark" or (
+        prior_name == "lognormal" and cfg.prior_cov is None
+        and cfg.prior_mean in (None, "4", "4.0") and cfg.prior_sd in (None, "2", "2.0"))
+    as_published = (benchmark_prior and cfg.data is None and cfg.noise is None
                     and kind == "absolute")
     return Built(problem, truth, None, settings,
                  reference_posterior() if as_published else None)
@@ -256,14 +286,19 @@ def _custom(cfg, prior_name: str) -> Built:
         raise ValueError("--problem custom needs --forward (package.module:Class or "
                          "umbridge:http://host:port/name) and --data (the observations)")
     forward = load_forward(cfg.forward)
-    if prior_name == "run":
-        prior: Prior = _run_prior(cfg)
+    if prior_name in VECTOR:
+        prior: Prior = _vector_prior(cfg, prior_name, tuple(forward.param_shape))
+    elif prior_name == "run":
+        _no_prior_values(cfg, prior_name)
+        prior = _run_prior(cfg)
     else:  # kle
+        _no_prior_values(cfg, prior_name)
         shape = tuple(forward.param_shape)
         n = cfg.grid or math.isqrt(int(np.prod(shape)))
         if n * n != int(np.prod(shape)):
             raise ValueError(f"--prior kle makes n x n fields, but {forward.name} takes "
-                             f"parameters of shape {shape}; give a run prior")
+                             f"parameters of shape {shape}; give --prior gaussian, lognormal "
+                             "or uniform (with their values), or a run prior")
         prior = KarhunenLoeve(n, dim=cfg.dim or 16, length_scale_range=(0.1, 0.5))
     if cfg.noise is None:
         raise ValueError("--problem custom needs --noise (the observation noise's std with "
@@ -291,11 +326,13 @@ PROBLEMS: dict[str, ProblemSpec] = {spec.name: spec for spec in (
                 priors=("run", "kle"), prior="kle", noise=0.05, noise_kind="relative",
                 unread={"forward": _OWN_FORWARD}),
     ProblemSpec("aristoff-bangerth", "the SIAM Review 2023 benchmark", _aristoff_bangerth,
-                frozenset({"residual"}), priors=("run", "benchmark"), prior="benchmark",
+                frozenset({"residual", "prior_mean", "prior_sd", "prior_cov"}),
+                priors=("run", "benchmark", "lognormal"), prior="benchmark",
                 noise=0.05, noise_kind="absolute",  # AristoffBangerth.sigma, as published
                 unread={"forward": _OWN_FORWARD}),
     ProblemSpec("custom", "your --forward with your --data", _custom,
-                frozenset({"forward", "grid", "dim"}), priors=("run", "kle"), prior="kle",
+                frozenset({"forward", "grid", "dim", *PRIOR_VALUES}),
+                priors=("run", "kle", *VECTOR), prior="kle",
                 noise=None, noise_kind="absolute",
                 unread={"residual": "it has no prior covariance for a residual field to "
                                     "match"}),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from optuna.trial import TrialState
 from ..beliefs import LatentSpec
 from ..config import Config
 from ..run import Run, StudyFolder
+from .progress import describe_config, seconds, study_notes
 from .study import OBJECTIVES, load_spec
 
 __all__ = ["analyze", "importances", "retrain_best", "trial_table"]
@@ -140,15 +143,18 @@ def analyze(study: optuna.Study, folder: Path) -> str:
     return "\n".join(lines)
 
 
-def best_config(study: optuna.Study, folder: Path) -> Config:
-    """The resolved config of the best trial (first objective), from its run folder."""
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best complete trial by the first objective."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise ValueError(f"study {study.study_name!r} has no complete trial yet")
-    spec = load_spec(study)
-    sign = 1 if spec.directions[0] == "minimize" else -1
-    best = min(complete, key=lambda t: sign * t.values[0])
-    return Run(StudyFolder(folder).trial(best.number)).load_config()
+    sign = 1 if load_spec(study).directions[0] == "minimize" else -1
+    return min(complete, key=lambda t: sign * t.values[0])
+
+
+def best_config(study: optuna.Study, folder: Path) -> Config:
+    """The resolved config of the best trial (first objective), from its run folder."""
+    return Run(StudyFolder(folder).trial(best_trial(study).number)).load_config()
 
 
 def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
@@ -157,12 +163,19 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     """Retrain the best config and normal/normal (same network, budget, likelihood) per seed;
     evaluate them on the test set. When the best trial's bound is not the ELBO, a third model,
     normal/normal with the best trial's bound, separates the gain of the pairing from the gain
-    of the bound. Returns and writes ``retrain.json`` in ``folder``."""
+    of the bound. Returns and writes ``retrain.json`` in ``folder`` (with the trial retrained
+    and :func:`~autovae.search.progress.study_notes`, which go to stderr too). ``progress``: the
+    trial, each model and seed as it starts (and whether it resumes) and training bars."""
     from ..evaluation import evaluate, prefixed
     from ..run import prepare
     from ..training import train
 
-    best = best_config(study, folder)
+    spec = load_spec(study)
+    trial = best_trial(study)
+    best = Run(StudyFolder(folder).trial(trial.number)).load_config()
+    notes = study_notes(study, spec.trials)
+    for note in notes:
+        print(f"autovae: note: {note}", file=sys.stderr, flush=True)
     changes = {"limit": limit}
     if epochs is not None:
         changes["epochs"] = epochs
@@ -176,28 +189,67 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     if best.alpha != 1.0 and best.samples > 1:
         models["normal/normal, same bound"] = best.replace(latent=f"normal/normal:{dim}",
                                                            latent_dim=None)
+    if progress:
+        _announce(study, spec, trial, models, seeds)
     data = prepare(best)
     results: dict = {key: {"config": config.to_dict(), "runs": []}
                      for key, config in models.items()}
+    total, count = seeds * len(models), 0
     for seed in range(seeds):
         for key, config in models.items():
+            count += 1
             slug = key.replace("/", "-").replace(", ", "-").replace(" ", "-")
             run_folder = StudyFolder(folder).retrain_dir / f"{slug}-seed{seed}"
             resume = Run(run_folder).has_checkpoint()
             config = config.replace(seed=seed)
+            name = f"{count} of {total}: {key}, seed {seed}"
+            if progress:
+                print(name + _resumption(run_folder, config.epochs), flush=True)
+            started = time.perf_counter()
             model = train(config, run_folder, data=data, resume=resume, progress=progress).model
             metrics = prefixed(evaluate(model, data.test, nll_samples=config.nll_samples), "test")
             Run(run_folder).save_metrics(metrics)
+            if progress:
+                print(f"{name}: test NLL {metrics['test_nll']:.2f} nats (K = "
+                      f"{config.nll_samples}; {seconds(time.perf_counter() - started)})",
+                      flush=True)
             results[key]["runs"].append({"seed": seed, "test_nll": metrics["test_nll"],
                                          "test_elbo": metrics["test_elbo"]})
     for key in models:
         nll = [r["test_nll"] for r in results[key]["runs"]]
         results[key]["test_nll_mean"] = statistics.mean(nll)
-        results[key]["test_nll_sd"] = statistics.stdev(nll) if len(nll) > 1 else 0.0
+        results[key]["test_nll_sd"] = statistics.stdev(nll) if len(nll) > 1 else None
     results["gain_nats"] = (results["normal/normal"]["test_nll_mean"]
                             - results["best"]["test_nll_mean"])
     if "normal/normal, same bound" in results:
         results["pairing_gain_nats"] = (results["normal/normal, same bound"]["test_nll_mean"]
                                         - results["best"]["test_nll_mean"])
+    results["trial"] = trial.number
+    results["study_notes"] = notes
     StudyFolder(folder).retrain_path.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _announce(study: optuna.Study, spec, trial, models: dict[str, Config], seeds: int) -> None:
+    """The trial retrained, its value, the budget and the models, before the first run."""
+    config = models["best"]
+    images = "all training images" if config.limit is None else f"{config.limit} training images"
+    value = f"{spec.objectives[0]} {trial.values[0]:.3f}"
+    print(f"retraining trial {trial.number} of study {study.study_name!r} ({value}, the best "
+          f"by {spec.objectives[0]}) for {config.epochs} epochs on {images}, test NLL with "
+          f"K = {config.nll_samples}: {len(models)} models x {seeds} seed{'s' * (seeds > 1)}",
+          flush=True)
+    width = max(len(key) for key in models)
+    for key, c in models.items():
+        print(f"  {key:{width}}  {describe_config(c.latent, c.alpha, c.samples)}", flush=True)
+
+
+def _resumption(run_folder: Path, epochs: int) -> str:
+    """'' for a new run; else what re-running does with the run already there."""
+    run = Run(run_folder)
+    if not run.has_checkpoint():
+        return ""
+    done = int(run.load_checkpoint()["epoch"])
+    if done >= epochs:
+        return f" (already trained, {done} of {epochs} epochs: evaluated again)"
+    return f" (resumes its stopped run at epoch {done} of {epochs})"

@@ -40,6 +40,7 @@ from ..data import DataSplits
 from ..models import NonFiniteLossError, model_class
 from ..run import Run, StudyFolder
 from . import slots
+from .progress import SearchReporter
 from .space import SearchSpace
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "StudyFault", "StudySpec", "create_study",
@@ -479,7 +480,7 @@ def load_spec(study: optuna.Study) -> StudySpec:
 def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0,
                seed: int | None = None, data: DataSplits | None = None,
                pool: int | None = None, objective: type[Objective] = Objective,
-               device: str | None = None) -> int:
+               device: str | None = None, report: bool = False) -> int:
     """Run trials of an existing study until it holds its budget of finished trials.
 
     A trial is started only in a free slot of the budget (:func:`slots.claim`: counted and
@@ -493,7 +494,8 @@ def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0
     A journal storage has no transactions and no heartbeats: there one worker at a time holds
     the study (a lock beside the journal file; another is refused), and the trials it finds
     running are a dead worker's, failed and retried. ``device`` (cpu, cuda, cuda:N, auto)
-    replaces the study's for this worker's trials.
+    replaces the study's for this worker's trials. ``report``: a line per trial it finishes
+    (:class:`~autovae.search.progress.SearchReporter`).
     """
     storage = open_storage(storage_url, folder, pool=pool)
     where = _redact(storage_url or str(StudyFolder(folder).db_path))
@@ -508,7 +510,7 @@ def run_worker(storage_url: str | None, name: str, folder: Path, worker: int = 0
         if device is not None:
             spec.base = spec.base.replace(device=device)
         data = data if data is not None or objective is not Objective else _prepare(spec)
-        return _work(study, spec, objective(spec, folder, data), where, worker, seed)
+        return _work(study, spec, objective(spec, folder, data), where, worker, seed, report)
     finally:
         if lock is not None:
             lock.close()
@@ -523,7 +525,7 @@ def _prepare(spec: StudySpec) -> DataSplits:
 
 
 def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str, worker: int,
-          seed: int | None) -> int:
+          seed: int | None, report: bool = False) -> int:
     seed = spec.base.seed * 1000 + worker if seed is None else seed
     study.sampler = SAMPLERS[spec.sampler](seed, len(spec.objectives) > 1)
     study.pruner = PRUNERS[spec.pruner](spec.base.epochs)
@@ -538,6 +540,9 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
         study._pop_waiting_trial_id = lambda: _claim_alone(study, spec.trials)
         _fail_orphans(study, spec.trials)  # we hold the lock: running trials are a dead worker's
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    reporter = SearchReporter(spec, _counts) if report else None
+    if reporter:
+        reporter.start(study, worker)
     outage = _Outage(where)
     interrupted: int | None = None  # a trial of ours that a database error cut short
     swept = -math.inf  # when this worker last looked for stale trials
@@ -566,7 +571,8 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
                       "'failure' attributes", file=sys.stderr)
                 return 0
             objective.current = None
-            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=True)
+            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=True,
+                           callbacks=[reporter] if reporter else None)
         except slots.NoSlot:  # the rest of the budget is running on other workers
             time.sleep(HEARTBEAT_SECONDS / 2)
         except Exception as err:
@@ -755,8 +761,9 @@ def _drop_unneeded_retries(study: optuna.Study) -> None:
 
 
 def run_search(storage_url: str | None, name: str, folder: Path, spec: StudySpec,
-               workers: int = 1, pool: int | None = None) -> optuna.Study:
-    """Create the study, then run ``workers`` worker processes (1: in this process)."""
+               workers: int = 1, pool: int | None = None, report: bool = False) -> optuna.Study:
+    """Create the study, then run ``workers`` worker processes (1: in this process), each
+    printing a line per trial it finishes when ``report``."""
     if workers > 1 and storage_url and storage_url.startswith("journal:"):
         raise ValueError(f"--workers {workers} on a journal storage: a journal file has no "
                          "heartbeats, so one worker at a time uses it; for several workers use "
@@ -764,7 +771,7 @@ def run_search(storage_url: str | None, name: str, folder: Path, spec: StudySpec
     storage = open_storage(storage_url, folder, pool=pool)
     study = create_study(storage, name, spec)
     if workers <= 1:
-        run_worker(storage_url, name, folder, pool=pool)
+        run_worker(storage_url, name, folder, pool=pool, report=report)
         return study
     if isinstance(storage, RDBStorage):
         storage.engine.dispose()  # hold no connection while the workers run
@@ -773,6 +780,8 @@ def run_search(storage_url: str | None, name: str, folder: Path, spec: StudySpec
         cmd += ["--storage", storage_url]
     if pool is not None:
         cmd += ["--db-pool", str(pool)]
+    if not report:
+        cmd += ["--quiet"]
     procs = [subprocess.Popen([*cmd, "--worker", str(i)], env=os.environ.copy())
              for i in range(workers)]
     codes = [p.wait() for p in procs]

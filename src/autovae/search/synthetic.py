@@ -8,7 +8,7 @@ reason, retried and resumed from the checkpoint by the same worker, storage, hea
 code as a real search, for almost no CPU (so that 32 workers fit on two cores)::
 
     python -m autovae.search.synthetic --storage URL --study NAME --dir DIR --worker 3 \\
-        [--epoch-seconds 0.5] [--log events.jsonl] [--studies a,b,c]
+        [--epoch-seconds 0.5] [--log events.jsonl] [--studies a,b,c] [--report]
 
 The study is created as usual (``autovae search`` or :func:`~autovae.search.create_study`);
 its base ``epochs`` is the number of sleeps. ``--log`` appends one JSON line per event (trial
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-seconds", type=float, default=EPOCH_SECONDS)
     parser.add_argument("--db-pool", type=int, default=None)
     parser.add_argument("--log", default=None)
+    parser.add_argument("--report", action="store_true", help="a line per finished trial")
     args = parser.parse_args(argv)
     SyntheticObjective.epoch_seconds = args.epoch_seconds
     if args.log:
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         folder = Path(args.dir) / name if args.studies else Path(args.dir)
         study_mod.run_worker(args.storage, name, folder, worker=args.worker, pool=args.db_pool,
-                             objective=SyntheticObjective)
+                             objective=SyntheticObjective, report=args.report)
     if args.log:
         log.write("exit", by_call=log.by_call)
     return 0

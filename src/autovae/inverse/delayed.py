@@ -1,0 +1,438 @@
+"""Delayed acceptance with a cheap model (Christen & Fox 2005; the two-level MLDA of
+Lykkegaard et al. 2023): expensive solves only for proposals a cheap posterior has screened.
+
+Each fine iteration runs a subchain of ``subchain`` steps of a Metropolis kernel (pCN, RWM or
+MALA; gradients only on the cheap level) on the cheap posterior pi_c, started at the current
+fine state theta; its end theta' is the fine proposal, accepted with
+
+    alpha = min(1, pi_f(theta') pi_c(theta) / (pi_f(theta) pi_c(theta'))).
+
+A Metropolis kernel with frozen settings is pi_c-reversible, so is its J-step power, and the
+fine chain is then exactly pi_f-reversible whatever the cheap model is: a wrong cheap model
+costs acceptance, never bias. (The subchain kernel adapts during warm-up only.) A subchain
+that never moves costs no fine solve.
+
+Cheap models: :func:`coarse_forward` (the built-in PDEs on a coarser mesh: Aristoff-Bangerth
+on 16 x 16 cells, Darcy on half the grid) or any :class:`~autovae.inverse.forward.ForwardModel`
+of the same parameter and observation sizes (``--coarse-forward``, the forms of
+``--forward``). :class:`ApproximationError` corrects the cheap model's bias: the mean and
+covariance of fine - cheap outputs over prior draws (as tinyDA does), giving the cheap
+likelihood y - F_c - mu ~ N(0, Sigma_noise + Sigma). A cheap model whose outputs are NaN where
+the fine one's are not would exclude that region from the fine chain (pi_c = 0 there); the run
+stops then, naming it, rather than sample a biased posterior. ``adaptive_error`` (Cui, Fox &
+O'Sullivan's adaptive delayed acceptance) instead learns the offset during warm-up from the
+fine and cheap outputs at the screened proposals, where the posterior is, and freezes it.
+
+Costs: the fine target's ``solves`` are the runner's (``solves`` in summary.json); the cheap
+solves are the kernel's ``coarse_solves`` (per-draw statistic ``coarse_solves``, cumulative),
+reported by :func:`delayed_summary` beside ESS per 1000 fine solves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from .forward import ForwardModel
+from .kernels import MCMCKernel, MetropolisKernel, Target, make_kernel
+from .problem import InverseProblem
+
+__all__ = ["ApproximationError", "DelayedAcceptanceKernel", "coarse_forward", "coarse_target",
+           "delayed_summary"]
+
+
+def check_cheap_model(fine: ForwardModel, cheap: ForwardModel) -> None:
+    """Refuse a cheap model of another parameter or observation size than the fine one."""
+    fs, cs = tuple(fine.param_shape), tuple(cheap.param_shape)
+    if int(np.prod(fs)) != int(np.prod(cs)):
+        raise ValueError(f"the cheap model {cheap.name} takes parameters of shape {cs}, the "
+                         f"fine model {fine.name} {fs}; a cheap model must take the fine "
+                         "model's parameters")
+    if int(cheap.n_obs) != int(fine.n_obs):
+        raise ValueError(f"the cheap model {cheap.name} gives {cheap.n_obs} observations, the "
+                         f"fine model {fine.name} {fine.n_obs}; a cheap model must predict the "
+                         "same observations")
+
+
+class ApproximationError:
+    """Mean ``mu`` (P,) and covariance ``cov`` (P, P) of F_f(theta) - F_c(theta) over ``draws``
+    prior draws (fine and cheap solves counted in the models as usual)."""
+
+    def __init__(self, problem: InverseProblem, cheap: ForwardModel, draws: int = 200,
+                 seed: int = 0, batch: int = 50):
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+            raise ValueError(f"the approximation error model needs >= 2 prior draws, got "
+                             f"{draws!r}")
+        z = problem.prior.sample(draws, seed)
+        diffs = []
+        with torch.no_grad():
+            for i in range(0, draws, batch):
+                p = problem.params(z[i:i + batch])
+                p = p.reshape(len(p), *problem.forward.param_shape)
+                diffs.append(problem.forward(p) - cheap(p.reshape(len(p), *cheap.param_shape)))
+        d = torch.cat(diffs).to(torch.float64)
+        ok = torch.isfinite(d).all(1)
+        if int(ok.sum()) < 2:
+            raise ValueError("the approximation error model: fewer than 2 prior draws where both "
+                             "models give finite outputs")
+        d = d[ok]
+        self.draws = int(ok.sum())
+        self.mu = d.mean(0)
+        self.cov = torch.atleast_2d(torch.cov(d.T))
+
+    def describe(self) -> dict[str, Any]:
+        return {"error_model_draws": self.draws,
+                "error_model_mean_abs": float(self.mu.abs().mean()),
+                "error_model_sd_mean": float(self.cov.diagonal().clamp(min=0).sqrt().mean())}
+
+
+def coarse_target(problem: InverseProblem, cheap: ForwardModel,
+                  error_model: ApproximationError | None = None) -> Target:
+    """The cheap posterior: the problem's prior and data, the cheap model's predictions
+    (plus the error model's mean, with its covariance added to the noise's)."""
+    check_cheap_model(problem.forward, cheap)
+    sigma, data = problem.sigma, problem.data
+    if error_model is None:
+        shift = torch.zeros_like(data)
+        L = None
+    else:
+        shift = error_model.mu.clone()
+        cov = torch.diag(sigma ** 2) + error_model.cov
+        cov = 0.5 * (cov + cov.T) + 1e-12 * cov.diagonal().mean() * torch.eye(len(data),
+                                                                               dtype=cov.dtype)
+        L = torch.linalg.cholesky(cov)
+
+    def predict(z):
+        p = problem.params(z)
+        p = p.reshape(len(p), *cheap.param_shape)
+        flat = p.detach().reshape(len(p), -1)
+        bad = ~torch.isfinite(flat).all(1)
+        if getattr(cheap, "positive", False):
+            bad |= (flat <= 0).any(1)
+        if bad.any():
+            pred = torch.full((len(p), cheap.n_obs), math.nan, dtype=torch.float64)
+            if (~bad).any():
+                pred = pred.index_put((torch.nonzero(~bad).flatten(),),
+                                      cheap(p[~bad]).to(torch.float64))
+        else:
+            pred = cheap(p).to(torch.float64)
+        return pred
+
+    def residuals(z):
+        r = predict(z) + shift - data
+        if L is None:
+            return r / sigma
+        return torch.linalg.solve_triangular(L, r.T.unsqueeze(0), upper=False)[0].T
+
+    def phi(z):
+        return 0.5 * (residuals(z) ** 2).sum(-1)
+
+    target = Target(phi, problem.dim, prior="normal" if problem.prior.normal
+                    else problem.prior.log_prior, solves=lambda: cheap.solves,
+                    gradient=cheap.gradient, gradient_reason=cheap.gradient_reason,
+                    residuals=residuals)
+    target.predict = predict  # the cheap predictions, and the shift added to them (in place:
+    target.error_shift = shift  # an adaptive error model moves it during warm-up)
+    target.fine_predict = problem.predict
+    return target
+
+
+class DelayedAcceptanceKernel(MCMCKernel):
+    """Two-level delayed acceptance: subchains of ``subchain`` steps of ``inner`` (a
+    Metropolis kernel: pcn, rwm or mala) on the ``coarse`` target propose fine moves."""
+
+    name = "da"
+
+    def __init__(self, coarse: Target, inner: str | MetropolisKernel = "rwm", subchain: int = 5,
+                 adaptive_error: bool = False, **inner_options):
+        if isinstance(subchain, bool) or not isinstance(subchain, int) or subchain < 1:
+            raise ValueError(f"subchain must be an integer >= 1, got {subchain!r}")
+        inner = make_kernel(inner, **inner_options)
+        if not isinstance(inner, MetropolisKernel):
+            raise ValueError(f"delayed acceptance needs a Metropolis kernel (pcn, rwm or mala) "
+                             f"on the cheap level, reversible with its settings frozen; "
+                             f"{inner.name} is not one")
+        if not isinstance(coarse, Target):
+            raise ValueError(f"coarse must be a Target, got {type(coarse).__name__}")
+        if adaptive_error and getattr(coarse, "error_shift", None) is None:
+            raise ValueError("an adaptive error model needs a cheap target from coarse_target()")
+        self.adaptive_error = bool(adaptive_error)
+        self._shift = getattr(coarse, "error_shift", None)
+        self._bias = (lambda z: coarse.fine_predict(z) - coarse.predict(z)) \
+            if adaptive_error else None
+        self.inner, self.subchain = inner, int(subchain)
+        self.state: dict[str, Any] = {}
+        self._stop = ""
+        self._nan_rows: list[torch.Tensor] = []
+
+        def watched_phi(z):  # the cheap misfit, keeping the rows where it is NaN
+            out = coarse.phi(z)
+            nan = torch.isnan(out)
+            if nan.any():
+                self._nan_rows.append(z[nan].detach().clone())
+            return out
+
+        self.coarse = Target(watched_phi, coarse.dim,
+                             prior="normal" if coarse.normal_prior else coarse.log_prior,
+                             dtype=coarse.dtype, solves=lambda: coarse.solves,
+                             gradient=coarse.gradient, gradient_reason=coarse.gradient_reason,
+                             residuals=coarse.residuals)
+
+    def config(self) -> dict[str, Any]:
+        return {"kernel": self.name, "subchain": self.subchain, "inner": self.inner.config(),
+                "adaptive_error": self.adaptive_error}
+
+    def validate(self, target: Target) -> None:
+        if target.dim != self.coarse.dim:
+            raise ValueError(f"the cheap target has dimension {self.coarse.dim}, the fine one "
+                             f"{target.dim}")
+        if target.normal_prior != self.coarse.normal_prior:
+            raise ValueError("the cheap and fine targets must share the prior")
+        self.inner.validate(self.coarse)
+
+    def _coarse_cache(self) -> dict[str, torch.Tensor]:
+        s = self.inner.state
+        return {"phi": s["phi"].clone(), "log_prior": s["log_prior"].clone(),
+                "grad": None if s["grad"] is None else s["grad"].clone()}
+
+    def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
+        self.inner.setup(self.coarse, z0, seed, warmup * self.subchain)
+        bad = ~torch.isfinite(self.inner.state["phi"])
+        with torch.no_grad():
+            phi_f, lp = target.phi(z0), target.log_prior(z0)
+        u0 = phi_f - lp
+        if bad.any() and torch.isfinite(u0[bad]).any():
+            self._stop = self._nan_reason(f"chains {bad.nonzero().flatten().tolist()}",
+                                          "at the start")
+            u0 = torch.where(bad, torch.tensor(math.nan, dtype=u0.dtype), u0)
+        self.state = {"z": z0.clone(), "phi": phi_f, "log_prior": lp,
+                      "coarse": self._coarse_cache(), "coarse_solves": 0, "bias_n": 0,
+                      "t": 0, "restart": warmup // 2,
+                      "bias_sum": None if self._shift is None else self._shift.clone() * 0}
+        return u0
+
+    def _adapt_error(self, z: torch.Tensor) -> None:
+        """Warm-up only: the cheap model's offset becomes the running mean of fine - cheap
+        outputs at the screened proposals (posterior locations, unlike prior draws; restarted
+        halfway through warm-up, to forget the chains' approach); the
+        cheap values cached at the chains' states are recomputed with it. Frozen after
+        warm-up, so the sampling phase is exact."""
+        s = self.state
+        s["t"] += 1
+        if s["t"] == s["restart"]:  # forget the approach to the posterior: average the
+            s["bias_sum"], s["bias_n"] = s["bias_sum"] * 0, 0  # second half of warm-up only
+        with torch.no_grad():
+            d = self._bias(z)
+        d = d[torch.isfinite(d).all(1)]
+        if not len(d):
+            return
+        s["bias_sum"] = s["bias_sum"] + d.sum(0)
+        s["bias_n"] += len(d)
+        self._shift.copy_(s["bias_sum"] / s["bias_n"])
+        solves0 = self.coarse.solves
+        phi, lp, grad = self.inner._evaluate(self.coarse, s["z"])
+        s["coarse_solves"] += self.coarse.solves - solves0
+        s["coarse"] = {"phi": phi.detach(), "log_prior": lp.detach(),
+                       "grad": None if grad is None else grad.detach()}
+
+    @staticmethod
+    def _nan_reason(which, where) -> str:
+        return (f"the cheap model gave NaN where the fine model does not ({which}, "
+                f"{where}): the cheap posterior is 0 there, so delayed acceptance could never "
+                "reach that region and the fine posterior would be biased; fix the cheap model "
+                "(or its mesh) there")
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.state["z"]
+
+    def step_sizes(self) -> torch.Tensor:
+        return self.inner.step_sizes()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"da": dict(self.state), "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state["da"])
+        self.inner.load_state_dict(state["inner"])
+        if self.adaptive_error and self.state["bias_n"] > 0:
+            self._shift.copy_(self.state["bias_sum"] / self.state["bias_n"])
+
+    def end_warmup(self, target: Target) -> None:
+        self.inner.end_warmup(self.coarse)
+
+    def stop_reason(self) -> str:
+        return self._stop
+
+    def sample(self, target: Target, gen: torch.Generator, adapting: bool
+               ) -> dict[str, torch.Tensor]:
+        s, inner = self.state, self.inner
+        z, cache = s["z"], s["coarse"]
+        # the subchain starts at the fine state, with the cheap values there
+        inner.state.update(z=z.clone(), phi=cache["phi"].clone(),
+                           log_prior=cache["log_prior"].clone(),
+                           grad=None if cache["grad"] is None else cache["grad"].clone())
+        solves0 = self.coarse.solves
+        self._nan_rows.clear()
+        for _ in range(self.subchain):
+            inner.sample(self.coarse, gen, adapting)
+        s["coarse_solves"] += self.coarse.solves - solves0
+        z_new = inner.state["z"]
+        moved = (z_new != z).any(1)
+        u = torch.rand(z.shape[0], generator=gen, dtype=z.dtype)
+        phi_new, lp_new = s["phi"].clone(), s["log_prior"].clone()
+        if moved.any():
+            rows = moved.nonzero().flatten()
+            with torch.no_grad():
+                phi_new[rows] = target.phi(z_new[rows])
+                lp_new[rows] = target.log_prior(z_new[rows])
+        cphi_new, clp_new = inner.state["phi"], inner.state["log_prior"]
+        u_f_old, u_f_new = s["phi"] - s["log_prior"], phi_new - lp_new
+        u_c_old, u_c_new = cache["phi"] - cache["log_prior"], cphi_new - clp_new
+        log_ratio = (u_f_old - u_f_new) - (u_c_old - u_c_new)
+        bad = torch.isnan(u_f_new) & moved
+        log_ratio = torch.where(moved, log_ratio, torch.zeros_like(log_ratio))
+        log_ratio = torch.where(bad | torch.isnan(log_ratio), -math.inf, log_ratio)
+        accept_prob = torch.exp(torch.clamp(log_ratio, max=0.0))
+        accepted = (u < accept_prob) & moved
+        acc = accepted.unsqueeze(-1)
+        s["z"] = torch.where(acc, z_new, z)
+        s["phi"] = torch.where(accepted, phi_new, s["phi"])
+        s["log_prior"] = torch.where(accepted, lp_new, s["log_prior"])
+        new_cache = self._coarse_cache()
+        s["coarse"] = {
+            "phi": torch.where(accepted, new_cache["phi"], cache["phi"]),
+            "log_prior": torch.where(accepted, new_cache["log_prior"], cache["log_prior"]),
+            "grad": None if cache["grad"] is None else torch.where(acc, new_cache["grad"],
+                                                                     cache["grad"])}
+        if adapting and self._bias is not None and moved.any():
+            self._adapt_error(z_new[moved])
+        if self._nan_rows:  # does the fine model give a value where the cheap one gave NaN?
+            probe = torch.cat(self._nan_rows)
+            self._nan_rows.clear()
+            with torch.no_grad():
+                fine = target.phi(probe)
+            if torch.isfinite(fine).any():
+                self._stop = self._nan_reason(f"{int(torch.isfinite(fine).sum())} proposals",
+                                              "in a subchain")
+        c = z.shape[0]
+        return {"accept_prob": torch.where(moved, accept_prob, torch.zeros_like(accept_prob)),
+                "accepted": accepted, "nonfinite": torch.zeros(c, dtype=torch.bool),
+                "step_size": inner.step_sizes().to(z.dtype), "lp": s["log_prior"] - s["phi"],
+                "subchain_moved": moved.to(z.dtype),
+                "coarse_solves": torch.full((c,), float(s["coarse_solves"]),
+                                            dtype=torch.float64)}
+
+
+# -- cheap models -------------------------------------------------------------------------------
+class _CoarseAB(ForwardModel):
+    """The Aristoff-Bangerth forward model on a coarser mesh (``cells`` x ``cells``)."""
+
+    param_shape, n_obs = (64,), 169
+    positive = True
+
+    def __init__(self, cells: int = 16):
+        super().__init__()
+        from .aristoff_bangerth import AristoffBangerth, BandedPoissonQ1
+
+        if cells % 8 or cells < 8:
+            raise ValueError(f"the Aristoff-Bangerth cheap mesh must be a multiple of 8 cells "
+                             f"per side (its 8 x 8 coefficient blocks), got {cells}")
+
+        class _Solver(BandedPoissonQ1):
+            n_cells = cells
+
+        self.cells = cells
+        self.name = f"aristoff-bangerth-{cells}"
+        self.benchmark = AristoffBangerth()
+        self.benchmark._solver = _Solver()
+
+    def evaluate(self, params):
+        theta = params.to(torch.float64)
+        try:
+            return self.benchmark.forward(theta)
+        except ValueError:
+            if len(theta) == 1:
+                return torch.full((1, self.n_obs), math.nan, dtype=torch.float64)
+        return torch.cat([self.evaluate(t[None]) for t in theta])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "cells": self.cells}
+
+
+class _HalfGridDarcy(ForwardModel):
+    """Darcy on half the grid: log k averaged over 2 x 2 cells, then the coarse solve."""
+
+    def __init__(self, fine):
+        super().__init__()
+        from .forward_models import DarcyForward
+
+        n = fine.grid
+        if n % 2 or n < 4:
+            raise ValueError(f"Darcy on half the grid needs an even grid >= 4, got {n}")
+        if fine.source.ndim != 0:
+            raise ValueError("Darcy on half the grid needs a constant --source; for a source "
+                             "array give your own --coarse-forward")
+        self.coarse = DarcyForward(grid=n // 2, points=fine.points, source=float(fine.source),
+                                   bc=str(fine.bc) if not fine.bc.default else None)
+        self.name = f"darcy-{n // 2}"
+        self.param_shape, self.n_obs = (n, n), fine.n_obs
+
+    forward_solves = adjoint_solves = 0  # the coarse model counts its own
+
+    @property
+    def solves(self) -> int:
+        return self.coarse.solves if "coarse" in self.__dict__ else 0
+
+    @solves.setter
+    def solves(self, value) -> None:
+        pass
+
+    def evaluate(self, params):
+        b, n = params.shape[0], params.shape[-1]
+        return self.coarse(params.reshape(b, n // 2, 2, n // 2, 2).mean((2, 4)))
+
+
+def coarse_forward(fine: ForwardModel, spec: str | None = None, **options) -> ForwardModel:
+    """The cheap model for ``fine``: ``spec`` as ``--coarse-forward`` (the forms of
+    ``--forward``, or ``aristoff-bangerth-N``: the benchmark on N x N cells), or, without it,
+    the built-in's coarser mesh (aristoff-bangerth: 16 x 16 cells; darcy: half the grid)."""
+    if spec and spec.startswith("aristoff-bangerth-") and fine.name == "aristoff-bangerth":
+        cells = spec.rsplit("-", 1)[1]
+        if not cells.isdigit():
+            raise ValueError(f"--coarse-forward {spec}: give aristoff-bangerth-N, N cells per "
+                             "side (a multiple of 8, e.g. 16 or 24)")
+        cheap = _CoarseAB(int(cells))
+    elif spec:
+        from .forward_models import load_forward
+
+        cheap = load_forward(spec, **options)
+    elif fine.name == "aristoff-bangerth":
+        cheap = _CoarseAB(16)
+    elif fine.name == "darcy":
+        cheap = _HalfGridDarcy(fine)
+    else:
+        raise ValueError(f"the forward model {fine.name} has no built-in cheap model; give "
+                         "--coarse-forward (a built-in name, package.module:Class or "
+                         "umbridge:URL)")
+    check_cheap_model(fine, cheap)
+    return cheap
+
+
+def delayed_summary(result) -> dict[str, Any]:
+    """The run's summary plus the cheap solves: ``coarse_solves``, ``fine_solves`` (=
+    ``solves``) and the headline ``ess_per_1000_fine_solves``."""
+    out = result.summary()
+    cs = result.stats.get("coarse_solves")
+    coarse = int(np.max(cs)) if cs is not None and cs.size else 0
+    out["coarse_solves"] = coarse
+    out["fine_solves"] = out.get("solves")
+    out["ess_per_1000_fine_solves"] = out.get("ess_per_1000_solves")
+    moved = result.stats.get("subchain_moved")
+    if moved is not None and moved.size:
+        out["fine_acceptance_of_moved"] = float(result.acceptance.mean() / max(moved.mean(),
+                                                                               1e-12))
+    return out

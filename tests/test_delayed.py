@@ -1,0 +1,152 @@
+"""Delayed acceptance: exact on a linear-Gaussian problem even with a deliberately wrong cheap
+model, fine and cheap solves counted apart, and bad cheap models refused with one line."""
+
+import math
+
+import arviz as az
+import numpy as np
+import pytest
+import torch
+
+from autovae.inverse.chains import run_chains
+from autovae.inverse.delayed import (
+    ApproximationError,
+    DelayedAcceptanceKernel,
+    coarse_forward,
+    coarse_target,
+    delayed_summary,
+)
+from autovae.inverse.forward import ForwardModel
+from autovae.inverse.problem import InverseProblem
+from autovae.inverse.targets import LinearGaussian, MatrixForward, StandardNormalPrior
+
+
+def _linear(seed=0, d=6, p=8, sigma=1.0):
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((p, d))
+    truth = rng.standard_normal(d)
+    y = G @ truth + sigma * rng.standard_normal(p)
+    exact = LinearGaussian("lin", G, y, sigma)
+    problem = InverseProblem(StandardNormalPrior(d), MatrixForward(G, "fine"), y, sigma)
+    return exact, problem, G
+
+
+class _Affine(ForwardModel):
+    """y = scale G p + shift: a cheap model that is wrong by a known amount."""
+
+    def __init__(self, G, scale=1.0, shift=0.0, name="affine"):
+        super().__init__()
+        self.G, self.scale, self.shift, self.name = torch.as_tensor(G), scale, shift, name
+        self.n_obs, d = self.G.shape
+        self.param_shape = (d,)
+
+    def evaluate(self, params):
+        return self.scale * params @ self.G.T + self.shift
+
+
+def _within_4_mcse(draws, exact):
+    ds = az.convert_to_dataset(draws)
+    assert np.asarray(az.rhat(ds)["x"]).max() < 1.05
+    flat = draws.reshape(-1, exact.dim)
+    zm = np.abs(flat.mean(0) - exact.mean) / np.asarray(az.mcse(ds, method="mean")["x"])
+    zs = np.abs(flat.std(0) - exact.sd) / np.asarray(az.mcse(ds, method="sd")["x"])
+    assert zm.max() < 4 and zs.max() < 4, (zm.max(), zs.max())
+
+
+@pytest.mark.parametrize("inner", ["rwm", "mala", "pcn"])
+def test_exact_with_a_wrong_cheap_model(inner, tmp_path):
+    draws, subchain = (600, 3) if inner == "mala" else (1500, 4)
+    exact, problem, G = _linear()
+    wrong = _Affine(G, 0.9, 0.15, "wrong")  # mis-scaled and shifted
+    cheap_exact = LinearGaussian("cheap", 0.9 * G, problem.data.numpy() - 0.15, 1.0)
+    # really wrong: its posterior mean is half a posterior sd off (about 10 MCSE of this run)
+    assert np.abs(cheap_exact.mean - exact.mean).max() > 0.2
+    kernel = DelayedAcceptanceKernel(coarse_target(problem, wrong), inner, subchain=subchain)
+    r = run_chains(problem.target(), kernel, tmp_path / inner, chains=4, warmup=200,
+                   draws=draws, seed=2)
+    _within_4_mcse(r.draws, exact)
+    s = delayed_summary(r)
+    assert s["coarse_solves"] > 2 * s["fine_solves"] > 0  # subchains: cheap solves dominate
+    assert s["fine_solves"] == problem.forward.solves
+
+
+def test_error_model_moves_the_cheap_posterior_toward_the_fine_one(tmp_path):
+    exact, problem, G = _linear(1)
+    wrong = _Affine(G, 1.0, 0.3, "shifted")  # fine - cheap = -0.3 everywhere
+    aem = ApproximationError(problem, wrong, draws=400, seed=3)
+    assert aem.draws == 400 and torch.allclose(aem.mu, torch.full((8,), -0.3).double())
+    assert float(aem.cov.abs().max()) < 1e-20
+    plain = DelayedAcceptanceKernel(coarse_target(problem, wrong), "rwm", subchain=4)
+    fixed = DelayedAcceptanceKernel(coarse_target(problem, wrong, aem), "rwm", subchain=4)
+    learnt = DelayedAcceptanceKernel(coarse_target(problem, wrong), "rwm", subchain=4,
+                                     adaptive_error=True)
+    acc = {}
+    for name, k in (("plain", plain), ("aem", fixed), ("adaptive", learnt)):
+        r = run_chains(problem.target(), k, tmp_path / name, chains=4, warmup=300,
+                       draws=1000, seed=4)
+        _within_4_mcse(r.draws, exact)
+        acc[name] = delayed_summary(r)["fine_acceptance_of_moved"]
+    # the corrected cheap posterior is the fine one: every screened proposal is accepted
+    assert acc["aem"] > 0.999 and acc["plain"] < 0.9, acc
+    # learnt at the screened proposals during warm-up, then frozen: the same correction
+    assert acc["adaptive"] > 0.999 and torch.allclose(learnt._shift,
+                                                       torch.full((8,), -0.3).double())
+
+
+class _HolesForward(ForwardModel):
+    """A cheap model that fails (NaN) where the first parameter exceeds 0.5."""
+
+    name = "holes"
+
+    def __init__(self, G):
+        super().__init__()
+        self.G = torch.as_tensor(G)
+        self.n_obs, d = self.G.shape
+        self.param_shape = (d,)
+
+    def evaluate(self, params):
+        out = params @ self.G.T
+        return torch.where(params[:, :1] > 0.5, torch.full_like(out, math.nan), out)
+
+
+def test_cheap_nan_where_the_fine_model_is_finite_stops_the_run(tmp_path):
+    exact, problem, G = _linear()
+    kernel = DelayedAcceptanceKernel(coarse_target(problem, _HolesForward(G)), "rwm",
+                                     subchain=3)
+    with pytest.warns(RuntimeWarning, match="cheap model gave NaN where the fine model does not"):
+        r = run_chains(problem.target(), kernel, tmp_path / "h", chains=2, warmup=50,
+                       draws=200, seed=0, init=torch.zeros(2, 6))
+    assert r.status == "diverged" and "biased" in r.reason
+
+
+def test_bad_cheap_models_are_refused():
+    exact, problem, G = _linear()
+    with pytest.raises(ValueError, match="cheap model small gives 4 observations"):
+        coarse_target(problem, MatrixForward(G[:4], "small"))
+    with pytest.raises(ValueError, match="takes parameters of shape \\(5,\\)"):
+        coarse_target(problem, MatrixForward(G[:, :5], "narrow"))
+    with pytest.raises(ValueError, match="needs a Metropolis kernel"):
+        DelayedAcceptanceKernel(coarse_target(problem, MatrixForward(G)), "nuts")
+    with pytest.raises(ValueError, match="subchain must be an integer >= 1"):
+        DelayedAcceptanceKernel(coarse_target(problem, MatrixForward(G)), "rwm", subchain=0)
+    with pytest.raises(ValueError, match="no built-in cheap model"):
+        coarse_forward(MatrixForward(G, "mine"))
+
+
+def test_built_in_cheap_models():
+    from autovae.inverse.forward_models import AristoffBangerthForward, DarcyForward
+
+    ab = AristoffBangerthForward()
+    cheap = coarse_forward(ab)
+    theta = torch.ones(2, 64, dtype=torch.float64)
+    fine_z, cheap_z = ab(theta), cheap(theta)
+    rel = float((fine_z - cheap_z).norm() / fine_z.norm())
+    assert 1e-4 < rel < 0.05 and cheap.solves == 2  # a coarser mesh, close but not equal
+    finer = coarse_forward(ab, "aristoff-bangerth-24")(theta)
+    assert float((fine_z - finer).norm() / fine_z.norm()) < rel / 2  # error ~ h^2
+    darcy = DarcyForward(grid=16)
+    half = coarse_forward(darcy)
+    k = torch.zeros(1, 16, 16, dtype=torch.float64)
+    fine_p, cheap_p = darcy(k), half(k)
+    rel = float((fine_p - cheap_p).norm() / fine_p.norm())
+    assert 1e-3 < rel < 0.1 and half.solves == 1
