@@ -450,11 +450,186 @@ CLI_CASES = [
 ]
 
 
+# -- issue 26: a user's forward model, memory bounds, --out, serve-forward, old probe items ------
+M = "{models}"  # a folder on sys.path with the user's forward models below (not under root)
+USER_MODELS = {
+    "badinput_fwd.py": """
+import numpy as np
+import torch
+from autovae.inverse import ForwardModel
+
+
+class Toy(ForwardModel):
+    name = "toy"
+    param_shape, n_obs = (4, 4), 3
+
+    def evaluate(self, p):
+        return p.reshape(len(p), -1)[:, :3] ** 2
+
+
+class RaisesInInit(Toy):
+    def __init__(self):
+        super().__init__()
+        raise RuntimeError("license server unreachable")
+
+
+class NoSuper(Toy):
+    def __init__(self):
+        self.mesh = 1
+
+
+class RaisesInEvaluate(Toy):
+    def evaluate(self, p):
+        raise KeyError("mesh 7 missing")
+
+
+class NaNOut(Toy):
+    def evaluate(self, p):
+        return torch.full((len(p), 3), float("nan"), dtype=p.dtype)
+
+
+class Numpy(Toy):  # claims gradients, computes outside autograd
+    def evaluate(self, p):
+        return torch.from_numpy(np.asarray(p.detach()).reshape(len(p), -1)[:, :3] ** 2)
+
+
+class WrongGradient(Toy):  # the value of x^2 + 3x, the gradient of x^2 + 5x
+    def evaluate(self, p):
+        x = p.reshape(len(p), -1)[:, :3]
+        return x ** 2 + 3 * x.detach() + 5 * (x - x.detach())
+
+
+class NegativeObservations(Toy):
+    n_obs = -3
+
+
+class BadShape(Toy):
+    param_shape = (4, 0)
+
+
+class Abstract(ForwardModel):
+    name = "abstract"
+    param_shape, n_obs = (4, 4), 3
+""",
+    "badinput_syntax.py": "def evaluate(:\n",
+    "badinput_raises.py": "raise RuntimeError('this model needs a GPU')\n",
+    "badinput_dependency.py": "import not_a_package_anywhere\n",
+}
+FWD = ["invert", "--problem", "custom", "--data", M + "/y3.npy", "--noise", "0.1", "--grid",
+       "4", "--dim", "4", "--chains", "2", "--warmup", "5", "--draws", "5", "--quiet", "--out",
+       R + "/new_chain", "--forward"]
+CUSTOM = FWD[:-1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_models(tmp_path_factory):
+    """The user's forward models (and a run whose config.yaml is a folder), on sys.path."""
+    import sys
+
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("user_models")
+    for name, text in USER_MODELS.items():
+        (folder / name).write_text(text)
+    np.save(folder / "y3.npy", np.ones(3))
+    (folder / "cfg_folder" / "config.yaml").mkdir(parents=True)
+    sys.path.insert(0, str(folder))
+    _PLACES[M] = str(folder)
+    yield folder
+    sys.path.remove(str(folder))
+
+
+_PLACES: dict[str, str] = {}
+ISSUE_26 = [
+    # 1: every failure of a user's Python forward model names it and its own message
+    ("26.1 module syntax error", [*FWD, "badinput_syntax:Model"],
+     "badinput_syntax has a syntax error at"),
+    ("26.1 module raises on import", [*FWD, "badinput_raises:Model"],
+     "importing badinput_raises failed: RuntimeError: this model needs a GPU"),
+    ("26.1 module's import fails", [*FWD, "badinput_dependency:Model"],
+     "cannot import badinput_dependency (No module named 'not_a_package_anywhere')"),
+    ("26.1 no class name", [*FWD, "badinput_fwd:"], "give package.module:Class"),
+    ("26.1 abstract class", [*FWD, "badinput_fwd:Abstract"], "Abstract does not define evaluate"),
+    ("26.1 __init__ raises", [*FWD, "badinput_fwd:RaisesInInit"],
+     "building RaisesInInit() failed: RuntimeError: license server unreachable"),
+    ("26.1 no super().__init__()", [*FWD, "badinput_fwd:NoSuper"],
+     "NoSuper.__init__ does not call super().__init__()"),
+    ("26.1 n_obs -3", [*FWD, "badinput_fwd:NegativeObservations"],
+     "NegativeObservations must set n_obs to a positive integer"),
+    ("26.1 param_shape (4, 0)", [*FWD, "badinput_fwd:BadShape"],
+     "BadShape must set param_shape to a tuple of positive integers"),
+    ("26.1 evaluate raises", [*FWD, "badinput_fwd:RaisesInEvaluate"],
+     "the forward model toy failed in evaluate: KeyError: 'mesh 7 missing'"),
+    ("26.1 evaluate gives NaN", [*FWD, "badinput_fwd:NaNOut", "--kernel", "pcn"],
+     "the forward model toy returned 3 NaN or infinite observations"),
+    ("26.1 gradient outside autograd", [*FWD, "badinput_fwd:Numpy", "--kernel", "nuts"],
+     "toy says it has gradients (gradient = True) but its output"),
+    ("26.1 wrong gradient", [*FWD, "badinput_fwd:WrongGradient", "--kernel", "mala"],
+     "toy's gradient disagrees with a finite difference"),
+    # 2: sizes that scale memory, refused before allocating with the bytes; --out
+    ("26.2 --chains 1e8", ["invert", "--prior", "kle", "--chains", "100000000", "--out",
+                           R + "/new_chain"], "--chains 100000000"),
+    ("26.2 --draws 1e9", ["invert", "--prior", "kle", "--draws", "1000000000", "--out",
+                          R + "/new_chain"], "--draws 1000000000"),
+    ("26.2 --points 1e10", ["invert", "--prior", "kle", "--points", "1e10", "--out",
+                            R + "/new_chain"], "--points 1e10 (10,000,000,000 points)"),
+    ("26.2 --points -5", ["invert", "--prior", "kle", "--points", "-5", "--out",
+                          R + "/new_chain"], "--points -5 is neither"),
+    ("26.2 --grid 1000", ["invert", "--prior", "kle", "--grid", "1000", "--out",
+                          R + "/new_chain"], "--grid 1000: "),
+    ("26.2 --truth-resolution 1e5", ["invert", "--prior", "kle", "--truth-resolution",
+                                     "100000", "--out", R + "/new_chain"],
+     "--truth-resolution 100000: "),
+    ("26.2 --chains x --draws on a custom model", [*CUSTOM, "--chains", "50000", "--draws",
+                                                   "10000000", "--forward", "badinput_fwd:Toy"],
+     "GiB of memory (--chains 50000 x --draws 10000000"),
+    ("26.2 --out a trained run", ["invert", "--prior", "kle", "--out", R + "/run"],
+     "holds a trained run or a study (config.yaml)"),
+    ("26.2 --out the prior's own run", ["invert", R + "/run", "--out", R + "/run"],
+     "holds a trained run or a study"),
+    ("26.2 --out a study", ["invert", "--prior", "kle", "--out", R + "/study"],
+     "holds a trained run or a study (study.db)"),
+    ("26.2 --out inside a chain folder", ["invert", "--prior", "kle", "--out",
+                                          R + "/chain/blocks"],
+     "lies inside the chain folder"),
+    # 3: serve-forward's address, name and model
+    ("26.3 --port 0", ["serve-forward", "darcy", "--port", "0"], "--port must be an integer in"),
+    ("26.3 --port 70000", ["serve-forward", "darcy", "--port", "70000"], "got 70000"),
+    ("26.3 --port -1", ["serve-forward", "darcy", "--port", "-1"], "got -1"),
+    ("26.3 --host empty", ["serve-forward", "darcy", "--host", ""], "--host must be an address"),
+    ("26.3 --host not this machine", ["serve-forward", "darcy", "--host", "192.0.2.1", "--port",
+                                      "45999"], "the host is not an address of this machine"),
+    ("26.3 --name with a slash", ["serve-forward", "darcy", "--name", "a/b"],
+     "the model name 'a/b' cannot be the last part"),
+    ("26.3 --name with a space", ["serve-forward", "darcy", "--name", "my model"],
+     "the model name 'my model'"),
+    ("26.3 a model with n_obs -3", ["serve-forward", "badinput_fwd:NegativeObservations"],
+     "must set n_obs to a positive integer (the observations per parameter set), got -3"),
+    ("26.3 a model that fails to build", ["serve-forward", "badinput_fwd:RaisesInInit"],
+     "license server unreachable"),
+    # 4: the previous probe's open items
+    ("26.4 --latent-dim without --latent", ["train", "--run", R + "/new", "--latent-dim", "4"],
+     "dim (latent_dim, --latent-dim) sets the total"),
+    ("26.4 --fisher-estimator without --fisher-weight",
+     ["train", "--run", R + "/new", *TRAIN, "--fisher-estimator", "score"],
+     "fisher_estimator = 'score' has no effect"),
+    ("26.4 --latent 1e10 dims", ["train", "--run", R + "/new", *TRAIN, "--latent",
+                                 "normal/normal:10000000000"], "beyond any network"),
+    ("26.4 sample: config.yaml a folder", ["sample", M + "/cfg_folder"],
+     "config.yaml is a folder"),
+    ("26.4 invert: config.yaml a folder", ["invert", M + "/cfg_folder", "--out",
+                                           R + "/new_chain"], "config.yaml is a folder"),
+    ("26.4 report: config.yaml a folder", ["report", M + "/cfg_folder"],
+     "config.yaml is a folder"),
+]
+CLI_CASES += ISSUE_26
+
+
 @pytest.mark.parametrize("argv, names", [c[1:] for c in CLI_CASES],
                          ids=[c[0] for c in CLI_CASES])
 def test_cli_refuses_bad_input_and_keeps_earlier_results(world, capsys, argv, names):
     before = _snapshot(world)
-    argv = [a.replace(R, str(world)) for a in argv]
+    argv = [a.replace(R, str(world)).replace(M, _PLACES[M]) for a in argv]
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse's own refusals
@@ -804,6 +979,43 @@ def _lib_cases():
 LIB_CASES = _lib_cases()
 
 
+def _issue26_lib_cases():
+    from autovae.beliefs import LatentSpec
+    from autovae.inverse import Target, run_chains
+    from autovae.inverse.forward_models import load_forward
+    from autovae.inverse.umbridge import check_serve
+
+    def chains(n):
+        return run_chains(Target(lambda z: (z * z).sum(1), 2), "pcn", "never_made", chains=n,
+                          draws=10**6)
+
+    return [
+        ("26 LatentSpec.parse 1e10 dims", lambda: LatentSpec.parse("normal/normal:10000000000"),
+         "latent block 'normal/normal:10000000000': 10,000,000,000 dimensions"),
+        ("26 LatentSpec.parse 1e12 percent dim",
+         lambda: LatentSpec.parse("50% normal/normal, 50% cauchy/cauchy", 10**12),
+         "latent_dim = 1000000000000"),
+        ("26 LatentSpec.parse sizes != dim", lambda: LatentSpec.parse("normal/normal:20", 4),
+         "give latent 'normal/normal:4'"),
+        ("26 Config fisher_estimator, no weight", lambda: Config(fisher_estimator="score"),
+         "fisher_estimator = 'score' has no effect"),
+        ("26 run_chains 1e8 chains", lambda: chains(10**8), "--chains 100000000 x --draws"),
+        ("26 load_forward syntax", lambda: load_forward("badinput_syntax:M"), "syntax error"),
+        ("26 load_forward __init__", lambda: load_forward("badinput_fwd:RaisesInInit"),
+         "license server unreachable"),
+        ("26 load_forward options", lambda: load_forward("badinput_fwd:Toy", grid=3),
+         "building Toy(grid=3) failed: TypeError"),
+        ("26 evaluate raises", lambda: load_forward("badinput_fwd:RaisesInEvaluate")(
+            torch.zeros(1, 4, 4)), "the forward model toy failed in evaluate"),
+        ("26 check_serve port", lambda: check_serve("127.0.0.1", 0, "m"), "--port"),
+        ("26 check_serve name", lambda: check_serve("127.0.0.1", 4242, "a?b"), "'a?b'"),
+        ("26 check_serve host", lambda: check_serve("", 4242, "m"), "--host"),
+    ]
+
+
+LIB_CASES += _issue26_lib_cases()
+
+
 @pytest.mark.parametrize("call, names", [c[1:] for c in LIB_CASES],
                          ids=[c[0] for c in LIB_CASES])
 def test_library_refuses_bad_arguments_naming_them(call, names):
@@ -906,3 +1118,69 @@ def test_a_cache_that_is_a_file_is_named(world, monkeypatch):
     monkeypatch.setenv("AUTOVAE_CACHE", str(world / "bad.yaml"))
     with pytest.raises(ValueError, match=r"AUTOVAE_CACHE=.*is not a folder"):
         classifier_cache_dir()
+
+
+# -- issue 26: what is rightly accepted, policies, and refusals that need a live socket ---------
+def test_serve_forward_refuses_a_port_in_use(capsys):
+    import socket
+
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["serve-forward", "darcy", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}: the port is in use" in err
+    assert "Traceback" not in err
+
+
+def test_a_user_model_that_keeps_the_contract_samples_with_nuts(tmp_path, capsys):
+    """The probe lets a model with true autograd gradients through (rightly accepted)."""
+    import numpy as np
+
+    np.save(tmp_path / "y.npy", np.ones(3))
+    argv = [a.replace(M + "/y3.npy", str(tmp_path / "y.npy")).replace(R, str(tmp_path))
+            for a in FWD]
+    assert main([*argv, "badinput_fwd:Toy", "--kernel", "nuts"]) == 0
+    assert (tmp_path / "new_chain" / "summary.json").is_file()
+
+
+def test_the_start_point_message_names_real_options(tmp_path):
+    import warnings
+
+    from autovae.inverse import Target, run_chains
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = run_chains(Target(lambda z: z[:, 0] * math.nan, 2), "pcn", tmp_path / "c",
+                       chains=2, warmup=2, draws=2)
+    assert r.status == "diverged" and "another --seed" in r.reason
+    assert "init=)" not in r.reason
+
+
+def test_renyi_bound_nan_policy():
+    """A NaN log-weight gives its data point a NaN bound and NaN weights, for every alpha; the
+    other data points are unchanged (the training loop's non-finite policy then names it)."""
+    from autovae.bounds import renyi_bound, renyi_weights
+
+    lw = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    bad = lw.clone()
+    bad[2, 1] = math.nan
+    for alpha in (0.0, 0.5, 1.0, 2.0, -math.inf, math.inf):
+        b, ref = renyi_bound(bad, alpha), renyi_bound(lw, alpha)
+        assert math.isnan(b[1]) and torch.equal(b[[0, 2]], ref[[0, 2]]), alpha
+        w = renyi_weights(bad, alpha)
+        assert w[:, 1].isnan().all() and torch.equal(w[:, [0, 2]],
+                                                     renyi_weights(lw, alpha)[:, [0, 2]])
+
+
+def test_darcy_pressure_accepts_float32_by_solving_in_float64():
+    from autovae.inverse.darcy import darcy_pressure
+
+    pts = torch.rand(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lk = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = darcy_pressure(lk, pts)
+    single = darcy_pressure(lk.float(), pts.float())
+    assert single.dtype == torch.float32
+    assert torch.allclose(single.double(), exact, rtol=1e-5, atol=1e-6)

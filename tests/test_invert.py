@@ -200,7 +200,7 @@ def _bad(tmp_path, run, name):
     (["--kernel", "pcn", "--step-size", "1.5"], "step_size must be in (0, 1]"),
     (["--chains", "0"], "--chains must be >= 1"),
     (["--chains", "true"], "--chains must be an integer"),
-    (["--truth-resolution", "100000"], "beyond this tool's"),
+    (["--truth-resolution", "100000"], "(--truth-resolution 100000: "),
     (["--problem", "heat"], "--problem must be one of"),
     (["--forward", "umbridge:http://127.0.0.1:9/model", "--problem", "custom", "--data", "x"],
      "cannot reach a UM-Bridge server at http://127.0.0.1:9"),

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 __all__ = ["DOMAINS", "StudyFault", "check", "check_folder", "check_output_file",
-           "check_readable", "flag_type", "load_yaml", "syntax_error"]
+           "check_memory", "check_readable", "flag_type", "load_yaml", "syntax_error"]
 
 
 class StudyFault(RuntimeError):
@@ -164,3 +164,30 @@ def check_output_file(path, what: str) -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{what} {path} is not writable (permissions)")
     return path
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 when the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_memory(parts: dict[str, int], what: str, limit: int | None = None) -> int:
+    """The total of ``parts`` ({setting: bytes}); a ValueError naming the largest part and its
+    bytes when the total exceeds ``limit`` (default: this machine's memory), before anything
+    is allocated."""
+    need = sum(parts.values())
+    limit = memory_bytes() if limit is None else limit
+    if limit and need > limit and parts:
+        biggest = max(parts, key=parts.get)
+        flags = " and ".join(w for w in biggest.split() if w.startswith("--"))
+        raise ValueError(f"{what} would need about {gib(need)} of memory ({biggest}: "
+                         f"{gib(parts[biggest])}), more than this machine's {gib(limit)}; "
+                         f"lower {flags or 'the sizes'}")
+    return need

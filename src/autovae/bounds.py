@@ -53,6 +53,10 @@ def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
     prior's support), and alpha near 1 without cancellation: where |1 - alpha| * |log w - mean|
     <= 1 it uses mean + log1p(mean_k expm1((1 - alpha)(log w_k - mean))) / (1 - alpha), which
     tends to mean + (1 - alpha)/2 * variance and to the ELBO as alpha -> 1.
+
+    NaN policy: a NaN log-weight makes its data point's bound NaN, for every alpha (the other
+    data points are unchanged), so that the training loop's non-finite policy sees it and
+    names the term; nothing is dropped or replaced silently.
     """
     alpha = _check_alpha(alpha)
     k = _check_samples_axis("log_weights", log_weights).shape[0]
@@ -74,12 +78,15 @@ def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def renyi_weights(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The normalized gradient weights softmax_k((1 - alpha) log w_k), shape (K, *batch)."""
+    """The normalized gradient weights softmax_k((1 - alpha) log w_k), shape (K, *batch); a
+    NaN log-weight gives its data point NaN weights (the NaN policy of :func:`renyi_bound`)."""
     alpha = _check_alpha(alpha)
     _check_samples_axis("log_weights", log_weights)
     if math.isinf(alpha):
         pick = log_weights.argmax(0) if alpha < 0 else log_weights.argmin(0)
-        return torch.zeros_like(log_weights).scatter_(0, pick.unsqueeze(0), 1.0)
+        weights = torch.zeros_like(log_weights).scatter_(0, pick.unsqueeze(0), 1.0)
+        # the NaN policy of renyi_bound: a NaN log-weight gives its data point NaN weights
+        return torch.where(log_weights.isnan().any(0), math.nan, weights)
     return torch.softmax((1 - alpha) * log_weights, dim=0)
 
 

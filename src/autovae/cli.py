@@ -247,7 +247,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
 def _cmd_serve_forward(args: argparse.Namespace) -> int:
     from .inverse.forward_models import load_forward
-    from .inverse.umbridge import serve
+    from .inverse.umbridge import check_serve, serve
 
     options = {}
     if args.bc is not None:
@@ -255,7 +255,9 @@ def _cmd_serve_forward(args: argparse.Namespace) -> int:
             raise ValueError(f"--bc sets the boundary conditions of darcy, not of {args.model}; "
                              "leave it out (or serve a class that sets its own)")
         options["bc"] = args.bc
+    check_serve(args.host, args.port, args.name or "model")
     model = load_forward(args.model, **options)
+    check_serve(args.host, args.port, args.name or model.name)
     print(f"serving {model.name} ({model.param_shape} -> {model.n_obs}) as UM-Bridge model "
           f"{args.name or model.name} at http://{args.host}:{args.port}", flush=True)
     serve(model, args.port, args.host, args.name, args.workers)
@@ -333,8 +335,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from .run import resolve_device
     from .search import run_worker
 
+    if args.device is not None:  # before the study is opened (and its store written)
+        resolve_device(args.device)
     storage, name, folder = _study_args(args)
     return run_worker(storage, name, folder, worker=args.worker, pool=args.db_pool,
                       device=args.device, report=not args.quiet, wait=args.wait)

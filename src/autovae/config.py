@@ -139,6 +139,7 @@ class Config:
         if not 0 <= self.vaegan_gamma <= 1:
             raise ValueError(f"vaegan_gamma must be in [0, 1], got {self.vaegan_gamma}")
         _check_model_reads(self, cls)
+        _check_fisher_off(self)
         object.__setattr__(self, "_sealed", True)
 
     def __setattr__(self, name, value):
@@ -178,6 +179,14 @@ def _check_model_reads(config: Config, cls) -> None:
                          f"{f' ({reason})' if reason else ''}; it is read by "
                          f"{', '.join(readers) or 'no model'}: remove {f.name} or choose one of "
                          "those models")
+
+
+def _check_fisher_off(config: Config) -> None:
+    """Refuse the Fisher penalty's estimator chosen while the penalty is off."""
+    if not config.fisher_weight and config.fisher_estimator != "closed-form":
+        raise ValueError(f"fisher_estimator = {config.fisher_estimator!r} has no effect: the "
+                         "Fisher penalty is off (fisher_weight = 0); set fisher_weight (e.g. "
+                         "--fisher-weight 0.1) or leave fisher_estimator out")
 
 
 SETTINGS = Settings.of(Config, "config key")

@@ -64,6 +64,11 @@ class Run:
 
     # -- config ---------------------------------------------------------------------------------
     def has_config(self) -> bool:
+        """Whether the folder holds a run's config.yaml (a folder in its place is refused)."""
+        if self.config_path.is_dir():
+            raise ValueError(f"{self.config_path} is a folder, where a run keeps its settings "
+                             "file; this is not a run folder autovae wrote: give the run's "
+                             "folder, or move that folder away")
         return self.config_path.is_file()
 
     def load_config(self) -> Config:
@@ -101,7 +106,8 @@ class Run:
             return torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
         except Exception as err:  # truncated zip, bad pickle, foreign objects
             raise ValueError(f"checkpoint {self.checkpoint_path} is corrupt or truncated "
-                             f"({type(err).__name__}); delete it to retrain from scratch") from None
+                             f"({type(err).__name__}); it is left as it is: train into another "
+                             "--run folder to start afresh") from None
 
     # -- metrics --------------------------------------------------------------------------------
     def history(self) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_memory
 from .divergence import PAIRS, PairKind, kl
 from .families import LocationScale, family_class
 
@@ -83,6 +84,22 @@ _BLOCK = re.compile(r"^\s*([A-Za-z_]+)\s*/\s*([A-Za-z_]+)\s*(?::\s*(\S+))?\s*$")
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%\s*(.+)$")
 
 
+# a latent of more dimensions than this fits no network (nor a tensor index of 32 bits)
+MAX_DIM = 2**31 - 1
+
+
+def _bounded(size: int, what: str) -> int:
+    """``size`` when a latent of that many dimensions can be held: within :data:`MAX_DIM`, and
+    its prior's parameters (8 bytes a dimension) within this machine's memory unless built on
+    the meta device (where a model's size is checked without allocating)."""
+    if size > MAX_DIM:
+        raise ValueError(f"{what}: {size:,} dimensions is beyond any network ({MAX_DIM:,} at "
+                         "most); give a smaller size (e.g. 20)")
+    if torch.empty(0).device.type != "meta":
+        check_memory({f"{what} (the prior's loc and scale)": 8 * size}, what)
+    return size
+
+
 def _parse_blocks(text: str, dim: int | None) -> list[tuple[str, str, int]]:
     """Parse 'a/b:n, ...' or '70% a/b, 30% c/d' (needs dim) into (posterior, prior, size)."""
     parts = [p for p in re.split(r"[,;]", text) if p.strip()]
@@ -117,14 +134,20 @@ def _parse_blocks(text: str, dim: int | None) -> list[tuple[str, str, int]]:
             if size is None or not size.isdigit() or int(size) < 1:
                 raise ValueError(f"latent block '{post}/{prior}' needs a positive integer size, "
                                  f"got {size!r}; write e.g. '{post}/{prior}:10'")
-            sizes.append(int(size))
+            sizes.append(_bounded(int(size), f"latent block '{post}/{prior}:{size}'"))
         if dim is not None and sum(sizes) != dim:
-            raise ValueError(f"latent blocks add up to {sum(sizes)} dimensions but dim={dim}")
+            single = (f"give latent '{pairs[0][0]}/{pairs[0][1]}:{dim}', or "
+                      if len(pairs) == 1 else "")
+            raise ValueError(f"latent blocks {text.strip()!r} add up to {sum(sizes)} dimensions "
+                             f"but dim={dim}: dim (latent_dim, --latent-dim) sets the total "
+                             "of a latent spec written in percentages ('70% logistic/normal, "
+                             f"30% cauchy/cauchy'); {single}leave latent_dim out")
         return [(post, prior, n) for (post, prior, _), n in zip(pairs, sizes, strict=True)]
     if any(f is None for f in fractions):
         raise ValueError("mix of sizes and percentages in the latent spec; use one or the other")
     if dim is None or dim < 1:
         raise ValueError("a latent spec with percentages needs the total dim, e.g. dim=20")
+    dim = _bounded(dim, f"latent_dim = {dim}")
     total = sum(fractions)
     if abs(total - 100) > 1e-6:
         raise ValueError(f"latent percentages add up to {total:g}%, not 100%")

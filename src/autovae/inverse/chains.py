@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_memory
 from .._files import atomic_write
 from .config import FIELDS
 from .kernels import MCMCKernel, Target, make_kernel
+from .limits import chain_bytes
 
 __all__ = ["ChainFolder", "ChainResult", "load_chains", "run_chains"]
 
@@ -67,6 +69,16 @@ class ChainFolder:
         p = self.path
         if p.exists() and not p.is_dir():
             raise ValueError(f"the chain folder {p} is a file; give a folder path (--out)")
+        held = [name for name in ("config.yaml", "checkpoint.pt", "study.db")
+                if (p / name).exists()]
+        if held:
+            raise ValueError(f"the chain folder {p} holds a trained run or a study ({held[0]}); "
+                             "chains go into a folder of their own: give another --out (with "
+                             "a run, the default is a subfolder RUN/invert-KERNEL-SEED)")
+        for parent in p.absolute().parents:
+            if ChainFolder(parent).is_chain():
+                raise ValueError(f"the chain folder {p} lies inside the chain folder {parent}; "
+                                 "give an --out outside it")
         probe = p
         while not probe.exists():
             probe = probe.parent
@@ -84,8 +96,8 @@ class ChainFolder:
         except json.JSONDecodeError as err:
             raise syntax_error(path, "JSON", err) from None
         except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is unreadable ({err}); remove the folder {self.path} or "
-                             "use another --out") from None
+            raise ValueError(f"{path} is unreadable ({err}): the chain in {self.path} cannot "
+                             "be resumed; use another --out") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
         return data
@@ -101,8 +113,8 @@ class ChainFolder:
         try:
             return torch.load(path, weights_only=True)
         except Exception as err:
-            raise ValueError(f"{path} is unreadable or cut ({type(err).__name__}); remove the "
-                             f"folder {self.path} or use another --out") from None
+            raise ValueError(f"{path} is unreadable or cut ({type(err).__name__}): the chain "
+                             f"in {self.path} cannot be resumed; use another --out") from None
 
     def open(self, settings: dict[str, Any], what: str = "chain") -> dict[str, Any]:
         """Create chain.json, or check that the folder holds the same settings."""
@@ -273,6 +285,7 @@ def run_chains(target: Target, kernel, folder: str | Path, *, chains: int | None
     chains, warmup = _count("chains", chains, 1), _count("warmup", warmup, 0)
     draws, thin = _count("draws", draws, 1), _count("thin", thin, 1)
     every = _count("checkpoint_every", checkpoint_every, 1)
+    check_memory(chain_bytes(chains, draws, target.dim), "these chains")
     kernel.validate(target)
     if init is not None:
         init = torch.as_tensor(init, dtype=target.dtype)
@@ -351,8 +364,9 @@ class _Runner:
                 state.update(kernel=k.state_dict(), rng=gen.get_state())
                 cf.save(cf.state, state)
                 return "diverged", (f"the potential is not finite at the start point of chains "
-                                    f"{bad.nonzero().flatten().tolist()}; start elsewhere "
-                                    "(init=)")
+                                    f"{bad.nonzero().flatten().tolist()} (the forward model or "
+                                    "the prior fails there); draw other start points with "
+                                    "another --seed, or give run_chains start points (init)")
         end_total = self.warmup + self.total
         c = state["counters"]
         for key, zero in _warmup_counters(self.chains).items():

@@ -132,7 +132,20 @@ class ForwardModel(abc.ABC):
     def __call__(self, params) -> torch.Tensor:
         params = self.check(params)
         batch = params.shape[0]
-        out = self._evaluate_batch(params)
+        if not hasattr(self, "solves"):
+            raise ValueError(f"the forward model {self.name}: {type(self).__name__}.__init__ "
+                             "does not call super().__init__() (ForwardModel's, which starts "
+                             "the solve counter); add it as its first line")
+        try:
+            out = self._evaluate_batch(params)
+        except ValueError as err:
+            if self.name in str(err):  # already says which model
+                raise
+            raise ValueError(f"the forward model {self.name} failed in evaluate: "
+                             f"{_said(err)}") from err
+        except Exception as err:  # the model's own code: its message, naming the model
+            raise ValueError(f"the forward model {self.name} failed in evaluate: "
+                             f"{_said(err)}") from err
         self.solves += batch * self.forward_solves
         if not torch.is_tensor(out) or tuple(out.shape) != (batch, self.n_obs):
             shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
@@ -149,6 +162,12 @@ class ForwardModel(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()})"
+
+
+def _said(err: BaseException) -> str:
+    """An exception as one line: its type and its own message."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def regular_points(count: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 
 from .boundary import BoundaryConditions
 from .darcy import darcy_pressure
-from .forward import ForwardModel, regular_points
+from .forward import ForwardModel, _said, regular_points
 
 __all__ = ["FORWARDS", "AristoffBangerthForward", "DarcyForward", "load_forward"]
 
@@ -114,11 +114,20 @@ def load_forward(spec: str, **options) -> ForwardModel:
         raise ValueError(f"unknown forward model {spec!r}; give one of {', '.join(FORWARDS)}, "
                          "package.module:Class, or umbridge:http://host:port/name")
     module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--forward {spec}: give package.module:Class (a module and a class "
+                         "name on each side of the colon)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ValueError(f"--forward {spec}: cannot import {module_name} ({err}); is it on "
                          "PYTHONPATH or installed?") from None
+    except SyntaxError as err:
+        raise ValueError(f"--forward {spec}: {module_name} has a syntax error at "
+                         f"{err.filename}:{err.lineno} ({err.msg})") from None
+    except Exception as err:  # the module's own code failed: its message, not a traceback
+        raise ValueError(f"--forward {spec}: importing {module_name} failed: "
+                         f"{_said(err)}") from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise ValueError(f"--forward {spec}: {module_name} has no {attr}")
@@ -126,13 +135,53 @@ def load_forward(spec: str, **options) -> ForwardModel:
         raise ValueError(f"--forward {spec}: {attr} is not a subclass of "
                          "autovae.inverse.ForwardModel; subclass it (set param_shape, n_obs, "
                          "define evaluate)")
+    if getattr(cls, "__abstractmethods__", None):
+        raise ValueError(f"--forward {spec}: {attr} does not define "
+                         f"{', '.join(sorted(cls.__abstractmethods__))}; a forward model maps "
+                         "parameters (B, *param_shape) to observations (B, n_obs) in evaluate")
     try:
         model = cls(**options)
-    except TypeError as err:
-        raise ValueError(f"--forward {spec}: cannot build {attr} ({err})") from None
-    if not model.param_shape or not model.n_obs:
-        raise ValueError(f"--forward {spec}: {attr} must set param_shape and n_obs")
+    except Exception as err:
+        raise ValueError(f"--forward {spec}: building {attr}({_options(options)}) failed: "
+                         f"{_said(err)}") from None
+    check_model(model, f"--forward {spec}: {attr}")
     return model
+
+
+def _options(options: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+
+# parameters or observations beyond this many values per parameter set are refused: a
+# model that declares them has a bug (a (B, n_obs) float64 batch would not fit in memory)
+MAX_VALUES = 2**31
+
+
+def check_model(model: ForwardModel, who: str) -> None:
+    """Refuse a forward model that does not keep the contract it was built to: the base
+    ``__init__`` called (it sets the solve counter), ``param_shape`` a tuple of positive
+    integers and ``n_obs`` a positive integer, each within :data:`MAX_VALUES`."""
+    if not hasattr(model, "solves"):
+        raise ValueError(f"{who}.__init__ does not call super().__init__() (ForwardModel's, "
+                         "which starts the solve counter); add it as its first line")
+    shape = model.param_shape
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if (not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                            and d >= 1 for d in dims)):
+        raise ValueError(f"{who} must set param_shape to a tuple of positive integers (e.g. "
+                         f"(16, 16) or (64,)), got {shape!r}")
+    n_obs = model.n_obs
+    if isinstance(n_obs, bool) or not isinstance(n_obs, (int, np.integer)) or n_obs < 1:
+        raise ValueError(f"{who} must set n_obs to a positive integer (the observations per "
+                         f"parameter set), got {n_obs!r}")
+    size = math.prod(int(d) for d in dims)
+    if size > MAX_VALUES or n_obs > MAX_VALUES:
+        raise ValueError(f"{who} declares param_shape {dims} and n_obs {n_obs}: more than "
+                         f"{MAX_VALUES:,} values per parameter set; check param_shape and n_obs")
+    model.param_shape, model.n_obs = tuple(int(d) for d in dims), int(n_obs)
 
 
 class AristoffBangerthForward(ForwardModel):

@@ -19,13 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import check_memory
 from .chains import ChainFolder, ChainResult, run_chains
 from .config import InverseConfig, check_kernel_options, error_bar_indices
 from .kernels import make_kernel
+from .limits import chain_bytes, field_bytes
 from .outputs import summarise, write_outputs
 from .priors import Prior
+from .probe import probe_problem
 from .problem import InverseProblem
-from .problems import PROBLEMS
+from .problems import PROBLEMS, points_count
 
 __all__ = ["InversionResult", "invert"]
 
@@ -67,6 +70,7 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
     cfg = config
     if cfg.out is not None:
         ChainFolder(cfg.out).check_writable()
+    check_memory(_field_bytes(cfg), "this inversion")
     built = PROBLEMS[cfg.problem](cfg)
     problem = built.problem
     _workers(problem.forward, cfg)
@@ -92,6 +96,11 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
                          "acceptance: give "
                          "--subchain J (cheap steps per fine proposal) too")
     kernel.validate(target)
+    forward = problem.forward
+    check_memory(chain_bytes(cfg.chains, cfg.draws, problem.dim, int(np.prod(
+        forward.param_shape)), forward.n_obs, dense_metric=kernel.needs_gradient),
+        "this inversion")
+    probe_problem(problem, cfg.chains, cfg.seed, kernel.needs_gradient)
     cf = ChainFolder(_default_out(cfg, kernel_name, problem.prior))
     cf.check_writable()
     record = {"problem": cfg.problem, "run": cfg.run, **problem.prior.describe(),
@@ -124,6 +133,18 @@ def _workers(forward, cfg: InverseConfig) -> None:
                              f"umbridge:URL), not to {forward.name}; leave it out")
         forward.timeout = cfg.forward_timeout
     forward.set_jobs(cfg.jobs)
+
+
+def _field_bytes(cfg: InverseConfig) -> dict[str, int]:
+    """What the settings the problem reads make it hold before its chains (:mod:`.limits`)."""
+    reads = PROBLEMS[cfg.problem].reads
+    darcy = "points" in reads  # a built-in Darcy model: observation points and a GRF truth
+    return field_bytes(grid=cfg.grid or (16 if darcy else None), dim=cfg.dim,
+                       points=points_count(cfg.points) if darcy else None,
+                       truth_resolution=cfg.truth_resolution if darcy else None,
+                       residual=cfg.residual if "residual" in reads else 0,
+                       kle=cfg.prior in (None, "kle") and cfg.run is None,
+                       points_text=cfg.points)
 
 
 def _delayed(cfg: InverseConfig, problem: InverseProblem, inner) -> dict[str, Any]:

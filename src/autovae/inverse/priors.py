@@ -100,11 +100,7 @@ class DecoderPrior(Prior):
         return prior
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if hasattr(m, "decoder") and hasattr(m, "likelihood"):
-            clip = getattr(m, "latent_clip", None)
-            return m.likelihood.mean(m.decoder(z if clip is None else z.clamp(-clip, clip)))
-        return m.generate_from(z).double()
+        return self.model.generate_from(z).double()  # the Generating protocol (can_be_prior)
 
     def params(self, z: torch.Tensor) -> torch.Tensor:
         out = self._decode(z.to(torch.float64))

@@ -133,9 +133,22 @@ def _size_check(name: str, cells: int) -> None:
 
 
 def _points(spec: str):
-    if isinstance(spec, str) and spec.isdigit():
-        return int(spec)
+    count = points_count(spec)
+    if count is not None:
+        return count
     return _read_array(spec, "points")
+
+
+def points_count(spec) -> int | None:
+    """--points as a count (64, 1e4), or None for a file name."""
+    try:
+        value = float(spec)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(value) and value.is_integer() and value >= 1):
+        raise ValueError(f"--points {spec} is neither a square count of observation points "
+                         "(e.g. 64 = 8x8) nor a file of (x, y) rows")
+    return int(value)
 
 
 def _vector_prior(cfg, prior_name: str, shape, mean=None, sd=None) -> Prior:

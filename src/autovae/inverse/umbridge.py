@@ -10,7 +10,10 @@ through a real server.
 
 from __future__ import annotations
 
+import errno
 import math
+import re
+import socket
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -233,6 +236,7 @@ def serve(model: ForwardModel, port: int = 4242, host: str = "127.0.0.1",
     import aiohttp.web
     import umbridge
 
+    name = check_serve(host, port, model.name if name is None else name)
     size = int(np.prod(model.param_shape))
 
     class Served(umbridge.Model):
@@ -265,4 +269,46 @@ def serve(model: ForwardModel, port: int = 4242, host: str = "127.0.0.1",
 
     # umbridge's serve_models listens on every interface; bind the host asked for instead
     aiohttp.web.run_app = functools.partial(aiohttp.web.run_app, host=host)
-    umbridge.serve_models([Served(name or model.name)], port=port, max_workers=workers)
+    try:
+        umbridge.serve_models([Served(name)], port=port, max_workers=workers)
+    except OSError as err:  # taken between the check and the bind
+        raise ValueError(f"cannot serve on {host}:{port}: {err.strerror or err}; give another "
+                         "--port or --host") from None
+
+
+# a model's name travels as the last part of the client's URL (umbridge:http://host:port/NAME)
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]*")
+
+
+def check_serve(host: str, port: int, name: str) -> str:
+    """``name`` if the model can be served as ``name`` at ``host``:``port``: a ValueError naming
+    the input otherwise (a port out of range or in use, a host that is not this machine's, a
+    name that does not fit a URL's last part)."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise ValueError(f"the model name {name!r} cannot be the last part of a UM-Bridge "
+                         "URL (umbridge:http://host:port/NAME); give --name with letters, "
+                         "digits, '.', '_', '~' and '-', starting with a letter or digit")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"--port must be an integer in [1, 65535], got {port!r}")
+    if not isinstance(host, str) or not host.strip():
+        raise ValueError(f"--host must be an address of this machine (127.0.0.1, 0.0.0.0, a "
+                         f"name), got {host!r}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError, ValueError) as err:
+        raise ValueError(f"--host {host!r} is not an address ({err}); give 127.0.0.1 (this "
+                         "machine only), 0.0.0.0 (every interface) or a name that resolves") \
+            from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            why = {errno.EADDRINUSE: "the port is in use (another server?)",
+                   errno.EACCES: "ports below 1024 need privileges",
+                   errno.EADDRNOTAVAIL: "the host is not an address of this machine"
+                   }.get(err.errno, err.strerror or str(err))
+            raise ValueError(f"cannot serve on {host}:{port}: {why}; give another --port or "
+                             "--host") from None
+    return name

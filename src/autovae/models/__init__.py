@@ -15,10 +15,9 @@ model class what it reads without importing this package).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from .._checks import memory_bytes
 from .._registry import MODELS, model_class
 from .adversarial import AVA0, AVA1, AVA2, AVA3, AVA4, AVA5, GAN, VAEGAN
 from .base import Model, NonFiniteLossError, StepContext, evaluation_mode
@@ -59,14 +58,6 @@ _SIZE_KEYS = {"encoder": ("hidden", "depth", "latent"), "decoder": ("hidden", "d
               "decoder_discriminator": ("disc_hidden", "disc_depth"),
               "encoder_discriminator": ("code_disc_hidden", "disc_hidden", "disc_depth")}
 BYTES_PER_PARAMETER = 16  # float32 weights, gradients and Adam's two moments
-
-
-def memory_bytes() -> int:
-    """This machine's physical memory in bytes (0 when the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 0
 
 
 def check_model_size(cls, config, event_shape, limit: int | None = None) -> int:

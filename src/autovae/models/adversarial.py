@@ -231,8 +231,9 @@ class GAN(Model):
         return optimizers
 
     def generate_from(self, z: torch.Tensor) -> torch.Tensor:
-        """Images G(z) in [0, 1]."""
-        return torch.sigmoid(self.generator(z).float())
+        """Images G(z) in [0, 1]: float32 under AMP, float64 from a float64 copy (a prior)."""
+        out = self.generator(z)
+        return torch.sigmoid(out if out.dtype == torch.float64 else out.float())
 
     def training_step(self, x: torch.Tensor, ctx: StepContext):
         self._schedule.apply(ctx)

@@ -17,7 +17,12 @@ policy, checkpoints and exact resume. A model owns its objective:
 * capabilities are class attributes (``has_bound``, ``has_encoder``, ``has_likelihood``,
   ``has_discriminator``, ``can_be_prior``), the way ``torch.distributions`` says
   ``has_rsample``: evaluation, pictures, reports, the search and the inverse problems show what
-  a model supports instead of assuming a VAE;
+  a model supports instead of assuming a VAE. Each flag promises the methods of its protocol
+  (:data:`CAPABILITIES`: :class:`Bounded`, :class:`Encoding`, :class:`WithLikelihood`,
+  :class:`Generating`); a subclass that sets a flag without them is refused when the class is
+  defined, naming the flag and the missing methods;
+* :meth:`Model.from_config` builds the model from a :class:`~autovae.config.Config` and the
+  data's event shape (abstract: every registered model has one);
 * ``reads`` is the set of :class:`~autovae.config.Config` keys the model reads, declared next
   to the code that reads them. The keys that data loading and the loop read for every model
   (``epochs``, ``batch_size``, ``seed``, ...) are :data:`autovae.config.LOOP_KEYS`; any other
@@ -31,13 +36,15 @@ import abc
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..discriminators import DISCRIMINATOR_KEYS
 
-__all__ = ["Model", "NonFiniteLossError", "StepContext", "evaluation_mode"]
+__all__ = ["CAPABILITIES", "Bounded", "Encoding", "Generating", "Model", "NonFiniteLossError",
+           "StepContext", "WithLikelihood", "evaluation_mode"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -105,6 +112,55 @@ def evaluation_mode(model: nn.Module):
         model.train(was_training)
 
 
+# -- what the capability flags promise --------------------------------------------------------
+@runtime_checkable
+class Bounded(Protocol):
+    """``has_bound``: a log p(x) bound and its importance-sampled NLL (``bound`` is the model's
+    :class:`~autovae.bounds.Bound`)."""
+
+    def elbo_and_bound(self, x: torch.Tensor) -> tuple: ...
+
+    def log_likelihood(self, x: torch.Tensor, samples: int = 1000) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Encoding(Protocol):
+    """``has_encoder``: x -> a code and back (reconstructions, embeddings, interpolations)."""
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class WithLikelihood(Protocol):
+    """``has_likelihood``: p(x | z) (``likelihood``, a
+    :class:`~autovae.beliefs.likelihoods.Likelihood`) of the decoder's output."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Generating(Protocol):
+    """``can_be_prior``: data from codes of a latent prior (``latent``, a
+    :class:`~autovae.beliefs.LatentSpec`), in the dtype of the model's weights (a float64 copy
+    gives float64), so that the model can be the prior of a latent-space inverse problem."""
+
+    def generate_from(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+# flag -> the protocol whose methods a model setting it True must define
+CAPABILITIES: dict[str, type] = {"has_bound": Bounded, "has_encoder": Encoding,
+                                 "has_likelihood": WithLikelihood, "can_be_prior": Generating}
+
+
+def _protocol_methods(protocol: type) -> list[str]:
+    return [name for name, value in vars(protocol).items()
+            if callable(value) and not name.startswith("_")]
+
+
 class Model(nn.Module, metaclass=abc.ABCMeta):
     """Base class of the models the loop trains; see the module docstring for the contract."""
 
@@ -120,6 +176,25 @@ class Model(nn.Module, metaclass=abc.ABCMeta):
     reads: frozenset[str] = frozenset({"lr"})
     # keys of the per-epoch row that the pruner and reports may read, best first
     validation_keys: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        """Refuse a class whose capability flags promise methods it does not define."""
+        super().__init_subclass__(**kwargs)
+        for flag, protocol in CAPABILITIES.items():
+            if not getattr(cls, flag, False):
+                continue
+            missing = [m for m in _protocol_methods(protocol)
+                       if not callable(getattr(cls, m, None))
+                       or getattr(getattr(cls, m), "__isabstractmethod__", False)]
+            if missing:
+                raise TypeError(f"model class {cls.__name__} sets {flag} = True but does not "
+                                f"define {', '.join(missing)} (the {protocol.__name__} "
+                                f"protocol); define them or leave {flag} False")
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config, event_shape) -> Model:
+        """The model from a :class:`~autovae.config.Config` and the data's event shape."""
 
     @classmethod
     def unread_reason(cls, key: str) -> str:

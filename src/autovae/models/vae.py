@@ -203,6 +203,13 @@ class VAE(Model):
         out = self.decoder(z.reshape(-1, z.shape[-1])).float()
         return out.reshape(*lead, *out.shape[1:])
 
+    def generate_from(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood mean decoded from codes z (B, dim) (``latent_clip`` applied), in the
+        decoder's dtype: a float64 copy gives float64 (the inverse problems' prior)."""
+        if self.latent_clip is not None:
+            z = z.clamp(-self.latent_clip, self.latent_clip)
+        return self.likelihood.mean(self.decoder(z))
+
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood mean decoded from codes of any leading shape: (..., dim) ->
         (..., *event) (data points, as :meth:`reconstruct` and :meth:`generate` give)."""
