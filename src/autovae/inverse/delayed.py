@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .forward import ForwardModel
+from .forward_models import AristoffBangerthForward
 from .kernels import MCMCKernel, MetropolisKernel, Target, make_kernel
 from .problem import InverseProblem
 
@@ -328,15 +329,12 @@ class DelayedAcceptanceKernel(MCMCKernel):
 
 
 # -- cheap models -------------------------------------------------------------------------------
-class _CoarseAB(ForwardModel):
+class _CoarseAB(AristoffBangerthForward):
     """The Aristoff-Bangerth forward model on a coarser mesh (``cells`` x ``cells``)."""
-
-    param_shape, n_obs = (64,), 169
-    positive = True
 
     def __init__(self, cells: int = 16):
         super().__init__()
-        from .aristoff_bangerth import AristoffBangerth, BandedPoissonQ1
+        from .aristoff_bangerth import BandedPoissonQ1
 
         if cells % 8 or cells < 8:
             raise ValueError(f"the Aristoff-Bangerth cheap mesh must be a multiple of 8 cells "
@@ -347,17 +345,7 @@ class _CoarseAB(ForwardModel):
 
         self.cells = cells
         self.name = f"aristoff-bangerth-{cells}"
-        self.benchmark = AristoffBangerth()
         self.benchmark._solver = _Solver()
-
-    def evaluate(self, params):
-        theta = params.to(torch.float64)
-        try:
-            return self.benchmark.forward(theta)
-        except ValueError:
-            if len(theta) == 1:
-                return torch.full((1, self.n_obs), math.nan, dtype=torch.float64)
-        return torch.cat([self.evaluate(t[None]) for t in theta])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "cells": self.cells}
