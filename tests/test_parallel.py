@@ -82,6 +82,23 @@ def test_a_user_model_declared_parallel_gives_the_same_values_and_gradients(cls)
         assert torch.equal(model(x), serial(x))
 
 
+def test_a_worker_error_leaves_no_stale_reply_and_close_workers_stops_them():
+    from helpers.parallel_models import PickyTanh, Tanh
+
+    model, serial = PickyTanh(), Tanh()
+    model.set_jobs(2)
+    procs = list(model._processes._procs)
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    bad = x + 1.0
+    bad[0, 0] = 1e3  # the first worker's chunk fails, the second's succeeds
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="above 100"):
+            model(bad)
+        assert torch.equal(model(x), serial(x))  # not the second worker's earlier reply
+    model.close_workers()
+    assert model.jobs == 1 and not any(p.is_alive() for p in procs)
+
+
 def test_an_unpicklable_model_declared_parallel_is_refused_before_sampling(tmp_path, capsys):
     from helpers.parallel_models import Tanh, Unpicklable
 

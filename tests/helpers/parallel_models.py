@@ -42,6 +42,17 @@ class TanhProcesses(Tanh):
         return y + 0.0 * float(os.getpid())  # the same values in any process
 
 
+class PickyTanh(TanhProcesses):
+    """Rows in worker processes; a batch with a parameter above 100 fails in its worker."""
+
+    name = "picky-tanh"
+
+    def evaluate(self, params):
+        if (params > 100).any():
+            raise ValueError("a parameter above 100")
+        return super().evaluate(params)
+
+
 class Unpicklable(Tanh):
     """Declares process-parallel rows but holds a lock, which pickle refuses."""
 

@@ -130,12 +130,6 @@ class InverseConfig:
                    "depend on it (at most 256)", least=1)
     forward_timeout: float | None = _f(None, "seconds a UM-Bridge request may take before the "
                                        "run stops, resumable (default 600)", least=0)
-    jobs: int = _f(1, "workers for the rows of a batch: threads for darcy and "
-                   "aristoff-bangerth, requests in flight for a UM-Bridge model, a model's "
-                   "own choice for package.module:Class (parallel_rows); the draws do not "
-                   "depend on it", least=1)
-    forward_timeout: float | None = _f(None, "seconds a UM-Bridge request may take before the "
-                                       "run stops (resumable; default 600)", least=0)
     out: str | None = _f(None, "chain folder (default RUN/invert-KERNEL-SEED with a run, else "
                          "runs/invert/PROBLEM-PRIOR-KERNEL-SEED)")
     device: str | None = _f(None, "device to load the run on")

@@ -66,12 +66,18 @@ class ForwardModel(abc.ABC):
             raise ValueError(f"{self.name}: parallel_rows must be None, 'threads' or "
                              f"'processes', got {self.parallel_rows!r}")
         jobs = check_jobs(jobs, processes=self.parallel_rows == "processes")
-        old = getattr(self, "_processes", None)
-        if old is not None:
-            old.close()
+        self.close_workers()
         self._processes = ProcessRows(self, jobs) \
             if self.parallel_rows == "processes" and jobs > 1 else None
         self.jobs = jobs
+
+    def close_workers(self) -> None:
+        """Stop the worker processes :meth:`set_jobs` started, if any (the rows then run on
+        one worker; the values do not depend on it)."""
+        processes = getattr(self, "_processes", None)
+        if processes is not None:
+            processes.close()
+            self._processes, self.jobs = None, 1
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -28,7 +28,7 @@ from .outputs import summarise, write_outputs
 from .priors import Prior
 from .probe import probe_problem
 from .problem import InverseProblem
-from .problems import PROBLEMS, points_count
+from .problems import PROBLEMS, Built, points_count
 
 __all__ = ["InversionResult", "invert"]
 
@@ -72,8 +72,15 @@ def invert(config: InverseConfig | None = None, progress: bool = False,
         ChainFolder(cfg.out).check_writable()
     check_memory(_field_bytes(cfg), "this inversion")
     built = PROBLEMS[cfg.problem](cfg)
+    _workers(built.problem.forward, cfg)
+    try:  # no worker process left running after the run, or after a refused setting
+        return _invert(cfg, built, progress)
+    finally:
+        built.problem.forward.close_workers()
+
+
+def _invert(cfg: InverseConfig, built: Built, progress: bool) -> InversionResult:
     problem = built.problem
-    _workers(problem.forward, cfg)
     bars = None if cfg.error_bars is None else error_bar_indices(
         cfg.error_bars, int(np.prod(problem.prior.param_shape)))
     kernel_name = cfg.kernel or ("pcn" if problem.prior.normal else "nuts")

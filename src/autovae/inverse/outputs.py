@@ -90,9 +90,7 @@ def reference_error(problem: InverseProblem, result: ChainResult, reference: dic
 
     ``reference_rel_mcse`` is the reference's own Monte-Carlo error in the same norm: an
     error below it is not resolved."""
-    with torch.no_grad():
-        params = problem.params(torch.from_numpy(result.draws).reshape(-1, problem.dim))
-    params = params.reshape(*result.draws.shape[:2], -1).numpy()
+    params = _parameter_draws(problem, result.draws, log=False)
     n_chains, n = params.shape[:2]
     ref = {k: np.asarray(reference[k]["mean"]) for k in ("theta", "log_theta")}
 
@@ -117,10 +115,10 @@ def reference_error(problem: InverseProblem, result: ChainResult, reference: dic
 
 def _prior_mean_error(problem: InverseProblem, truth) -> float | None:
     """Relative L2 error of the prior mean (a chain's error means something next to it)."""
-    z = torch.randn(2000, problem.dim, generator=torch.Generator().manual_seed(1),
-                    dtype=torch.float64)
     if not problem.prior.normal:
         return None
+    z = torch.randn(2000, problem.dim, generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64)
     mean, _, _ = problem.posterior_params(z)
     return problem.relative_l2(mean, torch.as_tensor(truth).reshape(mean.shape))
 

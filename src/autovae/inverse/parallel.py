@@ -199,8 +199,12 @@ class ProcessRows:
             p.start()
             self._conns.append(parent)
             self._procs.append(p)
-        for conn in self._conns:
-            self._reply(conn)
+        try:
+            for conn in self._conns:
+                self._reply(conn)
+        except ValueError:
+            self.close()  # no worker left running behind a model that cannot be rebuilt
+            raise
         atexit.register(self.close)
 
     def _reply(self, conn):
@@ -220,7 +224,15 @@ class ProcessRows:
     def _map(self, op: str, parts: list, extra) -> list:
         for conn, part in zip(self._conns, parts, strict=False):
             conn.send((op, *extra(part)))
-        return [self._reply(conn) for conn, _ in zip(self._conns, parts, strict=False)]
+        out, first = [], None
+        for conn, _ in zip(self._conns, parts, strict=False):
+            try:  # read every reply, so that none is left in a pipe for the next call
+                out.append(self._reply(conn))
+            except ValueError as err:
+                first = first or err
+        if first is not None:
+            raise first
+        return out
 
     def close(self) -> None:
         for conn in self._conns:
