@@ -150,8 +150,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run.check_writable()
     beside = None
     if args.test_binarize is not None:  # checked with the run's data before the model loads
-        other = run.load_config().replace(test_binarize=args.test_binarize)
-        if other != run.load_config():
+        own = run.load_config()
+        other = own.replace(test_binarize=args.test_binarize)
+        if other != own:
             beside = run.folder / f"metrics_binarized_seed{args.test_binarize}.json"
             check_output_file(beside, "output file")
             test = prepare(other).test
@@ -597,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--map", default=None,
                          help="a pairing map (experiments/pairing_map.py) to place the study on "
                               "(default $AUTOVAE_PAIRING_MAP, else the checkout's "
-                              "docs/results/pairing_map.json when there is one)")
+                              "docs/results/map/pairing_map.json when there is one)")
     retrain.add_argument("--quiet", action="store_true")
     retrain.set_defaults(run_command=_cmd_retrain_best)
 

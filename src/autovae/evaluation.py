@@ -71,6 +71,7 @@ def evaluate(model: Model, x: torch.Tensor, nll_samples: int | None = None,
     started = time.perf_counter()
     n = x.shape[0]
     metrics: dict = {}
+    label = data_label or describe_test_data(x)  # (scans x: once)
     with evaluation_mode(model):
         if model.has_bound:
             sums = {"elbo": 0.0, "bound": 0.0, "log_lik": 0.0, "kl": 0.0}
@@ -98,11 +99,10 @@ def evaluate(model: Model, x: torch.Tensor, nll_samples: int | None = None,
                        for i in chunks)
             metrics.update(nll=nll / n, nll_samples=nll_samples, bound_name=model.bound.name,
                            likelihood=model.likelihood.name, latent=str(model.latent))
-            label = data_label or describe_test_data(x)
             if model.likelihood.name == "bernoulli" and label.startswith("grey"):
                 floor = bernoulli_entropy_floor(x)
                 metrics.update(bernoulli_entropy_floor=floor, nll_above_floor=nll / n - floor)
-    metrics.update(data=data_label or describe_test_data(x), images=n, model=model.name,
+    metrics.update(data=label, images=n, model=model.name,
                    evaluate_seconds=time.perf_counter() - started)
     return metrics
 

@@ -152,11 +152,6 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return min(complete, key=lambda t: sign * t.values[0])
 
 
-def best_config(study: optuna.Study, folder: Path) -> Config:
-    """The resolved config of the best trial (first objective), from its run folder."""
-    return Run(StudyFolder(folder).trial(best_trial(study).number)).load_config()
-
-
 def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
                  seeds: int = 3, nll_samples: int | None = None, limit: int | None = None,
                  progress: bool = False) -> dict:
@@ -237,8 +232,8 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     results.update(pairing_gain_nats=statistics.mean(per_seed), pairing_gain_per_seed=per_seed,
                    pairing_gain_sd=statistics.stdev(per_seed) if len(per_seed) > 1 else None,
                    test_data=label, nll_samples=best.nll_samples)
-    if data.test.min() >= 0 and data.test.max() <= 1 and best.likelihood == "bernoulli" \
-            and label.startswith("grey"):  # the part of a grey-level NLL that is reducible
+    if best.likelihood == "bernoulli" and label.startswith("grey"):
+        # (grey levels are in [0, 1]: the part of a grey-level NLL that is reducible)
         floor = bernoulli_entropy_floor(data.test)
         results.update(
             bernoulli_entropy_floor=floor,

@@ -463,17 +463,17 @@ def _work(study: optuna.Study, spec: StudySpec, objective: Objective, where: str
         rdb.start_trials_with(study, lambda: _claim_alone(study, spec.trials))
         _fail_orphans(study, spec.trials)  # we hold the lock: running trials are a dead worker's
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    reporter = SearchReporter(spec, _counts) if report else None
+    if reporter:
+        reporter.start(study, worker)
+    outage = Outage(where)  # (reads $AUTOVAE_DB_RETRY_SECONDS: refused before a thread starts)
+    interrupted: tuple[int, str] | None = None  # a trial of ours cut short, and why
     quiet = _QuietRecovery(objective.given_up)
     rdb.trial_logger().addFilter(quiet)
     sweeper = _Sweeper(storage, rdb.study_id(study), lambda: objective.current_id) \
         if on_rdb else None
     if sweeper is not None:
         sweeper.start()
-    reporter = SearchReporter(spec, _counts) if report else None
-    if reporter:
-        reporter.start(study, worker)
-    outage = Outage(where)
-    interrupted: tuple[int, str] | None = None  # a trial of ours cut short, and why
     try:
         while True:
             try:
