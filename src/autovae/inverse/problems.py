@@ -136,7 +136,7 @@ def _points(spec: str):
     count = points_count(spec)
     if count is not None:
         return count
-    return _read_array(spec, "points")
+    return read_array(spec, "points")
 
 
 def points_count(spec) -> int | None:
@@ -216,7 +216,7 @@ def _darcy(cfg, prior_name: str) -> Built:
         if not torch.isfinite(truth_obs).all():
             raise ValueError("the Darcy solve of the truth failed; check the truth field")
     if cfg.data is not None:
-        data = torch.from_numpy(_read_array(cfg.data, "data")).reshape(-1)
+        data = torch.from_numpy(read_array(cfg.data, "data")).reshape(-1)
         problem = InverseProblem(prior, forward, data, noise, kind)
     else:
         p_true = truth_obs[0]
@@ -264,7 +264,7 @@ def _aristoff_bangerth(cfg, prior_name: str) -> Built:
     if prior_name != "lognormal":
         _no_prior_values(cfg, prior_name)
     data = bench.data if cfg.data is None else torch.from_numpy(
-        _read_array(cfg.data, "data")).reshape(-1)
+        read_array(cfg.data, "data")).reshape(-1)
     noise = spec.noise if cfg.noise is None else cfg.noise
     kind = cfg.noise_kind or spec.noise_kind
     problem = InverseProblem(prior, forward, data, noise, kind)
@@ -304,7 +304,7 @@ def _custom(cfg, prior_name: str) -> Built:
         raise ValueError("--problem custom needs --noise (the observation noise's std with "
                          "--noise-kind absolute, or a fraction with relative)")
     kind = cfg.noise_kind or PROBLEMS["custom"].noise_kind
-    data = torch.from_numpy(_read_array(cfg.data, "data")).reshape(-1)
+    data = torch.from_numpy(read_array(cfg.data, "data")).reshape(-1)
     problem = InverseProblem(prior, forward, data, cfg.noise, kind)
     truth = _truth_params(cfg.truth_file) if cfg.truth_file else None
     return Built(problem, truth, None, {"noise": cfg.noise, "noise_kind": kind,
@@ -312,7 +312,7 @@ def _custom(cfg, prior_name: str) -> Built:
 
 
 def _truth_params(path) -> torch.Tensor:
-    t = torch.from_numpy(_read_array(path, "truth"))
+    t = torch.from_numpy(read_array(path, "truth"))
     if not torch.isfinite(t).all():
         raise ValueError(f"the truth file {path} holds NaN or infinite values")
     return t
@@ -344,15 +344,16 @@ def problem_readers(key: str) -> list[str]:
     return [name for name, spec in PROBLEMS.items() if key in spec.reads]
 
 
-def _read_array(path, what: str) -> np.ndarray:
+def read_array(path, what: str) -> np.ndarray:
+    """A .npy or comma-separated text file of numbers as float64, or one line naming ``what``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{what} file {path} does not exist; give a .npy or text file")
     try:
         arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=1)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         raise ValueError(f"{what} file {path} is not a numeric .npy or comma-separated text "
-                         f"file ({err})") from None
+                         f"file ({str(err).splitlines()[0][:80]})") from None
     return np.asarray(arr, dtype=np.float64)
 
 
@@ -360,7 +361,7 @@ def truth_field(n: int, truth_seed: int = 0, resolution: int | None = None,
                 truth_file=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(fine truth (R, R), its block means on the inference grid (n, n)), float64 log k."""
     if truth_file is not None:
-        fine = torch.from_numpy(_read_array(truth_file, "truth"))
+        fine = torch.from_numpy(read_array(truth_file, "truth"))
         if fine.ndim != 2 or fine.shape[0] != fine.shape[1]:
             raise ValueError(f"the truth file holds shape {tuple(fine.shape)}; it must be one "
                              "square log-permeability field (R, R)")

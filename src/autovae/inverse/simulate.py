@@ -24,6 +24,7 @@ import torch
 
 from ..settings import Settings, setting
 from .forward import ForwardModel
+from .problems import read_array
 
 __all__ = ["SETTINGS", "Simulation", "SimulationSettings", "read_truth", "simulate"]
 
@@ -96,13 +97,7 @@ def read_truth(spec: str, forward: ForwardModel) -> torch.Tensor:
     if not path.is_file():
         raise ValueError(f"--truth {spec}: no such file; give a .npy or comma-separated file of "
                          "parameters, one number for all, or grf:SEED")
-    try:
-        array = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",",
-                                                                       ndmin=1)
-        truth = torch.from_numpy(np.asarray(array, dtype=np.float64))
-    except (ValueError, OSError) as err:
-        raise ValueError(f"--truth {path} is not a numeric .npy or comma-separated text file "
-                         f"({str(err).splitlines()[0][:80]})") from None
+    truth = torch.from_numpy(read_array(path, "--truth"))
     if truth.numel() != size:
         raise ValueError(f"--truth {path} holds {truth.numel()} numbers of shape "
                          f"{tuple(truth.shape)}; {forward.name} takes {size} parameters of shape "
