@@ -145,19 +145,19 @@ class InverseProblem:
         """phi from the model's fused misfit and gradient (None where it has none), as a
         function of the parameters p (B, ...) whose backward is the saved gradient."""
         shape = (len(p), *self.forward.param_shape)
-        flat = p.detach().reshape(len(p), -1)
-        ok = torch.isfinite(flat).all(1)
-        if getattr(self.forward, "positive", False):
-            ok &= (flat > 0).all(1)
+        flat = p.detach().reshape(shape)
+        low = 0.0 if getattr(self.forward, "positive", False) else -math.inf
+        ok = ((flat > low) & (flat < math.inf)).reshape(len(p), -1).all(1)  # NaN fails both
         if not ok.any():
             return None
-        fused = self.forward.misfit_and_grad(flat[ok].reshape(-1, *shape[1:]), self.data,
+        fused = self.forward.misfit_and_grad(flat if bool(ok.all()) else flat[ok], self.data,
                                              self.sigma)
         if fused is None:
             return None
-        value = torch.full((len(p),), math.nan, dtype=torch.float64)
-        grad = torch.zeros(shape, dtype=torch.float64)
-        value[ok], grad[ok] = fused[0].to(torch.float64), fused[1].to(torch.float64)
+        value, grad = fused[0].to(torch.float64), fused[1].to(torch.float64)
+        if not bool(ok.all()):
+            value = torch.full((len(p),), math.nan, dtype=torch.float64).index_put((ok,), value)
+            grad = torch.zeros(shape, dtype=torch.float64).index_put((ok,), grad)
         return _Misfit.apply(p.reshape(shape), value, grad)
 
     def grad_phi(self, z: torch.Tensor) -> torch.Tensor:
