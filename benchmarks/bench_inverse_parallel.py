@@ -118,11 +118,14 @@ def kernels(args, tmp: Path) -> None:
     for name, (chains, warmup, draws) in runs.items():
         if args.only and name != args.only:
             continue
+        if (tmp / name).exists():
+            raise SystemExit(f"{tmp / name} exists: give a new --keep folder")
         s, model, sampler = _invert(args.problem, name, chains, warmup, draws, tmp / name,
                                     args.seed)
         ref = s.get("reference")
         cpu, wall = sampler.cpu, sampler.wall
-        r = rows[name] = dict(solves=s["solves"], ess=s["ess_bulk_min"], rhat=s["rhat_max"],
+        rhat = math.nan if s["rhat_max"] is None else s["rhat_max"]  # None: one chain
+        r = rows[name] = dict(solves=s["solves"], ess=s["ess_bulk_min"], rhat=rhat,
                               per_1000=1000 * s["ess_bulk_min"] / s["solves"],
                               per_cpu=s["ess_bulk_min"] / cpu, per_wall=s["ess_bulk_min"] / wall,
                               solves_s=s["solves"] / cpu)
@@ -131,7 +134,7 @@ def kernels(args, tmp: Path) -> None:
                      f"{ref['rel_l2_mean_theta']:.3f}")
         else:
             error = f"error of the posterior mean vs the truth {s.get('rel_l2_mean', math.nan):.4f}"
-        label = "" if r["rhat"] <= 1.01 else " (UNCONVERGED: R-hat > 1.01)"
+        label = "" if r["rhat"] <= 1.01 else " (UNCONVERGED: R-hat > 1.01 or one chain)"
         print(f"{name:5s} {chains:2d} chains x ({warmup} + {draws}), seed {args.seed}: "
               f"{r['solves']:,} solves in {cpu:.1f} CPU s, {wall:.1f} wall s "
               f"({r['solves_s']:.0f} solves per CPU s); in the forward model "
@@ -239,6 +242,9 @@ def main() -> None:
     p.add_argument("--problem", choices=tuple(_MODEL_METHODS), default="aristoff-bangerth",
                    help="the problem of parts 1-2 (darcy: its default KL prior, 16 dims)")
     p.add_argument("--seed", type=int, default=0, help="the chains' seed (parts 1-2)")
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help="keep the chain folders of parts 1-2 in DIR/chees and DIR/nuts (new "
+                        "folders: a resumed run's times would be a part of its cost)")
     p.add_argument("--chees-chains", type=int, default=16)
     p.add_argument("--chees-warmup", type=int, default=300)
     p.add_argument("--chees-draws", type=int, default=150)
@@ -261,8 +267,11 @@ def main() -> None:
     if args.only == "kernels":
         args.only = None
     if not args.skip_kernels:
-        with tempfile.TemporaryDirectory() as tmp:
-            kernels(args, Path(tmp))
+        if args.keep:
+            kernels(args, Path(args.keep))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                kernels(args, Path(tmp))
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
