@@ -139,7 +139,8 @@ def kernels(args, tmp: Path) -> None:
               f"{r['solves']:,} solves in {cpu:.1f} CPU s, {wall:.1f} wall s "
               f"({r['solves_s']:.0f} solves per CPU s); in the forward model "
               f"{100 * model.cpu / cpu:.1f}% of the CPU time, {100 * model.wall / wall:.1f}% of "
-              f"the wall time; ESS bulk min {r['ess']:.0f} (median {s['ess_bulk_median']:.0f}), "
+              f"the wall time; ESS bulk min {r['ess']:.0f} (median {s['ess_bulk_median']:.0f}, "
+              f"tail min {s['ess_tail_min']:.0f}), "
               f"R-hat {r['rhat']:.4f}{label}; ESS per 1000 solves {r['per_1000']:.2f}, per CPU s "
               f"{r['per_cpu']:.3f}, per wall s {r['per_wall']:.3f}; {error}", flush=True)
     if len(rows) < 2:
