@@ -167,8 +167,8 @@ def jobs(args) -> None:
         ab.log_likelihood_and_grad(theta, data, 0.05)
 
     def darcy_run(j):
-        k, lus, p = darcy._forward(log_k, j)
-        darcy._adjoint(k, lus, p, g, j)
+        k, factors, p = darcy._forward(log_k, j)
+        darcy._adjoint(k, factors, p, g, j)
 
     for name, run, set_jobs in (
             ("aristoff-bangerth", lambda j: ab_run(), lambda j: setattr(ab, "jobs", j)),

@@ -303,3 +303,47 @@ def test_the_kubernetes_replicas_agree_with_the_cli_and_the_api(tmp_path):
                        "port": {"number": svc["spec"]["ports"][0]["port"]}}
     timeout = kinds["ConfigMap"]["data"]["timeout-server"]
     assert timeout.endswith("m") and 60 * int(timeout[:-1]) > 600  # > --forward-timeout
+
+
+def test_a_band_stack_gives_each_row_the_same_bits_wherever_it_sits_and_isolates_failures():
+    from autovae.inverse.aristoff_bangerth import BandedPoissonQ1
+    from autovae.inverse.parallel import BandStack
+
+    solver = BandedPoissonQ1()
+    rng = np.random.default_rng(4)
+    theta = np.exp(rng.normal(0, 1, (7, 64)))
+    theta[2, :] = -1.0  # not positive definite
+    theta[4, 5] = np.inf  # a factor that is not finite
+
+    def solve(rows):
+        stack = BandStack(solver.n_dofs, solver.kd, len(rows))
+        stack.factor(lambda blocks, lo, hi: blocks.__setitem__(
+            (slice(lo, hi), solver._band_j, solver._band_d), solver.band(theta[rows][lo:hi])))
+        rhs = np.tile(np.sin(np.arange(solver.n_dofs)), (len(rows), 1))
+        return stack.status, stack.solve(rhs)
+
+    status, u = solve(list(range(7)))
+    assert status[2] > 0 and status[4] == -1 and not status[[0, 1, 3, 5, 6]].any()
+    assert np.isnan(u[[2, 4]]).all() and np.isfinite(u[[0, 1, 3, 5, 6]]).all()
+    for b in (0, 1, 3, 5, 6):  # alone, and at another place among other rows
+        assert np.array_equal(solve([b])[1][0], u[b])
+        assert np.array_equal(solve([6, 0, b])[1][2], u[b])
+
+
+def test_run_rows_waits_for_every_chunk_before_raising_the_first_error():
+    from autovae.inverse.parallel import run_rows
+
+    done = []
+
+    def work(a, b):
+        if a == 0:
+            raise ValueError("chunk 0 failed")
+        time.sleep(0.2)  # still writing when chunk 0 has failed
+        done.append(a)
+        return a
+
+    with pytest.raises(ValueError, match="chunk 0 failed"):
+        run_rows(work, 4, 4, each=True)
+    assert sorted(done) == [1, 2, 3]
+    assert run_rows(lambda a, b: (a, b), 5, 2) == [(0, 2), (2, 5)]
+    assert run_rows(lambda a, b: a, 3, 2, each=True) == [0, 1, 2]

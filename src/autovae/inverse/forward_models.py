@@ -74,7 +74,7 @@ class DarcyForward(ForwardModel):
                 "source": src, **bc}
 
     def set_jobs(self, jobs: int) -> None:
-        """Factorise the rows of a batch on ``jobs`` threads (SuperLU releases the GIL)."""
+        """Solve the rows of a batch on ``jobs`` threads (banded LAPACK without the GIL)."""
         from .parallel import check_jobs
 
         self.jobs = check_jobs(jobs)
