@@ -347,3 +347,32 @@ def test_run_rows_waits_for_every_chunk_before_raising_the_first_error():
     assert sorted(done) == [1, 2, 3]
     assert run_rows(lambda a, b: (a, b), 5, 2) == [(0, 2), (2, 5)]
     assert run_rows(lambda a, b: a, 3, 2, each=True) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_chunk_workers_give_the_values_of_one_chunk_and_raise_after_every_reply(workers):
+    from autovae.inverse.darcy import DarcySolver
+    from autovae.inverse.parallel import ChunkWorkers
+
+    solver = DarcySolver(8)
+    rng = np.random.default_rng(2)
+    log_k, g = rng.normal(size=(5, 64)), rng.normal(size=(5, 64))
+    k, factors, p = solver._forward(log_k)
+    grad = solver._adjoint(k, factors, p, g)
+    pool = ChunkWorkers(solver, 2, workers)
+    try:
+        parts = chunks(5, 2)
+        outs = pool.call("_forward_chunk", [(k[a:b],) for a, b in parts], keep=True)
+        assert np.array_equal(np.concatenate([q for q, _ in outs]), p)
+        got = pool.call_kept("_adjoint_chunk", [s for _, s in outs],
+                             [(k[a:b], p[a:b], g[a:b]) for a, b in parts])
+        assert np.array_equal(np.concatenate(got).reshape(grad.shape), grad)
+        bad = k.copy()  # row 0: a field its banded Cholesky cannot factorise (e^600 contrast)
+        signs = np.unpackbits(np.array([188, 54, 206, 147, 20, 202, 186, 171], dtype=np.uint8))
+        bad[0] = np.exp(np.where(signs, 300.0, -300.0))
+        with pytest.raises(ValueError, match="not numerically positive definite"):
+            pool.call("_forward_chunk", [(bad[a:b],) for a, b in parts])
+        again = pool.call("_forward_chunk", [(k[a:b],) for a, b in parts])  # no stale reply
+        assert np.array_equal(np.concatenate([q for q, _ in again]), p)
+    finally:
+        pool.close()

@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .parallel import BandStack, chunks, row_sum, run_rows
+from .parallel import BandStack, ChunkWorkers, chunks, row_sum
 
 __all__ = ["AristoffBangerth", "BandedPoissonQ1", "published_test_cases", "reference_posterior"]
 
@@ -87,7 +87,7 @@ class BandedPoissonQ1:
 
     n_cells = 32  # cells per side
     n_blocks = 8  # coefficient blocks per side
-    jobs = 1  # threads that factorise the rows of a batch (results independent of it)
+    jobs = 1  # workers that solve the chunks of a batch (results independent of it)
 
     def __init__(self):
         m, n = self.n_cells, self.n_cells - 1  # cells, interior nodes per side
@@ -182,26 +182,50 @@ class BandedPoissonQ1:
                              "1e-150..1e150")
         return stack
 
-    def _chunks(self, n: int, fn) -> list[tuple[int, int]]:
-        """``fn(lo, hi)`` on ``jobs`` threads, one chunk of rows each; the chunks."""
-        parts = chunks(n, self.jobs)
-        run_rows(lambda a, b: fn(a, b), n, self.jobs)
-        return parts
+    def set_jobs(self, jobs: int) -> None:
+        """Solve the chunks of a batch on ``jobs`` workers (:class:`ChunkWorkers`: processes
+        forked from this one, each inheriting this solver)."""
+        old = getattr(self, "_workers", None)
+        if old is not None:
+            old.close()
+        self._workers = ChunkWorkers(self, jobs) if jobs > 1 else None
+        self.jobs = jobs
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_workers", None)  # worker processes stay with this process
+        state["jobs"] = 1
+        return state
+
+    def _run(self, method: str, theta: np.ndarray, *args, keep: bool = False) -> list:
+        """``method(theta chunk, *args, keep)`` on each chunk, on the workers if any."""
+        parts = chunks(len(theta), self.jobs)
+        calls = [(theta[a:b], *args) for a, b in parts]
+        workers = getattr(self, "_workers", None)
+        if workers is None or len(parts) < 2:
+            return [getattr(self, method)(*c) for c in calls]
+        return workers.call(method, calls, keep=keep)
+
+    def _solve_chunk(self, theta: np.ndarray, keep: bool = False):
+        """z for a chunk; with ``keep``, (z, (factors, u))."""
+        stack = self._factor(theta)
+        u = stack.solve(np.broadcast_to(self.rhs, (len(theta), self.n_dofs)))
+        z = (self.obs @ u.T).T
+        return (z, (stack, u)) if keep else z
+
+    def _vjp_chunk(self, state, g_z: np.ndarray) -> np.ndarray:
+        stack, u = state
+        return self._grad_theta(u, stack.solve((self._obs_t @ g_z.T).T))
 
     def solve(self, theta: np.ndarray, keep: bool = False):
-        """(B, 64) coefficients -> z (B, 169); with ``keep``, also the factors and u for
-        ``vjp``. Each chunk of rows is factorised and solved on its own thread, one LAPACK
-        call each (no GIL); a row's values do not depend on its chunk."""
-        u = np.empty((len(theta), self.n_dofs))
-        stacks = {}
-
-        def rows(lo, hi):
-            stacks[lo] = stack = self._factor(theta[lo:hi])
-            u[lo:hi] = stack.solve(np.broadcast_to(self.rhs, (hi - lo, self.n_dofs)))
-
-        parts = self._chunks(len(theta), rows)
-        z = (self.obs @ u.T).T
-        return (z, ([(a, b, stacks[a]) for a, b in parts], u)) if keep else z
+        """(B, 64) coefficients -> z (B, 169); with ``keep``, also what ``vjp`` needs. Each
+        chunk of rows is factorised and solved by one LAPACK call, on its own worker; a row's
+        values do not depend on its chunk."""
+        outs = self._run("_solve_chunk", theta, keep, keep=keep)
+        if not keep:
+            return np.concatenate(outs)
+        return np.concatenate([z for z, _ in outs]), (chunks(len(theta), self.jobs),
+                                                      [s for _, s in outs])
 
     def vjp(self, state, g_z: np.ndarray) -> np.ndarray:
         """(B, 169) cotangent dJ/dz -> (B, 64) dJ/dtheta by one adjoint solve each.
@@ -209,16 +233,13 @@ class BandedPoissonQ1:
         A is symmetric, so A lambda = H^T g_z with the forward's factor, and
         dJ/dtheta_k = -lambda^T A_k u, summed over the block's 16 cells.
         """
-        parts, u = state
-        grad = np.empty((len(u), 64))
-
-        def rows(i, _):
-            a, b, stack = parts[i]
-            lam = stack.solve((self._obs_t @ g_z[a:b].T).T)
-            grad[a:b] = self._grad_theta(u[a:b], lam)
-
-        run_rows(rows, len(parts), self.jobs, each=True)
-        return grad
+        parts, states = state
+        calls = [(g_z[a:b],) for a, b in parts]
+        workers = getattr(self, "_workers", None)
+        if workers is None or len(parts) < 2:
+            return np.concatenate([self._vjp_chunk(s, *c) for s, c in zip(states, calls,
+                                                                          strict=True)])
+        return np.concatenate(workers.call_kept("_vjp_chunk", states, calls))
 
     def _grad_theta(self, u: np.ndarray, lam: np.ndarray) -> np.ndarray:
         """-lambda^T A_k u for every k: (B, 961) solutions and adjoints -> (B, 64)."""
@@ -234,19 +255,16 @@ class BandedPoissonQ1:
 
     def log_likelihood_and_grad(self, theta: np.ndarray, data: np.ndarray, sigma: float):
         """(B, 64) -> log L (B,) and d log L / d theta (B, 64), the adjoint solve right after
-        the forward one (nothing kept between calls); each chunk of rows on its own thread."""
-        log_l, grad = np.empty(len(theta)), np.empty((len(theta), 64))
+        the forward one (nothing kept between calls); each chunk of rows on its own worker."""
+        outs = self._run("_llg_chunk", theta, data, sigma)
+        return np.concatenate([a for a, _ in outs]), np.concatenate([g for _, g in outs])
 
-        def rows(lo, hi):
-            stack = self._factor(theta[lo:hi])
-            u = stack.solve(np.broadcast_to(self.rhs, (hi - lo, self.n_dofs)))
-            r = (self.obs @ u.T).T - data
-            log_l[lo:hi] = -row_sum(r * r) / (2 * sigma**2)
-            lam = stack.solve((self._obs_t @ (-r / sigma**2).T).T)
-            grad[lo:hi] = self._grad_theta(u, lam)
-
-        self._chunks(len(theta), rows)
-        return log_l, grad
+    def _llg_chunk(self, theta, data, sigma):
+        stack = self._factor(theta)
+        u = stack.solve(np.broadcast_to(self.rhs, (len(theta), self.n_dofs)))
+        r = (self.obs @ u.T).T - data
+        lam = stack.solve((self._obs_t @ (-r / sigma**2).T).T)
+        return -row_sum(r * r) / (2 * sigma**2), self._grad_theta(u, lam)
 
 
 class _ForwardMap(torch.autograd.Function):

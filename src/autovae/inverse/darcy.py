@@ -30,7 +30,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .boundary import SIDES, BoundaryConditions
-from .parallel import BandStack, chunks, run_rows
+from .parallel import BandStack, ChunkWorkers, chunks
 
 __all__ = ["BANDED_MAX", "DarcySolver", "darcy_pressure", "observation_operator"]
 
@@ -298,55 +298,64 @@ class DarcySolver:
                 rhs[cells] += 2.0 * k[cells] * pressure
         return rhs.reshape(len(k), -1)
 
+    def _workers(self, jobs: int):
+        """The :class:`~autovae.inverse.parallel.ChunkWorkers` for ``jobs`` (started once,
+        kept with this solver), or None for one."""
+        if jobs <= 1:
+            return None
+        pools = self.__dict__.setdefault("_pools", {})
+        if jobs not in pools:
+            pools[jobs] = ChunkWorkers(self, jobs)
+        return pools[jobs]
+
     def _forward(self, log_k: np.ndarray, jobs: int = 1):
         """(B, n^2) log k -> (k (B, n^2), the factors by chunk, p (B, n^2)); each chunk of rows
-        on its own thread (banded: one LAPACK call, without the GIL); a row's values do not
-        depend on its chunk."""
+        on its own worker (banded: one LAPACK call); a row's values do not depend on its
+        chunk."""
         with np.errstate(over="ignore", under="ignore"):
             k = np.exp(log_k)
         if not np.isfinite(k).all() or (k <= 0).any():
             raise ValueError("exp(log_k) overflows or underflows (|log_k| > ~700): the "
                              "permeability must be positive and finite; bound log_k")
-        n, p = self.n, np.empty_like(k)
-        factors = {}
+        parts = chunks(len(k), jobs)
+        calls = [(k[a:b],) for a, b in parts]
+        workers = self._workers(jobs) if len(parts) > 1 else None
+        outs = workers.call("_forward_chunk", calls, keep=True) if workers else \
+            [self._forward_chunk(*c) for c in calls]
+        return k, (parts, [f for _, f in outs], workers), np.concatenate([p for p, _ in outs])
 
-        def rows(lo, hi):
-            kg = k[lo:hi].reshape(hi - lo, n, n)
-            if self.banded:
-                stack = BandStack(n * n, n, hi - lo)
-                status = stack.factor(lambda blocks, a, b: self._assemble(kg[a:b], blocks[a:b]))
-                if status.any():
-                    raise ValueError(f"the Darcy matrix is not numerically positive definite "
-                                     f"(LAPACK dpbtrf info = {status[status != 0][0]}): the "
-                                     "permeability contrast is too extreme for double "
-                                     "precision; bound log_k (e.g. clip it to [-30, 30])")
-                factors[lo] = stack
-                p[lo:hi] = stack.solve(self._rhs_batch(kg))
-            else:
-                factors[lo] = [self._factor(kb) for kb in k[lo:hi]]
-                rhs = self._rhs_batch(kg)
-                p[lo:hi] = [lu.solve(r) for lu, r in zip(factors[lo], rhs, strict=True)]
-
-        run_rows(rows, len(k), jobs)
-        return k, [(a, b, factors[a]) for a, b in chunks(len(k), jobs)], p
+    def _forward_chunk(self, k: np.ndarray):
+        """(pressures, factors) of a chunk of (R, n^2) permeabilities."""
+        kg = k.reshape(len(k), self.n, self.n)
+        if not self.banded:
+            lus = [self._factor(kb) for kb in k]
+            return np.stack([lu.solve(r) for lu, r in zip(lus, self._rhs_batch(kg),
+                                                          strict=True)]), lus
+        stack = BandStack(self.n * self.n, self.n, len(k))
+        status = stack.factor(lambda blocks, a, b: self._assemble(kg[a:b], blocks[a:b]))
+        if status.any():
+            raise ValueError(f"the Darcy matrix is not numerically positive definite (LAPACK "
+                             f"dpbtrf info = {status[status != 0][0]}): the permeability "
+                             "contrast is too extreme for double precision; bound log_k "
+                             "(e.g. clip it to [-30, 30])")
+        return stack.solve(self._rhs_batch(kg)), stack
 
     def _adjoint(self, k: np.ndarray, factors, p: np.ndarray, g: np.ndarray, jobs: int = 1
                  ) -> np.ndarray:
         """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve
-        (by chunk, as :meth:`_forward` returns them)."""
-        out = np.empty_like(p)
+        (as :meth:`_forward` returns them: on the workers that made them)."""
+        parts, states, workers = factors
+        calls = [(k[a:b], p[a:b], g[a:b]) for a, b in parts]
+        outs = workers.call_kept("_adjoint_chunk", states, calls) if workers else \
+            [self._adjoint_chunk(s, *c) for s, c in zip(states, calls, strict=True)]
+        return np.concatenate(outs).reshape(len(p), self.n, self.n)
 
-        def rows(i, _):
-            lo, hi, factor = factors[i]
-            if self.banded:  # A is symmetric: A^T lambda = g with the same factor
-                lam = factor.solve(g[lo:hi])
-            else:
-                lam = np.stack([lu.solve(gb, trans="T") for lu, gb in zip(factor, g[lo:hi],
-                                                                           strict=True)])
-            out[lo:hi] = self._gradient(k[lo:hi], p[lo:hi], lam)
-
-        run_rows(rows, len(factors), jobs, each=True)
-        return out.reshape(len(p), self.n, self.n)
+    def _adjoint_chunk(self, factor, k, p, g) -> np.ndarray:
+        if self.banded:  # A is symmetric: A^T lambda = g with the same factor
+            lam = factor.solve(g)
+        else:
+            lam = np.stack([lu.solve(gb, trans="T") for lu, gb in zip(factor, g, strict=True)])
+        return self._gradient(k, p, lam)
 
     @np.errstate(over="ignore", invalid="ignore")
     def _gradient(self, k: np.ndarray, p: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -372,6 +381,11 @@ class DarcySolver:
         for cells, pressure in self._sides(k):
             grad[cells] += lam[cells] * (p[cells] - pressure) * 2.0 * k[cells]
         return -grad.reshape(len(k), -1)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_pools", None)  # worker processes stay with this process
+        return state
 
     def __repr__(self) -> str:
         f = f"{self.f.flat[0]:g}" if np.all(self.f == self.f.flat[0]) else "field"

@@ -88,8 +88,11 @@ class DarcyForward(ForwardModel):
         try:
             if f is None:
                 from .darcy import DarcySolver, observe
-                return observe(DarcySolver(log_k.shape[-1], self.source, self.bc), log_k,
-                               points, jobs=self.jobs)
+                n = log_k.shape[-1]
+                solver = self.__dict__.get("_field_solver")
+                if solver is None or solver.n != n:  # kept: its workers start once
+                    solver = self._field_solver = DarcySolver(n, self.source, self.bc)
+                return observe(solver, log_k, points, jobs=self.jobs)
             return darcy_pressure(log_k, points, f, self.bc, jobs=self.jobs)
         except ValueError:
             if log_k.shape[0] == 1:
@@ -200,10 +203,11 @@ class AristoffBangerthForward(ForwardModel):
         self.benchmark = AristoffBangerth()
 
     def set_jobs(self, jobs: int) -> None:
-        """Factorise the rows of a batch on ``jobs`` threads (LAPACK releases the GIL)."""
+        """Solve the chunks of a batch on ``jobs`` worker processes (forked)."""
         from .parallel import check_jobs
 
-        self.jobs = self.benchmark._solver.jobs = check_jobs(jobs)
+        self.jobs = check_jobs(jobs)
+        self.benchmark._solver.set_jobs(self.jobs)
 
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         """Observations, or NaN rows where the stiffness matrix cannot be factorised (theta's

@@ -25,11 +25,13 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["MAX_JOBS", "BandStack", "ProcessRows", "check_jobs", "chunks", "row_sum", "run_rows"]
+__all__ = ["MAX_JOBS", "WORKERS", "BandStack", "ChunkWorkers", "ProcessRows", "check_jobs",
+           "chunks", "row_sum", "run_rows"]
 
 MAX_JOBS = 256
 """The most workers: threads are cheap, but each is a stack and, for UM-Bridge, a connection."""
@@ -225,6 +227,116 @@ class BandStack:
         if failed:
             out[self.status != 0] = np.nan
         return out
+
+# -- a built-in solver's chunks on forked workers --------------------------------------------
+WORKERS = "processes" if "fork" in __import__("multiprocessing").get_all_start_methods() \
+    else "threads"
+"""How the built-in solvers run a batch's chunks with ``jobs`` > 1: in processes forked from
+this one (nothing pickled but each call's arrays; where ``fork`` is missing, threads)."""
+
+_KEEP = 16  # states a worker keeps for a backward pass that may not come
+
+
+def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
+    torch.set_num_threads(1)
+    kept: OrderedDict[int, Any] = OrderedDict()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:  # close()
+            return
+        key, method, args, keep = msg
+        try:
+            if key is not None and not keep:  # a kept state's second half
+                out = getattr(owner, method)(kept.pop(key), *args)
+            else:
+                out = getattr(owner, method)(*args)
+                if keep:
+                    out, kept[key] = out
+                    while len(kept) > _KEEP:
+                        kept.popitem(last=False)
+            conn.send(("ok", out))
+        except Exception as err:  # noqa: BLE001 (sent to the parent, raised there)
+            conn.send(("value" if isinstance(err, ValueError) else "error",
+                       str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"))
+
+
+class ChunkWorkers:
+    """A solver's chunks of rows on ``jobs`` workers: ``owner.METHOD(*args)`` per chunk, one
+    chunk per worker, results in order. In processes (:data:`WORKERS`), forked from this one,
+    so each inherits ``owner`` (a built-in solver: its arrays, no pickling) and runs with its
+    own GIL; in threads otherwise. ``keep``: the method returns (result, state) and the state
+    stays with the worker (a factorisation for the adjoint solves), passed back as the first
+    argument of :meth:`call_kept`. Every worker's answer is read before an error is raised."""
+
+    def __init__(self, owner, jobs: int, workers: str | None = None):
+        self.owner, self.jobs, self._key = owner, jobs, 0
+        self.processes = (workers or WORKERS) == "processes"
+        self._conns, self._procs = [], []
+        if self.processes:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork")
+            for _ in range(jobs):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_chunk_worker, args=(child, owner), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            atexit.register(self.close)
+
+    def call(self, method: str, args: list[tuple], keep: bool = False) -> list:
+        """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``); with ``keep``,
+        [(result, handle)] where handle is what :meth:`call_kept` takes."""
+        if not self.processes:
+            outs = run_rows(lambda i, _: getattr(self.owner, method)(*args[i]), len(args),
+                            self.jobs, each=True)
+            return outs
+        self._key += 1
+        outs = self._exchange([(i, (self._key if keep else None, method, a, keep))
+                               for i, a in enumerate(args)])
+        return [(out, (i, self._key)) for i, out in enumerate(outs)] if keep else outs
+
+    def call_kept(self, method: str, handles: list, args: list[tuple]) -> list:
+        """``owner.method(state, *a)`` with each state that :meth:`call` kept."""
+        if not self.processes:
+            return run_rows(lambda i, _: getattr(self.owner, method)(handles[i], *args[i]),
+                            len(args), self.jobs, each=True)
+        return self._exchange([(w, (key, method, a, False))
+                               for (w, key), a in zip(handles, args, strict=True)])
+
+    def _exchange(self, messages: list) -> list:
+        for w, msg in messages:
+            self._conns[w].send(msg)
+        outs, first = [], None
+        for w, _ in messages:
+            try:
+                status, value = self._conns[w].recv()
+            except (EOFError, OSError):
+                status, value = "error", "a worker process died (killed, or out of memory)"
+            if status != "ok":
+                first = first or ValueError(value if status == "value" else
+                                            f"{type(self.owner).__name__} failed in a worker "
+                                            f"process: {value}")
+            outs.append(value)
+        if first is not None:
+            raise first
+        return outs
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(None)  # not EOF alone: workers forked later hold this end too
+                conn.close()
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+        self._conns, self._procs = [], []
+
 
 # -- worker processes ---------------------------------------------------------------------------
 def _serve(conn, payload: bytes) -> None:  # pragma: no cover (runs in the worker process)
