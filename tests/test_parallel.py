@@ -376,3 +376,51 @@ def test_chunk_workers_give_the_values_of_one_chunk_and_raise_after_every_reply(
         assert np.array_equal(np.concatenate([q for q, _ in again]), p)
     finally:
         pool.close()
+
+
+class Killed(Exception):
+    """Stands for a kill (Pyro turns a RuntimeError in the potential into a divergence)."""
+
+
+def _nuts_target(kill_after: int | None = None):
+    from autovae.inverse.contract import Target
+
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, generator=g, dtype=torch.float64)
+    rows = [0]  # in each process that evaluates it
+
+    def phi(z):
+        rows[0] += len(z)
+        if kill_after is not None and rows[0] > kill_after:
+            raise Killed("killed")
+        r = (z @ A.T - y) / 0.7
+        return 0.5 * (r * r).sum(-1)
+
+    return Target(phi, 3)
+
+
+def test_nuts_chains_in_processes_give_the_draws_of_one_process_and_resume(tmp_path):
+    from autovae.inverse import run_chains
+    from autovae.inverse.kernels import NUTSKernel
+
+    def nuts(jobs):
+        k = NUTSKernel()
+        k.set_jobs(jobs)
+        return k
+
+    kw = dict(chains=3, warmup=30, draws=20, seed=4, checkpoint_every=7)
+    one_target, two_target = _nuts_target(), _nuts_target()
+    one = run_chains(one_target, nuts(1), tmp_path / "one", **kw)
+    run_chains(two_target, nuts(2), tmp_path / "two", **kw)
+    _same_chains(tmp_path / "one", tmp_path / "two")
+    # the other process's gradients and solves are counted here
+    assert (two_target.evals, two_target.gradients) == (one_target.evals, one_target.gradients)
+    assert one.summary()["solves"] == load_chains(tmp_path / "two").summary()["solves"]
+    # killed mid-run in one of the processes, resumed in two: the same draws
+    cut = tmp_path / "cut"
+    with pytest.raises((Killed, ValueError), match="killed"):
+        run_chains(_nuts_target(kill_after=250), nuts(2), cut, **kw)
+    assert not load_chains(cut).complete
+    run_chains(_nuts_target(), nuts(2), cut, **kw)
+    _same_chains(tmp_path / "one", cut)

@@ -74,10 +74,11 @@ class DarcyForward(ForwardModel):
                 "source": src, **bc}
 
     def set_jobs(self, jobs: int) -> None:
-        """Solve the rows of a batch on ``jobs`` threads (banded LAPACK without the GIL)."""
-        from .parallel import check_jobs
+        """Solve the chunks of a batch on ``jobs`` workers (processes forked from this one,
+        so at most the cores present; :class:`~autovae.inverse.parallel.ChunkWorkers`)."""
+        from .parallel import WORKERS, check_jobs
 
-        self.jobs = check_jobs(jobs)
+        self.jobs = check_jobs(jobs, processes=WORKERS == "processes")
 
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         return self.pressure(params, self.points)
@@ -203,10 +204,11 @@ class AristoffBangerthForward(ForwardModel):
         self.benchmark = AristoffBangerth()
 
     def set_jobs(self, jobs: int) -> None:
-        """Solve the chunks of a batch on ``jobs`` worker processes (forked)."""
-        from .parallel import check_jobs
+        """Solve the chunks of a batch on ``jobs`` workers (processes forked from this one,
+        so at most the cores present; :class:`~autovae.inverse.parallel.ChunkWorkers`)."""
+        from .parallel import WORKERS, check_jobs
 
-        self.jobs = check_jobs(jobs)
+        self.jobs = check_jobs(jobs, processes=WORKERS == "processes")
         self.benchmark._solver.set_jobs(self.jobs)
 
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:

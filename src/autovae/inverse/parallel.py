@@ -265,11 +265,13 @@ def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker 
 
 class ChunkWorkers:
     """A solver's chunks of rows on ``jobs`` workers: ``owner.METHOD(*args)`` per chunk, one
-    chunk per worker, results in order. In processes (:data:`WORKERS`), forked from this one,
-    so each inherits ``owner`` (a built-in solver: its arrays, no pickling) and runs with its
-    own GIL; in threads otherwise. ``keep``: the method returns (result, state) and the state
-    stays with the worker (a factorisation for the adjoint solves), passed back as the first
-    argument of :meth:`call_kept`. Every worker's answer is read before an error is raised."""
+    chunk per worker, results in order. In processes (:data:`WORKERS`): this process runs the
+    first chunk and ``jobs - 1`` processes forked from it the others, each having inherited
+    ``owner`` (a built-in solver: its arrays, no pickling) and running with its own GIL; in
+    threads otherwise. ``keep``: the method returns (result, state) and the state stays with
+    the worker that made it (a factorisation, for the adjoint solves), passed back as the
+    first argument of :meth:`call_kept`. Every worker's answer is read before an error is
+    raised, so none is left in a pipe for the next call."""
 
     def __init__(self, owner, jobs: int, workers: str | None = None):
         self.owner, self.jobs, self._key = owner, jobs, 0
@@ -279,7 +281,7 @@ class ChunkWorkers:
             import multiprocessing as mp
 
             ctx = mp.get_context("fork")
-            for _ in range(jobs):
+            for _ in range(jobs - 1):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_chunk_worker, args=(child, owner), daemon=True)
                 proc.start()
@@ -292,26 +294,34 @@ class ChunkWorkers:
         """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``); with ``keep``,
         [(result, handle)] where handle is what :meth:`call_kept` takes."""
         if not self.processes:
-            outs = run_rows(lambda i, _: getattr(self.owner, method)(*args[i]), len(args),
+            return run_rows(lambda i, _: getattr(self.owner, method)(*args[i]), len(args),
                             self.jobs, each=True)
-            return outs
         self._key += 1
-        outs = self._exchange([(i, (self._key if keep else None, method, a, keep))
-                               for i, a in enumerate(args)])
-        return [(out, (i, self._key)) for i, out in enumerate(outs)] if keep else outs
+        outs = self._exchange(method, args[0], [(i, (self._key if keep else None, method, a,
+                                                     keep)) for i, a in enumerate(args[1:])])
+        if not keep:
+            return outs
+        return [outs[0]] + [(out, (i, self._key)) for i, out in enumerate(outs[1:])]
 
     def call_kept(self, method: str, handles: list, args: list[tuple]) -> list:
         """``owner.method(state, *a)`` with each state that :meth:`call` kept."""
         if not self.processes:
             return run_rows(lambda i, _: getattr(self.owner, method)(handles[i], *args[i]),
                             len(args), self.jobs, each=True)
-        return self._exchange([(w, (key, method, a, False))
-                               for (w, key), a in zip(handles, args, strict=True)])
+        return self._exchange(method, (handles[0], *args[0]),
+                              [(w, (key, method, a, False))
+                               for (w, key), a in zip(handles[1:], args[1:], strict=True)])
 
-    def _exchange(self, messages: list) -> list:
+    def _exchange(self, method: str, local: tuple, messages: list) -> list:
+        """Send ``messages`` to the workers, run ``method(*local)`` here meanwhile, and read
+        every reply; the results in order, or the first error once all are in."""
         for w, msg in messages:
             self._conns[w].send(msg)
-        outs, first = [], None
+        outs, first = [None], None
+        try:
+            outs[0] = getattr(self.owner, method)(*local)
+        except Exception as err:  # noqa: BLE001 (raised below, once every reply is read)
+            first = err
         for w, _ in messages:
             try:
                 status, value = self._conns[w].recv()
