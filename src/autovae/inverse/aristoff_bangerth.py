@@ -21,8 +21,9 @@ half-bandwidth 32. A(theta) = sum_k theta_k A_k is assembled for a chunk of the 
 sparse product with the precomputed A_k in LAPACK's lower band storage, the chunk's matrices
 factorised by one banded Cholesky call (``dpbtrf`` on a
 :class:`~autovae.inverse.parallel.BandStack`) and solved by one ``dpbtrs`` call; the gradient
-reuses the factors for the adjoint solves. With ``jobs`` > 1 the chunks run on threads (the
-LAPACK calls and the numpy work release the GIL), the values bit for bit those of one chunk.
+reuses the factors for the adjoint solves. With ``jobs`` > 1 the chunks run on worker
+processes (:class:`~autovae.inverse.parallel.ChunkWorkers`), the values bit for bit those of one
+chunk.
 
 >>> import torch
 >>> p = AristoffBangerth()

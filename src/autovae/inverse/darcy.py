@@ -36,7 +36,7 @@ __all__ = ["BANDED_MAX", "DarcySolver", "darcy_pressure", "observation_operator"
 
 BANDED_MAX = 64
 """Grids up to this many cells a side are solved by banded Cholesky (its n^4 cost is below
-SuperLU's there, and it runs without the GIL, so ``--jobs`` threads scale); larger by SuperLU."""
+SuperLU's there, and a chunk of fields is one LAPACK call); larger by SuperLU."""
 
 
 def _grid_size(n) -> int:
@@ -247,7 +247,7 @@ class DarcySolver:
 
     def solve(self, log_k, jobs: int = 1) -> torch.Tensor:
         """(B, n, n) log-permeabilities -> (B, n, n) cell pressures, log_k's dtype, with grad;
-        the rows factorised (and back-propagated) on ``jobs`` threads."""
+        the rows factorised (and back-propagated) on ``jobs`` workers."""
         log_k = _as_field(log_k, "log_k")
         if log_k.shape[1:] != (self.n, self.n):
             raise ValueError(f"log_k must have shape (B, {self.n}, {self.n}) for this "
