@@ -340,9 +340,13 @@ class NUTSKernel(MCMCKernel):
         forked from it, each stepping a contiguous group of chains with the Pyro kernels it
         inherited (nothing is pickled but each chain's state and statistics). Every chain
         owns its RNG stream, so the draws do not depend on ``jobs``."""
-        from .parallel import check_jobs
+        from .parallel import WORKERS, check_jobs
 
-        self.jobs = check_jobs(jobs, processes=True)
+        jobs = check_jobs(jobs, processes=True)
+        if jobs > 1 and WORKERS != "processes":
+            raise ValueError(f"--jobs {jobs} with NUTS forks its chains' processes, and this "
+                             "platform has no fork; give --jobs 1")
+        self.jobs = jobs
         self._close_pool()
 
     def _close_pool(self) -> None:
