@@ -147,7 +147,7 @@ class BandedPoissonQ1:
         # for the gradient, lambda^T A_k u = sum over block k's cells of lambda_c^T K u_c (the
         # cell's corner values, zero at boundary nodes): cells in block order, 16 per block
         order = np.argsort(self.cell_param, kind="stable")
-        self._block_nodes = self.cell_nodes[order]  # (1024, 4), block k's cells at 16k..16k+15
+        self._block_nodes = self.cell_nodes[order]  # (cells, 4), block k's cells together
     def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every cell's stiffness contributions between interior nodes: (row i, column j,
         coefficient index k, value) with A(theta)[i, j] = sum of theta_k * value (duplicates
@@ -252,7 +252,7 @@ class BandedPoissonQ1:
         # depending on the rows around it, and a row's value must not depend on its chunk)
         per_cell = sum(le[:, a] * sum(self.k_cell[a, b] * ue[:, b] for b in range(4))
                        for a in range(4))  # (B, 1024)
-        return -row_sum(per_cell.reshape(len(u), 64, 16))
+        return -row_sum(per_cell.reshape(len(u), 64, -1))  # the cells of each block
 
     def log_likelihood_and_grad(self, theta: np.ndarray, data: np.ndarray, sigma: float):
         """(B, 64) -> log L (B,) and d log L / d theta (B, 64), the adjoint solve right after
