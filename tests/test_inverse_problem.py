@@ -238,10 +238,10 @@ def test_aristoff_bangerth_fused_gradient_equals_autograd_through_the_model():
         target, forward = problem.target(), problem.forward
         solver = forward.benchmark._solver
 
-        def refuse_huge(ab, factor=solver._factor):  # as dpbtrf does past double precision
-            if np.abs(ab).max() > 1e100:
+        def refuse_huge(theta, factor=solver._factor):  # as dpbtrf does past double precision
+            if np.abs(theta).max() > 1e100:
                 raise ValueError("not numerically positive definite")
-            return factor(ab)
+            return factor(theta)
 
         solver._factor = refuse_huge
         u, g = target.potential_and_grad(z)
