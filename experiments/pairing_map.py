@@ -26,6 +26,7 @@ from autovae.search.pairing_map import (
     LIKELIHOODS,
     PAIRS,
     combine_maps,
+    control_table,
     map_cells,
     map_figure,
     map_table,
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(result: dict, out: Path) -> int:
     table = map_table(result)
+    if control_table(result):
+        table += "\n\nThe controls against their known answer:\n\n" + control_table(result)
     (out / "pairing_map.md").write_text(table + "\n")
     print(table)
     print(f"figure: {map_figure(result, out / 'pairing_map.png')}")

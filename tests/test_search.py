@@ -261,6 +261,52 @@ def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys)
     assert "latent 4 -> 2" in where_on_the_map(retrain, tmp_path / "map" / "pairing_map.json")
 
 
+def test_control_cells_are_judged_against_their_generating_pairing():
+    from autovae.search.pairing_map import control_table, map_cells, map_table
+
+    cells = map_cells(["control-gaussian-cauchy", "control-laplace"], ["bernoulli", "gaussian"],
+                      [2])
+    assert [(c.data, c.likelihood, c.binary_data) for c in cells] == [
+        ("control-gaussian-cauchy", "gaussian", False), ("control-laplace", "bernoulli", True)]
+    cell = {"data": "control-gaussian-cauchy", "likelihood": "gaussian", "latent_dim": 2,
+            "test_data": "real values", "best_latent": "normal/cauchy:2", "best_nll": 10.0,
+            "best_nll_sd": 0.1, "best_nll_per_seed": [9.9, 10.0, 10.1], "normal_nll": 20.0,
+            "normal_nll_sd": 1.0, "pairing_gain": 10.0, "pairing_gain_sd": 1.0,
+            "pairing_gain_per_seed": [9.1, 10.0, 10.9], "every_seed_gains": True,
+            "every_seed_gains_1_nat": True, "generating_latent": "normal/cauchy:2",
+            "generating_nll": 10.0, "generating_nll_sd": 0.1,
+            "generating_nll_per_seed": [9.9, 10.0, 10.1], "true_nll": 9.0,
+            "pairs": ["normal/normal", "normal/cauchy"]}
+    table = control_table({"cells": [cell]})
+    assert "+9.10, +10.00, +10.90 | 9.00 | **recovered** |" in table
+    assert "(candidates also normal/cauchy)" in map_table({"cells": [cell]})
+    missed = {**cell, "best_nll": 11.0}  # 1 nat worse than the generating pairing, sd 0.1
+    assert "missed the generating pairing" in control_table({"cells": [missed]})
+    tie = {**cell, "pairing_gain_per_seed": [0.0, -0.1, 0.05]}
+    assert "normal/normal does not lose" in control_table({"cells": [tie]})
+    real_data = {k: v for k, v in cell.items() if k != "true_nll"
+                 and not k.startswith("generating")}
+    assert control_table({"cells": [real_data]}) == ""  # no control cell: no table
+
+
+def test_maps_with_other_candidate_pairs_combine(tmp_path):
+    import json
+
+    from autovae.search.pairing_map import combine_maps
+
+    for name, pairs in (("a", ["normal/normal"]), ("b", ["normal/normal", "normal/cauchy"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pairing_map.json").write_text(json.dumps(
+            {"settings": {"seeds": 3, "pairs": pairs}, "cells": [{"data": name}]}))
+    cells = combine_maps([tmp_path / "a", tmp_path / "b"])["cells"]
+    assert cells == [{"pairs": ["normal/normal"], "data": "a"},
+                     {"pairs": ["normal/normal", "normal/cauchy"], "data": "b"}]
+    (tmp_path / "b" / "pairing_map.json").write_text(json.dumps(
+        {"settings": {"seeds": 2, "pairs": []}, "cells": []}))
+    with pytest.raises(ValueError, match="other settings"):
+        combine_maps([tmp_path / "a", tmp_path / "b"])
+
+
 def test_the_map_command_refuses_one_seed(capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from pairing_map import main as map_main

@@ -11,7 +11,11 @@ two seeds (no spread, no claim).
 Likelihoods: ``bernoulli`` is trained on dynamic binarisations and scored on a fixed binarised
 test set (seed 0; comparable to the binarised-MNIST literature); ``continuous-bernoulli`` and
 ``gaussian`` (learned shared sigma) are trained and scored on the grey levels. Binary data (the
-known-belief controls of :mod:`autovae.control`) are used as they are.
+known-belief controls of :mod:`autovae.control`) are used as they are, the Gaussian controls'
+real values under the Gaussian likelihood only. In a control's cell the generating pairing is
+retrained and scored too (``generating_*``), with the generating model's own NLL
+(``true_nll``): the control is recovered where the search's pairing is as good as the
+generating one and normal/normal loses. Each cell keeps the candidate pairs it searched.
 
 ``experiments/pairing_map.py`` runs a map and writes ``pairing_map.json``, the table and the
 figure; ``autovae retrain-best`` says where a study lies on it (:func:`where_on_the_map`).
@@ -27,8 +31,8 @@ from pathlib import Path
 from ..beliefs import LatentSpec
 from ..config import Config
 
-__all__ = ["Cell", "combine_maps", "map_cells", "map_figure", "map_table", "run_cell", "run_map",
-           "where_on_the_map"]
+__all__ = ["Cell", "combine_maps", "control_table", "map_cells", "map_figure", "map_table",
+           "run_cell", "run_map", "where_on_the_map"]
 
 PAIRS = ["normal/normal", "logistic/normal", "laplace/laplace", "cauchy/cauchy",
          "gumbel/gumbel"]  # the quick preset's candidates
@@ -47,8 +51,14 @@ class Cell:
     latent_dim: int
 
     @property
-    def binary_data(self) -> bool:
+    def control(self) -> bool:
         return self.data.startswith("control")
+
+    @property
+    def binary_data(self) -> bool:
+        from ..control import is_gaussian_control
+
+        return self.control and not is_gaussian_control(self.data)
 
     @property
     def slug(self) -> str:
@@ -74,17 +84,20 @@ def map_cells(datasets: list[str], likelihoods: list[str], latent_dims: list[int
     if unknown:
         raise ValueError(f"likelihoods: {', '.join(unknown)} not on the map; choose from "
                          f"{', '.join(LIKELIHOODS)}")
+    from ..control import is_gaussian_control
+
     cells = []
     for data in datasets:
         for lik in likelihoods:
-            if data.startswith("control") and lik != "bernoulli":
+            if data.startswith("control") and lik != "bernoulli" \
+                    and not is_gaussian_control(data):
                 continue  # binary data: only a pmf scores them
-            if data.startswith("darcy") and lik != "gaussian":
+            if (data.startswith("darcy") or is_gaussian_control(data)) and lik != "gaussian":
                 continue  # real values: only the Gaussian takes them
             cells += [Cell(data, lik, d) for d in latent_dims]
     if not cells:
         raise ValueError("no map cells: each dataset needs a likelihood that fits it "
-                         "(controls: bernoulli; darcy-grf: gaussian)")
+                         "(controls: bernoulli; darcy-grf and control-gaussian-*: gaussian)")
     return cells
 
 
@@ -114,7 +127,12 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
     spec = StudySpec(space, config, ["nll"], trials, sampler="tpe", pruner="none",
                      validation_nll_samples=50)
     study = run_search(None, "map", folder, spec)
-    result = retrain_best(study, folder, seeds=seeds, progress=progress)
+    also = {}
+    if cell.control:
+        from ..control import generating_pairing
+
+        also["generating"] = generating_pairing(cell.data, cell.latent_dim)
+    result = retrain_best(study, folder, seeds=seeds, progress=progress, also=also)
     same = result.get("normal/normal, same bound", result["normal/normal"])
     gains = result["pairing_gain_per_seed"]
     summary = {**asdict(cell), "best_latent": result["best"]["config"]["latent"],
@@ -125,7 +143,17 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
                "pairing_gain_sd": result["pairing_gain_sd"], "pairing_gain_per_seed": gains,
                "every_seed_gains": all(g > 0 for g in gains),
                "every_seed_gains_1_nat": all(g >= 1 for g in gains),
-               "test_data": result["test_data"], "nll_samples": result["nll_samples"]}
+               "test_data": result["test_data"], "nll_samples": result["nll_samples"],
+               "pairs": list(pairs or PAIRS)}
+    if cell.control:
+        from ..control import true_nll
+
+        gen = result["generating"]
+        summary.update(generating_latent=gen["config"]["latent"],
+                       generating_nll=gen["test_nll_mean"], generating_nll_sd=gen["test_nll_sd"],
+                       generating_nll_per_seed=[r["test_nll"] for r in gen["runs"]],
+                       best_nll_per_seed=[r["test_nll"] for r in result["best"]["runs"]],
+                       true_nll=true_nll(cell.data, samples=20_000))
     for key in ("bernoulli_entropy_floor", "pairing_gain_share_of_reducible"):
         if key in result:
             summary[key] = result[key]
@@ -170,13 +198,17 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
 
 
 def combine_maps(folders: list[str | os.PathLike]) -> dict:
-    """One map of the cells of several (run with the same settings, e.g. in parallel)."""
+    """One map of the cells of several (run with the same settings, e.g. in parallel; the
+    candidate pairs may differ, as each cell keeps the pairs it searched)."""
     maps = [json.loads((Path(f) / "pairing_map.json").read_text()) for f in folders]
+    same = lambda m: {k: v for k, v in m["settings"].items() if k != "pairs"}  # noqa: E731
     for folder, other in zip(folders[1:], maps[1:], strict=True):
-        if other["settings"] != maps[0]["settings"]:
+        if same(other) != same(maps[0]):
             raise ValueError(f"{folder}: its map has other settings than {folders[0]}'s; "
-                             "combine maps made with the same settings only")
-    return {**maps[0], "cells": [c for m in maps for c in m["cells"]]}
+                             "combine maps made with the same settings only (the candidate "
+                             "pairs may differ: each cell keeps its own)")
+    cells = [{"pairs": m["settings"]["pairs"], **c} for m in maps for c in m["cells"]]
+    return {**maps[0], "cells": cells}
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -195,12 +227,17 @@ def _verdict(c: dict) -> str:
     return "seeds disagree: no claim"
 
 
+def _searched(c: dict) -> str:
+    extra = [p for p in c.get("pairs", PAIRS) if p not in PAIRS]
+    return c["best_latent"] + (f" (candidates also {', '.join(extra)})" if extra else "")
+
+
 def _row(c: dict) -> str:
     share = (f" ({c['pairing_gain_share_of_reducible']:.1%})"
              if "pairing_gain_share_of_reducible" in c else "")
     seeds = ", ".join(f"{g:+.2f}" for g in c["pairing_gain_per_seed"])
     return (f"| {c['data']} | {c['likelihood']} | {c['test_data']} | {c['latent_dim']} | "
-            f"{c['best_latent']} | {_pm(c['best_nll'], c['best_nll_sd'])} | "
+            f"{_searched(c)} | {_pm(c['best_nll'], c['best_nll_sd'])} | "
             f"{_pm(c['normal_nll'], c['normal_nll_sd'])} | "
             f"{_pm(c['pairing_gain'], c['pairing_gain_sd'])}{share} | {seeds} | {_verdict(c)} |")
 
@@ -211,6 +248,44 @@ def map_table(result: dict) -> str:
             "normal/normal, same bound | pairing gain | per seed | verdict |\n"
             "|---|---|---|---|---|---|---|---|---|---|")
     return "\n".join([head, *(_row(c) for c in result["cells"])])
+
+
+def _recovered(c: dict) -> str:
+    """Whether a control cell recovers the known answer: the searched pairing within two seed
+    sds of the generating pairing or better, and normal/normal worse than the generating
+    pairing with every seed."""
+    spread = 2 * max(c["best_nll_sd"], c["generating_nll_sd"])
+    found = c["best_nll"] <= c["generating_nll"] + spread
+    normal = [b + g for b, g in zip(c["best_nll_per_seed"], c["pairing_gain_per_seed"],
+                                    strict=True)]
+    loses = all(n > g for n, g in zip(normal, c["generating_nll_per_seed"], strict=True))
+    if found and loses:
+        return "**recovered**"
+    if found:
+        return "search as good as the generating pairing, but normal/normal does not lose"
+    return "**not recovered: the search missed the generating pairing**"
+
+
+def control_table(result: dict) -> str:
+    """The map's control cells against their known answer (NLLs in nats, mean ± sd over seeds;
+    the generating gain is normal/normal's NLL minus the generating pairing's, per seed)."""
+    head = ("| control | latent | generating pairing | its NLL | searched pairing's NLL | "
+            "normal/normal | generating gain per seed | generating model itself | verdict |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for c in result["cells"]:
+        if "generating_nll" not in c:
+            continue
+        normal = [b + g for b, g in zip(c["best_nll_per_seed"], c["pairing_gain_per_seed"],
+                                        strict=True)]
+        gains = ", ".join(f"{n - g:+.2f}" for n, g in zip(normal, c["generating_nll_per_seed"],
+                                                           strict=True))
+        rows.append(f"| {c['data']} | {c['latent_dim']} | {c['generating_latent']} | "
+                    f"{_pm(c['generating_nll'], c['generating_nll_sd'])} | "
+                    f"{_pm(c['best_nll'], c['best_nll_sd'])} | "
+                    f"{_pm(c['normal_nll'], c['normal_nll_sd'])} | {gains} | "
+                    f"{c['true_nll']:.2f} | {_recovered(c)} |")
+    return "\n".join([head, *rows]) if rows else ""
 
 
 def map_figure(result: dict, path: str | os.PathLike) -> Path:
