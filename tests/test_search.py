@@ -281,8 +281,10 @@ def test_control_cells_are_judged_against_their_generating_pairing():
     assert "+9.10, +10.00, +10.90 | 9.00 | **recovered** |" in table
     assert "(candidates also normal/cauchy)" in map_table({"cells": [cell]})
     missed = {**cell, "best_nll": 11.0}  # 1 nat worse than the generating pairing, sd 0.1
-    assert "missed the generating pairing" in control_table({"cells": [missed]})
-    tie = {**cell, "pairing_gain_per_seed": [0.0, -0.1, 0.05]}
+    assert "search did not find one as good" in control_table({"cells": [missed]})
+    worse = {**cell, "best_nll_sd": 2.0, "best_nll": 12.0, "every_seed_gains": False}
+    assert "search did not find one as good" in control_table({"cells": [worse]})  # in spread
+    tie = {**cell, "generating_nll_per_seed": [19.0, 20.0, 21.0], "generating_nll": 20.0}
     assert "normal/normal does not lose" in control_table({"cells": [tie]})
     real_data = {k: v for k, v in cell.items() if k != "true_nll"
                  and not k.startswith("generating")}
