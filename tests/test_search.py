@@ -291,6 +291,30 @@ def test_control_cells_are_judged_against_their_generating_pairing():
     assert control_table({"cells": [real_data]}) == ""  # no control cell: no table
 
 
+def test_a_map_search_with_pure_starts_tries_each_pair_alone_first(tmp_path):
+    from autovae.search.pairing_map import map_cells, map_table, run_map
+
+    cells = map_cells(["digits"], ["gaussian"], [2])
+    base = BASE.replace(epochs=1, hidden=8, nll_samples=5)
+    pairs = ["normal/normal", "laplace/laplace"]
+    result = run_map(cells, tmp_path / "map", base, seeds=2, trials=3, pairs=pairs,
+                     pure_starts=True)
+    import optuna
+
+    study = optuna.load_study(study_name="map", storage="sqlite:///" + str(
+        tmp_path / "map" / "cells" / cells[0].slug / "study.db"))
+    latents = [t.user_attrs.get("latent") or t.params for t in study.trials]
+    assert len(study.trials) == 3
+    assert [t.params for t in study.trials[:2]] == [
+        {"w:normal/normal": 1.0, "w:laplace/laplace": 0.0},
+        {"w:normal/normal": 0.0, "w:laplace/laplace": 1.0}], latents
+    assert result["cells"][0]["pure_starts"] and "3 trials, each pair alone first" in \
+        map_table(result)
+    with pytest.raises(ValueError, match="cannot start with each of the 2 candidate pairs"):
+        run_map(cells, tmp_path / "other", base, seeds=2, trials=1, pairs=pairs,
+                pure_starts=True)
+
+
 def test_maps_with_other_candidate_pairs_combine(tmp_path):
     import json
 
@@ -299,12 +323,15 @@ def test_maps_with_other_candidate_pairs_combine(tmp_path):
     for name, pairs in (("a", ["normal/normal"]), ("b", ["normal/normal", "normal/cauchy"])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "pairing_map.json").write_text(json.dumps(
-            {"settings": {"seeds": 3, "pairs": pairs}, "cells": [{"data": name}]}))
+            {"settings": {"seeds": 3, "pairs": pairs, "trials": len(pairs) + 4},
+             "cells": [{"data": name}]}))
     cells = combine_maps([tmp_path / "a", tmp_path / "b"])["cells"]
-    assert cells == [{"pairs": ["normal/normal"], "data": "a"},
-                     {"pairs": ["normal/normal", "normal/cauchy"], "data": "b"}]
+    assert cells == [
+        {"pairs": ["normal/normal"], "trials": 5, "pure_starts": False, "data": "a"},
+        {"pairs": ["normal/normal", "normal/cauchy"], "trials": 6, "pure_starts": False,
+         "data": "b"}]
     (tmp_path / "b" / "pairing_map.json").write_text(json.dumps(
-        {"settings": {"seeds": 2, "pairs": []}, "cells": []}))
+        {"settings": {"seeds": 2, "pairs": [], "trials": 5}, "cells": []}))
     with pytest.raises(ValueError, match="other settings"):
         combine_maps([tmp_path / "a", tmp_path / "b"])
 

@@ -110,12 +110,17 @@ def _check_seeds(seeds: int) -> int:
 
 
 def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
-             pairs: list[str] | None = None, progress: bool = False) -> dict:
+             pairs: list[str] | None = None, progress: bool = False,
+             pure_starts: bool = False) -> dict:
     """Search the pairing in ``cell`` (``trials`` trials, the bound of ``base``), retrain the
-    best and normal/normal with the same bound over ``seeds`` seeds; the cell's summary."""
+    best and normal/normal with the same bound over ``seeds`` seeds; the cell's summary.
+    ``pure_starts``: the first trials are each candidate pair alone (then TPE): random weights
+    almost never leave one pair alone, so a homogeneous pairing is otherwise hard to reach in
+    a small latent space (in 2 dims one of 7 uniform weights must exceed the other six's sum)."""
     from .analysis import retrain_best
     from .space import SearchSpace
-    from .study import StudySpec, run_search
+    from .storage import open_storage
+    from .study import StudySpec, create_study, run_search
 
     _check_seeds(seeds)
     config = cell.config(base)
@@ -126,6 +131,16 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
                         depth=fixed("depth"), lr=fixed("lr"))
     spec = StudySpec(space, config, ["nll"], trials, sampler="tpe", pruner="none",
                      validation_nll_samples=50)
+    if pure_starts:
+        if trials < len(space.pairs):
+            raise ValueError(f"pure starts: {trials} trials cannot start with each of the "
+                             f"{len(space.pairs)} candidate pairs alone; pass --trials "
+                             f"{len(space.pairs) + 3} or more")
+        folder.mkdir(parents=True, exist_ok=True)
+        study = create_study(open_storage(None, folder), "map", spec)
+        if not study.trials:
+            for pair in space.pairs:
+                study.enqueue_trial({f"w:{p}": float(p == pair) for p in space.pairs})
     study = run_search(None, "map", folder, spec)
     also = {}
     if cell.control:
@@ -144,7 +159,7 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
                "every_seed_gains": all(g > 0 for g in gains),
                "every_seed_gains_1_nat": all(g >= 1 for g in gains),
                "test_data": result["test_data"], "nll_samples": result["nll_samples"],
-               "pairs": list(pairs or PAIRS)}
+               "pairs": list(pairs or PAIRS), "trials": trials, "pure_starts": pure_starts}
     if cell.control:
         from ..control import true_nll
 
@@ -162,7 +177,7 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
 
 def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int = 3,
             trials: int = 8, pairs: list[str] | None = None, note: str = "",
-            progress: bool = False) -> dict:
+            progress: bool = False, pure_starts: bool = False) -> dict:
     """Run every cell into ``out/cells/SLUG`` and write ``out/pairing_map.json`` after each
     (a cell already in it is not run again: a killed map resumes; cells it holds that are not
     asked for are kept)."""
@@ -170,6 +185,7 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
     out = Path(out)
     path = out / "pairing_map.json"
     settings = {"seeds": seeds, "trials": trials, "pairs": list(pairs or PAIRS),
+                **({"pure_starts": True} if pure_starts else {}),
                 "base": {k: v for k, v in base.to_dict().items()
                          if k in ("epochs", "batch_size", "hidden", "depth", "lr", "alpha",
                                   "samples", "beta", "latent_clip", "nll_samples", "limit")},
@@ -189,7 +205,7 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
         key = cell.data + cell.likelihood + str(cell.latent_dim)
         if key not in done:
             done[key] = run_cell(cell, out / "cells" / cell.slug, base, seeds, trials, pairs,
-                                 progress)
+                                 progress, pure_starts)
             print(_row(done[key]), flush=True)
         result["cells"].append(done[key])
         out.mkdir(parents=True, exist_ok=True)
@@ -201,13 +217,17 @@ def combine_maps(folders: list[str | os.PathLike]) -> dict:
     """One map of the cells of several (run with the same settings, e.g. in parallel; the
     candidate pairs may differ, as each cell keeps the pairs it searched)."""
     maps = [json.loads((Path(f) / "pairing_map.json").read_text()) for f in folders]
-    same = lambda m: {k: v for k, v in m["settings"].items() if k != "pairs"}  # noqa: E731
+    cell_keys = ("pairs", "trials", "pure_starts")  # each cell keeps its own
+    same = lambda m: {k: v for k, v in m["settings"].items()  # noqa: E731
+                      if k not in cell_keys}
     for folder, other in zip(folders[1:], maps[1:], strict=True):
         if same(other) != same(maps[0]):
             raise ValueError(f"{folder}: its map has other settings than {folders[0]}'s; "
                              "combine maps made with the same settings only (the candidate "
                              "pairs may differ: each cell keeps its own)")
-    cells = [{"pairs": m["settings"]["pairs"], **c} for m in maps for c in m["cells"]]
+    cells = [{"pairs": m["settings"]["pairs"], "trials": m["settings"]["trials"],
+              "pure_starts": m["settings"].get("pure_starts", False), **c}
+             for m in maps for c in m["cells"]]
     return {**maps[0], "cells": cells}
 
 
@@ -229,7 +249,9 @@ def _verdict(c: dict) -> str:
 
 def _searched(c: dict) -> str:
     extra = [p for p in c.get("pairs", PAIRS) if p not in PAIRS]
-    return c["best_latent"] + (f" (candidates also {', '.join(extra)})" if extra else "")
+    how = ([f"candidates also {', '.join(extra)}"] if extra else []) + (
+        [f"{c['trials']} trials, each pair alone first"] if c.get("pure_starts") else [])
+    return c["best_latent"] + (f" ({'; '.join(how)})" if how else "")
 
 
 def _row(c: dict) -> str:
