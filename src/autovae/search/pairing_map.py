@@ -320,15 +320,17 @@ def map_figure(result: dict, path: str | os.PathLike) -> Path:
     fig = Figure(figsize=(7, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    lines: dict[tuple[str, str], list[dict]] = {}
-    for c in result["cells"]:
-        lines.setdefault((c["data"], c["likelihood"]), []).append(c)
-    for i, ((data, lik), cells) in enumerate(lines.items()):
+    lines: dict[str, list[dict]] = {}
+    for c in result["cells"]:  # one line per data, likelihood and search budget
+        label = f"{c['data']}, {c['likelihood']}" + (
+            f" ({c['trials']} trials, pure starts)" if c.get("pure_starts") else "")
+        lines.setdefault(label, []).append(c)
+    for i, (label, cells) in enumerate(lines.items()):
         cells.sort(key=lambda c: c["latent_dim"])
         x = [c["latent_dim"] * (1 + 0.03 * (i - len(lines) / 2)) for c in cells]
         ax.errorbar(x, [c["pairing_gain"] for c in cells],
                     yerr=[c["pairing_gain_sd"] for c in cells], marker="o", capsize=3,
-                    label=f"{data}, {lik}")
+                    label=label)
     ax.axhline(0, color="k", lw=0.8)
     ax.axhline(1, color="k", lw=0.8, ls="--", label="+1 nat")
     ax.set_xscale("log")
