@@ -224,8 +224,8 @@ def _load(text: str, dim: int | None, gaussian: bool, root: Path, download: bool
 
 def _info(name: str, text: str, dim: int | None, gaussian: bool = False) -> DatasetInfo:
     spec = generating_spec(text, dim)  # refuses an impossible pair before any loading
-    what = (f"real values z W + b + {SIGMA:g} * noise (--likelihood gaussian)" if gaussian
-            else "binary")
+    what = (f"real values z W + b + {SIGMA:g} * noise, z truncated to +-{TRUNCATE:g} "
+            "(--likelihood gaussian)" if gaussian else "binary")
     return DatasetInfo(name, f"known-belief control: {spec} latents, fixed decoder, 6k 8x8 "
                              f"{what}", functools.partial(_load, text, dim, gaussian),
                        val_size=VAL, test_size=TEST)
