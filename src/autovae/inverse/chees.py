@@ -81,11 +81,14 @@ class ChEESKernel(MCMCKernel):
         "adapt_mass": option("ChEES: adapt a diagonal mass matrix from the chains' variance"),
         "max_divergent_run": option("stop after this many divergent iterations in a row "
                                     "(nuts, chees)", domain="count"),
+        "restart_length": option("ChEES: restart the trajectory length from one step at each "
+                                 "new mass matrix"),
     }
 
     def __init__(self, step_size: float | None = None, target_accept: float = 0.651,
                  learning_rate: float = 0.05, jitter: float = 1.0, max_leapfrog: int = 256,
-                 adapt_mass: bool = True, max_divergent_run: int = 50):
+                 adapt_mass: bool = True, max_divergent_run: int = 50,
+                 restart_length: bool = True):
         self.step_size = None if step_size is None else _check_step("step_size", step_size)
         self.target_accept = _check_target_accept(target_accept)
         self.learning_rate = _check_step("learning_rate", learning_rate, 1.0)
@@ -100,13 +103,15 @@ class ChEESKernel(MCMCKernel):
         self.max_leapfrog = max_leapfrog
         self.adapt_mass = bool(adapt_mass)
         self.max_divergent_run = max_divergent_run
+        self.restart_length = bool(restart_length)
         self.state: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         return {"kernel": self.name, "step_size": self.step_size,
                 "target_accept": self.target_accept, "learning_rate": self.learning_rate,
                 "jitter": self.jitter, "max_leapfrog": self.max_leapfrog,
-                "adapt_mass": self.adapt_mass, "max_divergent_run": self.max_divergent_run}
+                "adapt_mass": self.adapt_mass, "max_divergent_run": self.max_divergent_run,
+                "restart_length": self.restart_length}
 
     # -- start ----------------------------------------------------------------------------------
     def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
@@ -268,6 +273,8 @@ class ChEESKernel(MCMCKernel):
             s.update(w_n=0, w_mean=torch.zeros_like(s["w_mean"]),
                      w_m2=torch.zeros_like(s["w_m2"]))
             self._restart_dual_averaging(math.exp(s["log_step"]))
+            if self.restart_length:
+                s["log_T"] = s["log_T_avg"] = s["log_step"]
 
     def end_warmup(self, target: Target) -> None:
         s = self.state
