@@ -18,7 +18,10 @@ Warm-up adapts, from the population of chains (many chains, 16-128, make the est
   whitened by the mass matrix, weighted by the chains' acceptance probabilities;
 * a diagonal inverse mass matrix, the chains' variance pooled over the iterations of three
   windows (10-25%, 25-50%, 50-75% of warm-up), shrunk toward 1e-3 as Stan does; each new
-  matrix restarts dual averaging from 10 times the current step.
+  matrix restarts dual averaging from 10 times the current step and (``restart_length``) T
+  from one step: T grown while the chains were still together (the criterion then rewards
+  any lengthening) would stay, since the jittered criterion of a Gaussian has a local maximum
+  every half period.
 
 h_t in [1 - ``jitter``, 1) is the base-2 Halton (van der Corput) sequence of the iteration
 number: jittered lengths without a random draw. After warm-up eps and T are frozen at their
@@ -66,7 +69,8 @@ class ChEESKernel(MCMCKernel):
     ``learning_rate``: Adam's rate on log T; ``jitter``: the fraction of T jittered;
     ``max_leapfrog``: the most leapfrog steps per iteration; ``adapt_mass``: a diagonal mass
     matrix from the chains' variance; ``max_divergent_run``: stop when one chain has that many
-    divergent post-warm-up iterations in a row.
+    divergent post-warm-up iterations in a row; ``restart_length``: restart T from one step
+    with each new mass matrix.
     """
 
     name = "chees"
