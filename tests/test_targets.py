@@ -111,8 +111,8 @@ RUNS = {
     ("heat-1d", "mala"): (4, 500, 1000, 1), ("deconvolution-1d", "mala"): (4, 300, 1000, 1),
     ("um-mixture", "nuts"): (4, 150, 300, 1), ("um-donut", "nuts"): (4, 300, 600, 1),
     ("banana", "nuts"): (4, 300, 600, 1), ("icg-10", "nuts"): (2, 60, 100, 1),
-    ("gaussian-10", "nuts"): (2, 60, 100, 1),
-    ("um-mixture", "chees"): (16, 500, 1000, 1), ("um-donut", "chees"): (32, 1000, 2000, 1),
+    ("gaussian-10", "nuts"): (4, 100, 300, 1),
+    ("um-mixture", "chees"): (16, 500, 1000, 1),
     ("banana", "chees"): (32, 1000, 2000, 1), ("icg-10", "chees"): (16, 1000, 2000, 1),
     ("gaussian-10", "chees"): (16, 500, 1000, 1), ("heat-1d", "chees"): (16, 1000, 1000, 1),
     ("deconvolution-1d", "chees"): (16, 500, 500, 1),
@@ -138,6 +138,9 @@ NOT_MEANT = {
     ("banana", "mala"): "strongly curved: one global preconditioner mixes too slowly for a "
                         "4-MCSE check in test time (b^2 is still 0.1 after 8000 gradients, "
                         "benchmarks/bench_protocol.py)",
+    ("um-donut", "chees"): "ChEES's criterion, the change in the squared distance from the "
+                           "chains' mean, is flat along a ring centred there: T stays near "
+                           "two leapfrog steps (R-hat 1.15 after 2,000 draws of 32 chains)",
     ("um-donut", "mala"): "curved (a ring): one global preconditioner mixes too slowly for a "
                           "4-MCSE check in test time",
 }
