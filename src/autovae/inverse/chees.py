@@ -18,7 +18,10 @@ Warm-up adapts, from the population of chains (many chains, 16-128, make the est
   whitened by the mass matrix, weighted by the chains' acceptance probabilities;
 * a diagonal inverse mass matrix, the chains' variance pooled over the iterations of three
   windows (10-25%, 25-50%, 50-75% of warm-up), shrunk toward 1e-3 as Stan does; each new
-  matrix restarts dual averaging from 10 times the current step.
+  matrix restarts dual averaging from 10 times the current step and (``restart_length``) T
+  from one step: T grown while the chains were still together (the criterion then rewards
+  any lengthening) would stay, since the jittered criterion of a Gaussian has a local maximum
+  every half period.
 
 h_t in [1 - ``jitter``, 1) is the base-2 Halton (van der Corput) sequence of the iteration
 number: jittered lengths without a random draw. After warm-up eps and T are frozen at their
@@ -66,7 +69,8 @@ class ChEESKernel(MCMCKernel):
     ``learning_rate``: Adam's rate on log T; ``jitter``: the fraction of T jittered;
     ``max_leapfrog``: the most leapfrog steps per iteration; ``adapt_mass``: a diagonal mass
     matrix from the chains' variance; ``max_divergent_run``: stop when one chain has that many
-    divergent post-warm-up iterations in a row.
+    divergent post-warm-up iterations in a row; ``restart_length``: restart T from one step
+    with each new mass matrix.
     """
 
     name = "chees"
@@ -81,11 +85,14 @@ class ChEESKernel(MCMCKernel):
         "adapt_mass": option("ChEES: adapt a diagonal mass matrix from the chains' variance"),
         "max_divergent_run": option("stop after this many divergent iterations in a row "
                                     "(nuts, chees)", domain="count"),
+        "restart_length": option("ChEES: restart the trajectory length from one step at each "
+                                 "new mass matrix"),
     }
 
     def __init__(self, step_size: float | None = None, target_accept: float = 0.651,
                  learning_rate: float = 0.05, jitter: float = 1.0, max_leapfrog: int = 256,
-                 adapt_mass: bool = True, max_divergent_run: int = 50):
+                 adapt_mass: bool = True, max_divergent_run: int = 50,
+                 restart_length: bool = True):
         self.step_size = None if step_size is None else _check_step("step_size", step_size)
         self.target_accept = _check_target_accept(target_accept)
         self.learning_rate = _check_step("learning_rate", learning_rate, 1.0)
@@ -100,25 +107,27 @@ class ChEESKernel(MCMCKernel):
         self.max_leapfrog = max_leapfrog
         self.adapt_mass = bool(adapt_mass)
         self.max_divergent_run = max_divergent_run
+        self.restart_length = bool(restart_length)
         self.state: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         return {"kernel": self.name, "step_size": self.step_size,
                 "target_accept": self.target_accept, "learning_rate": self.learning_rate,
                 "jitter": self.jitter, "max_leapfrog": self.max_leapfrog,
-                "adapt_mass": self.adapt_mass, "max_divergent_run": self.max_divergent_run}
+                "adapt_mass": self.adapt_mass, "max_divergent_run": self.max_divergent_run,
+                "restart_length": self.restart_length}
 
     # -- start ----------------------------------------------------------------------------------
     def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
         c, d = z0.shape
         u, g = target.potential_and_grad(z0)
+        like = {"dtype": z0.dtype, "device": z0.device}  # every tensor where the chains are
         s = self.state = {
             "z": z0.clone(), "u": u, "grad": g, "t": 0, "warmup": int(warmup),
-            "inv_mass": torch.ones(d, dtype=z0.dtype),
+            "inv_mass": torch.ones(d, **like),
             "log_T": 0.0, "log_T_avg": 0.0, "adam_v": 0.0, "adam_t": 0,
-            "div_run": torch.zeros(c, dtype=torch.long), "frozen": False,
-            "w_n": 0, "w_mean": torch.zeros(d, dtype=z0.dtype),
-            "w_m2": torch.zeros(d, dtype=z0.dtype)}
+            "div_run": torch.zeros(c, dtype=torch.long, device=z0.device), "frozen": False,
+            "w_n": 0, "w_mean": torch.zeros(d, **like), "w_m2": torch.zeros(d, **like)}
         if not torch.isfinite(u).all():
             s.update(log_step=0.0, log_step_avg=0.0, da_t=0, da_h=0.0, da_mu=0.0)
             return u
@@ -133,7 +142,7 @@ class ChEESKernel(MCMCKernel):
         """Double or halve eps until the harmonic-mean acceptance of one leapfrog step from the
         start points crosses 1/2 (Hoffman & Gelman's heuristic, over all chains at once)."""
         s, eps, direction = self.state, 1.0, 0
-        p = torch.randn(s["z"].shape, generator=gen, dtype=s["z"].dtype)
+        p = _normal(s["z"], gen)
         for _ in range(30):
             _, _, _, _, alpha, diverging = self._leapfrog(target, p, eps, 1)
             up = _harmonic_mean(alpha, diverging) > 0.5
@@ -157,9 +166,9 @@ class ChEESKernel(MCMCKernel):
         T = math.exp(s["log_T_avg"])
         h = halton(s["t"]) * self.jitter + (1.0 - self.jitter)
         steps = max(1, min(self.max_leapfrog, math.ceil(h * T / eps)))
-        z, dtype = s["z"], s["z"].dtype
-        p0 = torch.randn(z.shape, generator=gen, dtype=dtype) / s["inv_mass"].sqrt()
-        uniform = torch.rand(z.shape[0], generator=gen, dtype=dtype)
+        z = s["z"]
+        p0 = _normal(z, gen) / s["inv_mass"].sqrt()
+        uniform = torch.rand(z.shape[0], generator=gen, dtype=z.dtype).to(z.device)
         q, p, u, g, alpha, diverging = self._leapfrog(target, p0, eps, steps)
         accepted = uniform < alpha
         acc = accepted.unsqueeze(-1)
@@ -185,7 +194,7 @@ class ChEESKernel(MCMCKernel):
         inv_m = s["inv_mass"]
         q, p, u, g = s["z"].clone(), p0.clone(), s["u"].clone(), s["grad"].clone()
         h0 = s["u"] + 0.5 * (p0 * p0 * inv_m).sum(-1)
-        alive = torch.ones(q.shape[0], dtype=torch.bool)
+        alive = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
         for _ in range(steps):
             if not alive.any():
                 break
@@ -268,6 +277,8 @@ class ChEESKernel(MCMCKernel):
             s.update(w_n=0, w_mean=torch.zeros_like(s["w_mean"]),
                      w_m2=torch.zeros_like(s["w_m2"]))
             self._restart_dual_averaging(math.exp(s["log_step"]))
+            if self.restart_length:
+                s["log_T"] = s["log_T_avg"] = s["log_step"]
 
     def end_warmup(self, target: Target) -> None:
         s = self.state
@@ -309,6 +320,12 @@ class ChEESKernel(MCMCKernel):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = dict(state)
+
+
+def _normal(z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """N(0, I) of z's shape and dtype on z's device, drawn from the chains' CPU generator (so
+    the draws and a resumed run do not depend on the device's own random numbers)."""
+    return torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
 
 
 def _harmonic_mean(alpha: torch.Tensor, diverging: torch.Tensor) -> float:
