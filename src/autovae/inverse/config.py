@@ -86,6 +86,9 @@ class InverseConfig:
     error_model: int = _f(0, "delayed acceptance: prior draws for the approximation error "
                           "model (mean and covariance of fine - cheap outputs; 0: none)",
                           least=0)
+    surrogate_draws: int | None = _f(None, "--coarse-forward surrogate: prior draws whose "
+                                     "fine outputs train it (counted as fine solves; "
+                                     "default 1000)", least=1)
     adaptive_error: bool = _f(False, "delayed acceptance: learn the cheap model's offset "
                               "(fine - cheap outputs) at the screened proposals during "
                               "warm-up, then freeze it (Cui, Fox & O'Sullivan)")

@@ -52,7 +52,7 @@ COMMON = frozenset({"run", "problem", "prior", "data", "noise", "noise_kind", "t
                     "kernel", "kernel_options", "chains", "warmup", "draws", "thin", "step_size",
                     "target_accept", "seed", "checkpoint_every", "out", "device",
                     "error_bars", "jobs", "subchain", "coarse_forward", "error_model",
-                    "adaptive_error"})
+                    "adaptive_error", "surrogate_draws"})
 VECTOR = ("gaussian", "lognormal", "uniform")  # priors on a parameter vector (vector_priors)
 PRIOR_VALUES = ("prior_mean", "prior_sd", "prior_cov", "prior_low", "prior_high")
 
