@@ -438,12 +438,14 @@ CLI_CASES = [
      "--forward-timeout must be finite"),
     ("forward-timeout without UM-Bridge", ["invert", "--problem", "aristoff-bangerth",
                                            "--forward-timeout", "5", "--out", R + "/inv"],
-     "--forward-timeout applies to --problem custom, not to aristoff-bangerth"),
+     "--forward-timeout applies to a UM-Bridge model (--forward umbridge:URL, or "
+     "--coarse-forward umbridge:URL with --subchain), not to aristoff-bangerth"),
     ("forward-timeout on a Python model", ["invert", "--problem", "custom", "--forward",
                                            "aristoff-bangerth", "--data", R + "/bad.yaml",
                                            "--noise", "0.1", "--forward-timeout", "5",
                                            "--out", R + "/inv"],
-     "--forward-timeout applies to a UM-Bridge model (--forward umbridge:URL)"),
+     "--forward-timeout applies to a UM-Bridge model (--forward umbridge:URL, or "
+     "--coarse-forward umbridge:URL with --subchain), not to aristoff-bangerth"),
     ("serve-forward --workers 0", ["serve-forward", "darcy", "--workers", "0"],
      "--workers must be >= 1"),
     # -- issue 27: binarised evaluation, the known-belief control -----------------------------

@@ -235,3 +235,52 @@ def test_surrogate_bad_inputs():
     nan = InverseProblem(StandardNormalPrior(6), _MostlyNaN(G), problem.data, 1.0)
     with pytest.raises(ValueError, match="prior draws gave finite fine outputs; it needs >= 20"):
         surrogate_forward(nan, 100, 0)
+
+
+def test_adaptive_error_model_spends_one_fine_solve_per_screened_proposal(tmp_path):
+    """The adaptive error model learns from the fine solve the two-level ratio makes: fine
+    solves = the start points + the proposals whose subchain moved, warm-up included."""
+    exact, problem, G = _linear(1)
+    kernel = DelayedAcceptanceKernel(coarse_target(problem, _Affine(G, 1.0, 0.3)), "rwm",
+                                     subchain=2, adaptive_error=True)
+    moved = []
+    sample = kernel.sample
+
+    def counted(*args, **kwargs):
+        out = sample(*args, **kwargs)
+        moved.append(int(out["subchain_moved"].sum()))
+        return out
+
+    kernel.sample = counted
+    run_chains(problem.target(), kernel, tmp_path / "a", chains=3, warmup=60, draws=40, seed=0)
+    assert problem.forward.solves == 3 + sum(moved) and sum(moved) > 100
+
+
+def test_invert_with_a_surrogate_counts_its_training_and_resumes_without_retraining(tmp_path):
+    from autovae.inverse import invert
+
+    settings = dict(problem="aristoff-bangerth", prior="lognormal", kernel="rwm", subchain=2,
+                    coarse_forward="surrogate", surrogate_draws=40, chains=2, warmup=10,
+                    draws=10, seed=0, out=str(tmp_path / "c"))
+    first = invert(**settings).summary
+    assert first["surrogate_training_solves"] == 40 == first["setup_fine_solves"]
+    assert first["fine_solves"] == first["solves"] + 40
+    assert first["surrogate_kind"] in ("linear", "mlp")
+    saved = (tmp_path / "c" / "surrogate.pt").stat().st_mtime_ns
+    again = invert(**settings)  # the same command again: the folder resumes
+    assert (tmp_path / "c" / "surrogate.pt").stat().st_mtime_ns == saved  # not retrained
+    assert again.summary["surrogate_training_solves"] == 40
+
+
+def test_the_cheap_model_gets_jobs():
+    from autovae.inverse.config import InverseConfig
+    from autovae.inverse.inversion import _delayed
+    from autovae.inverse.problems import PROBLEMS
+
+    cfg = InverseConfig.from_dict(dict(problem="aristoff-bangerth", subchain=2, jobs=2))
+    problem = PROBLEMS[cfg.problem](cfg).problem
+    d = _delayed(cfg, problem, "rwm", None)
+    try:
+        assert d["cheap"].jobs == 2 and d["setup_fine_solves"] == 0
+    finally:
+        d["cheap"].close_workers()

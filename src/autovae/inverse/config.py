@@ -155,10 +155,12 @@ class InverseConfig:
         if self.forward_timeout is not None and self.forward_timeout <= 0:
             raise ValueError(f"--forward-timeout must be a positive number of seconds, got "
                              f"{self.forward_timeout!r}")
-        if self.forward_timeout is not None and self.forward is not None \
-                and not self.forward.startswith("umbridge:"):
+        umbridge = [m for m in (self.forward, self.coarse_forward if self.subchain else None)
+                    if m is not None and m.startswith("umbridge:")]
+        if self.forward_timeout is not None and not umbridge:
             raise ValueError(f"--forward-timeout applies to a UM-Bridge model (--forward "
-                             f"umbridge:URL), not to {self.forward}; leave it out")
+                             f"umbridge:URL, or --coarse-forward umbridge:URL with --subchain), "
+                             f"not to {self.forward or self.problem}; leave it out")
         if self.noise is not None and self.noise <= 0:
             raise ValueError(f"--noise must be positive (e.g. 0.05), got {self.noise!r}")
         # one spelling, written out in full: the record reads the same however it was given

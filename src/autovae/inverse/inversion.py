@@ -146,20 +146,13 @@ def _run(cfg, built, problem, cf, target, kernel, kernel_name, delayed, bars, pr
     return InversionResult(cf.path, problem, result, out, new_solves)
 
 
-def _workers(forward, cfg: InverseConfig, cheap: bool = False) -> None:
-    """--jobs and --forward-timeout onto the forward model (``cheap``: delayed acceptance's
-    cheap model), before any sampling."""
+def _workers(forward, cfg: InverseConfig) -> None:
+    """--jobs and --forward-timeout onto a forward model (the fine one, or delayed
+    acceptance's cheap one), before any sampling."""
     from .umbridge import UMBridgeForward
 
-    if cfg.forward_timeout is not None:
-        umbridge = isinstance(forward, UMBridgeForward)
-        cheap_umbridge = bool(cfg.subchain) and str(cfg.coarse_forward).startswith("umbridge:")
-        if not (umbridge or cheap or cheap_umbridge):
-            raise ValueError(f"--forward-timeout applies to a UM-Bridge model (--forward or "
-                             f"--coarse-forward umbridge:URL), not to {forward.name}; leave "
-                             "it out")
-        if umbridge:
-            forward.timeout = cfg.forward_timeout
+    if cfg.forward_timeout is not None and isinstance(forward, UMBridgeForward):
+        forward.timeout = cfg.forward_timeout  # (InverseConfig checked that one model is)
     forward.set_jobs(cfg.jobs)
 
 
@@ -192,7 +185,7 @@ def _delayed(cfg: InverseConfig, problem: InverseProblem, inner, folder) -> dict
         trained = report["surrogate_training_solves"]
     else:
         cheap, report, trained = coarse_forward(problem.forward, cfg.coarse_forward), {}, 0
-    _workers(cheap, cfg, cheap=True)
+    _workers(cheap, cfg)
     solves0 = problem.forward.solves
     aem = ApproximationError(problem, cheap, cfg.error_model, seed=cfg.seed) \
         if cfg.error_model else None
