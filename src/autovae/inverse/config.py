@@ -79,9 +79,12 @@ class InverseConfig:
                                "(P x P numbers) instead of --prior-sd")
     prior_low: str | None = _f(None, "--prior uniform: the lower bounds, as --prior-mean")
     prior_high: str | None = _f(None, "--prior uniform: the upper bounds, as --prior-mean")
-    subchain: int = _f(0, "delayed acceptance: subchain steps of --kernel (pcn, rwm or mala) "
+    subchain: int = _f(0, "delayed acceptance: subchain steps of --kernel (pcn, rwm, mala or "
+                       "chees) "
                        "on the cheap model per fine proposal (0: off)", least=0)
-    coarse_forward: str | None = _f(None, "delayed acceptance's cheap model, in the forms of "
+    coarse_forward: str | None = _f(None, "delayed acceptance's cheap model: surrogate (fitted "
+                                    "to --surrogate-draws prior draws' fine outputs), "
+                                    "aristoff-bangerth-N (N x N cells), or the forms of "
                                     "--forward (default: the built-in problem's coarser mesh)")
     error_model: int = _f(0, "delayed acceptance: prior draws for the approximation error "
                           "model (mean and covariance of fine - cheap outputs; 0: none)",

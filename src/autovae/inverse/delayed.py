@@ -2,18 +2,20 @@
 Lykkegaard et al. 2023): expensive solves only for proposals a cheap posterior has screened.
 
 Each fine iteration runs a subchain of ``subchain`` steps of a Metropolis kernel (pCN, RWM or
-MALA; gradients only on the cheap level) on the cheap posterior pi_c, started at the current
-fine state theta; its end theta' is the fine proposal, accepted with
+MALA) or of ChEES-HMC (gradients only on the cheap level) on the cheap posterior pi_c, started
+at the current fine state theta; its end theta' is the fine proposal, accepted with
 
     alpha = min(1, pi_f(theta') pi_c(theta) / (pi_f(theta) pi_c(theta'))).
 
 A Metropolis kernel with frozen settings is pi_c-reversible, so is its J-step power, and the
 fine chain is then exactly pi_f-reversible whatever the cheap model is: a wrong cheap model
-costs acceptance, never bias. (The subchain kernel adapts during warm-up only.) A subchain
-that never moves costs no fine solve.
+costs acceptance, never bias. (The subchain kernel adapts during warm-up only; ChEES holds
+one jittered trajectory length for a whole subchain, so its J steps are one kernel's power.)
+A subchain that never moves costs no fine solve.
 
 Cheap models: :func:`coarse_forward` (the built-in PDEs on a coarser mesh: Aristoff-Bangerth
-on 16 x 16 cells, Darcy on half the grid) or any :class:`~autovae.inverse.forward.ForwardModel`
+on 16 x 16 cells, Darcy on half the grid), a surrogate fitted to prior draws' fine outputs
+(:mod:`autovae.inverse.surrogate`) or any :class:`~autovae.inverse.forward.ForwardModel`
 of the same parameter and observation sizes (``--coarse-forward``, the forms of
 ``--forward``). :class:`ApproximationError` corrects the cheap model's bias: the mean and
 covariance of fine - cheap outputs over prior draws (as tinyDA does), giving the cheap
