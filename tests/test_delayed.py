@@ -188,7 +188,7 @@ def test_surrogate_is_fitted_chosen_by_held_out_error_and_cached(tmp_path):
         surrogate_forward(problem, 300, 0, tmp_path / "surrogate.pt")
     # nonlinear: a kind is chosen by its held-out error, and is differentiable
     bent = InverseProblem(StandardNormalPrior(6), _Bent(G), problem.data, 1.0)
-    sb = surrogate_forward(bent, 400, 1)
+    sb = surrogate_forward(bent, 200, 1)
     rmse = sb.report()["surrogate_heldout_rmse"]
     assert sb.report()["surrogate_kind"] == min(rmse, key=rmse.get)
     q = p.clone().requires_grad_(True)
