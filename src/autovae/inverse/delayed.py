@@ -343,9 +343,12 @@ class DelayedAcceptanceKernel(MCMCKernel):
             self._nan_rows.clear()
             with torch.no_grad():
                 fine = target.phi(probe)
-            if torch.isfinite(fine).any():
-                self._stop = self._nan_reason(f"{int(torch.isfinite(fine).sum())} proposals",
-                                              "in a subchain")
+            ok = torch.isfinite(fine)
+            if ok.any():  # say where: how far out, and how likely the fine posterior is there
+                self._stop = self._nan_reason(
+                    f"{int(ok.sum())} proposals, the nearest at |z| max "
+                    f"{float(probe[ok].abs().amax(1).min()):.3g} with fine misfit "
+                    f"{float(fine[ok].min()):.4g}", "in a subchain")
         c = z.shape[0]
         return {"accept_prob": torch.where(moved, accept_prob, torch.zeros_like(accept_prob)),
                 "accepted": accepted, "nonfinite": torch.zeros(c, dtype=torch.bool),
