@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._checks import check
-from .._threads import ordered_map
+from .._cpu import keep_freed_memory, ordered_map
 from ..beliefs import (
     LatentSpec,
     Likelihood,
@@ -289,11 +289,14 @@ class VAE(Model):
         needs no more memory than K = 50. On the CPU, ``workers`` threads (default: torch's
         thread count) each decode whole chunks of draws on one core, which keeps all cores near
         the matmul peak; the draws are made in order by the calling thread, so the estimate is
-        the same for any ``workers``.
+        the same for any ``workers``. glibc's malloc is set to keep freed memory for the rest of
+        the process (:func:`autovae._cpu.keep_freed_memory`).
         """
         if workers is None:
             workers = torch.get_num_threads() if x.device.type == "cpu" else 1
         workers = check("workers", workers, "count")
+        if x.device.type == "cpu":
+            keep_freed_memory()  # (else each chunk page-faults its blocks in anew)
         q = self.posterior(x)
         per_draw = x.shape[0] * math.prod(self.likelihood.out_event_shape)
         chunk = max(1, min(samples, budget // max(per_draw, 1)))
