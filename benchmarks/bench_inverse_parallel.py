@@ -11,7 +11,11 @@
    Aristoff-Bangerth at about the same solve budget (warm-up included), with each one's error
    against the packaged reference posterior mean (relative L2, theta and ln theta).
 3. **Solves per second against --jobs** (1, 2, ... the cores) for a batch of ``--batch`` rows,
-   forward + adjoint, Aristoff-Bangerth and Darcy (16 x 16), best of ``--repeats``.
+   forward + adjoint solves as the sampler calls them (the forward's factors kept for the
+   adjoint), Aristoff-Bangerth and Darcy (16 x 16), best of ``--repeats``, the --jobs
+   interleaved (one timing of each in turn) so that a burst of other work on the machine
+   spoils all of them alike rather than one; then Pyro's NUTS with its chains in --jobs
+   processes (solves per wall second of sampling).
 4. **UM-Bridge throughput against requests in flight**: a real ``autovae serve-forward`` server
    with 8 workers of a model that sleeps a fixed 50 ms per evaluation, ``--rows`` rows per
    batch, 1, 2, 4, 8 requests in flight.
@@ -22,6 +26,7 @@ Timings depend on the machine and its load; ratios are measured in the same run.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import subprocess
@@ -148,39 +153,72 @@ def _best(fn, repeats):
 
 
 def jobs(args) -> None:
+    from autovae.inverse import parallel
     from autovae.inverse.aristoff_bangerth import BandedPoissonQ1
     from autovae.inverse.darcy import DarcySolver
 
     cores = os.cpu_count() or 1
     counts = sorted({1, 2, cores})
     print(f"\n== 3. Solves/s against --jobs, batch of {args.batch} rows, forward + adjoint, "
-          f"{cores} cores present ==")
+          f"{cores} cores present; the chunks in processes (what --jobs uses) and, for "
+          "comparison, in threads ==")
     rng = np.random.default_rng(0)
-    ab = BandedPoissonQ1()
     theta = np.exp(rng.normal(0, 0.5, (args.batch, 64)))
-    data = rng.normal(0, 0.1, 169)
-    darcy = DarcySolver(16)
+    g_z = rng.normal(0, 1, (args.batch, 169))
     log_k = rng.normal(0, 1, (args.batch, 256))
     g = rng.normal(0, 1, (args.batch, 256))
 
-    def ab_run():
-        ab.log_likelihood_and_grad(theta, data, 0.05)
+    def ab_solver(j):
+        ab = BandedPoissonQ1()
+        ab.set_jobs(j)
+        return ab
 
-    def darcy_run(j):
-        k, lus, p = darcy._forward(log_k, j)
-        darcy._adjoint(k, lus, p, g, j)
+    def ab_run(ab, j):  # as the sampler runs it: forward solves kept for the adjoint ones
+        _, state = ab.solve(theta, keep=True)
+        ab.vjp(state, g_z)
 
-    for name, run, set_jobs in (
-            ("aristoff-bangerth", lambda j: ab_run(), lambda j: setattr(ab, "jobs", j)),
-            ("darcy 16x16", darcy_run, lambda j: None)):
-        base = None
-        for j in counts:
-            set_jobs(j)
-            run(j)  # warm the pool
-            t = _best(lambda j=j, run=run: run(j), args.repeats)
+    def darcy_run(darcy, j):
+        k, factors, p = darcy._forward(log_k, j)
+        darcy._adjoint(k, factors, p, g, j)
+
+    default = parallel.WORKERS
+    for name, make, run in (("aristoff-bangerth", ab_solver, ab_run),
+                            ("darcy 16x16", lambda j: DarcySolver(16), darcy_run)):
+        cases = {(1, "-"): make(1)}  # one worker: neither processes nor threads
+        for kind in ("processes", "threads"):
+            parallel.WORKERS = kind  # the workers start with the solver's first use
+            for j in counts[1:]:
+                cases[(j, kind)] = make(j)
+                run(cases[(j, kind)], j)
+        parallel.WORKERS = default
+        best = dict.fromkeys(cases, math.inf)
+        for _ in range(args.repeats):  # interleaved: a burst of other work spoils all alike
+            for key, solver in cases.items():
+                best[key] = min(best[key], _best(lambda s=solver, j=key[0], r=run: r(s, j), 1))
+        for (j, kind), t in best.items():
             rate = 2 * args.batch / t
+            print(f"{name:18s} --jobs {j:2d} {kind:9s}: {rate:8.0f} solves/s "
+                  f"({best[(1, '-')] / t:.2f}x --jobs 1)", flush=True)
+    nuts_jobs(args, counts)
+
+
+def nuts_jobs(args, counts) -> None:
+    """Pyro's NUTS with its chains in --jobs processes: solves per wall second of sampling."""
+    from autovae.inverse import invert
+
+    chains = max(counts)
+    print(f"\n   NUTS, Aristoff-Bangerth, {chains} chains x ({args.nuts_jobs_warmup} + "
+          f"{args.nuts_jobs_draws}), its chains in --jobs processes:")
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for j in counts:
+            r = invert(problem="aristoff-bangerth", kernel="nuts", chains=chains,
+                       warmup=args.nuts_jobs_warmup, draws=args.nuts_jobs_draws, seed=0,
+                       out=f"{tmp}/nuts{j}", checkpoint_every=10**6, jobs=j)
+            rate = r.summary["solves"] / r.chains.seconds
             base = base or rate
-            print(f"{name:18s} --jobs {j:2d}: {rate:8.0f} solves/s ({rate / base:.2f}x --jobs 1)",
+            print(f"nuts               --jobs {j:2d}: {rate:8.0f} solves/s ({rate / base:.2f}x "
+                  f"--jobs 1; {r.summary['solves']:,} solves, the same draws for every --jobs)",
                   flush=True)
 
 
@@ -231,6 +269,8 @@ def main() -> None:
     p.add_argument("--nuts-warmup", type=int, default=300)
     p.add_argument("--nuts-draws", type=int, default=400)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--nuts-jobs-warmup", type=int, default=10)
+    p.add_argument("--nuts-jobs-draws", type=int, default=10)
     p.add_argument("--rows", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--skip-kernels", action="store_true", help="only parts 3 and 4")

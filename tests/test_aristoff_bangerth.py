@@ -164,3 +164,23 @@ def test_reference_posterior_is_the_benchmarks():
     assert np.abs(m[[9, 10, 17, 18]] - np.log(0.1)).max() < 0.2
     assert np.abs(m[1:7]).max() < 0.25
     assert "R-hat" in ref["source"]
+
+
+@pytest.mark.parametrize("cells", [16, 32])
+def test_the_adjoint_gradient_matches_differences_on_any_mesh(cells):
+    from autovae.inverse.aristoff_bangerth import BandedPoissonQ1
+
+    class Mesh(BandedPoissonQ1):
+        n_cells = cells
+
+    solver = Mesh()
+    rng = np.random.default_rng(cells)
+    theta = np.exp(rng.normal(0, 0.5, (3, 64)))
+    g_z = rng.normal(size=(3, 169))
+    z, state = solver.solve(theta, keep=True)
+    grad = solver.vjp(state, g_z)
+    for k in (0, 27, 63):
+        e = np.zeros(64)
+        e[k] = 1e-6
+        fd = ((solver.solve(theta + e) - solver.solve(theta - e)) * g_z).sum(-1) / 2e-6
+        np.testing.assert_allclose(grad[:, k], fd, rtol=2e-5, atol=1e-8)

@@ -9,6 +9,7 @@ byte-identical. Each library case asserts a ValueError whose message names the a
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -424,6 +425,10 @@ CLI_CASES = [
      "--jobs must be an integer, got 'yes'"),
     ("jobs too many", ["invert", "--jobs", "100000", "--out", R + "/inv"],
      "(at most 256 workers); give --jobs <= 256"),
+    ("jobs beyond the cores, a built-in model", ["invert", "--problem", "aristoff-bangerth",
+                                                  "--jobs", str((os.cpu_count() or 1) + 1),
+                                                  "--out", R + "/inv"],
+     "cores; give --jobs <="),
     ("forward-timeout 0", ["invert", "--forward-timeout", "0", "--out", R + "/inv"],
      "--forward-timeout must be a positive number of seconds"),
     ("forward-timeout nan", ["invert", "--forward-timeout", "nan", "--out", R + "/inv"],

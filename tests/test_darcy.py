@@ -260,13 +260,54 @@ def test_bad_solver_inputs():
         DarcySolver(4).solve(torch.zeros(1, 5, 5))
 
 
+# a field whose matrix is not numerically positive definite (contrast e^600)
+EXTREME = [[-300.0, 300.0, 300.0, 300.0], [300.0, -300.0, -300.0, -300.0],
+           [-300.0, 300.0, -300.0, -300.0], [-300.0, 300.0, -300.0, -300.0]]
+
+
 def test_a_failed_factorisation_is_a_value_error_saying_what_to_do(monkeypatch):
+    # banded Cholesky (grids up to BANDED_MAX): a real field it cannot factorise
+    with pytest.raises(ValueError, match="not numerically positive definite.*bound log_k"):
+        darcy_pressure(torch.tensor([EXTREME]), torch.tensor([[0.5, 0.5]]))
+
     def singular(*args, **kwargs):
         raise RuntimeError("Factor is exactly singular")
 
+    # SuperLU beyond
     monkeypatch.setattr(darcy_module.spla, "splu", singular)
+    n = darcy_module.BANDED_MAX + 1
     with pytest.raises(ValueError, match="could not be factorised.*bound log_k"):
-        darcy_pressure(torch.zeros(1, 4, 4), torch.tensor([[0.5, 0.5]]))
+        darcy_pressure(torch.zeros(1, n, n), torch.tensor([[0.5, 0.5]]))
+
+
+def test_a_field_that_cannot_be_factorised_leaves_the_other_rows_alone():
+    from autovae.inverse.forward_models import DarcyForward
+
+    rng = np.random.default_rng(3)
+    fields = torch.from_numpy(rng.normal(size=(5, 4, 4)))
+    fields[2] = torch.tensor(EXTREME)
+    model = DarcyForward(grid=4, points=4)
+    y = model.evaluate(fields)
+    assert torch.isnan(y[2]).all() and torch.isfinite(y[[0, 1, 3, 4]]).all()
+    for b in (0, 1, 3, 4):  # bit for bit what each gives alone
+        assert torch.equal(y[b], model.evaluate(fields[b:b + 1])[0])
+
+
+def test_banded_and_sparse_solvers_agree():
+    rng = np.random.default_rng(6)
+    logk = rng.normal(size=(3, 8, 8))
+    g = rng.normal(size=(3, 64))
+    for bc in (None, "left=dirichlet:1,bottom=dirichlet:0.5,right=neumann:0.3"):
+        s = DarcySolver(8, bc=bc)
+        k, factors, p = s._forward(logk.reshape(3, -1))
+        grad = s._adjoint(k, factors, p, g)
+        assert s.banded and isinstance(factors[1][0], darcy_module.BandStack)
+        lus = [s._factor(kb) for kb in k]
+        p_lu = np.stack([lu.solve(s._rhs_for(kb)) for lu, kb in zip(lus, k, strict=True)])
+        lam = np.stack([lu.solve(gb, trans="T") for lu, gb in zip(lus, g, strict=True)])
+        np.testing.assert_allclose(p, p_lu, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(grad.reshape(3, -1), s._gradient(k, p_lu, lam), rtol=1e-10,
+                                   atol=1e-13)
 
 
 def test_permeability_entry_point_agrees_with_log_k():

@@ -303,3 +303,124 @@ def test_the_kubernetes_replicas_agree_with_the_cli_and_the_api(tmp_path):
                        "port": {"number": svc["spec"]["ports"][0]["port"]}}
     timeout = kinds["ConfigMap"]["data"]["timeout-server"]
     assert timeout.endswith("m") and 60 * int(timeout[:-1]) > 600  # > --forward-timeout
+
+
+def test_a_band_stack_gives_each_row_the_same_bits_wherever_it_sits_and_isolates_failures():
+    from autovae.inverse.aristoff_bangerth import BandedPoissonQ1
+    from autovae.inverse.parallel import BandStack
+
+    solver = BandedPoissonQ1()
+    rng = np.random.default_rng(4)
+    theta = np.exp(rng.normal(0, 1, (7, 64)))
+    theta[2, :] = -1.0  # not positive definite
+    theta[4, 5] = np.inf  # a factor that is not finite
+
+    def solve(rows):
+        stack = BandStack(solver.n_dofs, solver.kd, len(rows))
+        stack.factor(lambda blocks, lo, hi: blocks.__setitem__(
+            (slice(lo, hi), solver._band_j, solver._band_d), solver.band(theta[rows][lo:hi])))
+        rhs = np.tile(np.sin(np.arange(solver.n_dofs)), (len(rows), 1))
+        return stack.status, stack.solve(rhs)
+
+    status, u = solve(list(range(7)))
+    assert status[2] > 0 and status[4] == -1 and not status[[0, 1, 3, 5, 6]].any()
+    assert np.isnan(u[[2, 4]]).all() and np.isfinite(u[[0, 1, 3, 5, 6]]).all()
+    for b in (0, 1, 3, 5, 6):  # alone, and at another place among other rows
+        assert np.array_equal(solve([b])[1][0], u[b])
+        assert np.array_equal(solve([6, 0, b])[1][2], u[b])
+
+
+def test_run_rows_waits_for_every_chunk_before_raising_the_first_error():
+    from autovae.inverse.parallel import run_rows
+
+    done = []
+
+    def work(a, b):
+        if a == 0:
+            raise ValueError("chunk 0 failed")
+        time.sleep(0.2)  # still writing when chunk 0 has failed
+        done.append(a)
+        return a
+
+    with pytest.raises(ValueError, match="chunk 0 failed"):
+        run_rows(work, 4, 4, each=True)
+    assert sorted(done) == [1, 2, 3]
+    assert run_rows(lambda a, b: (a, b), 5, 2) == [(0, 2), (2, 5)]
+    assert run_rows(lambda a, b: a, 3, 2, each=True) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_chunk_workers_give_the_values_of_one_chunk_and_raise_after_every_reply(workers):
+    from autovae.inverse.darcy import DarcySolver
+    from autovae.inverse.parallel import ChunkWorkers
+
+    solver = DarcySolver(8)
+    rng = np.random.default_rng(2)
+    log_k, g = rng.normal(size=(5, 64)), rng.normal(size=(5, 64))
+    k, factors, p = solver._forward(log_k)
+    grad = solver._adjoint(k, factors, p, g)
+    pool = ChunkWorkers(solver, 2, workers)
+    try:
+        parts = chunks(5, 2)
+        outs = pool.call("_forward_chunk", [(k[a:b],) for a, b in parts], keep=True)
+        assert np.array_equal(np.concatenate([q for q, _ in outs]), p)
+        got = pool.call_kept("_adjoint_chunk", [s for _, s in outs],
+                             [(k[a:b], p[a:b], g[a:b]) for a, b in parts])
+        assert np.array_equal(np.concatenate(got).reshape(grad.shape), grad)
+        bad = k.copy()  # row 0: a field its banded Cholesky cannot factorise (e^600 contrast)
+        signs = np.unpackbits(np.array([188, 54, 206, 147, 20, 202, 186, 171], dtype=np.uint8))
+        bad[0] = np.exp(np.where(signs, 300.0, -300.0))
+        with pytest.raises(ValueError, match="not numerically positive definite"):
+            pool.call("_forward_chunk", [(bad[a:b],) for a, b in parts])
+        again = pool.call("_forward_chunk", [(k[a:b],) for a, b in parts])  # no stale reply
+        assert np.array_equal(np.concatenate([q for q, _ in again]), p)
+    finally:
+        pool.close()
+
+
+class Killed(Exception):
+    """Stands for a kill (Pyro turns a RuntimeError in the potential into a divergence)."""
+
+
+def _nuts_target(kill_after: int | None = None):
+    from autovae.inverse.contract import Target
+
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, generator=g, dtype=torch.float64)
+    rows = [0]  # in each process that evaluates it
+
+    def phi(z):
+        rows[0] += len(z)
+        if kill_after is not None and rows[0] > kill_after:
+            raise Killed("killed")
+        r = (z @ A.T - y) / 0.7
+        return 0.5 * (r * r).sum(-1)
+
+    return Target(phi, 3)
+
+
+def test_nuts_chains_in_processes_give_the_draws_of_one_process_and_resume(tmp_path):
+    from autovae.inverse import run_chains
+    from autovae.inverse.kernels import NUTSKernel
+
+    def nuts(jobs):
+        k = NUTSKernel()
+        k.set_jobs(jobs)
+        return k
+
+    kw = dict(chains=3, warmup=30, draws=20, seed=4, checkpoint_every=7)
+    one_target, two_target = _nuts_target(), _nuts_target()
+    one = run_chains(one_target, nuts(1), tmp_path / "one", **kw)
+    run_chains(two_target, nuts(2), tmp_path / "two", **kw)
+    _same_chains(tmp_path / "one", tmp_path / "two")
+    # the other process's gradients and solves are counted here
+    assert (two_target.evals, two_target.gradients) == (one_target.evals, one_target.gradients)
+    assert one.summary()["solves"] == load_chains(tmp_path / "two").summary()["solves"]
+    # killed mid-run in one of the processes, resumed in two: the same draws
+    cut = tmp_path / "cut"
+    with pytest.raises((Killed, ValueError), match="killed"):
+        run_chains(_nuts_target(kill_after=250), nuts(2), cut, **kw)
+    assert not load_chains(cut).complete
+    run_chains(_nuts_target(), nuts(2), cut, **kw)
+    _same_chains(tmp_path / "one", cut)

@@ -17,9 +17,13 @@ exp(log L + log prior) with respect to d theta; a sampler in phi = ln theta must
 Jacobian sum(phi) (``log_density_phi``), under which each phi_k is N(4, 4) under the prior.
 
 The solver: the 961 interior unknowns in natural order (x fastest) give a band matrix with
-half-bandwidth 32. A(theta) = sum_k theta_k A_k is assembled for a whole batch by one sparse
-product with the precomputed A_k in LAPACK's lower band storage, factorised by banded Cholesky
-(``dpbtrf``) and solved by ``dpbtrs``; the gradient reuses the factor for the adjoint solve.
+half-bandwidth 32. A(theta) = sum_k theta_k A_k is assembled for a chunk of the batch by one
+sparse product with the precomputed A_k in LAPACK's lower band storage, the chunk's matrices
+factorised by one banded Cholesky call (``dpbtrf`` on a
+:class:`~autovae.inverse.parallel.BandStack`) and solved by one ``dpbtrs`` call; the gradient
+reuses the factors for the adjoint solves. With ``jobs`` > 1 the chunks run on worker
+processes (:class:`~autovae.inverse.parallel.ChunkWorkers`), the values bit for bit those of one
+chunk.
 
 >>> import torch
 >>> p = AristoffBangerth()
@@ -36,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .parallel import banded_cholesky, run_rows
+from .parallel import BandStack, ChunkWorkers, chunks, row_sum
 
 __all__ = ["AristoffBangerth", "BandedPoissonQ1", "published_test_cases", "reference_posterior"]
 
@@ -84,7 +88,7 @@ class BandedPoissonQ1:
 
     n_cells = 32  # cells per side
     n_blocks = 8  # coefficient blocks per side
-    jobs = 1  # threads that factorise the rows of a batch (results independent of it)
+    jobs = 1  # workers that solve the chunks of a batch (results independent of it)
 
     def __init__(self):
         m, n = self.n_cells, self.n_cells - 1  # cells, interior nodes per side
@@ -107,13 +111,17 @@ class BandedPoissonQ1:
         per = m // self.n_blocks
         self.cell_param = (cx // per) + self.n_blocks * (cy // per)  # theta index per cell
 
-        # A_k in lower band storage ab[i - j, j] = A[i, j] (i >= j), stored column-major
-        # (Fortran order, as LAPACK wants it); scatter matrix (961 * 33, 64), duplicates summed
+        # A(theta) in lower band storage [j, d] = A[j + d, j] (i = j + d >= j): its entries
+        # that are not structurally zero (5 of the 33 diagonals), at (_band_j, _band_d), as a
+        # sparse (entries, 64) matrix of the A_k, duplicates summed
         ei, ej, ek, ev = self.entries()
         low = ei >= ej
-        self._scatter = sp.csr_matrix(
-            (ev[low], (ej[low] * (self.kd + 1) + (ei[low] - ej[low]), ek[low])),
-            shape=((self.kd + 1) * self.n_dofs, 64))
+        coef = sp.csr_matrix((ev[low], (ej[low] * (self.kd + 1) + (ei[low] - ej[low]),
+                                        ek[low])), shape=((self.kd + 1) * self.n_dofs, 64))
+        coef.sum_duplicates()
+        used = np.nonzero(np.diff(coef.indptr))[0]
+        self._band_coef = coef[used]
+        self._band_j, self._band_d = used // (self.kd + 1), used % (self.kd + 1)
         self.rhs = np.full(self.n_dofs, 10.0 * h * h)  # f = 10 times the nodal area h^2
 
         # point evaluation: u at (a/14, b/14), bilinear in the containing cell
@@ -136,12 +144,10 @@ class BandedPoissonQ1:
             (np.concatenate(o_vals), (np.concatenate(o_rows), np.concatenate(o_cols))),
             shape=(len(px), self.n_dofs))
         self._obs_t = self.obs.T.tocsr()
-        # for the gradient, lambda^T A_k u = sum over the node pairs (i, j) of A_k[i, j]
-        # lambda_i u_j: the distinct interior pairs, and a (64, pairs) matrix of A_k[i, j]
-        pairs, column = np.unique(ei * self.n_dofs + ej, return_inverse=True)
-        self._pair_i, self._pair_j = pairs // self.n_dofs, pairs % self.n_dofs
-        self._pair_to_param = sp.csr_matrix((ev, (ek, column.ravel())), shape=(64, len(pairs)))
-
+        # for the gradient, lambda^T A_k u = sum over block k's cells of lambda_c^T K u_c (the
+        # cell's corner values, zero at boundary nodes): cells in block order, 16 per block
+        order = np.argsort(self.cell_param, kind="stable")
+        self._block_nodes = self.cell_nodes[order]  # (cells, 4), block k's cells together
     def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every cell's stiffness contributions between interior nodes: (row i, column j,
         coefficient index k, value) with A(theta)[i, j] = sum of theta_k * value (duplicates
@@ -158,74 +164,108 @@ class BandedPoissonQ1:
         return tuple(np.concatenate(x) for x in (rows, cols, par, val))
 
     def band(self, theta: np.ndarray) -> np.ndarray:
-        """(64,) -> (33, 961): A(theta) in LAPACK lower band storage, Fortran-contiguous so
-        that ``dpbtrf`` factorises it in place without a copy."""
-        return (self._scatter @ theta).reshape(self.n_dofs, self.kd + 1).T
+        """(B, 64) -> (B, entries): the entries of A(theta) that are not structurally zero, at
+        (``_band_j``, ``_band_d``) of LAPACK's lower band storage."""
+        return (self._band_coef @ theta.T).T
 
-    def _factor(self, ab: np.ndarray) -> np.ndarray:
-        c, info = banded_cholesky.factor(ab)
-        if info != 0:
+    def _factor(self, theta: np.ndarray) -> BandStack:
+        """The Cholesky factors of A(theta) for (B, 64) theta, one LAPACK call (no GIL)."""
+        stack = BandStack(self.n_dofs, self.kd, len(theta))
+
+        def assemble(blocks, lo, hi):  # into a fresh stack: the other entries are zero
+            blocks[lo:hi, self._band_j, self._band_d] = self.band(theta[lo:hi])
+
+        status = stack.factor(assemble)
+        if status.any():
             raise ValueError(f"the stiffness matrix is not numerically positive definite "
-                             f"(LAPACK dpbtrf info = {info}): theta's ratios are too extreme "
-                             "for double precision; keep theta within about 1e-150..1e150")
-        return c
+                             f"(LAPACK dpbtrf info = {status[status != 0][0]}): theta's ratios "
+                             "are too extreme for double precision; keep theta within about "
+                             "1e-150..1e150")
+        return stack
+
+    def set_jobs(self, jobs: int) -> None:
+        """Solve the chunks of a batch on ``jobs`` workers (:class:`ChunkWorkers`: processes
+        forked from this one, each inheriting this solver)."""
+        old = getattr(self, "_workers", None)
+        if old is not None:
+            old.close()
+        self._workers = ChunkWorkers(self, jobs) if jobs > 1 else None
+        self.jobs = jobs
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_workers", None)  # worker processes stay with this process
+        state["jobs"] = 1
+        return state
+
+    def _run(self, method: str, theta: np.ndarray, *args, keep: bool = False) -> list:
+        """``method(theta chunk, *args, keep)`` on each chunk, on the workers if any."""
+        parts = chunks(len(theta), self.jobs)
+        calls = [(theta[a:b], *args) for a, b in parts]
+        workers = getattr(self, "_workers", None)
+        if workers is None or len(parts) < 2:
+            return [getattr(self, method)(*c) for c in calls]
+        return workers.call(method, calls, keep=keep)
+
+    def _solve_chunk(self, theta: np.ndarray, keep: bool = False):
+        """z for a chunk; with ``keep``, (z, (factors, u))."""
+        stack = self._factor(theta)
+        u = stack.solve(np.broadcast_to(self.rhs, (len(theta), self.n_dofs)))
+        z = (self.obs @ u.T).T
+        return (z, (stack, u)) if keep else z
+
+    def _vjp_chunk(self, state, g_z: np.ndarray) -> np.ndarray:
+        stack, u = state
+        return self._grad_theta(u, stack.solve((self._obs_t @ g_z.T).T))
 
     def solve(self, theta: np.ndarray, keep: bool = False):
-        """(B, 64) coefficients -> z (B, 169); with ``keep``, also (factors, u) for ``vjp``.
-        The rows are factorised on ``jobs`` threads (LAPACK without the GIL)."""
-        u = np.empty((len(theta), self.n_dofs))
-        factors = [None] * len(theta)
-
-        def rows(lo, hi):
-            for b in range(lo, hi):  # one matrix at a time: its 250 kB stay in cache
-                c = self._factor(self.band(theta[b]))
-                u[b] = banded_cholesky.solve(c, self.rhs)
-                if keep:
-                    factors[b] = c
-
-        run_rows(rows, len(theta), self.jobs)
-        z = (self.obs @ u.T).T
-        return (z, (factors, u)) if keep else z
+        """(B, 64) coefficients -> z (B, 169); with ``keep``, also what ``vjp`` needs. Each
+        chunk of rows is factorised and solved by one LAPACK call, on its own worker; a row's
+        values do not depend on its chunk."""
+        outs = self._run("_solve_chunk", theta, keep, keep=keep)
+        if not keep:
+            return np.concatenate(outs)
+        return np.concatenate([z for z, _ in outs]), (chunks(len(theta), self.jobs),
+                                                      [s for _, s in outs])
 
     def vjp(self, state, g_z: np.ndarray) -> np.ndarray:
         """(B, 169) cotangent dJ/dz -> (B, 64) dJ/dtheta by one adjoint solve each.
 
         A is symmetric, so A lambda = H^T g_z with the forward's factor, and
-        dJ/dtheta_k = -lambda^T A_k u, summed over the node pairs of the block's 16 cells.
+        dJ/dtheta_k = -lambda^T A_k u, summed over the block's 16 cells.
         """
-        factors, u = state
-        g_u = (self._obs_t @ g_z.T).T
-        lam = np.empty_like(g_u)
-
-        def rows(lo, hi):
-            for b in range(lo, hi):
-                lam[b] = banded_cholesky.solve(factors[b], g_u[b])
-
-        run_rows(rows, len(g_u), self.jobs)
-        return self._grad_theta(u, lam)
+        parts, states = state
+        calls = [(g_z[a:b],) for a, b in parts]
+        workers = getattr(self, "_workers", None)
+        if workers is None or len(parts) < 2:
+            return np.concatenate([self._vjp_chunk(s, *c) for s, c in zip(states, calls,
+                                                                          strict=True)])
+        return np.concatenate(workers.call_kept("_vjp_chunk", states, calls))
 
     def _grad_theta(self, u: np.ndarray, lam: np.ndarray) -> np.ndarray:
         """-lambda^T A_k u for every k: (B, 961) solutions and adjoints -> (B, 64)."""
-        products = lam[:, self._pair_i] * u[:, self._pair_j]  # (B, pairs)
-        return -(self._pair_to_param @ products.T).T
+        pad = np.zeros((len(u), 1))
+        nodes = self._block_nodes.T  # (4, 1024): corners of the cells, in block order
+        ue = np.concatenate([u, pad], axis=1)[:, nodes]  # (B, 4, 1024)
+        le = np.concatenate([lam, pad], axis=1)[:, nodes]
+        # lambda_c^T K u_c term by term (not a matmul: BLAS may round a row differently
+        # depending on the rows around it, and a row's value must not depend on its chunk)
+        per_cell = sum(le[:, a] * sum(self.k_cell[a, b] * ue[:, b] for b in range(4))
+                       for a in range(4))  # (B, 1024)
+        return -row_sum(per_cell.reshape(len(u), 64, -1))  # the cells of each block
 
     def log_likelihood_and_grad(self, theta: np.ndarray, data: np.ndarray, sigma: float):
         """(B, 64) -> log L (B,) and d log L / d theta (B, 64), the adjoint solve right after
-        the forward one while the factor is still in cache (nothing kept between calls)."""
-        u = np.empty((len(theta), self.n_dofs))
-        lam = np.empty_like(u)
-        log_l = np.empty(len(theta))
+        the forward one (nothing kept between calls); each chunk of rows on its own worker."""
+        outs = self._run("_llg_chunk", theta, data, sigma)
+        return np.concatenate([a for a, _ in outs]), np.concatenate([g for _, g in outs])
 
-        def rows(lo, hi):
-            for b in range(lo, hi):
-                c = self._factor(self.band(theta[b]))
-                u[b] = banded_cholesky.solve(c, self.rhs)
-                r = self.obs @ u[b] - data
-                log_l[b] = -(r @ r) / (2 * sigma**2)
-                lam[b] = banded_cholesky.solve(c, self._obs_t @ (-r / sigma**2))
-
-        run_rows(rows, len(theta), self.jobs)
-        return log_l, self._grad_theta(u, lam)
+    def _llg_chunk(self, theta, data, sigma):
+        stack = self._factor(theta)
+        u = stack.solve(np.broadcast_to(self.rhs, (len(theta), self.n_dofs)))
+        r = (self.obs @ u.T).T - data
+        lam = stack.solve((self._obs_t @ (-r / sigma**2).T).T)
+        return -row_sum(r * r) / (2 * sigma**2), self._grad_theta(u, lam)
 
 
 class _ForwardMap(torch.autograd.Function):

@@ -262,7 +262,8 @@ _DEFAULTS = {name: FIELDS[name].default for name in ("chains", "warmup", "draws"
 def run_chains(target: Target, kernel, folder: str | Path, *, chains: int | None = None,
                warmup: int | None = None, draws: int | None = None, seed: int = 0,
                thin: int = 1, checkpoint_every: int | None = None,
-               init: torch.Tensor | None = None, progress: bool = False) -> ChainResult:
+               init: torch.Tensor | None = None, progress: bool = False,
+               device: str | torch.device | None = None) -> ChainResult:
     """Run (or resume) ``chains`` chains of ``kernel`` on ``target`` into ``folder``.
 
     ``chains``, ``warmup``, ``draws`` and ``checkpoint_every`` default to ``autovae invert``'s
@@ -275,6 +276,9 @@ def run_chains(target: Target, kernel, folder: str | Path, *, chains: int | None
     points, else z0 ~ N(0, I) from ``seed``. A chain whose potential turns NaN, or a NUTS chain
     that diverges many iterations in a row, stops the run: status ``"diverged"`` with the
     reason; what was sampled is kept. ``progress``: a bar per chain on a terminal.
+    ``device``: where the chains' tensors live (default the CPU): the start points, drawn on
+    the CPU from ``seed`` (the same bits everywhere), are moved there, the kernel keeps its
+    state there, and each iteration's draws and statistics come back to the CPU to be stored.
     """
     chains = _DEFAULTS["chains"] if chains is None else chains
     warmup = _DEFAULTS["warmup"] if warmup is None else warmup
@@ -301,6 +305,8 @@ def run_chains(target: Target, kernel, folder: str | Path, *, chains: int | None
     gen = torch.Generator().manual_seed(int(seed))
     z0 = init if init is not None else torch.randn(chains, target.dim, generator=gen,
                                                    dtype=target.dtype)
+    if device is not None:
+        z0 = z0.to(device)
     cf.blocks.mkdir(exist_ok=True)
     status, reason = _Runner(target, kernel, cf, chains, warmup, draws * thin, thin, every,
                              progress).run(gen, z0, seed)
@@ -407,7 +413,9 @@ class _Runner:
         zs, recs, reason = [], {}, ""
         start = self._costs()
         for s in range(first, last):
-            out = k.sample(self.target, gen, adapting=phase == "warmup")
+            # stored on the CPU, whatever device the chains run on
+            out = {key: v.cpu() for key, v in k.sample(self.target, gen,
+                                                       adapting=phase == "warmup").items()}
             done = s + 1 - (0 if phase == "warmup" else self.warmup)
             if phase == "warmup":
                 c["warmup_accepted"] += out["accepted"].long()
@@ -422,7 +430,7 @@ class _Runner:
                     c["divergences"] += out["diverging"].long()
             stop = bool(out["nonfinite"].any())
             if done % self.thin == 0 or stop:
-                zs.append(k.z.clone())
+                zs.append(k.z.to("cpu", copy=True))
                 for key, v in out.items():
                     if key != "nonfinite":
                         recs.setdefault(key, []).append(v.clone())

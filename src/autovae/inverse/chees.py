@@ -112,13 +112,13 @@ class ChEESKernel(MCMCKernel):
     def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
         c, d = z0.shape
         u, g = target.potential_and_grad(z0)
+        like = {"dtype": z0.dtype, "device": z0.device}  # every tensor where the chains are
         s = self.state = {
             "z": z0.clone(), "u": u, "grad": g, "t": 0, "warmup": int(warmup),
-            "inv_mass": torch.ones(d, dtype=z0.dtype),
+            "inv_mass": torch.ones(d, **like),
             "log_T": 0.0, "log_T_avg": 0.0, "adam_v": 0.0, "adam_t": 0,
-            "div_run": torch.zeros(c, dtype=torch.long), "frozen": False,
-            "w_n": 0, "w_mean": torch.zeros(d, dtype=z0.dtype),
-            "w_m2": torch.zeros(d, dtype=z0.dtype)}
+            "div_run": torch.zeros(c, dtype=torch.long, device=z0.device), "frozen": False,
+            "w_n": 0, "w_mean": torch.zeros(d, **like), "w_m2": torch.zeros(d, **like)}
         if not torch.isfinite(u).all():
             s.update(log_step=0.0, log_step_avg=0.0, da_t=0, da_h=0.0, da_mu=0.0)
             return u
@@ -133,7 +133,7 @@ class ChEESKernel(MCMCKernel):
         """Double or halve eps until the harmonic-mean acceptance of one leapfrog step from the
         start points crosses 1/2 (Hoffman & Gelman's heuristic, over all chains at once)."""
         s, eps, direction = self.state, 1.0, 0
-        p = torch.randn(s["z"].shape, generator=gen, dtype=s["z"].dtype)
+        p = _normal(s["z"], gen)
         for _ in range(30):
             _, _, _, _, alpha, diverging = self._leapfrog(target, p, eps, 1)
             up = _harmonic_mean(alpha, diverging) > 0.5
@@ -157,9 +157,9 @@ class ChEESKernel(MCMCKernel):
         T = math.exp(s["log_T_avg"])
         h = halton(s["t"]) * self.jitter + (1.0 - self.jitter)
         steps = max(1, min(self.max_leapfrog, math.ceil(h * T / eps)))
-        z, dtype = s["z"], s["z"].dtype
-        p0 = torch.randn(z.shape, generator=gen, dtype=dtype) / s["inv_mass"].sqrt()
-        uniform = torch.rand(z.shape[0], generator=gen, dtype=dtype)
+        z = s["z"]
+        p0 = _normal(z, gen) / s["inv_mass"].sqrt()
+        uniform = torch.rand(z.shape[0], generator=gen, dtype=z.dtype).to(z.device)
         q, p, u, g, alpha, diverging = self._leapfrog(target, p0, eps, steps)
         accepted = uniform < alpha
         acc = accepted.unsqueeze(-1)
@@ -185,7 +185,7 @@ class ChEESKernel(MCMCKernel):
         inv_m = s["inv_mass"]
         q, p, u, g = s["z"].clone(), p0.clone(), s["u"].clone(), s["grad"].clone()
         h0 = s["u"] + 0.5 * (p0 * p0 * inv_m).sum(-1)
-        alive = torch.ones(q.shape[0], dtype=torch.bool)
+        alive = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
         for _ in range(steps):
             if not alive.any():
                 break
@@ -309,6 +309,12 @@ class ChEESKernel(MCMCKernel):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = dict(state)
+
+
+def _normal(z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """N(0, I) of z's shape and dtype on z's device, drawn from the chains' CPU generator (so
+    the draws and a resumed run do not depend on the device's own random numbers)."""
+    return torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
 
 
 def _harmonic_mean(alpha: torch.Tensor, diverging: torch.Tensor) -> float:

@@ -124,10 +124,10 @@ class InverseConfig:
                                      "mala 0.574, nuts 0.8)")
     seed: int = _f(0, "chain seed", least=0)
     checkpoint_every: int = _f(100, "iterations between checkpoints", least=1)
-    jobs: int = _f(1, "workers for the rows of a batch: threads for darcy and "
+    jobs: int = _f(1, "workers for the rows of a batch: processes for darcy and "
                    "aristoff-bangerth, requests in flight for a UM-Bridge model, a model's "
-                   "own choice for package.module:Class (parallel_rows); the draws do not "
-                   "depend on it (at most 256)", least=1)
+                   "own choice for package.module:Class (parallel_rows); NUTS's chains in "
+                   "processes; the draws do not depend on it (at most 256)", least=1)
     forward_timeout: float | None = _f(None, "seconds a UM-Bridge request may take before the "
                                        "run stops, resumable (default 600)", least=0)
     out: str | None = _f(None, "chain folder (default RUN/invert-KERNEL-SEED with a run, else "

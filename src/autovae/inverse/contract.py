@@ -56,6 +56,7 @@ class Target:
         self.dtype = dtype
         self.evals = 0
         self.gradients = 0
+        self.solves_elsewhere = 0  # spent by worker processes on copies of this target
         self._solves = solves
         self.gradient = bool(gradient)
         self.gradient_reason = gradient_reason
@@ -64,7 +65,9 @@ class Target:
     @property
     def solves(self) -> int:
         """PDE solves so far (forward and adjoint)."""
-        return int(self._solves()) if self._solves is not None else self.evals + self.gradients
+        if self._solves is None:  # evals and gradients include the workers' already
+            return self.evals + self.gradients
+        return int(self._solves()) + self.solves_elsewhere
 
     def phi(self, z: torch.Tensor) -> torch.Tensor:
         """Misfit, (C, d) -> (C,)."""

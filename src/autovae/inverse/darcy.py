@@ -8,9 +8,11 @@ covering [j/n, (j+1)/n] x [i/n, (i+1)/n]). Cell-centred finite volumes: two-poin
 harmonic-mean face transmissibilities, the Dirichlet faces at half a cell from the centre
 (transmissibility 2 k, the pressure P entering the right-hand side as 2 k P), a Neumann face's
 flux Q h moved to the right-hand side; the system A(k) p = b(k) = f h^2 - Q h + 2 k P is
-factorised once per field by SuperLU (``scipy.sparse.linalg.splu``). The gradient of a loss
-J(p) with respect to log k is the adjoint one: solve A^T lambda = dJ/dp with the same factors,
-then dJ/dlog k_c = lambda^T (db/dlog k_c - dA/dlog k_c p).
+factorised once per field: by banded Cholesky (LAPACK ``dpbtrf`` on a
+:class:`~autovae.inverse.parallel.BandStack`, a chunk of fields in one call without the GIL) up
+to ``BANDED_MAX`` cells a side, by SuperLU (``scipy.sparse.linalg.splu``) beyond. The gradient
+of a loss J(p) with respect to log k is the adjoint one: solve A^T lambda = dJ/dp with the same
+factors, then dJ/dlog k_c = lambda^T (db/dlog k_c - dA/dlog k_c p).
 
 ``darcy_pressure(log_k, points)`` is the public contract: (B, n, n) log-permeabilities and
 (P, 2) points (x, y) -> (B, P) pressures, bilinear between cell centres and extended to the
@@ -28,9 +30,13 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .boundary import SIDES, BoundaryConditions
-from .parallel import run_rows
+from .parallel import BandStack, ChunkWorkers, chunks
 
-__all__ = ["DarcySolver", "darcy_pressure", "observation_operator"]
+__all__ = ["BANDED_MAX", "DarcySolver", "darcy_pressure", "observation_operator"]
+
+BANDED_MAX = 64
+"""Grids up to this many cells a side are solved by banded Cholesky (its n^4 cost is below
+SuperLU's there, and a chunk of fields is one LAPACK call); larger by SuperLU."""
 
 
 def _grid_size(n) -> int:
@@ -241,7 +247,7 @@ class DarcySolver:
 
     def solve(self, log_k, jobs: int = 1) -> torch.Tensor:
         """(B, n, n) log-permeabilities -> (B, n, n) cell pressures, log_k's dtype, with grad;
-        the rows factorised (and back-propagated) on ``jobs`` threads."""
+        the rows factorised (and back-propagated) on ``jobs`` workers."""
         log_k = _as_field(log_k, "log_k")
         if log_k.shape[1:] != (self.n, self.n):
             raise ValueError(f"log_k must have shape (B, {self.n}, {self.n}) for this "
@@ -249,55 +255,137 @@ class DarcySolver:
         return _DarcySolve.apply(log_k, self, jobs)
 
     # numpy cores of the autograd function
+    @property
+    def banded(self) -> bool:
+        """Banded Cholesky (natural order, half-bandwidth n: cost n^4 per solve, no GIL) up
+        to ``BANDED_MAX`` cells a side; SuperLU (cheaper for large grids, holds the GIL) beyond."""
+        return self.n <= BANDED_MAX
+
+    def _sides(self, k: np.ndarray):
+        """The cells (views of a (B, n, n) array) of each Dirichlet side and its pressure."""
+        cells = {"left": (slice(None), slice(None), 0), "right": (slice(None), slice(None), -1),
+                 "bottom": (slice(None), 0, slice(None)), "top": (slice(None), -1, slice(None))}
+        return [(cells[s], getattr(self.bc, s)[1]) for s in SIDES
+                if getattr(self.bc, s)[0] == "dirichlet"]
+
+    def _assemble(self, k: np.ndarray, blocks: np.ndarray) -> None:
+        """A(k) of (B, n, n) fields k into ``blocks`` (B, n^2, n + 1), lower band storage
+        ``[b, j, d] = A_b[j + d, j]`` (cell j = i n + jx: x neighbours at d = 1, y at d = n)."""
+        n = self.n
+        tx = 2.0 / (1.0 / k[:, :, :-1] + 1.0 / k[:, :, 1:])  # faces (i, j)-(i, j+1)
+        ty = 2.0 / (1.0 / k[:, :-1, :] + 1.0 / k[:, 1:, :])  # faces (i, j)-(i+1, j)
+        diag = np.zeros_like(k)
+        diag[:, :, :-1] += tx
+        diag[:, :, 1:] += tx
+        diag[:, :-1, :] += ty
+        diag[:, 1:, :] += ty
+        for cells, _ in self._sides(k):
+            diag[cells] += 2.0 * k[cells]
+        sub_x, sub_y = np.zeros_like(k), np.zeros_like(k)  # none across a row's end
+        sub_x[:, :, :-1] = -tx
+        sub_y[:, :-1, :] = -ty
+        blocks[:] = 0.0
+        blocks[:, :, 0] = diag.reshape(len(k), -1)
+        blocks[:, :, 1] = sub_x.reshape(len(k), -1)
+        blocks[:, :, n] = sub_y.reshape(len(k), -1)
+
+    def _rhs_batch(self, k: np.ndarray) -> np.ndarray:
+        """b(k) for (B, n, n) fields: the source and Neumann part, plus 2 k P on the
+        Dirichlet faces; (B, n^2)."""
+        rhs = np.repeat(self._rhs.reshape(1, self.n, self.n), len(k), axis=0)
+        for cells, pressure in self._sides(k):
+            if pressure:
+                rhs[cells] += 2.0 * k[cells] * pressure
+        return rhs.reshape(len(k), -1)
+
+    def _workers(self, jobs: int):
+        """The :class:`~autovae.inverse.parallel.ChunkWorkers` for ``jobs`` (started once,
+        kept with this solver), or None for one."""
+        if jobs <= 1:
+            return None
+        pools = self.__dict__.setdefault("_pools", {})
+        if jobs not in pools:
+            pools[jobs] = ChunkWorkers(self, jobs)
+        return pools[jobs]
+
     def _forward(self, log_k: np.ndarray, jobs: int = 1):
+        """(B, n^2) log k -> (k (B, n^2), the factors by chunk, p (B, n^2)); each chunk of rows
+        on its own worker (banded: one LAPACK call); a row's values do not depend on its
+        chunk."""
         with np.errstate(over="ignore", under="ignore"):
             k = np.exp(log_k)
         if not np.isfinite(k).all() or (k <= 0).any():
             raise ValueError("exp(log_k) overflows or underflows (|log_k| > ~700): the "
                              "permeability must be positive and finite; bound log_k")
-        lus = [None] * len(k)
-        p = np.empty_like(k)
+        parts = chunks(len(k), jobs)
+        calls = [(k[a:b],) for a, b in parts]
+        workers = self._workers(jobs) if len(parts) > 1 else None
+        outs = workers.call("_forward_chunk", calls, keep=True) if workers else \
+            [self._forward_chunk(*c) for c in calls]
+        return k, (parts, [f for _, f in outs], workers), np.concatenate([p for p, _ in outs])
 
-        def rows(lo, hi):
-            for b in range(lo, hi):
-                lus[b] = self._factor(k[b])
-                p[b] = lus[b].solve(self._rhs_for(k[b]))
+    def _forward_chunk(self, k: np.ndarray):
+        """(pressures, factors) of a chunk of (R, n^2) permeabilities."""
+        kg = k.reshape(len(k), self.n, self.n)
+        if not self.banded:
+            lus = [self._factor(kb) for kb in k]
+            return np.stack([lu.solve(r) for lu, r in zip(lus, self._rhs_batch(kg),
+                                                          strict=True)]), lus
+        stack = BandStack(self.n * self.n, self.n, len(k))
+        status = stack.factor(lambda blocks, a, b: self._assemble(kg[a:b], blocks[a:b]))
+        if status.any():
+            raise ValueError(f"the Darcy matrix is not numerically positive definite (LAPACK "
+                             f"dpbtrf info = {status[status != 0][0]}): the permeability "
+                             "contrast is too extreme for double precision; bound log_k "
+                             "(e.g. clip it to [-30, 30])")
+        return stack.solve(self._rhs_batch(kg)), stack
 
-        run_rows(rows, len(k), jobs)
-        return k.reshape(len(k), -1), lus, p
+    def _adjoint(self, k: np.ndarray, factors, p: np.ndarray, g: np.ndarray, jobs: int = 1
+                 ) -> np.ndarray:
+        """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve
+        (as :meth:`_forward` returns them: on the workers that made them)."""
+        parts, states, workers = factors
+        calls = [(k[a:b], p[a:b], g[a:b]) for a, b in parts]
+        outs = workers.call_kept("_adjoint_chunk", states, calls) if workers else \
+            [self._adjoint_chunk(s, *c) for s, c in zip(states, calls, strict=True)]
+        return np.concatenate(outs).reshape(len(p), self.n, self.n)
+
+    def _adjoint_chunk(self, factor, k, p, g) -> np.ndarray:
+        if self.banded:  # A is symmetric: A^T lambda = g with the same factor
+            lam = factor.solve(g)
+        else:
+            lam = np.stack([lu.solve(gb, trans="T") for lu, gb in zip(factor, g, strict=True)])
+        return self._gradient(k, p, lam)
 
     @np.errstate(over="ignore", invalid="ignore")
-    def _adjoint(self, k: np.ndarray, lus, p: np.ndarray, g: np.ndarray, jobs: int = 1
-                 ) -> np.ndarray:
-        """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve:
-        lambda^T (db/dlog k - dA/dlog k p), A^T lambda = g (b depends on k through the
-        Dirichlet faces' 2 k P).
+    def _gradient(self, k: np.ndarray, p: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        """lambda^T (db/dlog k - dA/dlog k p) for (B, n^2) k, p and adjoints lambda.
 
         At extreme fields (k ratios beyond ~1e150, as NUTS's first trial steps can reach) the
         products overflow: the gradient is then inf or NaN, returned as is without a warning,
         and the sampler rejects the step (Pyro's NUTS counts it as divergent)."""
-        out = np.empty_like(p)
-        run_rows(lambda lo, hi: [self._adjoint_row(k, lus, p, g, out, b) for b in range(lo, hi)],
-                 len(lus), jobs)
-        return out.reshape(len(p), self.n, self.n)
-
-    @np.errstate(over="ignore", invalid="ignore")
-    def _adjoint_row(self, k, lus, p, g, out, b) -> None:
-        """Row b of :meth:`_adjoint`, written into ``out[b]``."""
-        lu = lus[b]
-        lam = lu.solve(g[b], trans="T")
-        kb, pb = k[b], p[b]
-        t, _ = self._transmissibilities(kb)
-        # dA/dT_face has +1 on the diagonal, -1 off it: lambda^T dA p = (dl)(dp) per face
-        w = (lam[self._a] - lam[self._b]) * (pb[self._a] - pb[self._b])
-        grad = np.zeros(self.n * self.n)
+        shape = (len(k), self.n, self.n)
+        k, p, lam = k.reshape(shape), p.reshape(shape), lam.reshape(shape)
+        grad = np.zeros(shape)
+        # dA/dT_face has +1 on the diagonal, -1 off it: lambda^T dA p = (dl)(dp) per face, and
         # dT/dlog k_a = T^2 / (2 k_a), dT/dlog k_b = T^2 / (2 k_b)
-        np.add.at(grad, self._a, w * t * (t / (2.0 * kb[self._a])))
-        np.add.at(grad, self._b, w * t * (t / (2.0 * kb[self._b])))
+        for lo, hi in (((slice(None), slice(None), slice(None, -1)),
+                        (slice(None), slice(None), slice(1, None))),
+                       ((slice(None), slice(None, -1), slice(None)),
+                        (slice(None), slice(1, None), slice(None)))):
+            t = 2.0 / (1.0 / k[lo] + 1.0 / k[hi])
+            w = (lam[lo] - lam[hi]) * (p[lo] - p[hi])
+            grad[lo] += w * t * (t / (2.0 * k[lo]))
+            grad[hi] += w * t * (t / (2.0 * k[hi]))
         # a Dirichlet face: A has 2 k, b has 2 k P, so lambda (dA p - db) = lambda 2 k (p - P)
-        np.add.at(grad, self._dir, lam[self._dir] * (pb[self._dir] - self._dir_p) * 2.0
-                  * kb[self._dir])
-        out[b] = -grad
+        for cells, pressure in self._sides(k):
+            grad[cells] += lam[cells] * (p[cells] - pressure) * 2.0 * k[cells]
+        return -grad.reshape(len(k), -1)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_pools", None)  # worker processes stay with this process
+        return state
 
     def __repr__(self) -> str:
         f = f"{self.f.flat[0]:g}" if np.all(self.f == self.f.flat[0]) else "field"
@@ -327,15 +415,15 @@ class _DarcySolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_k, solver, jobs):
         lk = log_k.detach().cpu().double().numpy().reshape(len(log_k), -1)
-        k, lus, p = solver._forward(lk, jobs)
-        ctx.solver, ctx.state, ctx.jobs = solver, (k, lus, p), jobs
+        k, factors, p = solver._forward(lk, jobs)
+        ctx.solver, ctx.state, ctx.jobs = solver, (k, factors, p), jobs
         return torch.from_numpy(p.reshape(log_k.shape)).to(log_k.dtype).to(log_k.device)
 
     @staticmethod
     def backward(ctx, grad_p):
-        k, lus, p = ctx.state
+        k, factors, p = ctx.state
         g = grad_p.detach().cpu().double().numpy().reshape(len(p), -1)
-        grad = ctx.solver._adjoint(k, lus, p, g, ctx.jobs)
+        grad = ctx.solver._adjoint(k, factors, p, g, ctx.jobs)
         return torch.from_numpy(grad).to(grad_p.dtype).to(grad_p.device), None, None
 
 

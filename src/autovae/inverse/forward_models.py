@@ -74,10 +74,11 @@ class DarcyForward(ForwardModel):
                 "source": src, **bc}
 
     def set_jobs(self, jobs: int) -> None:
-        """Factorise the rows of a batch on ``jobs`` threads (SuperLU releases the GIL)."""
-        from .parallel import check_jobs
+        """Solve the chunks of a batch on ``jobs`` workers (processes forked from this one,
+        so at most the cores present; :class:`~autovae.inverse.parallel.ChunkWorkers`)."""
+        from .parallel import WORKERS, check_jobs
 
-        self.jobs = check_jobs(jobs)
+        self.jobs = check_jobs(jobs, processes=WORKERS == "processes")
 
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         return self.pressure(params, self.points)
@@ -88,8 +89,11 @@ class DarcyForward(ForwardModel):
         try:
             if f is None:
                 from .darcy import DarcySolver, observe
-                return observe(DarcySolver(log_k.shape[-1], self.source, self.bc), log_k,
-                               points, jobs=self.jobs)
+                n = log_k.shape[-1]
+                solver = self.__dict__.get("_field_solver")
+                if solver is None or solver.n != n:  # kept: its workers start once
+                    solver = self._field_solver = DarcySolver(n, self.source, self.bc)
+                return observe(solver, log_k, points, jobs=self.jobs)
             return darcy_pressure(log_k, points, f, self.bc, jobs=self.jobs)
         except ValueError:
             if log_k.shape[0] == 1:
@@ -200,10 +204,12 @@ class AristoffBangerthForward(ForwardModel):
         self.benchmark = AristoffBangerth()
 
     def set_jobs(self, jobs: int) -> None:
-        """Factorise the rows of a batch on ``jobs`` threads (LAPACK releases the GIL)."""
-        from .parallel import check_jobs
+        """Solve the chunks of a batch on ``jobs`` workers (processes forked from this one,
+        so at most the cores present; :class:`~autovae.inverse.parallel.ChunkWorkers`)."""
+        from .parallel import WORKERS, check_jobs
 
-        self.jobs = self.benchmark._solver.jobs = check_jobs(jobs)
+        self.jobs = check_jobs(jobs, processes=WORKERS == "processes")
+        self.benchmark._solver.set_jobs(self.jobs)
 
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         """Observations, or NaN rows where the stiffness matrix cannot be factorised (theta's

@@ -103,6 +103,8 @@ def _invert(cfg: InverseConfig, built: Built, progress: bool) -> InversionResult
                          "acceptance: give "
                          "--subchain J (cheap steps per fine proposal) too")
     kernel.validate(target)
+    if cfg.jobs > 1 and hasattr(kernel, "set_jobs"):  # NUTS: its chains in processes
+        kernel.set_jobs(cfg.jobs)
     forward = problem.forward
     check_memory(chain_bytes(cfg.chains, cfg.draws, problem.dim, int(np.prod(
         forward.param_shape)), forward.n_obs, dense_metric=kernel.needs_gradient),
@@ -118,7 +120,7 @@ def _invert(cfg: InverseConfig, built: Built, progress: bool) -> InversionResult
     result = run_chains(target, kernel, cf.path, chains=cfg.chains, warmup=cfg.warmup,
                         draws=cfg.draws, seed=cfg.seed, thin=cfg.thin,
                         checkpoint_every=cfg.checkpoint_every, progress=progress)
-    new_solves = problem.forward.solves - solves0
+    new_solves = problem.forward.solves - solves0 + target.solves_elsewhere
     out = summarise(problem, result, built, cfg)
     if delayed:
         from .delayed import delayed_summary

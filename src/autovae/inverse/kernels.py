@@ -333,6 +333,75 @@ class NUTSKernel(MCMCKernel):
         self._pyro: list[Any] = []
         self._target: Target | None = None
         self._memo: OrderedDict[bytes, float] = OrderedDict()
+        self.jobs, self._pool, self._seen = 1, None, {}
+
+    def set_jobs(self, jobs: int) -> None:
+        """Step the chains in ``jobs`` processes (``--jobs``): this one and ``jobs - 1``
+        forked from it, each stepping a contiguous group of chains with the Pyro kernels it
+        inherited (nothing is pickled but each chain's state and statistics). Every chain
+        owns its RNG stream, so the draws do not depend on ``jobs``."""
+        from .parallel import WORKERS, check_jobs
+
+        jobs = check_jobs(jobs, processes=True)
+        if jobs > 1 and WORKERS != "processes":
+            raise ValueError(f"--jobs {jobs} with NUTS forks its chains' processes, and this "
+                             "platform has no fork; give --jobs 1")
+        self.jobs = jobs
+        self._close_pool()
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        self._pool, self._seen = None, {}
+
+    def _groups(self) -> list[tuple[int, int]] | None:
+        """The chains' groups, one a process, the processes started if need be (None: one
+        process)."""
+        from .parallel import ChunkWorkers, chunks
+
+        groups = chunks(len(self._chains), self.jobs)
+        if len(groups) < 2:
+            return None
+        if self._pool is None:  # forked now: the children inherit the current kernels
+            t = self._target
+            self._costs_reported = (t.evals, t.gradients, t.solves)  # the children's baseline
+            self._pool = ChunkWorkers(self, len(groups), "processes")
+        return groups
+
+    def _remote(self, method: str, groups, *args) -> list:
+        """``method(lo, hi, *args)`` for each group on its process; each group's chain dicts
+        and Pyro values are copied back here, and the other processes' costs added to the
+        target's."""
+        outs = self._pool.call(method, [(lo, hi, *args) for lo, hi in groups])
+        for i, ((lo, hi), (_, chains, seen, costs)) in enumerate(zip(groups, outs,
+                                                                     strict=True)):
+            if i == 0:  # this process's own group: counted and kept here already
+                continue
+            self._chains[lo:hi] = chains
+            self._seen.update(seen)
+            self._target.evals += costs[0]
+            self._target.gradients += costs[1]
+            self._target.solves_elsewhere += costs[2]
+        return [result for result, *_ in outs]
+
+    def _report(self, lo: int, hi: int, result):
+        """What a group's process sends back: the result, its chain dicts, each Pyro kernel's
+        step size and mean acceptance, and the costs spent since the last report."""
+        t = self._target
+        seen = {c: (float(self._pyro[c].step_size), float(self._pyro[c]._mean_accept_prob))
+                for c in range(lo, hi) if self._pyro[c] is not None}
+        costs = (t.evals, t.gradients, t.solves)
+        last, self._costs_reported = getattr(self, "_costs_reported", costs), costs
+        return result, self._chains[lo:hi], seen, tuple(a - b for a, b in zip(costs, last,
+                                                                                strict=True))
+
+    def _pyro_value(self, c: int, which: int) -> float:
+        """Chain c's step size (0) or mean acceptance (1), from its Pyro kernel here or the
+        process that steps it."""
+        if c in self._seen:
+            return self._seen[c][which]
+        pk = self._pyro[c]
+        return float(pk.step_size if which == 0 else pk._mean_accept_prob)
 
     def config(self) -> dict[str, Any]:
         return {"kernel": self.name, "target_accept": self.target_accept,
@@ -390,6 +459,7 @@ class NUTSKernel(MCMCKernel):
         self._pyro[c] = pk
 
     def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
+        self._close_pool()
         self._target = target
         self._chains = []
         for c in range(z0.shape[0]):
@@ -412,9 +482,28 @@ class NUTSKernel(MCMCKernel):
     def sample(self, target: Target, gen: torch.Generator, adapting: bool
                ) -> dict[str, torch.Tensor]:
         self._target = target
+        groups = self._groups()
+        if groups is None:
+            out = self._step(0, len(self._chains), adapting)
+        else:
+            parts = self._remote("_step_group", groups, adapting)
+            out = {k: [v for part in parts for v in part[k]] for k in parts[0]}
+        stats = {k: torch.tensor(v) for k, v in out.items()}
+        for k in ("lp", "step_size", "accept_prob"):
+            stats[k] = stats[k].to(torch.float64)
+        stats["tree_depth"] = torch.ceil(torch.log2(stats["n_steps"].double() + 1)).long()
+        return stats
+
+    def _step_group(self, lo: int, hi: int, adapting: bool):
+        """:meth:`_step` in the process that steps chains lo..hi, with its report."""
+        return self._report(lo, hi, self._step(lo, hi, adapting))
+
+    def _step(self, lo: int, hi: int, adapting: bool) -> dict[str, list]:
+        """One iteration of chains lo..hi, one after another; their statistics."""
+        target = self._target
         out: dict[str, list] = {k: [] for k in ("accepted", "accept_prob", "diverging",
                                                 "n_steps", "step_size", "lp", "nonfinite")}
-        for cs, pk in zip(self._chains, self._pyro, strict=True):
+        for cs, pk in zip(self._chains[lo:hi], self._pyro[lo:hi], strict=True):
             calls0 = target.evals
             div0 = _divergences(pk, 0)
             mean0 = pk._mean_accept_prob
@@ -440,11 +529,7 @@ class NUTSKernel(MCMCKernel):
             out["step_size"].append(float(pk.step_size))
             out["lp"].append(lp)
             out["nonfinite"].append(False)
-        stats = {k: torch.tensor(v) for k, v in out.items()}
-        for k in ("lp", "step_size", "accept_prob"):
-            stats[k] = stats[k].to(torch.float64)
-        stats["tree_depth"] = torch.ceil(torch.log2(stats["n_steps"].double() + 1)).long()
-        return stats
+        return out
 
     def stop_reason(self) -> str:
         for c, cs in enumerate(self._chains):
@@ -457,27 +542,43 @@ class NUTSKernel(MCMCKernel):
     def mean_accept_prob(self) -> torch.Tensor:
         """Pyro's running mean acceptance probability per chain, over the current phase (warm-up,
         or sampling after it)."""
-        return torch.tensor([float(pk._mean_accept_prob) for pk in self._pyro],
+        return torch.tensor([self._pyro_value(c, 1) for c in range(len(self._chains))],
                             dtype=torch.float64)
 
     def step_sizes(self) -> torch.Tensor:
-        return torch.tensor([cs["step_size"] if cs["frozen"] else float(pk.step_size)
-                             for cs, pk in zip(self._chains, self._pyro, strict=True)],
-                            dtype=torch.float64)
+        return torch.tensor([cs["step_size"] if cs["frozen"] else self._pyro_value(c, 0)
+                             for c, cs in enumerate(self._chains)], dtype=torch.float64)
 
     def end_warmup(self, target: Target) -> None:
         self._target = target
-        for c, (cs, pk) in enumerate(zip(self._chains, self._pyro, strict=True)):
+        groups = self._groups()
+        if groups is None:
+            self._end_warmup(0, len(self._chains))
+        else:
+            self._remote("_end_warmup", groups)
+
+    def _end_warmup(self, lo: int, hi: int):
+        for c in range(lo, hi):
+            cs, pk = self._chains[c], self._pyro[c]
             cs["step_size"] = float(pk.step_size)
             cs["imm"] = pk.inverse_mass_matrix[("z",)].detach().clone()
             cs["frozen"] = True
             self._start(c, None)
+        return self._report(lo, hi, None)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"chains": [dict(cs, pyro=None if pk is None else _pyro_state(pk))
-                           for cs, pk in zip(self._chains, self._pyro, strict=True)]}
+        groups = self._groups()
+        if groups is None:
+            return {"chains": self._states(0, len(self._chains))[0]}
+        return {"chains": [cs for part in self._remote("_states", groups) for cs in part]}
+
+    def _states(self, lo: int, hi: int):
+        return self._report(lo, hi, [dict(cs, pyro=None if pk is None else _pyro_state(pk))
+                                     for cs, pk in zip(self._chains[lo:hi], self._pyro[lo:hi],
+                                                       strict=True)])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._close_pool()
         self._chains = [{k: v for k, v in cs.items() if k != "pyro"} for cs in state["chains"]]
         self._pyro = [None] * len(self._chains)
         for c, cs in enumerate(state["chains"]):

@@ -2,11 +2,13 @@
 
 A batch of parameter sets (one row per chain, or per chain and leapfrog step) is cut into N
 contiguous chunks, each evaluated by one worker, and put back in order; every row is computed
-by the same code whatever chunk it falls in, so the draws do not depend on N.
+by the same arithmetic whatever chunk it falls in, so the draws do not depend on N.
 
-* :func:`run_rows` -- threads, for work that releases the GIL: the built-in models' LAPACK
-  (:func:`banded_cholesky`, called through ctypes, which releases the GIL where scipy's
-  wrappers do not) and sparse LU (SuperLU releases it), a UM-Bridge model's HTTP requests.
+* :func:`run_rows` -- threads, for work that releases the GIL: a UM-Bridge model's HTTP
+  requests, a user's model declared ``parallel_rows = "threads"``, and the built-in models,
+  whose whole chunk (assembly, factorisation, forward and adjoint solves, gradient) is a few
+  numpy operations on whole arrays and one LAPACK call per step on a :class:`BandStack`
+  (called through ctypes, which releases the GIL where scipy's wrappers do not).
 * :class:`ProcessRows` -- worker processes, each with its own copy of a user's model (for a
   :class:`~autovae.inverse.forward.ForwardModel` with ``parallel_rows = "processes"``),
   gradients included: the worker that evaluated a chunk keeps its autograd graph for the
@@ -23,11 +25,13 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["MAX_JOBS", "ProcessRows", "banded_cholesky", "check_jobs", "chunks", "run_rows"]
+__all__ = ["MAX_JOBS", "WORKERS", "BandStack", "ChunkWorkers", "ProcessRows", "check_jobs",
+           "chunks", "row_sum", "run_rows"]
 
 MAX_JOBS = 256
 """The most workers: threads are cheap, but each is a stack and, for UM-Bridge, a connection."""
@@ -65,73 +69,283 @@ def _pool(jobs: int) -> ThreadPoolExecutor:
     return pool
 
 
-def run_rows(fn: Callable[[int, int], object], n: int, jobs: int) -> list:
-    """``fn(start, stop)`` on each chunk of 0..n, on ``jobs`` threads; results in order (an
-    exception in any chunk is raised here)."""
-    parts = chunks(n, jobs)
-    if len(parts) <= 1:
+def run_rows(fn: Callable[[int, int], object], n: int, jobs: int, each: bool = False) -> list:
+    """``fn(start, stop)`` on each chunk of 0..n (``each``: on each row, ``stop = start + 1``,
+    up to ``jobs`` at once, e.g. one request per row) on ``jobs`` threads; the results in order.
+    Every chunk is waited for (none is left running, writing into shared arrays, behind an
+    error) before the first error is raised."""
+    parts = [(i, i + 1) for i in range(n)] if each else chunks(n, jobs)
+    if jobs <= 1 or len(parts) <= 1:
         return [fn(a, b) for a, b in parts]
     futures = [_pool(jobs).submit(fn, a, b) for a, b in parts]
-    return [f.result() for f in futures]
+    out, first = [], None
+    for f in futures:
+        try:
+            out.append(f.result())
+        except Exception as err:  # noqa: BLE001 (re-raised below, once every chunk is done)
+            first = first or err
+    if first is not None:
+        raise first
+    return out
+
+
+def row_sum(x: np.ndarray) -> np.ndarray:
+    """The sum over the last axis by a fixed pairwise tree: numpy's own reduction may add a
+    row's terms in another order depending on how many rows there are, and a row's value must
+    not depend on the chunk it comes in."""
+    n = x.shape[-1]
+    width = 1 << max(0, n - 1).bit_length()
+    if width != n:
+        x = np.concatenate([x, np.zeros((*x.shape[:-1], width - n))], axis=-1)
+    while width > 1:
+        width //= 2
+        x = x[..., :width] + x[..., width:]
+    return x[..., 0]
 
 
 # -- LAPACK without the GIL ---------------------------------------------------------------------
 _INT = ctypes.POINTER(ctypes.c_int)
-_DBL = ctypes.POINTER(ctypes.c_double)
+_PTR = ctypes.c_void_p  # a double array, passed as its address (arr.ctypes.data)
 
 
 @functools.cache
-def _lapack(name: str, *argtypes):
-    """A LAPACK routine from scipy's ``cython_lapack`` as a ctypes function (ctypes releases
-    the GIL for the call), or None where the pointer cannot be had."""
-    try:
-        from scipy.linalg import cython_lapack
+def _lapack(name: str):
+    """``dpbtrf`` or ``dpbtrs`` from scipy's ``cython_lapack`` as a ctypes function (ctypes
+    releases the GIL for the call)."""
+    from scipy.linalg import cython_lapack
 
-        capsule = cython_lapack.__pyx_capi__[name]
-        get_name = ctypes.pythonapi.PyCapsule_GetName
-        get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-        get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
-        get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-        return ctypes.CFUNCTYPE(None, *argtypes)(get_ptr(capsule, get_name(capsule)))
-    except Exception:  # pragma: no cover (an unusual scipy build: fall back to its wrappers)
-        return None
+    argtypes = {"dpbtrf": (ctypes.c_char_p, _INT, _INT, _PTR, _INT, _INT),
+                "dpbtrs": (ctypes.c_char_p, _INT, _INT, _INT, _PTR, _INT, _PTR, _INT, _INT)}
+    capsule = cython_lapack.__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return ctypes.CFUNCTYPE(None, *argtypes[name])(get_ptr(capsule, get_name(capsule)))
 
 
-class banded_cholesky:  # noqa: N801 (a namespace of two functions)
-    """LAPACK's ``dpbtrf`` / ``dpbtrs`` for a lower band matrix (kd + 1, n), releasing the GIL
-    (through ctypes); the same routines, bit for bit, as ``scipy.linalg.lapack``'s."""
+def _aligned(shape: tuple[int, ...]) -> np.ndarray:
+    """Zeros of ``shape`` starting on a 64-byte boundary (so that every stack has the same
+    alignment, whatever the allocator gives)."""
+    size = int(np.prod(shape))
+    buf = np.zeros(size + 8)
+    start = (-buf.ctypes.data % 64) // 8
+    return buf[start:start + size].reshape(shape)
 
-    @staticmethod
-    def factor(ab: np.ndarray) -> tuple[np.ndarray, int]:
-        """The Cholesky factor of ``ab`` (Fortran-ordered, overwritten) and LAPACK's info."""
-        f = _lapack("dpbtrf", ctypes.c_char_p, _INT, _INT, _DBL, _INT, _INT)
-        if f is None:  # pragma: no cover
-            from scipy.linalg import lapack
 
-            c, info = lapack.dpbtrf(ab, lower=1, overwrite_ab=1)
-            return c, info
-        ab = np.asfortranarray(ab)
-        kd1, n = ab.shape
-        info = ctypes.c_int(0)
-        f(b"L", ctypes.byref(ctypes.c_int(n)), ctypes.byref(ctypes.c_int(kd1 - 1)),
-          ab.ctypes.data_as(_DBL), ctypes.byref(ctypes.c_int(kd1)), ctypes.byref(info))
-        return ab, info.value
+class BandStack:
+    """``rows`` symmetric positive-definite band matrices (order n, half-bandwidth kd), all
+    factorised by one LAPACK ``dpbtrf`` call and solved by one ``dpbtrs`` call, without the
+    GIL (ctypes): a whole chunk of rows is one call, so threads run it in parallel.
 
-    @staticmethod
-    def solve(c: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """x with A x = b, A = L L^T from :meth:`factor`'s ``c`` (b is not changed)."""
-        f = _lapack("dpbtrs", ctypes.c_char_p, _INT, _INT, _INT, _DBL, _INT, _DBL, _INT, _INT)
-        if f is None:  # pragma: no cover
-            from scipy.linalg import lapack
+    The matrices sit on the diagonal of one band matrix, uncoupled, each padded to a multiple
+    of 64 columns with the identity and the stack led and ended by an identity block at least
+    kd wide. Every matrix then meets the same arithmetic wherever it sits (the same panels of
+    the blocked factorisation, the same full-length windows of the triangular solves, the
+    same 64-byte alignment, exact zeros from its neighbours), so a row's factor and solutions
+    are bit for bit the same in a stack of one or of a hundred -- the draws do not depend on
+    ``--jobs``. A matrix that is not numerically positive definite, or whose factor is not
+    finite, is replaced by the identity and the rest refactorised, so it cannot spoil its
+    neighbours; :attr:`status` says which (LAPACK's info; -1: a non-finite factor).
+    """
 
-            return lapack.dpbtrs(c, b, lower=1)[0]
-        x = np.array(b, dtype=np.float64, order="F", copy=True)
-        kd1, n = c.shape
-        info = ctypes.c_int(0)
-        f(b"L", ctypes.byref(ctypes.c_int(n)), ctypes.byref(ctypes.c_int(kd1 - 1)),
-          ctypes.byref(ctypes.c_int(1)), c.ctypes.data_as(_DBL), ctypes.byref(ctypes.c_int(kd1)),
-          x.ctypes.data_as(_DBL), ctypes.byref(ctypes.c_int(n)), ctypes.byref(info))
-        return x
+    unit = 64  # columns per panel of dpbtrf (32) or twice that
+
+    def __init__(self, n: int, kd: int, rows: int):
+        self.n, self.kd, self.rows = n, kd, rows
+        self.width = -(-n // self.unit) * self.unit
+        self.lead = max(1, -(-kd // self.unit)) * self.unit
+        self.size = 2 * self.lead + rows * self.width
+        # lower band storage, Fortran (kd + 1, size) = C (size, kd + 1): ab[j, d] = A[j + d, j]
+        self.ab = _aligned((self.size, kd + 1))
+        self.ab[:, 0] = 1.0
+        self.status = np.zeros(rows, dtype=np.int64)
+        #: (rows, n, kd + 1) view: ``blocks[b, j, d] = A_b[j + d, j]`` (zero where j + d >= n)
+        self.blocks = self.ab[self.lead:self.lead + rows * self.width].reshape(
+            rows, self.width, kd + 1)[:, :n]
+
+    def _block(self, b: int) -> np.ndarray:
+        """Rows of :attr:`ab` holding matrix b, its padding included."""
+        return self.ab[self.lead + b * self.width:self.lead + (b + 1) * self.width]
+
+    def factor(self, assemble: Callable[[np.ndarray, int, int], None]) -> np.ndarray:
+        """Factorise the matrices that ``assemble(blocks, lo, hi)`` writes into ``blocks[lo:hi]``
+        (called again for the rows after a failed one); returns :attr:`status`."""
+        first = 0
+        while first < self.rows:
+            if first:  # what the failed call left behind: back to the identity
+                rest = self.ab[self.lead + first * self.width:]
+                rest[:] = 0.0
+                rest[:, 0] = 1.0
+            assemble(self.blocks, first, self.rows)
+            # from the identity block before ``first`` (the lead, or the failed matrix)
+            col = 0 if first == 0 else self.lead + (first - 1) * self.width
+            info = ctypes.c_int(0)
+            _lapack("dpbtrf")(b"L", ctypes.byref(ctypes.c_int(self.size - col)),
+                              ctypes.byref(ctypes.c_int(self.kd)),
+                              self.ab.ctypes.data + col * (self.kd + 1) * 8,
+                              ctypes.byref(ctypes.c_int(self.kd + 1)), ctypes.byref(info))
+            stop = self.rows
+            if info.value > 0:
+                stop = (col + info.value - 1 - self.lead) // self.width
+            finite = np.isfinite(self.blocks[first:stop]).all(axis=(1, 2))
+            bad = first + int(np.argmin(finite)) if not finite.all() else stop
+            if bad >= self.rows:
+                break
+            # LAPACK's info within the matrix (its failing column, from 1); -1: not finite
+            self.status[bad] = (col + info.value - self.lead - bad * self.width
+                                if bad == stop and info.value > 0 else -1)
+            block = self._block(bad)
+            block[:] = 0.0
+            block[:, 0] = 1.0
+            first = bad + 1
+        return self.status
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """(rows, n) right-hand sides -> (rows, n) solutions (NaN for a failed matrix).
+
+        One call for the stack; where a solution is not finite (a right-hand side with NaN,
+        say), its zero coupling could carry NaN (0 * inf) into a neighbour, so every row is
+        then solved again in a stack of its own (the same arithmetic: same values)."""
+        x = _aligned((self.size,))
+        inner = x[self.lead:self.lead + self.rows * self.width].reshape(self.rows, self.width)
+        inner[:, :self.n] = rhs
+        failed = self.status.any()
+        if failed:
+            inner[self.status != 0] = 0.0
+        size, info = ctypes.c_int(self.size), ctypes.c_int(0)
+        _lapack("dpbtrs")(b"L", ctypes.byref(size), ctypes.byref(ctypes.c_int(self.kd)),
+                          ctypes.byref(ctypes.c_int(1)), self.ab.ctypes.data,
+                          ctypes.byref(ctypes.c_int(self.kd + 1)), x.ctypes.data,
+                          ctypes.byref(size), ctypes.byref(info))
+        out = inner[:, :self.n].copy()
+        if self.rows > 1 and not np.isfinite(out).all():
+            for b in range(self.rows):
+                one = BandStack(self.n, self.kd, 1)
+                one._block(0)[:] = self._block(b)
+                out[b] = one.solve(rhs[b:b + 1])[0]
+        if failed:
+            out[self.status != 0] = np.nan
+        return out
+
+# -- a built-in solver's chunks on forked workers --------------------------------------------
+WORKERS = "processes" if "fork" in __import__("multiprocessing").get_all_start_methods() \
+    else "threads"
+"""How the built-in solvers run a batch's chunks with ``jobs`` > 1: in processes forked from
+this one (nothing pickled but each call's arrays; where ``fork`` is missing, threads)."""
+
+_KEEP = 16  # states a worker keeps for a backward pass that may not come
+
+
+def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
+    torch.set_num_threads(1)
+    kept: OrderedDict[int, Any] = OrderedDict()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:  # close()
+            return
+        key, method, args, keep = msg
+        try:
+            if key is not None and not keep:  # a kept state's second half
+                out = getattr(owner, method)(kept.pop(key), *args)
+            else:
+                out = getattr(owner, method)(*args)
+                if keep:
+                    out, kept[key] = out
+                    while len(kept) > _KEEP:
+                        kept.popitem(last=False)
+            conn.send(("ok", out))
+        except Exception as err:  # noqa: BLE001 (sent to the parent, raised there)
+            conn.send(("value" if isinstance(err, ValueError) else "error",
+                       str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"))
+
+
+class ChunkWorkers:
+    """A solver's chunks of rows on ``jobs`` workers: ``owner.METHOD(*args)`` per chunk, one
+    chunk per worker, results in order. In processes (:data:`WORKERS`): this process runs the
+    first chunk and ``jobs - 1`` processes forked from it the others, each having inherited
+    ``owner`` (a built-in solver: its arrays, no pickling) and running with its own GIL; in
+    threads otherwise. ``keep``: the method returns (result, state) and the state stays with
+    the worker that made it (a factorisation, for the adjoint solves), passed back as the
+    first argument of :meth:`call_kept`. Every worker's answer is read before an error is
+    raised, so none is left in a pipe for the next call."""
+
+    def __init__(self, owner, jobs: int, workers: str | None = None):
+        self.owner, self.jobs, self._key = owner, jobs, 0
+        self.processes = (workers or WORKERS) == "processes"
+        self._conns, self._procs = [], []
+        if self.processes:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork")
+            for _ in range(jobs - 1):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_chunk_worker, args=(child, owner), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            atexit.register(self.close)
+
+    def call(self, method: str, args: list[tuple], keep: bool = False) -> list:
+        """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``); with ``keep``,
+        [(result, handle)] where handle is what :meth:`call_kept` takes."""
+        if not self.processes:
+            return run_rows(lambda i, _: getattr(self.owner, method)(*args[i]), len(args),
+                            self.jobs, each=True)
+        self._key += 1
+        outs = self._exchange(method, args[0], [(i, (self._key if keep else None, method, a,
+                                                     keep)) for i, a in enumerate(args[1:])])
+        if not keep:
+            return outs
+        return [outs[0]] + [(out, (i, self._key)) for i, out in enumerate(outs[1:])]
+
+    def call_kept(self, method: str, handles: list, args: list[tuple]) -> list:
+        """``owner.method(state, *a)`` with each state that :meth:`call` kept."""
+        if not self.processes:
+            return run_rows(lambda i, _: getattr(self.owner, method)(handles[i], *args[i]),
+                            len(args), self.jobs, each=True)
+        return self._exchange(method, (handles[0], *args[0]),
+                              [(w, (key, method, a, False))
+                               for (w, key), a in zip(handles[1:], args[1:], strict=True)])
+
+    def _exchange(self, method: str, local: tuple, messages: list) -> list:
+        """Send ``messages`` to the workers, run ``method(*local)`` here meanwhile, and read
+        every reply; the results in order, or the first error once all are in."""
+        for w, msg in messages:
+            self._conns[w].send(msg)
+        outs, first = [None], None
+        try:
+            outs[0] = getattr(self.owner, method)(*local)
+        except Exception as err:  # noqa: BLE001 (raised below, once every reply is read)
+            first = err
+        for w, _ in messages:
+            try:
+                status, value = self._conns[w].recv()
+            except (EOFError, OSError):
+                status, value = "error", "a worker process died (killed, or out of memory)"
+            if status != "ok":
+                first = first or ValueError(value if status == "value" else
+                                            f"{type(self.owner).__name__} failed in a worker "
+                                            f"process: {value}")
+            outs.append(value)
+        if first is not None:
+            raise first
+        return outs
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(None)  # not EOF alone: workers forked later hold this end too
+                conn.close()
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+        self._conns, self._procs = [], []
 
 
 # -- worker processes ---------------------------------------------------------------------------

@@ -155,21 +155,11 @@ class UMBridgeForward(ForwardModel):
         return v
 
     def _map(self, fn, n: int) -> np.ndarray:
-        """fn(i) for i in 0..n, up to ``jobs`` at once, in order."""
-        if self.jobs <= 1 or n < 2:
-            return np.stack([fn(i) for i in range(n)])
-        from .parallel import _pool
+        """fn(i) for i in 0..n, one request each, up to ``jobs`` in flight, in order (every
+        request answered before an error is raised)."""
+        from .parallel import run_rows
 
-        futures = [_pool(self.jobs).submit(fn, i) for i in range(n)]
-        out, first = [], None
-        for f in futures:  # wait for all: no request is left running behind an error
-            try:
-                out.append(f.result())
-            except ValueError as err:
-                first = first or err
-        if first is not None:
-            raise first
-        return np.stack(out)
+        return np.stack(run_rows(lambda i, _: fn(i), n, self.jobs, each=True))
 
     def _evaluate_rows(self, rows: np.ndarray) -> np.ndarray:
         def one(i):
