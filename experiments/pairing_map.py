@@ -26,6 +26,7 @@ from autovae.search.pairing_map import (
     LIKELIHOODS,
     PAIRS,
     combine_maps,
+    control_table,
     map_cells,
     map_figure,
     map_table,
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", nargs="+", default=PAIRS, help="candidate pairs searched")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per model (at least 2)")
     parser.add_argument("--trials", type=int, default=8, help="search trials per cell")
+    parser.add_argument("--pure-starts", action="store_true",
+                        help="start each search with every candidate pair alone (then TPE)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--hidden", type=int, default=64)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                       nll_samples=args.nll_samples)
         cells = map_cells(args.datasets, args.likelihoods, args.latent_dims)
         result = run_map(cells, args.out, base, seeds=args.seeds, trials=args.trials,
-                         pairs=args.pairs, note=args.note)
+                         pairs=args.pairs, note=args.note, pure_starts=args.pure_starts)
     except ValueError as err:
         print(f"pairing_map: error: {err}", file=sys.stderr)
         return 2
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(result: dict, out: Path) -> int:
     table = map_table(result)
+    if control_table(result):
+        table += "\n\nThe controls against their known answer:\n\n" + control_table(result)
     (out / "pairing_map.md").write_text(table + "\n")
     print(table)
     print(f"figure: {map_figure(result, out / 'pairing_map.png')}")

@@ -452,6 +452,12 @@ CLI_CASES = [
     ("27 control with an infinite-KL pair", ["train", "--run", R + "/new", *TRAIN, "--data",
                                              "control:cauchy/normal:2"],
      "control data 'cauchy/normal:2': pair cauchy/normal has KL = +inf"),
+    ("27 Gaussian control, infinite-KL pair", ["train", "--run", R + "/new", *TRAIN, "--data",
+                                               "control-gaussian:cauchy/normal:2"],
+     "control data 'cauchy/normal:2': pair cauchy/normal has KL = +inf"),
+    ("27 test subset of no count", ["train", "--run", R + "/new", *TRAIN, "--data",
+                                    "test-subset:many:fashion-mnist"],
+     "test-subset:many:fashion-mnist: give test-subset:N:NAME"),
 ]
 
 

@@ -395,7 +395,7 @@ def test_registry_names():
     assert set(DATASETS) == {"fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "svhn",
                              "digits", "orbit", "darcy-grf", "darcy-grf-8", "darcy-grf-32",
                              "darcy-grf-64", "aristoff-bangerth-prior", "control-cauchy",
-                             "control-laplace", "control-mixed"}
+                             "control-laplace", "control-mixed", "control-gaussian-cauchy"}
 
 
 def test_binarize():
@@ -478,6 +478,47 @@ def test_control_data_are_binary_fixed_and_follow_their_beliefs():
     assert torch.equal(mixed.test, load_data("control-mixed").test)  # the same spec
     with pytest.raises(ValueError, match="cauchy/normal has KL = \\+inf"):
         load_data("control:cauchy/normal:2")
+
+
+def test_gaussian_control_is_real_valued_truncated_and_its_true_nll_is_exact():
+    from scipy.stats import multivariate_normal
+
+    from autovae.control import SIGMA, TRUNCATE, control_arrays, control_decoder, true_nll
+
+    d = load_data("control-gaussian-cauchy")
+    assert (len(d.train), len(d.val), len(d.test)) == (4000, 1000, 1000)
+    assert torch.equal(d.test, load_data("control-gaussian-cauchy", seed=3).test)
+    x, z = control_arrays("cauchy/cauchy:2", gaussian=True)
+    assert np.abs(z).max() <= TRUNCATE and np.median(np.abs(z)) == pytest.approx(1.0, abs=0.05)
+    w, b = control_decoder(2)
+    noise = x.reshape(len(x), -1) - (z @ w.numpy() + b.numpy())
+    assert noise.std() == pytest.approx(SIGMA, rel=0.01)
+    # normal latents (truncation at 50 sds is nothing): x ~ N(b, W^T W + sigma^2 I) exactly
+    name = "control-gaussian:normal/normal:2"
+    test = load_data(name).test.flatten(1).double().numpy()
+    cov = (w.T @ w).numpy() + SIGMA ** 2 * np.eye(64)
+    exact = -multivariate_normal(b.numpy(), cov).logpdf(test).mean()
+    assert true_nll(name, samples=4000) == pytest.approx(exact, abs=0.01)
+
+
+def test_test_subset_keeps_n_test_images_equal_per_label():
+    from autovae.data import DATASETS, DatasetInfo, _Source, register_dataset
+
+    rng = np.random.default_rng(0)
+    register_dataset(DatasetInfo("tiny-labelled", "test only", lambda root, download: _Source(
+        rng.random((50, 4, 4)), np.arange(50) % 5, rng.random((40, 4, 4)), np.arange(40) % 4,
+        None)))
+    try:
+        d = load_data("test-subset:10:tiny-labelled", val_size=5)
+        assert d.name == "test-subset:10:tiny-labelled" and len(d.train) == 45
+        assert torch.bincount(d.test_labels).tolist() == [3, 3, 2, 2]
+        for bad, match in (("test-subset:100:tiny-labelled", "40 test images, fewer than 100"),
+                           ("test-subset:x:tiny-labelled", "give test-subset:N:NAME"),
+                           ("test-subset:10:digits", "no labelled test set of its own")):
+            with pytest.raises(ValueError, match=match):
+                load_data(bad)
+    finally:
+        del DATASETS["tiny-labelled"]
 
 
 # --------------------------------------------------------------------------- bad input

@@ -261,6 +261,81 @@ def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys)
     assert "latent 4 -> 2" in where_on_the_map(retrain, tmp_path / "map" / "pairing_map.json")
 
 
+def test_control_cells_are_judged_against_their_generating_pairing():
+    from autovae.search.pairing_map import control_table, map_cells, map_table
+
+    cells = map_cells(["control-gaussian-cauchy", "control-laplace"], ["bernoulli", "gaussian"],
+                      [2])
+    assert [(c.data, c.likelihood, c.binary_data) for c in cells] == [
+        ("control-gaussian-cauchy", "gaussian", False), ("control-laplace", "bernoulli", True)]
+    cell = {"data": "control-gaussian-cauchy", "likelihood": "gaussian", "latent_dim": 2,
+            "test_data": "real values", "best_latent": "normal/cauchy:2", "best_nll": 10.0,
+            "best_nll_sd": 0.1, "best_nll_per_seed": [9.9, 10.0, 10.1], "normal_nll": 20.0,
+            "normal_nll_sd": 1.0, "pairing_gain": 10.0, "pairing_gain_sd": 1.0,
+            "pairing_gain_per_seed": [9.1, 10.0, 10.9], "every_seed_gains": True,
+            "every_seed_gains_1_nat": True, "generating_latent": "normal/cauchy:2",
+            "generating_nll": 10.0, "generating_nll_sd": 0.1,
+            "generating_nll_per_seed": [9.9, 10.0, 10.1], "true_nll": 9.0,
+            "pairs": ["normal/normal", "normal/cauchy"]}
+    table = control_table({"cells": [cell]})
+    assert "+9.10, +10.00, +10.90 | 9.00 | **recovered** |" in table
+    assert "(candidates also normal/cauchy)" in map_table({"cells": [cell]})
+    missed = {**cell, "best_nll": 11.0}  # 1 nat worse than the generating pairing, sd 0.1
+    assert "search did not find one as good" in control_table({"cells": [missed]})
+    worse = {**cell, "best_nll_sd": 2.0, "best_nll": 12.0, "every_seed_gains": False}
+    assert "search did not find one as good" in control_table({"cells": [worse]})  # in spread
+    tie = {**cell, "generating_nll_per_seed": [19.0, 20.0, 21.0], "generating_nll": 20.0}
+    assert "normal/normal does not lose" in control_table({"cells": [tie]})
+    real_data = {k: v for k, v in cell.items() if k != "true_nll"
+                 and not k.startswith("generating")}
+    assert control_table({"cells": [real_data]}) == ""  # no control cell: no table
+
+
+def test_a_map_search_with_pure_starts_tries_each_pair_alone_first(tmp_path):
+    from autovae.search.pairing_map import map_cells, map_table, run_map
+
+    cells = map_cells(["digits"], ["gaussian"], [2])
+    base = BASE.replace(epochs=1, hidden=8, nll_samples=5)
+    pairs = ["normal/normal", "laplace/laplace"]
+    result = run_map(cells, tmp_path / "map", base, seeds=2, trials=3, pairs=pairs,
+                     pure_starts=True)
+    import optuna
+
+    study = optuna.load_study(study_name="map", storage="sqlite:///" + str(
+        tmp_path / "map" / "cells" / cells[0].slug / "study.db"))
+    latents = [t.user_attrs.get("latent") or t.params for t in study.trials]
+    assert len(study.trials) == 3
+    assert [t.params for t in study.trials[:2]] == [
+        {"w:normal/normal": 1.0, "w:laplace/laplace": 0.0},
+        {"w:normal/normal": 0.0, "w:laplace/laplace": 1.0}], latents
+    assert result["cells"][0]["pure_starts"] and "3 trials, each pair alone first" in \
+        map_table(result)
+    with pytest.raises(ValueError, match="cannot start with each of the 2 candidate pairs"):
+        run_map(cells, tmp_path / "other", base, seeds=2, trials=1, pairs=pairs,
+                pure_starts=True)
+
+
+def test_maps_with_other_candidate_pairs_combine(tmp_path):
+    import json
+
+    from autovae.search.pairing_map import combine_maps
+
+    for name, pairs in (("a", ["normal/normal"]), ("b", ["normal/normal", "normal/cauchy"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pairing_map.json").write_text(json.dumps(
+            {"settings": {"seeds": 3, "pairs": pairs, "trials": len(pairs) + 4},
+             "cells": [{"data": name}]}))
+    cells = combine_maps([tmp_path / "a", tmp_path / "b"])["cells"]
+    assert cells == [
+        {"pairs": ["normal/normal"], "trials": 5, "pure_starts": False, "data": "a"},
+        {"pairs": ["normal/normal", "normal/cauchy"], "trials": 6, "pure_starts": False,
+         "data": "b"}]
+    (tmp_path / "b" / "pairing_map.json").write_text(json.dumps(
+        {"settings": {"seeds": 2, "pairs": [], "trials": 5}, "cells": []}))
+    with pytest.raises(ValueError, match="other settings"):
+        combine_maps([tmp_path / "a", tmp_path / "b"])
+
+
 def test_the_map_command_refuses_one_seed(capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from pairing_map import main as map_main
@@ -309,6 +384,26 @@ def test_on_the_control_the_generating_pairing_beats_normal_normal():
     normal = _known_decoder_nll("normal/normal:2", data)
     assert normal - generating > 1.0, (generating, normal)
     assert generating > true_nll("control-cauchy", samples=50_000) - 0.5
+
+
+@pytest.mark.slow
+def test_on_the_gaussian_control_a_learned_decoder_cannot_undo_the_prior(tmp_path):
+    """control-gaussian-cauchy with a learned 2 x 64 MLP decoder (the map's budget, one seed):
+    the generating pairing normal/cauchy:2 beats normal/normal by more than a nat, and neither
+    passes the generating model's own NLL (map: +1.18 to +3.40 nats over 6 runs)."""
+    from autovae import evaluate, train
+    from autovae.control import true_nll
+
+    nll = {}
+    for latent in ("normal/cauchy:2", "normal/normal:2"):
+        config = Config(data="control-gaussian-cauchy", likelihood="gaussian",
+                        learn_sigma="shared", latent=latent, hidden=64, depth=2, epochs=30,
+                        batch_size=100, lr=1e-3, seed=0, latent_clip=50.0, limit=2000)
+        result = train(config, tmp_path / latent.replace("/", "-"), progress=False)
+        torch.manual_seed(1)
+        nll[latent] = evaluate(result.model, result.data.test, nll_samples=1000)["nll"]
+    assert nll["normal/normal:2"] - nll["normal/cauchy:2"] > 1.0, nll
+    assert min(nll.values()) > true_nll("control-gaussian-cauchy", samples=2000)
 
 
 @pytest.mark.slow

@@ -36,7 +36,10 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     for info in DATASETS.values():
         print(f"{info.name:{width}}{info.description}")
     print("or control:SPEC, a known-belief control with the latents of a latent spec (e.g. "
-          "control:laplace/laplace:3)")
+          "control:laplace/laplace:3); control-gaussian:SPEC, its real-valued twin (Gaussian "
+          "noise, --likelihood gaussian)")
+    print("or test-subset:N:NAME, dataset NAME with N of its test images, equal per label (e.g. "
+          "test-subset:1000:fashion-mnist)")
     print("or a path: a .npy / .npz file, or a folder of images (see the README)")
     return 0
 

@@ -22,6 +22,8 @@ Names (case-insensitive, ``_`` and ``-`` interchangeable), see :data:`DATASETS`:
 * ``control-cauchy``, ``control-laplace``, ``control-mixed`` and ``control:SPEC``: binary
   8x8 images decoded by a known decoder from latents of known beliefs (the control where the
   best pairing is known), registered by :mod:`autovae.control`.
+* ``test-subset:N:NAME``: dataset NAME with N of its test images, equal per label (a cheaper
+  test NLL; e.g. ``test-subset:1000:fashion-mnist``).
 * ``orbit``: the AVA paper's 36 RGB images of 64x100 (shipped in ``autovae/datasets/orbit``,
   MIT licence; 21 distinct, all 36 kept as the paper's BM averages over them). Their alpha is
   opaque everywhere and is dropped. As in the paper, ``train`` and ``test`` are the same 36
@@ -338,6 +340,40 @@ def register_dataset_family(prefix: str, make: Callable[[str], DatasetInfo]) -> 
     """Make ``--data PREFIX:ARGS`` known: ``make(ARGS)`` gives the dataset's entry
     (:mod:`autovae.control` registers ``control:SPEC``)."""
     DATASET_FAMILIES[prefix] = make
+
+
+def _test_subset(rest: str) -> DatasetInfo:
+    """``test-subset:N:NAME``: dataset NAME with its test set cut to N images, the same number
+    of each label (the first of each in the file's order), for a costly test NLL."""
+    count, _, name = rest.partition(":")
+    inner = DATASETS.get(_ALIASES.get(name.strip().lower().replace("_", "-"), name.strip()
+                                      .lower().replace("_", "-")))
+    if not count.strip().isdigit() or int(count) < 1 or inner is None:
+        raise ValueError(f"test-subset:{rest}: give test-subset:N:NAME, N a positive count and "
+                         f"NAME a named dataset with its own test set (e.g. "
+                         "test-subset:1000:fashion-mnist)")
+    n = int(count)
+
+    def load(root: Path, download: bool) -> _Source:
+        src = inner.load(root, download)
+        if src.x_test is None or src.y_test is None:
+            raise ValueError(f"test-subset:{rest}: {inner.name} has no labelled test set of its "
+                             "own to take a subset of")
+        if n > len(src.x_test):
+            raise ValueError(f"test-subset:{rest}: {inner.name} has {len(src.x_test)} test "
+                             f"images, fewer than {n}; pass a smaller N")
+        labels = np.unique(src.y_test)
+        per, extra = divmod(n, len(labels))
+        keep = np.sort(np.concatenate([np.flatnonzero(src.y_test == c)[:per + (i < extra)]
+                                       for i, c in enumerate(labels)]))
+        return src._replace(x_test=src.x_test[keep], y_test=src.y_test[keep])
+
+    return DatasetInfo(f"test-subset:{n}:{inner.name}",
+                       f"{inner.name} with {n} of its test images (equal per label)", load,
+                       inner.val_size, inner.test_size)
+
+
+register_dataset_family("test-subset", _test_subset)
 
 
 # --------------------------------------------------------------------------- user data

@@ -18,7 +18,10 @@ Warm-up adapts, from the population of chains (many chains, 16-128, make the est
   whitened by the mass matrix, weighted by the chains' acceptance probabilities;
 * a diagonal inverse mass matrix, the chains' variance pooled over the iterations of three
   windows (10-25%, 25-50%, 50-75% of warm-up), shrunk toward 1e-3 as Stan does; each new
-  matrix restarts dual averaging from 10 times the current step.
+  matrix restarts dual averaging from 10 times the current step and (``restart_length``) T
+  from one step: T grown while the chains were still together (the criterion then rewards
+  any lengthening) would stay, since the jittered criterion of a Gaussian has a local maximum
+  every half period.
 
 h_t in [1 - ``jitter``, 1) is the base-2 Halton (van der Corput) sequence of the iteration
 number: jittered lengths without a random draw. After warm-up eps and T are frozen at their
@@ -66,7 +69,8 @@ class ChEESKernel(MCMCKernel):
     ``learning_rate``: Adam's rate on log T; ``jitter``: the fraction of T jittered;
     ``max_leapfrog``: the most leapfrog steps per iteration; ``adapt_mass``: a diagonal mass
     matrix from the chains' variance; ``max_divergent_run``: stop when one chain has that many
-    divergent post-warm-up iterations in a row.
+    divergent post-warm-up iterations in a row; ``restart_length``: restart T from one step
+    with each new mass matrix.
     """
 
     name = "chees"
@@ -81,11 +85,14 @@ class ChEESKernel(MCMCKernel):
         "adapt_mass": option("ChEES: adapt a diagonal mass matrix from the chains' variance"),
         "max_divergent_run": option("stop after this many divergent iterations in a row "
                                     "(nuts, chees)", domain="count"),
+        "restart_length": option("ChEES: restart the trajectory length from one step at each "
+                                 "new mass matrix"),
     }
 
     def __init__(self, step_size: float | None = None, target_accept: float = 0.651,
                  learning_rate: float = 0.05, jitter: float = 1.0, max_leapfrog: int = 256,
-                 adapt_mass: bool = True, max_divergent_run: int = 50):
+                 adapt_mass: bool = True, max_divergent_run: int = 50,
+                 restart_length: bool = True):
         self.step_size = None if step_size is None else _check_step("step_size", step_size)
         self.target_accept = _check_target_accept(target_accept)
         self.learning_rate = _check_step("learning_rate", learning_rate, 1.0)
@@ -100,13 +107,15 @@ class ChEESKernel(MCMCKernel):
         self.max_leapfrog = max_leapfrog
         self.adapt_mass = bool(adapt_mass)
         self.max_divergent_run = max_divergent_run
+        self.restart_length = bool(restart_length)
         self.state: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         return {"kernel": self.name, "step_size": self.step_size,
                 "target_accept": self.target_accept, "learning_rate": self.learning_rate,
                 "jitter": self.jitter, "max_leapfrog": self.max_leapfrog,
-                "adapt_mass": self.adapt_mass, "max_divergent_run": self.max_divergent_run}
+                "adapt_mass": self.adapt_mass, "max_divergent_run": self.max_divergent_run,
+                "restart_length": self.restart_length}
 
     # -- start ----------------------------------------------------------------------------------
     def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
@@ -268,6 +277,8 @@ class ChEESKernel(MCMCKernel):
             s.update(w_n=0, w_mean=torch.zeros_like(s["w_mean"]),
                      w_m2=torch.zeros_like(s["w_m2"]))
             self._restart_dual_averaging(math.exp(s["log_step"]))
+            if self.restart_length:
+                s["log_T"] = s["log_T_avg"] = s["log_step"]
 
     def end_warmup(self, target: Target) -> None:
         s = self.state

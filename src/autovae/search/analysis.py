@@ -154,7 +154,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
                  seeds: int = 3, nll_samples: int | None = None, limit: int | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, also: dict[str, str] | None = None) -> dict:
     """Retrain the best config and normal/normal (same network, budget, likelihood) per seed;
     evaluate them on the test set. When the best trial's bound is not the ELBO, a third model,
     normal/normal with the best trial's bound, separates the gain of the pairing from the gain
@@ -164,7 +164,8 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     reducible part (above ``bernoulli_entropy_floor``). Returns and writes ``retrain.json`` in
     ``folder`` (with the trial retrained and :func:`~autovae.search.progress.study_notes`, which
     go to stderr too). ``progress``: the trial, each model and seed as it starts (and whether
-    it resumes) and training bars."""
+    it resumes) and training bars. ``also``: more models, name -> latent spec, each the best
+    config with that latent (e.g. a control's generating pairing), retrained and scored alike."""
     from ..evaluation import evaluate, prefixed
     from ..run import prepare, test_data_label
     from ..scoring import bernoulli_entropy_floor, reducible_share
@@ -189,6 +190,8 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     if best.alpha != 1.0 and best.samples > 1:
         models["normal/normal, same bound"] = best.replace(latent=f"normal/normal:{dim}",
                                                            latent_dim=None)
+    for key, latent in (also or {}).items():
+        models[key] = best.replace(latent=latent, latent_dim=None)
     if progress:
         _announce(study, spec, trial, models, seeds)
     data = prepare(best)

@@ -11,7 +11,11 @@ two seeds (no spread, no claim).
 Likelihoods: ``bernoulli`` is trained on dynamic binarisations and scored on a fixed binarised
 test set (seed 0; comparable to the binarised-MNIST literature); ``continuous-bernoulli`` and
 ``gaussian`` (learned shared sigma) are trained and scored on the grey levels. Binary data (the
-known-belief controls of :mod:`autovae.control`) are used as they are.
+known-belief controls of :mod:`autovae.control`) are used as they are, the Gaussian controls'
+real values under the Gaussian likelihood only. In a control's cell the generating pairing is
+retrained and scored too (``generating_*``), with the generating model's own NLL
+(``true_nll``): the control is recovered where the search's pairing is as good as the
+generating one and normal/normal loses. Each cell keeps the candidate pairs it searched.
 
 ``experiments/pairing_map.py`` runs a map and writes ``pairing_map.json``, the table and the
 figure; ``autovae retrain-best`` says where a study lies on it (:func:`where_on_the_map`).
@@ -27,8 +31,8 @@ from pathlib import Path
 from ..beliefs import LatentSpec
 from ..config import Config
 
-__all__ = ["Cell", "combine_maps", "map_cells", "map_figure", "map_table", "run_cell", "run_map",
-           "where_on_the_map"]
+__all__ = ["Cell", "combine_maps", "control_table", "map_cells", "map_figure", "map_table",
+           "run_cell", "run_map", "where_on_the_map"]
 
 PAIRS = ["normal/normal", "logistic/normal", "laplace/laplace", "cauchy/cauchy",
          "gumbel/gumbel"]  # the quick preset's candidates
@@ -47,8 +51,14 @@ class Cell:
     latent_dim: int
 
     @property
-    def binary_data(self) -> bool:
+    def control(self) -> bool:
         return self.data.startswith("control")
+
+    @property
+    def binary_data(self) -> bool:
+        from ..control import is_gaussian_control
+
+        return self.control and not is_gaussian_control(self.data)
 
     @property
     def slug(self) -> str:
@@ -74,17 +84,20 @@ def map_cells(datasets: list[str], likelihoods: list[str], latent_dims: list[int
     if unknown:
         raise ValueError(f"likelihoods: {', '.join(unknown)} not on the map; choose from "
                          f"{', '.join(LIKELIHOODS)}")
+    from ..control import is_gaussian_control
+
     cells = []
     for data in datasets:
         for lik in likelihoods:
-            if data.startswith("control") and lik != "bernoulli":
+            if data.startswith("control") and lik != "bernoulli" \
+                    and not is_gaussian_control(data):
                 continue  # binary data: only a pmf scores them
-            if data.startswith("darcy") and lik != "gaussian":
+            if (data.startswith("darcy") or is_gaussian_control(data)) and lik != "gaussian":
                 continue  # real values: only the Gaussian takes them
             cells += [Cell(data, lik, d) for d in latent_dims]
     if not cells:
         raise ValueError("no map cells: each dataset needs a likelihood that fits it "
-                         "(controls: bernoulli; darcy-grf: gaussian)")
+                         "(controls: bernoulli; darcy-grf and control-gaussian-*: gaussian)")
     return cells
 
 
@@ -97,12 +110,17 @@ def _check_seeds(seeds: int) -> int:
 
 
 def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
-             pairs: list[str] | None = None, progress: bool = False) -> dict:
+             pairs: list[str] | None = None, progress: bool = False,
+             pure_starts: bool = False) -> dict:
     """Search the pairing in ``cell`` (``trials`` trials, the bound of ``base``), retrain the
-    best and normal/normal with the same bound over ``seeds`` seeds; the cell's summary."""
+    best and normal/normal with the same bound over ``seeds`` seeds; the cell's summary.
+    ``pure_starts``: the first trials are each candidate pair alone (then TPE): random weights
+    almost never leave one pair alone, so a homogeneous pairing is otherwise hard to reach in
+    a small latent space (in 2 dims one of 7 uniform weights must exceed the other six's sum)."""
     from .analysis import retrain_best
     from .space import SearchSpace
-    from .study import StudySpec, run_search
+    from .storage import open_storage
+    from .study import StudySpec, create_study, run_search
 
     _check_seeds(seeds)
     config = cell.config(base)
@@ -113,8 +131,23 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
                         depth=fixed("depth"), lr=fixed("lr"))
     spec = StudySpec(space, config, ["nll"], trials, sampler="tpe", pruner="none",
                      validation_nll_samples=50)
+    if pure_starts:
+        if trials < len(space.pairs):
+            raise ValueError(f"pure starts: {trials} trials cannot start with each of the "
+                             f"{len(space.pairs)} candidate pairs alone; pass --trials "
+                             f"{len(space.pairs) + 3} or more")
+        folder.mkdir(parents=True, exist_ok=True)
+        study = create_study(open_storage(None, folder), "map", spec)
+        if not study.trials:
+            for pair in space.pairs:
+                study.enqueue_trial({f"w:{p}": float(p == pair) for p in space.pairs})
     study = run_search(None, "map", folder, spec)
-    result = retrain_best(study, folder, seeds=seeds, progress=progress)
+    also = {}
+    if cell.control:
+        from ..control import generating_pairing
+
+        also["generating"] = generating_pairing(cell.data, cell.latent_dim)
+    result = retrain_best(study, folder, seeds=seeds, progress=progress, also=also)
     same = result.get("normal/normal, same bound", result["normal/normal"])
     gains = result["pairing_gain_per_seed"]
     summary = {**asdict(cell), "best_latent": result["best"]["config"]["latent"],
@@ -125,7 +158,17 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
                "pairing_gain_sd": result["pairing_gain_sd"], "pairing_gain_per_seed": gains,
                "every_seed_gains": all(g > 0 for g in gains),
                "every_seed_gains_1_nat": all(g >= 1 for g in gains),
-               "test_data": result["test_data"], "nll_samples": result["nll_samples"]}
+               "test_data": result["test_data"], "nll_samples": result["nll_samples"],
+               "pairs": list(pairs or PAIRS), "trials": trials, "pure_starts": pure_starts}
+    if cell.control:
+        from ..control import true_nll
+
+        gen = result["generating"]
+        summary.update(generating_latent=gen["config"]["latent"],
+                       generating_nll=gen["test_nll_mean"], generating_nll_sd=gen["test_nll_sd"],
+                       generating_nll_per_seed=[r["test_nll"] for r in gen["runs"]],
+                       best_nll_per_seed=[r["test_nll"] for r in result["best"]["runs"]],
+                       true_nll=true_nll(cell.data, samples=20_000))
     for key in ("bernoulli_entropy_floor", "pairing_gain_share_of_reducible"):
         if key in result:
             summary[key] = result[key]
@@ -134,7 +177,7 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
 
 def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int = 3,
             trials: int = 8, pairs: list[str] | None = None, note: str = "",
-            progress: bool = False) -> dict:
+            progress: bool = False, pure_starts: bool = False) -> dict:
     """Run every cell into ``out/cells/SLUG`` and write ``out/pairing_map.json`` after each
     (a cell already in it is not run again: a killed map resumes; cells it holds that are not
     asked for are kept)."""
@@ -142,6 +185,7 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
     out = Path(out)
     path = out / "pairing_map.json"
     settings = {"seeds": seeds, "trials": trials, "pairs": list(pairs or PAIRS),
+                **({"pure_starts": True} if pure_starts else {}),
                 "base": {k: v for k, v in base.to_dict().items()
                          if k in ("epochs", "batch_size", "hidden", "depth", "lr", "alpha",
                                   "samples", "beta", "latent_clip", "nll_samples", "limit")},
@@ -161,7 +205,7 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
         key = cell.data + cell.likelihood + str(cell.latent_dim)
         if key not in done:
             done[key] = run_cell(cell, out / "cells" / cell.slug, base, seeds, trials, pairs,
-                                 progress)
+                                 progress, pure_starts)
             print(_row(done[key]), flush=True)
         result["cells"].append(done[key])
         out.mkdir(parents=True, exist_ok=True)
@@ -170,13 +214,21 @@ def run_map(cells: list[Cell], out: str | os.PathLike, base: Config, seeds: int 
 
 
 def combine_maps(folders: list[str | os.PathLike]) -> dict:
-    """One map of the cells of several (run with the same settings, e.g. in parallel)."""
+    """One map of the cells of several (run with the same settings, e.g. in parallel; the
+    candidate pairs may differ, as each cell keeps the pairs it searched)."""
     maps = [json.loads((Path(f) / "pairing_map.json").read_text()) for f in folders]
+    cell_keys = ("pairs", "trials", "pure_starts")  # each cell keeps its own
+    same = lambda m: {k: v for k, v in m["settings"].items()  # noqa: E731
+                      if k not in cell_keys}
     for folder, other in zip(folders[1:], maps[1:], strict=True):
-        if other["settings"] != maps[0]["settings"]:
+        if same(other) != same(maps[0]):
             raise ValueError(f"{folder}: its map has other settings than {folders[0]}'s; "
-                             "combine maps made with the same settings only")
-    return {**maps[0], "cells": [c for m in maps for c in m["cells"]]}
+                             "combine maps made with the same settings only (the candidate "
+                             "pairs may differ: each cell keeps its own)")
+    cells = [{"pairs": m["settings"]["pairs"], "trials": m["settings"]["trials"],
+              "pure_starts": m["settings"].get("pure_starts", False), **c}
+             for m in maps for c in m["cells"]]
+    return {**maps[0], "cells": cells}
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -195,12 +247,19 @@ def _verdict(c: dict) -> str:
     return "seeds disagree: no claim"
 
 
+def _searched(c: dict) -> str:
+    extra = [p for p in c.get("pairs", PAIRS) if p not in PAIRS]
+    how = ([f"candidates also {', '.join(extra)}"] if extra else []) + (
+        [f"{c['trials']} trials, each pair alone first"] if c.get("pure_starts") else [])
+    return c["best_latent"] + (f" ({'; '.join(how)})" if how else "")
+
+
 def _row(c: dict) -> str:
     share = (f" ({c['pairing_gain_share_of_reducible']:.1%})"
              if "pairing_gain_share_of_reducible" in c else "")
     seeds = ", ".join(f"{g:+.2f}" for g in c["pairing_gain_per_seed"])
     return (f"| {c['data']} | {c['likelihood']} | {c['test_data']} | {c['latent_dim']} | "
-            f"{c['best_latent']} | {_pm(c['best_nll'], c['best_nll_sd'])} | "
+            f"{_searched(c)} | {_pm(c['best_nll'], c['best_nll_sd'])} | "
             f"{_pm(c['normal_nll'], c['normal_nll_sd'])} | "
             f"{_pm(c['pairing_gain'], c['pairing_gain_sd'])}{share} | {seeds} | {_verdict(c)} |")
 
@@ -213,6 +272,45 @@ def map_table(result: dict) -> str:
     return "\n".join([head, *(_row(c) for c in result["cells"])])
 
 
+def _recovered(c: dict) -> str:
+    """Whether a control cell recovers the known answer: normal/normal worse than the
+    generating pairing and than the searched pairing with every seed, and the searched pairing
+    within two seed sds of the generating pairing or better."""
+    spread = 2 * max(c["best_nll_sd"], c["generating_nll_sd"])
+    found = c["best_nll"] <= c["generating_nll"] + spread
+    normal = [b + g for b, g in zip(c["best_nll_per_seed"], c["pairing_gain_per_seed"],
+                                    strict=True)]
+    loses = all(n > g for n, g in zip(normal, c["generating_nll_per_seed"], strict=True))
+    if loses and found and c["every_seed_gains"]:
+        return "**recovered**"
+    if loses:
+        return ("**not recovered: normal/normal loses to the generating pairing, but the "
+                "search did not find one as good**")
+    return "normal/normal does not lose to the generating pairing: no known answer here"
+
+
+def control_table(result: dict) -> str:
+    """The map's control cells against their known answer (NLLs in nats, mean ± sd over seeds;
+    the generating gain is normal/normal's NLL minus the generating pairing's, per seed)."""
+    head = ("| control | latent | generating pairing | its NLL | searched pairing's NLL | "
+            "normal/normal | generating gain per seed | generating model itself | verdict |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for c in result["cells"]:
+        if "generating_nll" not in c:
+            continue
+        normal = [b + g for b, g in zip(c["best_nll_per_seed"], c["pairing_gain_per_seed"],
+                                        strict=True)]
+        gains = ", ".join(f"{n - g:+.2f}" for n, g in zip(normal, c["generating_nll_per_seed"],
+                                                           strict=True))
+        rows.append(f"| {c['data']} | {c['latent_dim']} | {c['generating_latent']} | "
+                    f"{_pm(c['generating_nll'], c['generating_nll_sd'])} | "
+                    f"{_pm(c['best_nll'], c['best_nll_sd'])} | "
+                    f"{_pm(c['normal_nll'], c['normal_nll_sd'])} | {gains} | "
+                    f"{c['true_nll']:.2f} | {_recovered(c)} |")
+    return "\n".join([head, *rows]) if rows else ""
+
+
 def map_figure(result: dict, path: str | os.PathLike) -> Path:
     """The pairing gain (mean ± sd over seeds) against the latent size, one line per
     (dataset, likelihood), with the 0 and +1 nat lines."""
@@ -222,15 +320,17 @@ def map_figure(result: dict, path: str | os.PathLike) -> Path:
     fig = Figure(figsize=(7, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    lines: dict[tuple[str, str], list[dict]] = {}
-    for c in result["cells"]:
-        lines.setdefault((c["data"], c["likelihood"]), []).append(c)
-    for i, ((data, lik), cells) in enumerate(lines.items()):
+    lines: dict[str, list[dict]] = {}
+    for c in result["cells"]:  # one line per data, likelihood and search budget
+        label = f"{c['data']}, {c['likelihood']}" + (
+            f" ({c['trials']} trials, pure starts)" if c.get("pure_starts") else "")
+        lines.setdefault(label, []).append(c)
+    for i, (label, cells) in enumerate(lines.items()):
         cells.sort(key=lambda c: c["latent_dim"])
         x = [c["latent_dim"] * (1 + 0.03 * (i - len(lines) / 2)) for c in cells]
         ax.errorbar(x, [c["pairing_gain"] for c in cells],
                     yerr=[c["pairing_gain_sd"] for c in cells], marker="o", capsize=3,
-                    label=f"{data}, {lik}")
+                    label=label)
     ax.axhline(0, color="k", lw=0.8)
     ax.axhline(1, color="k", lw=0.8, ls="--", label="+1 nat")
     ax.set_xscale("log")
