@@ -53,9 +53,9 @@ def _within_4_mcse(draws, exact):
     assert zm.max() < 4 and zs.max() < 4, (zm.max(), zs.max())
 
 
-@pytest.mark.parametrize("inner", ["rwm", "mala", "pcn"])
+@pytest.mark.parametrize("inner", ["rwm", "mala", "pcn", "chees"])
 def test_exact_with_a_wrong_cheap_model(inner, tmp_path):
-    draws, subchain = (600, 3) if inner == "mala" else (1500, 4)
+    draws, subchain = {"mala": (600, 3), "chees": (500, 2)}.get(inner, (1500, 4))
     exact, problem, G = _linear()
     wrong = _Affine(G, 0.9, 0.15, "wrong")  # mis-scaled and shifted
     cheap_exact = LinearGaussian("cheap", 0.9 * G, problem.data.numpy() - 0.15, 1.0)
@@ -150,3 +150,137 @@ def test_built_in_cheap_models():
     fine_p, cheap_p = darcy(k), half(k)
     rel = float((fine_p - cheap_p).norm() / fine_p.norm())
     assert 1e-3 < rel < 0.1 and half.solves == 1
+
+
+# -- the surrogate cheap model (--coarse-forward surrogate) --------------------------------------
+class _Bent(ForwardModel):
+    """A nonlinear fine model, y = G p + 0.5 sin(p) W: the linear fit is not exact."""
+
+    name = "bent"
+
+    def __init__(self, G):
+        super().__init__()
+        self.G = torch.as_tensor(G)
+        self.W = torch.as_tensor(np.random.default_rng(5).standard_normal(self.G.T.shape))
+        self.n_obs, d = self.G.shape
+        self.param_shape = (d,)
+
+    def evaluate(self, params):
+        return params @ self.G.T + 0.5 * torch.sin(params) @ self.W
+
+
+def test_surrogate_is_fitted_chosen_by_held_out_error_and_cached(tmp_path):
+    from autovae.inverse.surrogate import surrogate_forward
+
+    exact, problem, G = _linear()
+    s = surrogate_forward(problem, 200, 0, tmp_path / "surrogate.pt")
+    rep = s.report()
+    # a linear model: the ridge fit is exact, and chosen
+    assert rep["surrogate_kind"] in ("linear", "quadratic")
+    assert rep["surrogate_heldout_rmse"]["linear"] < 1e-5
+    assert rep["surrogate_training_solves"] == 200 == problem.forward.solves
+    p = torch.randn(5, 6, dtype=torch.float64)
+    assert torch.allclose(s(p), problem.forward(p), atol=1e-5)
+    # read back, not retrained: no fine solve
+    again = surrogate_forward(problem, 200, 0, tmp_path / "surrogate.pt")
+    assert problem.forward.solves == 205 and torch.equal(again(p), s(p))
+    with pytest.raises(ValueError, match="holds a surrogate of 200 draws"):
+        surrogate_forward(problem, 300, 0, tmp_path / "surrogate.pt")
+    # nonlinear: a kind is chosen by its held-out error, and is differentiable
+    bent = InverseProblem(StandardNormalPrior(6), _Bent(G), problem.data, 1.0)
+    sb = surrogate_forward(bent, 200, 1)
+    rmse = sb.report()["surrogate_heldout_rmse"]
+    assert sb.report()["surrogate_kind"] == min(rmse, key=rmse.get)
+    q = p.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(sb(q).sum(), q)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_exact_with_a_surrogate_cheap_model(tmp_path):
+    """The fine posterior does not depend on the surrogate: one from 20 prior draws, then
+    made wrong on purpose (outputs scaled by 1.1 about their mean and shifted by 0.15),
+    still gives the exact posterior."""
+    from autovae.inverse.surrogate import surrogate_forward
+
+    exact, problem, G = _linear()
+    s = surrogate_forward(problem, 20, 0)
+    s.state["y_sd"], s.state["y_mean"] = s.state["y_sd"] * 1.1, s.state["y_mean"] + 0.15
+    kernel = DelayedAcceptanceKernel(coarse_target(problem, s), "mala", subchain=3)
+    r = run_chains(problem.target(), kernel, tmp_path / "s", chains=4, warmup=200, draws=600,
+                   seed=3)
+    _within_4_mcse(r.draws, exact)
+    assert delayed_summary(r)["fine_acceptance_of_moved"] < 0.9  # it is wrong, and costs
+
+
+class _MostlyNaN(ForwardModel):
+    name = "mostly-nan"
+
+    def __init__(self, G):
+        super().__init__()
+        self.G = torch.as_tensor(G)
+        self.n_obs, d = self.G.shape
+        self.param_shape = (d,)
+
+    def evaluate(self, params):
+        out = params @ self.G.T
+        return torch.where(params[:, :1] > -1.5, torch.full_like(out, math.nan), out)
+
+
+def test_surrogate_bad_inputs():
+    from autovae.inverse.surrogate import surrogate_forward
+
+    exact, problem, G = _linear()
+    with pytest.raises(ValueError, match="--surrogate-draws must be an integer >= 20"):
+        surrogate_forward(problem, 5, 0)
+    nan = InverseProblem(StandardNormalPrior(6), _MostlyNaN(G), problem.data, 1.0)
+    with pytest.raises(ValueError, match="prior draws gave finite fine outputs; it needs >= 20"):
+        surrogate_forward(nan, 100, 0)
+
+
+def test_adaptive_error_model_spends_one_fine_solve_per_screened_proposal(tmp_path):
+    """The adaptive error model learns from the fine solve the two-level ratio makes: fine
+    solves = the start points + the proposals whose subchain moved, warm-up included."""
+    exact, problem, G = _linear(1)
+    kernel = DelayedAcceptanceKernel(coarse_target(problem, _Affine(G, 1.0, 0.3)), "rwm",
+                                     subchain=2, adaptive_error=True)
+    moved = []
+    sample = kernel.sample
+
+    def counted(*args, **kwargs):
+        out = sample(*args, **kwargs)
+        moved.append(int(out["subchain_moved"].sum()))
+        return out
+
+    kernel.sample = counted
+    run_chains(problem.target(), kernel, tmp_path / "a", chains=3, warmup=60, draws=40, seed=0)
+    assert problem.forward.solves == 3 + sum(moved) and sum(moved) > 100
+
+
+def test_invert_with_a_surrogate_counts_its_training_and_resumes_without_retraining(tmp_path):
+    from autovae.inverse import invert
+
+    settings = dict(problem="aristoff-bangerth", prior="lognormal", kernel="rwm", subchain=2,
+                    coarse_forward="surrogate", surrogate_draws=40, chains=2, warmup=10,
+                    draws=10, seed=0, out=str(tmp_path / "c"))
+    first = invert(**settings).summary
+    assert first["surrogate_training_solves"] == 40 == first["setup_fine_solves"]
+    assert first["fine_solves"] == first["solves"] + 40
+    assert first["surrogate_kind"] in ("linear", "mlp")
+    saved = (tmp_path / "c" / "surrogate.pt").stat().st_mtime_ns
+    again = invert(**settings)  # the same command again: the folder resumes
+    assert (tmp_path / "c" / "surrogate.pt").stat().st_mtime_ns == saved  # not retrained
+    assert again.summary["surrogate_training_solves"] == 40
+
+
+def test_the_cheap_model_gets_jobs():
+    from autovae.inverse.config import InverseConfig
+    from autovae.inverse.inversion import _delayed
+    from autovae.inverse.problems import PROBLEMS
+
+    cfg = InverseConfig.from_dict(dict(problem="aristoff-bangerth", subchain=2, jobs=2))
+    problem = PROBLEMS[cfg.problem](cfg).problem
+    d = _delayed(cfg, problem, "rwm", None)
+    try:
+        assert d["cheap"].jobs == 2 and d["setup_fine_solves"] == 0
+    finally:
+        d["cheap"].close_workers()

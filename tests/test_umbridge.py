@@ -163,3 +163,24 @@ def test_a_model_of_another_size_is_refused(server, tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
         assert not out.exists()
+
+
+def test_a_umbridge_cheap_model_gets_forward_timeout_and_jobs(server, tmp_path):
+    """Delayed acceptance's cheap model through UM-Bridge: --forward-timeout and --jobs reach
+    it as they reach a UM-Bridge fine model (the fine model here is in-process)."""
+    from autovae.inverse.config import InverseConfig
+    from autovae.inverse.inversion import _delayed
+    from autovae.inverse.problems import PROBLEMS
+
+    truth = torch.zeros(1, 8, 8, dtype=torch.float64)
+    np.save(tmp_path / "y.npy", SmallDarcy()(truth)[0].numpy() + 0.001)
+    cfg = InverseConfig.from_dict(dict(
+        problem="custom", forward="test_umbridge:SmallDarcy", data=str(tmp_path / "y.npy"),
+        noise=0.01, prior="kle", grid=8, dim=4, subchain=2, jobs=3, forward_timeout=7.5,
+        coarse_forward=f"umbridge:http://127.0.0.1:{server}/darcy8"))
+    problem = PROBLEMS[cfg.problem](cfg).problem
+    d = _delayed(cfg, problem, "rwm", None)
+    try:
+        assert d["cheap"].timeout == 7.5 and d["cheap"].jobs == 3
+    finally:
+        d["cheap"].close_workers()

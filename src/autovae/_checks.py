@@ -178,16 +178,19 @@ def gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def check_memory(parts: dict[str, int], what: str, limit: int | None = None) -> int:
-    """The total of ``parts`` ({setting: bytes}); a ValueError naming the largest part and its
-    bytes when the total exceeds ``limit`` (default: this machine's memory), before anything
-    is allocated."""
+def check_memory(parts: dict[str, int], what: str, limit: int | None = None,
+                 lower: dict[str, str] | None = None) -> int:
+    """The total of ``parts`` ({part: bytes}); a ValueError naming the largest part, its bytes
+    and the settings to lower (``lower[part]``, else the ``--flags`` the part's name holds)
+    when the total exceeds ``limit`` (default: this machine's memory), before anything is
+    allocated."""
     need = sum(parts.values())
     limit = memory_bytes() if limit is None else limit
     if limit and need > limit and parts:
         biggest = max(parts, key=parts.get)
-        flags = " and ".join(w for w in biggest.split() if w.startswith("--"))
+        fix = (lower or {}).get(biggest) or " and ".join(
+            w for w in biggest.split() if w.startswith("--"))
         raise ValueError(f"{what} would need about {gib(need)} of memory ({biggest}: "
                          f"{gib(parts[biggest])}), more than this machine's {gib(limit)}; "
-                         f"lower {flags or 'the sizes'}")
+                         f"lower {fix or 'the sizes'}")
     return need

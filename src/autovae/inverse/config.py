@@ -79,13 +79,19 @@ class InverseConfig:
                                "(P x P numbers) instead of --prior-sd")
     prior_low: str | None = _f(None, "--prior uniform: the lower bounds, as --prior-mean")
     prior_high: str | None = _f(None, "--prior uniform: the upper bounds, as --prior-mean")
-    subchain: int = _f(0, "delayed acceptance: subchain steps of --kernel (pcn, rwm or mala) "
+    subchain: int = _f(0, "delayed acceptance: subchain steps of --kernel (pcn, rwm, mala or "
+                       "chees) "
                        "on the cheap model per fine proposal (0: off)", least=0)
-    coarse_forward: str | None = _f(None, "delayed acceptance's cheap model, in the forms of "
+    coarse_forward: str | None = _f(None, "delayed acceptance's cheap model: surrogate (fitted "
+                                    "to --surrogate-draws prior draws' fine outputs), "
+                                    "aristoff-bangerth-N (N x N cells), or the forms of "
                                     "--forward (default: the built-in problem's coarser mesh)")
     error_model: int = _f(0, "delayed acceptance: prior draws for the approximation error "
                           "model (mean and covariance of fine - cheap outputs; 0: none)",
                           least=0)
+    surrogate_draws: int | None = _f(None, "--coarse-forward surrogate: prior draws whose "
+                                     "fine outputs train it (counted as fine solves; "
+                                     "default 1000)", least=1)
     adaptive_error: bool = _f(False, "delayed acceptance: learn the cheap model's offset "
                               "(fine - cheap outputs) at the screened proposals during "
                               "warm-up, then freeze it (Cui, Fox & O'Sullivan)")
@@ -152,10 +158,12 @@ class InverseConfig:
         if self.forward_timeout is not None and self.forward_timeout <= 0:
             raise ValueError(f"--forward-timeout must be a positive number of seconds, got "
                              f"{self.forward_timeout!r}")
-        if self.forward_timeout is not None and self.forward is not None \
-                and not self.forward.startswith("umbridge:"):
+        umbridge = [m for m in (self.forward, self.coarse_forward if self.subchain else None)
+                    if m is not None and m.startswith("umbridge:")]
+        if self.forward_timeout is not None and not umbridge:
             raise ValueError(f"--forward-timeout applies to a UM-Bridge model (--forward "
-                             f"umbridge:URL), not to {self.forward}; leave it out")
+                             f"umbridge:URL, or --coarse-forward umbridge:URL with --subchain), "
+                             f"not to {self.forward or self.problem}; leave it out")
         if self.noise is not None and self.noise <= 0:
             raise ValueError(f"--noise must be positive (e.g. 0.05), got {self.noise!r}")
         # one spelling, written out in full: the record reads the same however it was given

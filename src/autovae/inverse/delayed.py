@@ -2,18 +2,20 @@
 Lykkegaard et al. 2023): expensive solves only for proposals a cheap posterior has screened.
 
 Each fine iteration runs a subchain of ``subchain`` steps of a Metropolis kernel (pCN, RWM or
-MALA; gradients only on the cheap level) on the cheap posterior pi_c, started at the current
-fine state theta; its end theta' is the fine proposal, accepted with
+MALA) or of ChEES-HMC (gradients only on the cheap level) on the cheap posterior pi_c, started
+at the current fine state theta; its end theta' is the fine proposal, accepted with
 
     alpha = min(1, pi_f(theta') pi_c(theta) / (pi_f(theta) pi_c(theta'))).
 
 A Metropolis kernel with frozen settings is pi_c-reversible, so is its J-step power, and the
 fine chain is then exactly pi_f-reversible whatever the cheap model is: a wrong cheap model
-costs acceptance, never bias. (The subchain kernel adapts during warm-up only.) A subchain
-that never moves costs no fine solve.
+costs acceptance, never bias. (The subchain kernel adapts during warm-up only; ChEES holds
+one jittered trajectory length for a whole subchain, so its J steps are one kernel's power.)
+A subchain that never moves costs no fine solve.
 
 Cheap models: :func:`coarse_forward` (the built-in PDEs on a coarser mesh: Aristoff-Bangerth
-on 16 x 16 cells, Darcy on half the grid) or any :class:`~autovae.inverse.forward.ForwardModel`
+on 16 x 16 cells, Darcy on half the grid), a surrogate fitted to prior draws' fine outputs
+(:mod:`autovae.inverse.surrogate`) or any :class:`~autovae.inverse.forward.ForwardModel`
 of the same parameter and observation sizes (``--coarse-forward``, the forms of
 ``--forward``). :class:`ApproximationError` corrects the cheap model's bias: the mean and
 covariance of fine - cheap outputs over prior draws (as tinyDA does), giving the cheap
@@ -137,13 +139,16 @@ def coarse_target(problem: InverseProblem, cheap: ForwardModel,
                     residuals=residuals)
     target.predict = predict  # the cheap predictions, and the shift added to them (in place:
     target.error_shift = shift  # an adaptive error model moves it during warm-up)
-    target.fine_predict = problem.predict
-    return target
+    target.fine_predict = problem.predict  # the fine predictions and misfit, so that the
+    target.fine_phi = lambda pred: 0.5 * (((pred - data) / sigma) ** 2).sum(-1)  # adaptive
+    return target  # error model reuses the fine solve of each screened proposal
 
 
 class DelayedAcceptanceKernel(MCMCKernel):
     """Two-level delayed acceptance: subchains of ``subchain`` steps of ``inner`` (a
-    Metropolis kernel: pcn, rwm or mala) on the ``coarse`` target propose fine moves."""
+    Metropolis kernel: pcn, rwm or mala; or chees, HMC whose trajectory length is held for
+    the whole subchain after warm-up, so that the subchain is one reversible kernel's J-th
+    power) on the ``coarse`` target propose fine moves."""
 
     name = "da"
 
@@ -151,19 +156,24 @@ class DelayedAcceptanceKernel(MCMCKernel):
                  adaptive_error: bool = False, **inner_options):
         if isinstance(subchain, bool) or not isinstance(subchain, int) or subchain < 1:
             raise ValueError(f"subchain must be an integer >= 1, got {subchain!r}")
+        from .chees import ChEESKernel
+
         inner = make_kernel(inner, **inner_options)
-        if not isinstance(inner, MetropolisKernel):
+        if not isinstance(inner, (MetropolisKernel, ChEESKernel)):
             raise ValueError(f"delayed acceptance needs a Metropolis kernel (pcn, rwm or mala) "
-                             f"on the cheap level, reversible with its settings frozen; "
-                             f"{inner.name} is not one")
+                             f"or chees on the cheap level, reversible with its settings "
+                             f"frozen; {inner.name} is not one")
+        self._hmc = isinstance(inner, ChEESKernel)  # its cheap values: u, grad
+        self._keys = ("u", "grad") if self._hmc else ("phi", "log_prior", "grad")
         if not isinstance(coarse, Target):
             raise ValueError(f"coarse must be a Target, got {type(coarse).__name__}")
         if adaptive_error and getattr(coarse, "error_shift", None) is None:
             raise ValueError("an adaptive error model needs a cheap target from coarse_target()")
         self.adaptive_error = bool(adaptive_error)
         self._shift = getattr(coarse, "error_shift", None)
-        self._bias = (lambda z: coarse.fine_predict(z) - coarse.predict(z)) \
-            if adaptive_error else None
+        self._fine_predict = coarse.fine_predict if adaptive_error else None
+        self._fine_phi = getattr(coarse, "fine_phi", None)
+        self._cheap_predict = getattr(coarse, "predict", None)
         self.inner, self.subchain = inner, int(subchain)
         self.state: dict[str, Any] = {}
         self._stop = ""
@@ -195,13 +205,29 @@ class DelayedAcceptanceKernel(MCMCKernel):
         self.inner.validate(self.coarse)
 
     def _coarse_cache(self) -> dict[str, torch.Tensor]:
+        """The inner kernel's cheap values at its state (its potential and gradient)."""
         s = self.inner.state
-        return {"phi": s["phi"].clone(), "log_prior": s["log_prior"].clone(),
-                "grad": None if s["grad"] is None else s["grad"].clone()}
+        return {k: None if s[k] is None else s[k].clone() for k in self._keys}
+
+    def _cheap_potential(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        return values["u"] if self._hmc else values["phi"] - values["log_prior"]
+
+    def _cheap_values(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inner kernel's cheap values at z (cheap solves counted)."""
+        solves0 = self.coarse.solves
+        if self._hmc:
+            u, grad = self.coarse.potential_and_grad(z)
+            out = {"u": u, "grad": grad}
+        else:
+            phi, lp, grad = self.inner._evaluate(self.coarse, z)
+            out = {"phi": phi.detach(), "log_prior": lp.detach(),
+                   "grad": None if grad is None else grad.detach()}
+        self.state["coarse_solves"] += self.coarse.solves - solves0
+        return out
 
     def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
         self.inner.setup(self.coarse, z0, seed, warmup * self.subchain)
-        bad = ~torch.isfinite(self.inner.state["phi"])
+        bad = ~torch.isfinite(self._cheap_potential(self.inner.state))
         with torch.no_grad():
             phi_f, lp = target.phi(z0), target.log_prior(z0)
         u0 = phi_f - lp
@@ -215,29 +241,26 @@ class DelayedAcceptanceKernel(MCMCKernel):
                       "bias_sum": None if self._shift is None else self._shift.clone() * 0}
         return u0
 
-    def _adapt_error(self, z: torch.Tensor) -> None:
+    def _adapt_error(self, z: torch.Tensor, fine: torch.Tensor) -> None:
         """Warm-up only: the cheap model's offset becomes the running mean of fine - cheap
-        outputs at the screened proposals (posterior locations, unlike prior draws; restarted
-        halfway through warm-up, to forget the chains' approach); the
-        cheap values cached at the chains' states are recomputed with it. Frozen after
-        warm-up, so the sampling phase is exact."""
+        outputs at the screened proposals z (posterior locations, unlike prior draws;
+        restarted halfway through warm-up, to forget the chains' approach), ``fine`` their
+        fine predictions (the fine solves the two-level ratio made: no extra fine solve); the
+        cheap values cached at the chains' states are recomputed with it (cheap solves).
+        Frozen after warm-up, so the sampling phase is exact."""
         s = self.state
         s["t"] += 1
         if s["t"] == s["restart"]:  # forget the approach to the posterior: average the
             s["bias_sum"], s["bias_n"] = s["bias_sum"] * 0, 0  # second half of warm-up only
         with torch.no_grad():
-            d = self._bias(z)
+            d = fine - self._cheap_predict(z)
         d = d[torch.isfinite(d).all(1)]
         if not len(d):
             return
         s["bias_sum"] = s["bias_sum"] + d.sum(0)
         s["bias_n"] += len(d)
         self._shift.copy_(s["bias_sum"] / s["bias_n"])
-        solves0 = self.coarse.solves
-        phi, lp, grad = self.inner._evaluate(self.coarse, s["z"])
-        s["coarse_solves"] += self.coarse.solves - solves0
-        s["coarse"] = {"phi": phi.detach(), "log_prior": lp.detach(),
-                       "grad": None if grad is None else grad.detach()}
+        s["coarse"] = self._cheap_values(s["z"])
 
     @staticmethod
     def _nan_reason(which, where) -> str:
@@ -266,33 +289,40 @@ class DelayedAcceptanceKernel(MCMCKernel):
         self.inner.end_warmup(self.coarse)
 
     def stop_reason(self) -> str:
-        return self._stop
+        return self._stop or self.inner.stop_reason()
 
     def sample(self, target: Target, gen: torch.Generator, adapting: bool
                ) -> dict[str, torch.Tensor]:
         s, inner = self.state, self.inner
         z, cache = s["z"], s["coarse"]
         # the subchain starts at the fine state, with the cheap values there
-        inner.state.update(z=z.clone(), phi=cache["phi"].clone(),
-                           log_prior=cache["log_prior"].clone(),
-                           grad=None if cache["grad"] is None else cache["grad"].clone())
+        inner.state.update(z=z.clone(), **{k: None if v is None else v.clone()
+                                           for k, v in cache.items()})
         solves0 = self.coarse.solves
         self._nan_rows.clear()
+        t0 = inner.state["t"]
         for _ in range(self.subchain):
+            if self._hmc and not adapting:  # one trajectory length for the whole subchain
+                inner.state["t"] = t0
             inner.sample(self.coarse, gen, adapting)
         s["coarse_solves"] += self.coarse.solves - solves0
         z_new = inner.state["z"]
         moved = (z_new != z).any(1)
         u = torch.rand(z.shape[0], generator=gen, dtype=z.dtype)
         phi_new, lp_new = s["phi"].clone(), s["log_prior"].clone()
+        learn = adapting and self._fine_predict is not None and bool(moved.any())
         if moved.any():
             rows = moved.nonzero().flatten()
             with torch.no_grad():
-                phi_new[rows] = target.phi(z_new[rows])
+                if learn:  # the fine solve serves the ratio and the error model both
+                    fine_pred = self._fine_predict(z_new[rows])
+                    phi_new[rows] = self._fine_phi(fine_pred)
+                    target.evals += len(rows)
+                else:
+                    phi_new[rows] = target.phi(z_new[rows])
                 lp_new[rows] = target.log_prior(z_new[rows])
-        cphi_new, clp_new = inner.state["phi"], inner.state["log_prior"]
         u_f_old, u_f_new = s["phi"] - s["log_prior"], phi_new - lp_new
-        u_c_old, u_c_new = cache["phi"] - cache["log_prior"], cphi_new - clp_new
+        u_c_old, u_c_new = self._cheap_potential(cache), self._cheap_potential(inner.state)
         log_ratio = (u_f_old - u_f_new) - (u_c_old - u_c_new)
         bad = torch.isnan(u_f_new) & moved
         log_ratio = torch.where(moved, log_ratio, torch.zeros_like(log_ratio))
@@ -304,21 +334,21 @@ class DelayedAcceptanceKernel(MCMCKernel):
         s["phi"] = torch.where(accepted, phi_new, s["phi"])
         s["log_prior"] = torch.where(accepted, lp_new, s["log_prior"])
         new_cache = self._coarse_cache()
-        s["coarse"] = {
-            "phi": torch.where(accepted, new_cache["phi"], cache["phi"]),
-            "log_prior": torch.where(accepted, new_cache["log_prior"], cache["log_prior"]),
-            "grad": None if cache["grad"] is None else torch.where(acc, new_cache["grad"],
-                                                                     cache["grad"])}
-        if adapting and self._bias is not None and moved.any():
-            self._adapt_error(z_new[moved])
+        s["coarse"] = {k: None if v is None else torch.where(
+            acc if v.dim() == 2 else accepted, new_cache[k], v) for k, v in cache.items()}
+        if learn:
+            self._adapt_error(z_new[rows], fine_pred)
         if self._nan_rows:  # does the fine model give a value where the cheap one gave NaN?
             probe = torch.cat(self._nan_rows)
             self._nan_rows.clear()
             with torch.no_grad():
                 fine = target.phi(probe)
-            if torch.isfinite(fine).any():
-                self._stop = self._nan_reason(f"{int(torch.isfinite(fine).sum())} proposals",
-                                              "in a subchain")
+            ok = torch.isfinite(fine)
+            if ok.any():  # say where: how far out, and how likely the fine posterior is there
+                self._stop = self._nan_reason(
+                    f"{int(ok.sum())} proposals, the nearest at |z| max "
+                    f"{float(probe[ok].abs().amax(1).min()):.3g} with fine misfit "
+                    f"{float(fine[ok].min()):.4g}", "in a subchain")
         c = z.shape[0]
         return {"accept_prob": torch.where(moved, accept_prob, torch.zeros_like(accept_prob)),
                 "accepted": accepted, "nonfinite": torch.zeros(c, dtype=torch.bool),
@@ -371,6 +401,13 @@ class _HalfGridDarcy(ForwardModel):
 
     forward_solves = adjoint_solves = 0  # the coarse model counts its own
 
+    def set_jobs(self, jobs: int) -> None:  # --jobs: the coarse Darcy model's rows
+        self.coarse.set_jobs(jobs)
+
+    def close_workers(self) -> None:
+        if "coarse" in self.__dict__:
+            self.coarse.close_workers()
+
     @property
     def solves(self) -> int:
         return self.coarse.solves if "coarse" in self.__dict__ else 0
@@ -410,15 +447,19 @@ def coarse_forward(fine: ForwardModel, spec: str | None = None, **options) -> Fo
     return cheap
 
 
-def delayed_summary(result) -> dict[str, Any]:
-    """The run's summary plus the cheap solves: ``coarse_solves``, ``fine_solves`` (=
-    ``solves``) and the headline ``ess_per_1000_fine_solves``."""
+def delayed_summary(result, setup_fine_solves: int = 0) -> dict[str, Any]:
+    """The run's summary plus the cheap solves: ``coarse_solves``, ``fine_solves`` (the
+    chains' ``solves`` plus ``setup_fine_solves``, those spent before the chains: a
+    surrogate's training draws, an error model's prior draws) and the headline
+    ``ess_per_1000_fine_solves``."""
     out = result.summary()
     cs = result.stats.get("coarse_solves")
     coarse = int(np.max(cs)) if cs is not None and cs.size else 0
     out["coarse_solves"] = coarse
-    out["fine_solves"] = out.get("solves")
-    out["ess_per_1000_fine_solves"] = out.get("ess_per_1000_solves")
+    fine = (out.get("solves") or 0) + int(setup_fine_solves)
+    out["fine_solves"], out["setup_fine_solves"] = fine, int(setup_fine_solves)
+    ess = out.get("ess_bulk_min")
+    out["ess_per_1000_fine_solves"] = 1000 * ess / fine if ess is not None and fine else None
     moved = result.stats.get("subchain_moved")
     if moved is not None and moved.size:
         out["fine_acceptance_of_moved"] = float(result.acceptance.mean() / max(moved.mean(),

@@ -95,13 +95,28 @@ def _invert(cfg: InverseConfig, built: Built, progress: bool) -> InversionResult
         options["target_accept"] = cfg.target_accept
     kernel = make_kernel(kernel_name, **options)
     target = problem.target()
-    delayed = _delayed(cfg, problem, kernel) if cfg.subchain else {}
-    if delayed:
-        kernel, kernel_name = delayed.pop("kernel"), f"da-{kernel_name}"
+    if cfg.subchain:
+        kernel_name = f"da-{kernel_name}"
     elif cfg.coarse_forward is not None or cfg.error_model or cfg.adaptive_error:
         raise ValueError("--coarse-forward, --error-model and --adaptive-error set up delayed "
                          "acceptance: give "
                          "--subchain J (cheap steps per fine proposal) too")
+    if cfg.surrogate_draws is not None and cfg.coarse_forward != "surrogate":
+        raise ValueError("--surrogate-draws sizes the surrogate cheap model: give it with "
+                         "--coarse-forward surrogate --subchain J, or leave it out")
+    cf = ChainFolder(_default_out(cfg, kernel_name, problem.prior))
+    cf.check_writable()
+    delayed = _delayed(cfg, problem, kernel, cf.path) if cfg.subchain else {}
+    cheap = delayed.pop("cheap", None)
+    try:
+        return _run(cfg, built, problem, cf, target, delayed.pop("kernel", kernel),
+                    kernel_name, delayed, bars, progress)
+    finally:
+        if cheap is not None:
+            cheap.close_workers()
+
+
+def _run(cfg, built, problem, cf, target, kernel, kernel_name, delayed, bars, progress):
     kernel.validate(target)
     if cfg.jobs > 1 and hasattr(kernel, "set_jobs"):  # NUTS: its chains in processes
         kernel.set_jobs(cfg.jobs)
@@ -110,8 +125,8 @@ def _invert(cfg: InverseConfig, built: Built, progress: bool) -> InversionResult
         forward.param_shape)), forward.n_obs, dense_metric=kernel.needs_gradient),
         "this inversion")
     probe_problem(problem, cfg.chains, cfg.seed, kernel.needs_gradient)
-    cf = ChainFolder(_default_out(cfg, kernel_name, problem.prior))
-    cf.check_writable()
+    setup_solves = delayed.pop("setup_fine_solves", 0)
+    report = delayed.pop("report", {})
     record = {"problem": cfg.problem, "run": cfg.run, **problem.prior.describe(),
               **problem.forward.describe(), **built.settings, **delayed,
               "data_sha": _sha(problem.data), "prior_probe": problem.prior.probe()}
@@ -125,22 +140,21 @@ def _invert(cfg: InverseConfig, built: Built, progress: bool) -> InversionResult
     if delayed:
         from .delayed import delayed_summary
 
-        d = delayed_summary(result)
-        out.update({k: d[k] for k in ("coarse_solves", "fine_solves", "ess_per_1000_fine_solves",
-                                      "fine_acceptance_of_moved") if k in d})
+        d = delayed_summary(result, setup_solves)
+        out.update({k: d[k] for k in ("coarse_solves", "fine_solves", "setup_fine_solves",
+                                      "ess_per_1000_fine_solves", "fine_acceptance_of_moved")
+                    if k in d}, **report)
     write_outputs(cf, problem, result, out, built, error_bars=bars)
     return InversionResult(cf.path, problem, result, out, new_solves)
 
 
 def _workers(forward, cfg: InverseConfig) -> None:
-    """--jobs and --forward-timeout onto the forward model, before any sampling."""
+    """--jobs and --forward-timeout onto a forward model (the fine one, or delayed
+    acceptance's cheap one), before any sampling."""
     from .umbridge import UMBridgeForward
 
-    if cfg.forward_timeout is not None:
-        if not isinstance(forward, UMBridgeForward):
-            raise ValueError(f"--forward-timeout applies to a UM-Bridge model (--forward "
-                             f"umbridge:URL), not to {forward.name}; leave it out")
-        forward.timeout = cfg.forward_timeout
+    if cfg.forward_timeout is not None and isinstance(forward, UMBridgeForward):
+        forward.timeout = cfg.forward_timeout  # (InverseConfig checked that one model is)
     forward.set_jobs(cfg.jobs)
 
 
@@ -156,17 +170,35 @@ def _field_bytes(cfg: InverseConfig) -> dict[str, int]:
                        points_text=cfg.points)
 
 
-def _delayed(cfg: InverseConfig, problem: InverseProblem, inner) -> dict[str, Any]:
-    """Delayed acceptance's kernel (``kernel``) and what identifies it in problem.json."""
+def _delayed(cfg: InverseConfig, problem: InverseProblem, inner, folder) -> dict[str, Any]:
+    """Delayed acceptance's kernel (``kernel``), its cheap model (``cheap``, with --jobs and
+    --forward-timeout as the fine model has them), the fine solves spent before the chains
+    (``setup_fine_solves``: the surrogate's training draws, the error model's prior draws),
+    what summary.json adds (``report``) and what identifies it in problem.json."""
     from .delayed import ApproximationError, DelayedAcceptanceKernel, coarse_forward, coarse_target
 
-    cheap = coarse_forward(problem.forward, cfg.coarse_forward)
+    if cfg.coarse_forward == "surrogate":
+        from .surrogate import surrogate_forward
+
+        cheap = surrogate_forward(problem, 1000 if cfg.surrogate_draws is None
+                                  else cfg.surrogate_draws, cfg.seed,
+                                  Path(folder) / "surrogate.pt")
+        report = cheap.report()
+        trained = report["surrogate_training_solves"]
+    else:
+        cheap, report, trained = coarse_forward(problem.forward, cfg.coarse_forward), {}, 0
+    _workers(cheap, cfg)
+    solves0 = problem.forward.solves
     aem = ApproximationError(problem, cheap, cfg.error_model, seed=cfg.seed) \
         if cfg.error_model else None
     kernel = DelayedAcceptanceKernel(coarse_target(problem, cheap, aem), inner,
                                      subchain=cfg.subchain, adaptive_error=cfg.adaptive_error)
     cheap_record = {f"cheap_{k}": v for k, v in cheap.describe().items()}
-    return {"kernel": kernel, **cheap_record, "error_model_draws": cfg.error_model,
+    # the surrogate's training solves (once, also when read back on resume) and the error
+    # model's prior draws
+    setup = trained + problem.forward.solves - solves0
+    return {"kernel": kernel, "cheap": cheap, "setup_fine_solves": setup, "report": report,
+            **cheap_record, "error_model_draws": cfg.error_model,
             **({} if aem is None else aem.describe())}
 
 

@@ -52,7 +52,7 @@ COMMON = frozenset({"run", "problem", "prior", "data", "noise", "noise_kind", "t
                     "kernel", "kernel_options", "chains", "warmup", "draws", "thin", "step_size",
                     "target_accept", "seed", "checkpoint_every", "out", "device",
                     "error_bars", "jobs", "subchain", "coarse_forward", "error_model",
-                    "adaptive_error"})
+                    "adaptive_error", "surrogate_draws", "forward_timeout"})
 VECTOR = ("gaussian", "lognormal", "uniform")  # priors on a parameter vector (vector_priors)
 PRIOR_VALUES = ("prior_mean", "prior_sd", "prior_cov", "prior_low", "prior_high")
 
@@ -331,7 +331,7 @@ PROBLEMS: dict[str, ProblemSpec] = {spec.name: spec for spec in (
                 noise=0.05, noise_kind="absolute",  # AristoffBangerth.sigma, as published
                 unread={"forward": _OWN_FORWARD}),
     ProblemSpec("custom", "your --forward with your --data", _custom,
-                frozenset({"forward", "grid", "dim", "forward_timeout", *PRIOR_VALUES}),
+                frozenset({"forward", "grid", "dim", *PRIOR_VALUES}),
                 priors=("run", "kle", *VECTOR), prior="kle",
                 noise=None, noise_kind="absolute",
                 unread={"residual": "it has no prior covariance for a residual field to "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import memory_bytes
+from .._checks import check_memory
 from .._registry import MODELS, model_class
 from .adversarial import AVA0, AVA1, AVA2, AVA3, AVA4, AVA5, GAN, VAEGAN
 from .base import Model, NonFiniteLossError, StepContext, evaluation_mode
@@ -61,9 +61,9 @@ BYTES_PER_PARAMETER = 16  # float32 weights, gradients and Adam's two moments
 
 
 def check_model_size(cls, config, event_shape, limit: int | None = None) -> int:
-    """Build the model on the meta device (no memory), and refuse it with a ValueError naming
-    the settings of its largest part and the bytes training it needs when those exceed
-    ``limit`` (default: this machine's memory). Returns the bytes."""
+    """Build the model on the meta device (no memory), and refuse it (:func:`check_memory`)
+    naming its largest part with the settings that size it, when the bytes training it needs
+    exceed ``limit`` (default: this machine's memory). Returns the bytes."""
     try:
         with torch.device("meta"):
             meta = cls.from_config(config, event_shape)
@@ -71,24 +71,22 @@ def check_model_size(cls, config, event_shape, limit: int | None = None) -> int:
         raise
     except Exception:  # a model that cannot be built on meta is checked as it is built
         return 0
-    parts: dict[str, int] = {}
+    counts: dict[str, int] = {}
     for name, tensor in [*meta.named_parameters(), *meta.named_buffers()]:
         top = name.split(".")[0]
-        parts[top] = parts.get(top, 0) + tensor.numel()
-    need = sum(parts.values()) * BYTES_PER_PARAMETER
-    limit = memory_bytes() if limit is None else limit
-    if limit and need > limit:
-        biggest = max(parts, key=parts.get)
-        keys = [k for k in _SIZE_KEYS.get(biggest, ("hidden", "depth", "latent"))
+        counts[top] = counts.get(top, 0) + tensor.numel()
+    parts, lower = {}, {}
+    for top, n in counts.items():
+        keys = [k for k in _SIZE_KEYS.get(top, ("hidden", "depth", "latent"))
                 if getattr(config, k, None) is not None]
-        settings = ", ".join(f"{k} = {getattr(config, k)!r}" for k in keys)
-        raise ValueError(
-            f"model {cls.name} with {settings} on data of shape {event_shape} has "
-            f"{sum(parts.values()):,} parameters ({parts[biggest]:,} in its {biggest}): training "
-            f"it needs {need / 2**30:,.1f} GiB ({BYTES_PER_PARAMETER} bytes per parameter: "
-            f"weights, gradients, Adam's moments), more than this machine's "
-            f"{limit / 2**30:,.1f} GiB; lower {' or '.join(keys) or 'the network size'}")
-    return need
+        part = f"its {top}, {n:,} parameters with " + (
+            ", ".join(f"{k} = {getattr(config, k)!r}" for k in keys) or "its sizes")
+        parts[part] = n * BYTES_PER_PARAMETER
+        lower[part] = " or ".join(keys) or "the network size"
+    return check_memory(parts, f"training model {cls.name} ({sum(counts.values()):,} "
+                               f"parameters at {BYTES_PER_PARAMETER} bytes each: weights, "
+                               f"gradients, Adam's moments) on data of shape {event_shape}",
+                        limit, lower)
 
 
 __all__ = ["MODELS", "VAE", "BetaVAE", "Model", "NonFiniteLossError", "StepContext",

@@ -64,8 +64,9 @@ def _transaction(storage: RDBStorage) -> Iterator[sa.orm.Session]:
     try:
         if session.get_bind().dialect.name == "postgresql":
             ms = max(1, round(1000 * heartbeat_seconds()))
-            session.execute(sa.text(f"SET LOCAL lock_timeout = {ms}; "
-                                    f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
+            for setting in ("lock_timeout", "idle_in_transaction_session_timeout"):
+                # one statement per execute: pg8000 and psycopg 3 prepare what they send
+                session.execute(sa.text(f"SET LOCAL {setting} = {ms}"))
         yield session
         session.commit()
     except BaseException as err:

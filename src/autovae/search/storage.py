@@ -121,11 +121,12 @@ def open_storage(url: str | None, folder: Path, heartbeat: bool = True, create: 
             engine.update(pool_size=pool, max_overflow=0, pool_timeout=60)
     if url.startswith("postgresql"):
         engine["connect_args"] = {
-            "connect_timeout": 10,
             "application_name": f"autovae:{socket.gethostname()[:40]}:{os.getpid()}"}
         if url.startswith(("postgresql+psycopg2:", "postgresql+psycopg:")):  # (libpq)
-            # a server or link that dies silently is noticed in about a minute, not hours
-            engine["connect_args"].update(keepalives=1, keepalives_idle=30,
+            # a server that does not answer is named in 10 s; a server or link that dies
+            # silently is noticed in about a minute, not hours (pg8000 has neither setting:
+            # its one socket timeout would also end long statements)
+            engine["connect_args"].update(connect_timeout=10, keepalives=1, keepalives_idle=30,
                                           keepalives_interval=10, keepalives_count=3)
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5

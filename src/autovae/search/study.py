@@ -374,9 +374,11 @@ def _open_study(storage_url: str | None, name: str, folder: Path, pool: int | No
         try:
             storage = open_storage(storage_url, folder, pool=pool)
             return storage, optuna.load_study(study_name=name, storage=storage)
-        except (KeyError, Unreachable) as err:
+        except BaseException as err:
             if isinstance(storage, RDBStorage):
-                storage.engine.dispose()
+                storage.engine.dispose()  # (whatever failed: no pooled connection is left open)
+            if not isinstance(err, KeyError | Unreachable):
+                raise
             if time.monotonic() >= deadline:
                 if isinstance(err, Unreachable):
                     raise
