@@ -2,14 +2,19 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD/src nice -n 5 python benchmarks/bench_inverse_parallel.py
 
-1. **Share of the time inside the forward model** (the banded solver's forward and adjoint
-   solves, timed around ``BandedPoissonQ1.solve``/``vjp``) for ChEES (16 chains, one batched
-   call per leapfrog step) and today's NUTS (one chain, one row at a time), Aristoff-Bangerth,
-   one thread.
-2. **ESS per 1000 solves and per CPU second** (CPU time of the sampling, so that a machine
-   shared with other work compares fairly; one thread), ChEES against NUTS on
-   Aristoff-Bangerth at about the same solve budget (warm-up included), with each one's error
-   against the packaged reference posterior mean (relative L2, theta and ln theta).
+1. **Share of the time inside the forward model**: CPU and wall time inside the solver's
+   methods (assembly, factorisation, forward and adjoint solves, the gradient's sums:
+   ``BandedPoissonQ1.solve``/``vjp``/``log_likelihood_and_grad``, Darcy's
+   ``DarcySolver._forward``/``_adjoint``) out of the chain loop's (warm-up and draws), for
+   ChEES (``--chees-chains``, one batched call per leapfrog step) and today's NUTS (Pyro's,
+   one chain and one row at a time), one thread.
+2. **ESS per 1000 solves, per CPU second and per wall second** of the chain loop (warm-up
+   included in every cost; CPU time compares fairly on a machine shared with other work),
+   ChEES against NUTS on ``--problem`` (aristoff-bangerth, or darcy with its default KL
+   prior) at about the same solve budget, with R-hat (max over coordinates, rank-normalised;
+   above 1.01 the run is labelled unconverged) and each one's error: against the packaged
+   reference posterior mean on Aristoff-Bangerth (relative L2, ln theta and theta), against
+   the truth on Darcy.
 3. **Solves per second against --jobs** (1, 2, ... the cores) for a batch of ``--batch`` rows,
    forward + adjoint solves as the sampler calls them (the forward's factors kept for the
    adjoint), Aristoff-Bangerth and Darcy (16 x 16), best of ``--repeats``, the --jobs
@@ -56,91 +61,99 @@ class Sleep50(ForwardModel):
         return torch.tanh(params.reshape(len(params), 4))
 
 
-class _Timed:
-    """CPU seconds spent in a solver's solve and vjp (the forward model's own work; one
-    thread, so the process's CPU time is this thread's)."""
+# the forward model's own work (assembly, factorisation, forward and adjoint solves, the
+# gradient's sums): these solver methods, none of which calls another of them
+_MODEL_METHODS = {"aristoff-bangerth": ("autovae.inverse.aristoff_bangerth", "BandedPoissonQ1",
+                                        ("solve", "vjp", "log_likelihood_and_grad")),
+                  "darcy": ("autovae.inverse.darcy", "DarcySolver", ("_forward", "_adjoint"))}
 
-    def __init__(self, solver):
-        self.seconds, self.solver = 0.0, solver
-        for name in ("solve", "vjp", "log_likelihood_and_grad"):
-            setattr(solver, name, self._wrap(getattr(solver, name)))
+
+class _Clock:
+    """CPU and wall seconds spent inside some methods of a class while patched (one thread,
+    so the process's CPU time is this thread's)."""
+
+    def __init__(self, cls, names):
+        self.cpu = self.wall = 0.0
+        self.cls, self.saved = cls, {n: getattr(cls, n) for n in names}
+
+    def __enter__(self):
+        for name, fn in self.saved.items():
+            setattr(self.cls, name, self._wrap(fn))
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.saved.items():
+            setattr(self.cls, name, fn)
 
     def _wrap(self, fn):
         def timed(*args, **kwargs):
-            t = time.process_time()
+            c, w = time.process_time(), time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds += time.process_time() - t
+                self.cpu += time.process_time() - c
+                self.wall += time.perf_counter() - w
         return timed
 
 
-def _invert(kernel, chains, warmup, draws, out, jobs=1):
-    """One Aristoff-Bangerth inversion with the solver timed: (summary, solver CPU seconds,
-    sampling CPU seconds, sampling wall seconds). CPU time, not wall time, is what compares
-    fairly on a machine that other work shares."""
+def _invert(problem, kernel, chains, warmup, draws, out, seed):
+    """One inversion, one thread: (summary, model clock, sampler clock). The sampler's time is
+    the chain loop's (warm-up and draws, checkpoints included; not the summary, pictures and
+    posterior.nc written after it); the model's is the time inside its solver, a part of it."""
+    import importlib
+
+    import autovae.inverse.chains as chains_module
     import autovae.inverse.inversion as inversion
-    from autovae.inverse.forward_models import AristoffBangerthForward
 
-    timers, cpu = [], {}
-    original, run_chains = AristoffBangerthForward.__init__, inversion.run_chains
-
-    def init(self):
-        original(self)
-        timers.append(_Timed(self.benchmark._solver))
-
-    def timed_run(*a, **k):
-        t = time.process_time()
-        try:
-            return run_chains(*a, **k)
-        finally:
-            cpu["run"] = time.process_time() - t
-
-    AristoffBangerthForward.__init__, inversion.run_chains = init, timed_run
-    try:
-        r = inversion.invert(problem="aristoff-bangerth", kernel=kernel, chains=chains,
-                             warmup=warmup, draws=draws, out=str(out), checkpoint_every=10**6,
-                             jobs=jobs)
-    finally:
-        AristoffBangerthForward.__init__, inversion.run_chains = original, run_chains
-    return r.summary, sum(t.seconds for t in timers), cpu["run"], r.chains.seconds
+    module, cls, names = _MODEL_METHODS[problem]
+    with _Clock(getattr(importlib.import_module(module), cls), names) as model, \
+            _Clock(chains_module._Runner, ("run",)) as sampler:
+        r = inversion.invert(problem=problem, kernel=kernel, chains=chains, warmup=warmup,
+                             draws=draws, out=str(out), checkpoint_every=10**6, seed=seed)
+    return r.summary, model, sampler
 
 
 def kernels(args, tmp: Path) -> None:
-    print("\n== 1-2. ChEES against NUTS on Aristoff-Bangerth, one thread, each one's solves "
+    print(f"\n== 1-2. ChEES against NUTS on {args.problem}, one thread, each one's solves "
           "printed ==")
-    runs = {
-        # ChEES: ~45 leapfrog steps an iteration once adapted, 2 solves each, per chain
-        "chees": ("chees", 16, args.chees_warmup, args.chees_draws),
-        # NUTS: ~190 solves an iteration per chain (tree depth 6-7)
-        "nuts": ("nuts", 2, args.nuts_warmup, args.nuts_draws),
-    }
+    runs = {"chees": (args.chees_chains, args.chees_warmup, args.chees_draws),
+            "nuts": (args.nuts_chains, args.nuts_warmup, args.nuts_draws)}
     rows = {}
-    for name, (kernel, chains, warmup, draws) in runs.items():
+    for name, (chains, warmup, draws) in runs.items():
         if args.only and name != args.only:
             continue
-        s, solver_s, cpu, wall = _invert(kernel, chains, warmup, draws, tmp / name)
-        ref = s.get("reference", {})
-        rows[name] = dict(chains=chains, warmup=warmup, draws=draws, solves=s["solves"],
-                          seconds=cpu, share=solver_s / cpu, ess=s["ess_bulk_min"],
-                          ess_med=s["ess_bulk_median"], rhat=s["rhat_max"],
-                          per_1000=1000 * s["ess_bulk_min"] / s["solves"],
-                          per_s=s["ess_bulk_min"] / cpu,
-                          err_log=ref.get("rel_l2_mean_log_theta", float("nan")),
-                          err=ref.get("rel_l2_mean_theta", float("nan")),
-                          solves_s=s["solves"] / cpu)
-        r = rows[name]
-        print(f"{name:5s} {chains:2d} chains x ({warmup} + {draws}): {r['solves']:,} solves in "
-              f"{cpu:.1f} CPU s ({wall:.0f} s wall; {r['solves_s']:.0f} solves per CPU s); "
-              f"forward model {100 * r['share']:.0f}% of the CPU time; ESS bulk min "
-              f"{r['ess']:.0f} (median {r['ess_med']:.0f}), R-hat {r['rhat']:.3f}; ESS/1000 "
-              f"solves {r['per_1000']:.2f}, ESS per CPU s {r['per_s']:.3f}; error vs "
-              f"reference: ln theta {r['err_log']:.4f}, theta {r['err']:.3f}", flush=True)
+        if (tmp / name).exists():
+            raise SystemExit(f"{tmp / name} exists: give a new --keep folder")
+        s, model, sampler = _invert(args.problem, name, chains, warmup, draws, tmp / name,
+                                    args.seed)
+        ref = s.get("reference")
+        cpu, wall = sampler.cpu, sampler.wall
+        rhat = math.nan if s["rhat_max"] is None else s["rhat_max"]  # None: one chain
+        r = rows[name] = dict(solves=s["solves"], ess=s["ess_bulk_min"], rhat=rhat,
+                              per_1000=1000 * s["ess_bulk_min"] / s["solves"],
+                              per_cpu=s["ess_bulk_min"] / cpu, per_wall=s["ess_bulk_min"] / wall,
+                              solves_s=s["solves"] / cpu)
+        if ref:
+            error = (f"error vs reference: ln theta {ref['rel_l2_mean_log_theta']:.4f}, theta "
+                     f"{ref['rel_l2_mean_theta']:.3f}")
+        else:
+            error = f"error of the posterior mean vs the truth {s.get('rel_l2_mean', math.nan):.4f}"
+        label = "" if r["rhat"] <= 1.01 else " (UNCONVERGED: R-hat > 1.01 or one chain)"
+        print(f"{name:5s} {chains:2d} chains x ({warmup} + {draws}), seed {args.seed}: "
+              f"{r['solves']:,} solves in {cpu:.1f} CPU s, {wall:.1f} wall s "
+              f"({r['solves_s']:.0f} solves per CPU s); in the forward model "
+              f"{100 * model.cpu / cpu:.1f}% of the CPU time, {100 * model.wall / wall:.1f}% of "
+              f"the wall time; ESS bulk min {r['ess']:.0f} (median {s['ess_bulk_median']:.0f}, "
+              f"tail min {s['ess_tail_min']:.0f}), "
+              f"R-hat {r['rhat']:.4f}{label}; ESS per 1000 solves {r['per_1000']:.2f}, per CPU s "
+              f"{r['per_cpu']:.3f}, per wall s {r['per_wall']:.3f}; {error}", flush=True)
     if len(rows) < 2:
         return
     c, n = rows["chees"], rows["nuts"]
-    print(f"ratio chees/nuts: ESS per CPU s {c['per_s'] / n['per_s']:.1f}x, ESS/1000 solves "
-          f"{c['per_1000'] / n['per_1000']:.1f}x, solves/s {c['solves_s'] / n['solves_s']:.1f}x")
+    print(f"ratio chees/nuts: ESS per CPU s {c['per_cpu'] / n['per_cpu']:.1f}x, per wall s "
+          f"{c['per_wall'] / n['per_wall']:.1f}x, ESS per 1000 solves "
+          f"{c['per_1000'] / n['per_1000']:.1f}x, solves per CPU s "
+          f"{c['solves_s'] / n['solves_s']:.1f}x, solves {c['solves'] / n['solves']:.2f}x")
 
 
 def _best(fn, repeats):
@@ -264,8 +277,16 @@ def umbridge(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--chees-warmup", type=int, default=120)
-    p.add_argument("--chees-draws", type=int, default=80)
+    p.add_argument("--problem", choices=tuple(_MODEL_METHODS), default="aristoff-bangerth",
+                   help="the problem of parts 1-2 (darcy: its default KL prior, 16 dims)")
+    p.add_argument("--seed", type=int, default=0, help="the chains' seed (parts 1-2)")
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help="keep the chain folders of parts 1-2 in DIR/chees and DIR/nuts (new "
+                        "folders: a resumed run's times would be a part of its cost)")
+    p.add_argument("--chees-chains", type=int, default=16)
+    p.add_argument("--chees-warmup", type=int, default=300)
+    p.add_argument("--chees-draws", type=int, default=150)
+    p.add_argument("--nuts-chains", type=int, default=4)
     p.add_argument("--nuts-warmup", type=int, default=300)
     p.add_argument("--nuts-draws", type=int, default=400)
     p.add_argument("--batch", type=int, default=16)
@@ -286,8 +307,11 @@ def main() -> None:
     if args.only == "kernels":
         args.only = None
     if not args.skip_kernels:
-        with tempfile.TemporaryDirectory() as tmp:
-            kernels(args, Path(tmp))
+        if args.keep:
+            kernels(args, Path(args.keep))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                kernels(args, Path(tmp))
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

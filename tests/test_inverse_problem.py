@@ -194,3 +194,62 @@ def test_a_failing_forward_model_stops_the_chain_and_keeps_its_draws(tmp_path):
                        init=torch.zeros(4, DIM))
     assert r.status == "diverged" and "forward model failed" in r.reason
     assert 0 < r.draws.shape[1] < 3000 and np.isfinite(r.draws).all()
+
+
+class FusedCellReader(CellReader):
+    """CellReader with a fused misfit and gradient, as a solver with an adjoint would give."""
+
+    def misfit_and_grad(self, params, data, sigma):
+        self.fused_calls = getattr(self, "fused_calls", 0) + 1
+        r = (params.reshape(len(params), -1) @ self.H.T - data) / sigma
+        self.solves += 2 * len(params)
+        return 0.5 * (r * r).sum(-1), ((r / sigma) @ self.H).reshape(params.shape)
+
+
+def test_a_fused_misfit_and_gradient_is_used_where_a_gradient_is_taken():
+    p, _, y, _ = _problem()
+    fused = InverseProblem(p.prior, FusedCellReader(), y, 0.05, "relative")
+    z = torch.randn(6, DIM, dtype=torch.float64)
+    z[2] = math.nan  # a NaN row: NaN potential there, the others unaffected
+    target, plain = fused.target(), p.target()
+    u, g = target.potential_and_grad(z)
+    assert fused.forward.fused_calls == 1 and fused.forward.solves == 2 * 5  # 5 valid rows
+    u0, g0 = plain.potential_and_grad(z)
+    ok = torch.arange(6) != 2
+    assert torch.isnan(u[2]) and torch.isnan(u0[2])
+    assert torch.allclose(u[ok], u0[ok], rtol=1e-12, atol=0)
+    assert torch.allclose(g[ok], g0[ok], rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # values only: the plain forward solve
+        assert torch.allclose(fused.phi(z[ok]), p.phi(z[ok]), rtol=1e-12, atol=0)
+    assert fused.forward.fused_calls == 1
+
+
+def test_aristoff_bangerth_fused_gradient_equals_autograd_through_the_model():
+    from autovae.inverse.config import InverseConfig
+    from autovae.inverse.problems import PROBLEMS
+
+    for prior in ("benchmark", "lognormal"):
+        problem = PROBLEMS["aristoff-bangerth"](InverseConfig.from_dict(
+            {"problem": "aristoff-bangerth", "prior": prior})).problem
+        z = 0.3 * torch.randn(5, 64, generator=torch.Generator().manual_seed(1),
+                              dtype=torch.float64)
+        z[1, :32], z[1, 32:] = 300.0, -300.0  # a factorisation that fails (below)
+        z[3, 0] = 800.0  # exp overflows
+        target, forward = problem.target(), problem.forward
+        solver = forward.benchmark._solver
+
+        def refuse_huge(theta, factor=solver._factor):  # as dpbtrf does past double precision
+            if np.abs(theta).max() > 1e100:
+                raise ValueError("not numerically positive definite")
+            return factor(theta)
+
+        solver._factor = refuse_huge
+        u, g = target.potential_and_grad(z)
+        fused_solves = forward.solves
+        forward.misfit_and_grad = lambda *a: None  # autograd through the model
+        u0, g0 = target.potential_and_grad(z)
+        assert forward.solves - fused_solves == fused_solves == 2 * 4  # row 3 never solved
+        ok = torch.tensor([True, False, True, False, True])
+        assert torch.isnan(u[~ok]).all() and torch.isnan(u0[~ok]).all()
+        assert torch.allclose(u[ok], u0[ok], rtol=1e-13, atol=0)
+        assert torch.allclose(g[ok], g0[ok], rtol=1e-11, atol=1e-9)

@@ -106,6 +106,18 @@ class ForwardModel(abc.ABC):
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         """(B, *param_shape) -> (B, n_obs); the model's own computation."""
 
+    def misfit_and_grad(self, params: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The misfit 1/2 |(F(params) - data) / sigma|^2 (B,) and its gradient in the
+        parameters (B, *param_shape) from one forward and one adjoint solve per row, or None
+        (the default): then the inverse problem differentiates ``evaluate`` by autograd.
+
+        A model whose solver can run the adjoint solve right after the forward one overrides
+        this: no autograd graph through the model, the factorisation still in cache. It gets
+        finite (and, for ``positive`` models, positive) parameters, counts its solves, and
+        returns NaN misfit and zero gradient for the rows it cannot evaluate."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Settings that identify the model (stored in problem.json, compared on resume)."""
         return {"forward": self.name, "param_shape": list(self.param_shape),

@@ -147,7 +147,7 @@ class LogDensityPrior(Prior):
         proposal: it is then rejected, as where the forward model fails)."""
         theta = self.params(z)
         flat = theta.detach().reshape(len(theta), -1)
-        ok = torch.isfinite(flat).all(1) & (flat > 0).all(1)
+        ok = ((flat > 0) & (flat < math.inf)).all(1)  # NaN fails both
         if bool(ok.all()):
             return self._log_density(theta) + z.sum(-1)
         # -inf, still a function of z (autograd takes the gradient of the other rows)

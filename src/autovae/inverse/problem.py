@@ -128,9 +128,37 @@ class InverseProblem:
         return out
 
     def phi(self, z: torch.Tensor) -> torch.Tensor:
-        """Misfit 1/2 sum ((F(T(z)) - y) / sigma)^2, (B, d) -> (B,)."""
+        """Misfit 1/2 sum ((F(T(z)) - y) / sigma)^2, (B, d) -> (B,).
+
+        Where a gradient will be taken and the forward model has a fused misfit and gradient
+        (:meth:`~autovae.inverse.forward.ForwardModel.misfit_and_grad`), that one call gives
+        both: autograd then runs only through the prior's map T."""
+        if torch.is_grad_enabled() and z.requires_grad:
+            p = self.params(z)
+            fused = self._fused_phi(p)
+            if fused is not None:
+                return fused
         r = (self.predict(z) - self.data) / self.sigma
         return 0.5 * (r * r).sum(-1)
+
+    def _fused_phi(self, p: torch.Tensor) -> torch.Tensor | None:
+        """phi from the model's fused misfit and gradient (None where it has none), as a
+        function of the parameters p (B, ...) whose backward is the saved gradient."""
+        shape = (len(p), *self.forward.param_shape)
+        flat = p.detach().reshape(shape)
+        low = 0.0 if getattr(self.forward, "positive", False) else -math.inf
+        ok = ((flat > low) & (flat < math.inf)).reshape(len(p), -1).all(1)  # NaN fails both
+        if not ok.any():
+            return None
+        fused = self.forward.misfit_and_grad(flat if bool(ok.all()) else flat[ok], self.data,
+                                             self.sigma)
+        if fused is None:
+            return None
+        value, grad = fused[0].to(torch.float64), fused[1].to(torch.float64)
+        if not bool(ok.all()):
+            value = torch.full((len(p),), math.nan, dtype=torch.float64).index_put((ok,), value)
+            grad = torch.zeros(shape, dtype=torch.float64).index_put((ok,), grad)
+        return _Misfit.apply(p.reshape(shape), value, grad)
 
     def grad_phi(self, z: torch.Tensor) -> torch.Tensor:
         """Gradient of phi by autograd, (B, d) -> (B, d)."""
@@ -253,3 +281,17 @@ class InverseProblem:
                 out.update({f"log_{k}": v for k, v in self.calibration(z, t, log=True).items()})
         return {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
                 for k, v in out.items()}
+
+
+class _Misfit(torch.autograd.Function):
+    """phi (B,) of parameters p (B, ...), value and gradient computed together by the model."""
+
+    @staticmethod
+    def forward(ctx, p, value, grad):
+        ctx.grad = grad
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        g = ctx.grad
+        return grad_out.reshape(-1, *([1] * (g.ndim - 1))) * g, None, None
