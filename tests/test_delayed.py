@@ -309,3 +309,37 @@ def test_the_cheap_model_gets_jobs():
         assert d["cheap"].jobs == 2 and d["setup_fine_solves"] == 0
     finally:
         d["cheap"].close_workers()
+
+
+_HOLEY = '''
+import torch
+
+from autovae.inverse.forward_models import AristoffBangerthForward
+
+
+class Holey(AristoffBangerthForward):
+    """Aristoff-Bangerth failing (NaN) on a deterministic 30% of the parameter space."""
+
+    def __init__(self):
+        super().__init__()
+        self.name = "holey"
+
+    def evaluate(self, params):
+        out = super().evaluate(params)
+        hole = torch.frac(1e3 * params.detach().reshape(len(params), -1).sum(1)) < 0.3
+        return torch.where(hole[:, None], torch.full_like(out, float("nan")), out)
+'''
+
+
+def test_invert_reports_the_cheap_fallbacks(tmp_path, monkeypatch):
+    from autovae.inverse import invert
+    from autovae.inverse.outputs import format_summary
+
+    (tmp_path / "holey_cheap.py").write_text(_HOLEY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = invert(problem="aristoff-bangerth", prior="lognormal", kernel="rwm", subchain=2,
+               coarse_forward="holey_cheap:Holey", chains=2, warmup=10, draws=10, seed=0,
+               out=str(tmp_path / "c")).summary
+    assert s["status"] == "complete" and s["cheap_fallbacks"] > 0
+    assert s["fine_solves"] == s["solves"] >= s["cheap_fallbacks"]
+    assert f"{s['cheap_fallbacks']:,} cheap fallbacks" in format_summary(s)
