@@ -424,3 +424,29 @@ def test_nuts_chains_in_processes_give_the_draws_of_one_process_and_resume(tmp_p
     assert not load_chains(cut).complete
     run_chains(_nuts_target(), nuts(2), cut, **kw)
     _same_chains(tmp_path / "one", cut)
+
+
+class _Echo:
+    def echo(self, x):
+        return x
+
+
+def test_chunk_workers_stop_when_dropped_and_a_dead_worker_is_one_value_error():
+    import gc
+
+    from autovae.inverse.parallel import WORKERS, ChunkWorkers
+
+    if WORKERS != "processes":
+        pytest.skip("no fork here")
+    pool = ChunkWorkers(_Echo(), 3)
+    assert pool.call("echo", [(1,), (2,), (3,)]) == [1, 2, 3]
+    dead, alive = pool._procs
+    dead.kill()
+    dead.join()
+    for _ in range(2):  # a send to the dead worker is the worker's error, not BrokenPipeError
+        with pytest.raises(ValueError, match="worker process died"):
+            pool.call("echo", [(1,), (2,), (3,)])
+    del pool  # dropped (not closed): its workers stop, nothing keeps it alive until exit
+    gc.collect()
+    alive.join(timeout=10)
+    assert not alive.is_alive()

@@ -22,6 +22,7 @@ import ctypes
 import functools
 import os
 import pickle
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -288,7 +289,10 @@ class ChunkWorkers:
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-            atexit.register(self.close)
+        # stopped by close(), when this pool is collected, or at exit (no strong reference
+        # kept, as atexit.register would: a dropped solver's workers would live on)
+        self._stop = weakref.finalize(self, _stop_workers, self._conns, self._procs,
+                                      os.getpid())
 
     def call(self, method: str, args: list[tuple], keep: bool = False) -> list:
         """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``); with ``keep``,
@@ -315,18 +319,27 @@ class ChunkWorkers:
     def _exchange(self, method: str, local: tuple, messages: list) -> list:
         """Send ``messages`` to the workers, run ``method(*local)`` here meanwhile, and read
         every reply; the results in order, or the first error once all are in."""
+        died = "a worker process died (killed, or out of memory)"
+        sent = set()
         for w, msg in messages:
-            self._conns[w].send(msg)
+            try:
+                self._conns[w].send(msg)
+                sent.add(w)
+            except OSError:  # its process is gone: no reply to wait for
+                pass
         outs, first = [None], None
         try:
             outs[0] = getattr(self.owner, method)(*local)
         except Exception as err:  # noqa: BLE001 (raised below, once every reply is read)
             first = err
         for w, _ in messages:
-            try:
-                status, value = self._conns[w].recv()
-            except (EOFError, OSError):
-                status, value = "error", "a worker process died (killed, or out of memory)"
+            if w not in sent:
+                status, value = "error", died
+            else:
+                try:
+                    status, value = self._conns[w].recv()
+                except (EOFError, OSError):
+                    status, value = "error", died
             if status != "ok":
                 first = first or ValueError(value if status == "value" else
                                             f"{type(self.owner).__name__} failed in a worker "
@@ -337,15 +350,27 @@ class ChunkWorkers:
         return outs
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)  # not EOF alone: workers forked later hold this end too
-                conn.close()
-            except OSError:
-                pass
-        for proc in self._procs:
-            proc.join(timeout=5)
-        self._conns, self._procs = [], []
+        self._stop()
+
+
+def _stop_workers(conns: list, procs: list, pid: int) -> None:
+    """Stop a :class:`ChunkWorkers`' processes (a straggler after 5 s is killed); only from
+    the process that started them (a forked copy of the pool must not stop them)."""
+    if os.getpid() != pid:
+        return
+    for conn in conns:
+        try:
+            conn.send(None)  # not EOF alone: workers forked later hold this end too
+            conn.close()
+        except OSError:
+            pass
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    conns.clear()
+    procs.clear()
 
 
 # -- worker processes ---------------------------------------------------------------------------
