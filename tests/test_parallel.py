@@ -450,3 +450,37 @@ def test_chunk_workers_stop_when_dropped_and_a_dead_worker_is_one_value_error():
     gc.collect()
     alive.join(timeout=10)
     assert not alive.is_alive()
+
+
+class _Interrupted:
+    def __init__(self):
+        self.parent, self.interrupt = os.getpid(), False
+
+    def echo(self, x):
+        if self.interrupt and os.getpid() == self.parent:  # Ctrl-C here, the workers go on
+            raise KeyboardInterrupt
+        return x
+
+
+def test_chunk_workers_after_an_interrupted_call_give_this_calls_values_and_survive_ctrl_c():
+    import signal
+    import time
+
+    from autovae.inverse.parallel import WORKERS, ChunkWorkers
+
+    if WORKERS != "processes":
+        pytest.skip("no fork here")
+    owner = _Interrupted()
+    pool = ChunkWorkers(owner, 3)
+    try:
+        owner.interrupt = True
+        with pytest.raises(KeyboardInterrupt):
+            pool.call("echo", [(1,), (2,), (3,)])
+        owner.interrupt = False
+        assert pool.call("echo", [(4,), (5,), (6,)]) == [4, 5, 6]  # not the replies of 2, 3
+        os.kill(pool._procs[0].pid, signal.SIGINT)  # Ctrl-C reaches the workers too
+        time.sleep(0.5)
+        assert pool._procs[0].is_alive()
+        assert pool.call("echo", [(7,), (8,), (9,)]) == [7, 8, 9]
+    finally:
+        pool.close()

@@ -22,6 +22,7 @@ import ctypes
 import functools
 import os
 import pickle
+import signal
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -239,6 +240,9 @@ _KEEP = 16  # states a worker keeps for a backward pass that may not come
 
 
 def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
+    # Ctrl-C reaches the whole process group: the parent stops the run and then its workers
+    # (close, or None on the pipe at exit); a worker killed by it would print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     kept: OrderedDict[int, Any] = OrderedDict()
     while True:
@@ -276,6 +280,7 @@ class ChunkWorkers:
 
     def __init__(self, owner, jobs: int, workers: str | None = None):
         self.owner, self.jobs, self._key = owner, jobs, 0
+        self._owed: set[int] = set()  # workers whose reply has not been read yet
         self.processes = (workers or WORKERS) == "processes"
         self._conns, self._procs = [], []
         if self.processes:
@@ -320,11 +325,18 @@ class ChunkWorkers:
         """Send ``messages`` to the workers, run ``method(*local)`` here meanwhile, and read
         every reply; the results in order, or the first error once all are in."""
         died = "a worker process died (killed, or out of memory)"
+        for w in sorted(self._owed):  # a call interrupted (Ctrl-C) before it read them: the
+            try:  # replies would be taken for this call's
+                self._conns[w].recv()
+            except (EOFError, OSError):
+                pass
+        self._owed.clear()
         sent = set()
         for w, msg in messages:
             try:
                 self._conns[w].send(msg)
                 sent.add(w)
+                self._owed.add(w)
             except OSError:  # its process is gone: no reply to wait for
                 pass
         outs, first = [None], None
@@ -340,6 +352,7 @@ class ChunkWorkers:
                     status, value = self._conns[w].recv()
                 except (EOFError, OSError):
                     status, value = "error", died
+                self._owed.discard(w)
             if status != "ok":
                 first = first or ValueError(value if status == "value" else
                                             f"{type(self.owner).__name__} failed in a worker "
