@@ -22,6 +22,8 @@ import ctypes
 import functools
 import os
 import pickle
+import signal
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -238,6 +240,9 @@ _KEEP = 16  # states a worker keeps for a backward pass that may not come
 
 
 def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
+    # Ctrl-C reaches the whole process group: the parent stops the run and then its workers
+    # (close, or None on the pipe at exit); a worker killed by it would print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     kept: OrderedDict[int, Any] = OrderedDict()
     while True:
@@ -275,6 +280,7 @@ class ChunkWorkers:
 
     def __init__(self, owner, jobs: int, workers: str | None = None):
         self.owner, self.jobs, self._key = owner, jobs, 0
+        self._owed: set[int] = set()  # workers whose reply has not been read yet
         self.processes = (workers or WORKERS) == "processes"
         self._conns, self._procs = [], []
         if self.processes:
@@ -288,7 +294,10 @@ class ChunkWorkers:
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-            atexit.register(self.close)
+        # stopped by close(), when this pool is collected, or at exit (no strong reference
+        # kept, as atexit.register would: a dropped solver's workers would live on)
+        self._stop = weakref.finalize(self, _stop_workers, self._conns, self._procs,
+                                      os.getpid())
 
     def call(self, method: str, args: list[tuple], keep: bool = False) -> list:
         """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``); with ``keep``,
@@ -315,18 +324,35 @@ class ChunkWorkers:
     def _exchange(self, method: str, local: tuple, messages: list) -> list:
         """Send ``messages`` to the workers, run ``method(*local)`` here meanwhile, and read
         every reply; the results in order, or the first error once all are in."""
+        died = "a worker process died (killed, or out of memory)"
+        for w in sorted(self._owed):  # a call interrupted (Ctrl-C) before it read them: the
+            try:  # replies would be taken for this call's
+                self._conns[w].recv()
+            except (EOFError, OSError):
+                pass
+        self._owed.clear()
+        sent = set()
         for w, msg in messages:
-            self._conns[w].send(msg)
+            try:
+                self._conns[w].send(msg)
+                sent.add(w)
+                self._owed.add(w)
+            except OSError:  # its process is gone: no reply to wait for
+                pass
         outs, first = [None], None
         try:
             outs[0] = getattr(self.owner, method)(*local)
         except Exception as err:  # noqa: BLE001 (raised below, once every reply is read)
             first = err
         for w, _ in messages:
-            try:
-                status, value = self._conns[w].recv()
-            except (EOFError, OSError):
-                status, value = "error", "a worker process died (killed, or out of memory)"
+            if w not in sent:
+                status, value = "error", died
+            else:
+                try:
+                    status, value = self._conns[w].recv()
+                except (EOFError, OSError):
+                    status, value = "error", died
+                self._owed.discard(w)
             if status != "ok":
                 first = first or ValueError(value if status == "value" else
                                             f"{type(self.owner).__name__} failed in a worker "
@@ -337,15 +363,27 @@ class ChunkWorkers:
         return outs
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)  # not EOF alone: workers forked later hold this end too
-                conn.close()
-            except OSError:
-                pass
-        for proc in self._procs:
-            proc.join(timeout=5)
-        self._conns, self._procs = [], []
+        self._stop()
+
+
+def _stop_workers(conns: list, procs: list, pid: int) -> None:
+    """Stop a :class:`ChunkWorkers`' processes (a straggler after 5 s is killed); only from
+    the process that started them (a forked copy of the pool must not stop them)."""
+    if os.getpid() != pid:
+        return
+    for conn in conns:
+        try:
+            conn.send(None)  # not EOF alone: workers forked later hold this end too
+            conn.close()
+        except OSError:
+            pass
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    conns.clear()
+    procs.clear()
 
 
 # -- worker processes ---------------------------------------------------------------------------
