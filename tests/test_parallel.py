@@ -51,7 +51,10 @@ def test_chunks_cover_the_batch_in_order():
 
 
 @pytest.mark.parametrize("problem", ["aristoff-bangerth", "darcy"])
-def test_jobs_1_and_2_give_bit_identical_chain_folders(tmp_path, problem):
+def test_jobs_1_and_2_give_bit_identical_chain_folders(tmp_path, problem, monkeypatch):
+    from autovae.inverse import parallel
+
+    monkeypatch.setattr(parallel, "MIN_SPLIT_S", 0.0)  # every batch split, however cheap
     kw = dict(problem=problem, kernel="chees", chains=6, warmup=8, draws=6,
               checkpoint_every=5, seed=2)
     if problem == "darcy":
@@ -347,6 +350,41 @@ def test_run_rows_waits_for_every_chunk_before_raising_the_first_error():
     assert sorted(done) == [1, 2, 3]
     assert run_rows(lambda a, b: (a, b), 5, 2) == [(0, 2), (2, 5)]
     assert run_rows(lambda a, b: a, 3, 2, each=True) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_a_batch_too_cheap_to_split_runs_here_and_gives_the_same_values(workers, monkeypatch):
+    from autovae.inverse import parallel
+    from autovae.inverse.darcy import DarcySolver
+
+    monkeypatch.setattr(parallel, "WORKERS", workers)
+    rng = np.random.default_rng(3)
+    log_k, g = rng.normal(size=(6, 64)), rng.normal(size=(6, 64))
+    one = DarcySolver(8)
+    k, factors, p = one._forward(log_k)
+    grad = one._adjoint(k, factors, p, g)
+    two = DarcySolver(8)
+
+    def run():
+        k2, f2, p2 = two._forward(log_k, 2)
+        assert np.array_equal(p2, p)
+        assert np.array_equal(two._adjoint(k2, f2, p2, g, 2), grad)
+        return f2[0]
+
+    try:
+        for _ in range(4):  # ~0.1 ms a batch, far below MIN_SPLIT_S: one chunk, here
+            assert run() == [(0, 6)]
+        pool = two._pools[2]
+        assert pool._key == 0 and len(pool._per_row["_forward_chunk"]) == 4  # no message sent
+        pool._per_row["_forward_chunk"] = [parallel.MIN_SPLIT_S]  # as if a row cost that much
+        assert run() == [(0, 3), (3, 6)]  # split (processes: one message per worker)
+        assert pool._key == (1 if workers == "processes" else 0)
+        monkeypatch.setattr(parallel, "MIN_SPLIT_S", 0.0)
+        pool._per_row.clear()
+        assert run() == [(0, 3), (3, 6)]  # 0: always split, even before any measurement
+    finally:
+        for pool in two._pools.values():
+            pool.close()
 
 
 @pytest.mark.parametrize("workers", ["threads", "processes"])

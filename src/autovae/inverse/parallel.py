@@ -22,6 +22,7 @@ import ctypes
 import functools
 import os
 import pickle
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -236,6 +237,15 @@ this one (nothing pickled but each call's arrays; where ``fork`` is missing, thr
 
 _KEEP = 16  # states a worker keeps for a backward pass that may not come
 
+MIN_SPLIT_S = 0.003
+"""A batch is split over the workers only if this process's own estimate of its serial time
+(rows x the measured seconds per row of the same method, :meth:`ChunkWorkers.parts`) is at
+least this; below it, sending the chunks and reading the answers back costs more than the
+work they save (measured idle on 2 cores: a Darcy 16 x 16 batch of 16 rows, ~0.5 ms a call,
+ran 0.59x as fast on 2 processes as here; an Aristoff-Bangerth one, ~4 ms, 1.45x). Rows give
+the same bits in any chunk, so this choice changes the time, never the values. 0: always
+split (tests set it to exercise the workers)."""
+
 
 def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
     torch.set_num_threads(1)
@@ -271,10 +281,14 @@ class ChunkWorkers:
     threads otherwise. ``keep``: the method returns (result, state) and the state stays with
     the worker that made it (a factorisation, for the adjoint solves), passed back as the
     first argument of :meth:`call_kept`. Every worker's answer is read before an error is
-    raised, so none is left in a pipe for the next call."""
+    raised, so none is left in a pipe for the next call.
+
+    :meth:`parts` says how to cut a batch: into ``jobs`` chunks only when its serial time
+    would be at least :data:`MIN_SPLIT_S`, else one chunk, run here (see there)."""
 
     def __init__(self, owner, jobs: int, workers: str | None = None):
         self.owner, self.jobs, self._key = owner, jobs, 0
+        self._per_row: dict[str, list[float]] = {}  # method -> recent seconds per row here
         self.processes = (workers or WORKERS) == "processes"
         self._conns, self._procs = [], []
         if self.processes:
@@ -290,15 +304,43 @@ class ChunkWorkers:
                 self._procs.append(proc)
             atexit.register(self.close)
 
+    def parts(self, method: str, n: int) -> list[tuple[int, int]]:
+        """The chunks for a batch of ``n`` rows given to ``method``: ``chunks(n, jobs)`` when
+        n x (the median of the last 5 seconds per row that :meth:`call` measured for
+        ``method`` here) >= :data:`MIN_SPLIT_S`, else ``[(0, n)]``, one chunk run in this
+        process (also for the first call, which measures). ``MIN_SPLIT_S = 0``: always
+        ``jobs`` chunks."""
+        times = self._per_row.get(method)
+        if MIN_SPLIT_S > 0 and (not times or n * float(np.median(times)) < MIN_SPLIT_S):
+            return [(0, n)]
+        return chunks(n, self.jobs)
+
+    def _timed(self, method: str, *args):
+        """``owner.method(*args)``, its seconds per row (rows: the first argument, an array)
+        noted."""
+        start = time.perf_counter()
+        out = getattr(self.owner, method)(*args)
+        rows = len(args[0]) if args and hasattr(args[0], "__len__") else 1
+        times = self._per_row.setdefault(method, [])
+        times.append((time.perf_counter() - start) / max(1, rows))
+        del times[:-5]
+        return out
+
     def call(self, method: str, args: list[tuple], keep: bool = False) -> list:
-        """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``); with ``keep``,
-        [(result, handle)] where handle is what :meth:`call_kept` takes."""
+        """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``; each a's first item
+        the chunk's rows, timed here for :meth:`parts`); with ``keep``, [(result, handle)]
+        where handle is what :meth:`call_kept` takes (one chunk: run here, its state kept
+        here)."""
+        if len(args) == 1:
+            return [self._timed(method, *args[0])]
         if not self.processes:
-            return run_rows(lambda i, _: getattr(self.owner, method)(*args[i]), len(args),
-                            self.jobs, each=True)
+            return run_rows(lambda i, _: self._timed(method, *args[i]) if i == 0 else
+                            getattr(self.owner, method)(*args[i]), len(args), self.jobs,
+                            each=True)
         self._key += 1
-        outs = self._exchange(method, args[0], [(i, (self._key if keep else None, method, a,
-                                                     keep)) for i, a in enumerate(args[1:])])
+        key = self._key if keep else None
+        outs = self._exchange(lambda: self._timed(method, *args[0]),
+                              [(i, (key, method, a, keep)) for i, a in enumerate(args[1:])])
         if not keep:
             return outs
         return [outs[0]] + [(out, (i, self._key)) for i, out in enumerate(outs[1:])]
@@ -308,18 +350,18 @@ class ChunkWorkers:
         if not self.processes:
             return run_rows(lambda i, _: getattr(self.owner, method)(handles[i], *args[i]),
                             len(args), self.jobs, each=True)
-        return self._exchange(method, (handles[0], *args[0]),
+        return self._exchange(lambda: getattr(self.owner, method)(handles[0], *args[0]),
                               [(w, (key, method, a, False))
                                for (w, key), a in zip(handles[1:], args[1:], strict=True)])
 
-    def _exchange(self, method: str, local: tuple, messages: list) -> list:
-        """Send ``messages`` to the workers, run ``method(*local)`` here meanwhile, and read
+    def _exchange(self, local: Callable[[], Any], messages: list) -> list:
+        """Send ``messages`` to the workers, run ``local()`` here meanwhile, and read
         every reply; the results in order, or the first error once all are in."""
         for w, msg in messages:
             self._conns[w].send(msg)
         outs, first = [None], None
         try:
-            outs[0] = getattr(self.owner, method)(*local)
+            outs[0] = local()
         except Exception as err:  # noqa: BLE001 (raised below, once every reply is read)
             first = err
         for w, _ in messages:
