@@ -306,12 +306,12 @@ class ChunkWorkers:
 
     def parts(self, method: str, n: int) -> list[tuple[int, int]]:
         """The chunks for a batch of ``n`` rows given to ``method``: ``chunks(n, jobs)`` when
-        n x (the median of the last 5 seconds per row that :meth:`call` measured for
+        n x (the median of the last (up to) 5 seconds per row that :meth:`call` measured for
         ``method`` here) >= :data:`MIN_SPLIT_S`, else ``[(0, n)]``, one chunk run in this
         process (also for the first call, which measures). ``MIN_SPLIT_S = 0``: always
         ``jobs`` chunks."""
         times = self._per_row.get(method)
-        if MIN_SPLIT_S > 0 and (not times or n * float(np.median(times)) < MIN_SPLIT_S):
+        if MIN_SPLIT_S > 0 and (not times or n * sorted(times)[len(times) // 2] < MIN_SPLIT_S):
             return [(0, n)]
         return chunks(n, self.jobs)
 
