@@ -508,17 +508,22 @@ def test_test_subset_keeps_n_test_images_equal_per_label():
     register_dataset(DatasetInfo("tiny-labelled", "test only", lambda root, download: _Source(
         rng.random((50, 4, 4)), np.arange(50) % 5, rng.random((40, 4, 4)), np.arange(40) % 4,
         None)))
+    register_dataset(DatasetInfo("tiny-unbalanced", "test only", lambda root, download: _Source(
+        rng.random((50, 4, 4)), np.arange(50) % 5, rng.random((9, 4, 4)),
+        np.array([0, 0, 0, 1, 1, 1, 2, 2, 3]), None)))
     try:
         d = load_data("test-subset:10:tiny-labelled", val_size=5)
         assert d.name == "test-subset:10:tiny-labelled" and len(d.train) == 45
         assert torch.bincount(d.test_labels).tolist() == [3, 3, 2, 2]
         for bad, match in (("test-subset:100:tiny-labelled", "40 test images, fewer than 100"),
                            ("test-subset:x:tiny-labelled", "give test-subset:N:NAME"),
-                           ("test-subset:10:digits", "no labelled test set of its own")):
+                           ("test-subset:10:digits", "no labelled test set of its own"),
+                           # 2 a label, and label 3 has 1: not 7 images named 8
+                           ("test-subset:8:tiny-unbalanced", "label 3 has 1 test images.*N <= 4")):
             with pytest.raises(ValueError, match=match):
                 load_data(bad)
     finally:
-        del DATASETS["tiny-labelled"]
+        del DATASETS["tiny-labelled"], DATASETS["tiny-unbalanced"]
 
 
 # --------------------------------------------------------------------------- bad input

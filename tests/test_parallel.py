@@ -191,9 +191,12 @@ def test_a_server_that_dies_mid_batch_is_named_and_the_chain_folder_resumes(data
     assert _invert(data, "helpers.parallel_models:Tanh", "local") == 0
     port = _free_port()
     url = f"umbridge:http://127.0.0.1:{port}/tanh"
-    # the server exits at its 700th evaluation: in the sampling phase, inside a batch
+    # the server exits three quarters into the run's evaluations (counted by the same run in
+    # process), inside a batch, whatever the kernel's trajectory lengths (a fixed count broke
+    # when ChEES's adaptation changed and the whole run took fewer evaluations than it)
+    die_after = 3 * load_chains(data / "local").solves // 4
     server = _start("helpers.parallel_models:DyingTanh", port, workers=4,
-                    env_extra={"AUTOVAE_TEST_DIE_AFTER": "700"})
+                    env_extra={"AUTOVAE_TEST_DIE_AFTER": str(die_after)})
     try:
         capsys.readouterr()
         assert _invert(data, url, "remote", jobs=4) == 2
@@ -462,3 +465,63 @@ def test_nuts_chains_in_processes_give_the_draws_of_one_process_and_resume(tmp_p
     assert not load_chains(cut).complete
     run_chains(_nuts_target(), nuts(2), cut, **kw)
     _same_chains(tmp_path / "one", cut)
+
+
+class _Echo:
+    def echo(self, x):
+        return x
+
+
+def test_chunk_workers_stop_when_dropped_and_a_dead_worker_is_one_value_error():
+    import gc
+
+    from autovae.inverse.parallel import WORKERS, ChunkWorkers
+
+    if WORKERS != "processes":
+        pytest.skip("no fork here")
+    pool = ChunkWorkers(_Echo(), 3)
+    assert pool.call("echo", [(1,), (2,), (3,)]) == [1, 2, 3]
+    dead, alive = pool._procs
+    dead.kill()
+    dead.join()
+    for _ in range(2):  # a send to the dead worker is the worker's error, not BrokenPipeError
+        with pytest.raises(ValueError, match="worker process died"):
+            pool.call("echo", [(1,), (2,), (3,)])
+    del pool  # dropped (not closed): its workers stop, nothing keeps it alive until exit
+    gc.collect()
+    alive.join(timeout=10)
+    assert not alive.is_alive()
+
+
+class _Interrupted:
+    def __init__(self):
+        self.parent, self.interrupt = os.getpid(), False
+
+    def echo(self, x):
+        if self.interrupt and os.getpid() == self.parent:  # Ctrl-C here, the workers go on
+            raise KeyboardInterrupt
+        return x
+
+
+def test_chunk_workers_after_an_interrupted_call_give_this_calls_values_and_survive_ctrl_c():
+    import signal
+    import time
+
+    from autovae.inverse.parallel import WORKERS, ChunkWorkers
+
+    if WORKERS != "processes":
+        pytest.skip("no fork here")
+    owner = _Interrupted()
+    pool = ChunkWorkers(owner, 3)
+    try:
+        owner.interrupt = True
+        with pytest.raises(KeyboardInterrupt):
+            pool.call("echo", [(1,), (2,), (3,)])
+        owner.interrupt = False
+        assert pool.call("echo", [(4,), (5,), (6,)]) == [4, 5, 6]  # not the replies of 2, 3
+        os.kill(pool._procs[0].pid, signal.SIGINT)  # Ctrl-C reaches the workers too
+        time.sleep(0.5)
+        assert pool._procs[0].is_alive()
+        assert pool.call("echo", [(7,), (8,), (9,)]) == [7, 8, 9]
+    finally:
+        pool.close()

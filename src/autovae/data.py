@@ -362,8 +362,13 @@ def _test_subset(rest: str) -> DatasetInfo:
         if n > len(src.x_test):
             raise ValueError(f"test-subset:{rest}: {inner.name} has {len(src.x_test)} test "
                              f"images, fewer than {n}; pass a smaller N")
-        labels = np.unique(src.y_test)
+        labels, counts = np.unique(src.y_test, return_counts=True)
         per, extra = divmod(n, len(labels))
+        if counts.min() < per + (extra > 0):  # else fewer than n, silently
+            raise ValueError(f"test-subset:{rest}: {inner.name}'s label "
+                             f"{labels[counts.argmin()]} has {counts.min()} test images, "
+                             f"fewer than the {per + (extra > 0)} that N = {n} needs of each "
+                             f"label; pass N <= {counts.min() * len(labels)}")
         keep = np.sort(np.concatenate([np.flatnonzero(src.y_test == c)[:per + (i < extra)]
                                        for i, c in enumerate(labels)]))
         return src._replace(x_test=src.x_test[keep], y_test=src.y_test[keep])

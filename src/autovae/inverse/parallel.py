@@ -22,7 +22,9 @@ import ctypes
 import functools
 import os
 import pickle
+import signal
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -248,6 +250,9 @@ split (tests set it to exercise the workers)."""
 
 
 def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
+    # Ctrl-C reaches the whole process group: the parent stops the run and then its workers
+    # (close, or None on the pipe at exit); a worker killed by it would print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     kept: OrderedDict[int, Any] = OrderedDict()
     while True:
@@ -289,6 +294,7 @@ class ChunkWorkers:
     def __init__(self, owner, jobs: int, workers: str | None = None):
         self.owner, self.jobs, self._key = owner, jobs, 0
         self._per_row: dict[str, list[float]] = {}  # method -> recent seconds per row here
+        self._owed: set[int] = set()  # workers whose reply has not been read yet
         self.processes = (workers or WORKERS) == "processes"
         self._conns, self._procs = [], []
         if self.processes:
@@ -302,7 +308,10 @@ class ChunkWorkers:
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-            atexit.register(self.close)
+        # stopped by close(), when this pool is collected, or at exit (no strong reference
+        # kept, as atexit.register would: a dropped solver's workers would live on)
+        self._stop = weakref.finalize(self, _stop_workers, self._conns, self._procs,
+                                      os.getpid())
 
     def parts(self, method: str, n: int) -> list[tuple[int, int]]:
         """The chunks for a batch of ``n`` rows given to ``method``: ``chunks(n, jobs)`` when
@@ -357,18 +366,35 @@ class ChunkWorkers:
     def _exchange(self, local: Callable[[], Any], messages: list) -> list:
         """Send ``messages`` to the workers, run ``local()`` here meanwhile, and read
         every reply; the results in order, or the first error once all are in."""
+        died = "a worker process died (killed, or out of memory)"
+        for w in sorted(self._owed):  # a call interrupted (Ctrl-C) before it read them: the
+            try:  # replies would be taken for this call's
+                self._conns[w].recv()
+            except (EOFError, OSError):
+                pass
+        self._owed.clear()
+        sent = set()
         for w, msg in messages:
-            self._conns[w].send(msg)
+            try:
+                self._conns[w].send(msg)
+                sent.add(w)
+                self._owed.add(w)
+            except OSError:  # its process is gone: no reply to wait for
+                pass
         outs, first = [None], None
         try:
             outs[0] = local()
         except Exception as err:  # noqa: BLE001 (raised below, once every reply is read)
             first = err
         for w, _ in messages:
-            try:
-                status, value = self._conns[w].recv()
-            except (EOFError, OSError):
-                status, value = "error", "a worker process died (killed, or out of memory)"
+            if w not in sent:
+                status, value = "error", died
+            else:
+                try:
+                    status, value = self._conns[w].recv()
+                except (EOFError, OSError):
+                    status, value = "error", died
+                self._owed.discard(w)
             if status != "ok":
                 first = first or ValueError(value if status == "value" else
                                             f"{type(self.owner).__name__} failed in a worker "
@@ -379,15 +405,27 @@ class ChunkWorkers:
         return outs
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)  # not EOF alone: workers forked later hold this end too
-                conn.close()
-            except OSError:
-                pass
-        for proc in self._procs:
-            proc.join(timeout=5)
-        self._conns, self._procs = [], []
+        self._stop()
+
+
+def _stop_workers(conns: list, procs: list, pid: int) -> None:
+    """Stop a :class:`ChunkWorkers`' processes (a straggler after 5 s is killed); only from
+    the process that started them (a forked copy of the pool must not stop them)."""
+    if os.getpid() != pid:
+        return
+    for conn in conns:
+        try:
+            conn.send(None)  # not EOF alone: workers forked later hold this end too
+            conn.close()
+        except OSError:
+            pass
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    conns.clear()
+    procs.clear()
 
 
 # -- worker processes ---------------------------------------------------------------------------

@@ -420,9 +420,15 @@ def second_moment_bias(draws, target: ExactTarget) -> np.ndarray:
     """The protocol's squared bias of the second moments after each draw, per chain:
     b^2(n) = mean_i (E_n[x_i^2] - E[x_i^2])^2 / Var[x_i^2], E_n the running mean of a chain's
     first n draws; draws (chains, n, d) -> (chains, n)."""
+    return _coordinate_bias(draws, target).mean(-1)
+
+
+def _coordinate_bias(draws, target: ExactTarget) -> np.ndarray:
+    """(E_n[x_i^2] - E[x_i^2])^2 / Var[x_i^2] after each draw n, per chain and coordinate
+    i; draws (chains, n, d) -> (chains, n, d)."""
     x2 = np.asarray(draws, dtype=np.float64) ** 2
     running = np.cumsum(x2, 1) / np.arange(1, x2.shape[1] + 1)[None, :, None]
-    return ((running - target.second_moment) ** 2 / target.second_moment_var).mean(-1)
+    return (running - target.second_moment) ** 2 / target.second_moment_var
 
 
 def protocol_bias(draws, target: ExactTarget) -> dict[str, np.ndarray]:
@@ -430,9 +436,7 @@ def protocol_bias(draws, target: ExactTarget) -> dict[str, np.ndarray]:
     (sampler-benchmarks ``evaluate_sampler``): each chain's b^2 after each of its draws,
     averaged (``"avg"``, the published statistic) or maximised (``"max"``) over coordinates,
     then the **median over chains** at each draw; draws (chains, n, d) -> {stat: (n,)}."""
-    x2 = np.asarray(draws, dtype=np.float64) ** 2
-    running = np.cumsum(x2, 1) / np.arange(1, x2.shape[1] + 1)[None, :, None]
-    per = (running - target.second_moment) ** 2 / target.second_moment_var
+    per = _coordinate_bias(draws, target)
     return {"avg": np.median(per.mean(-1), 0), "max": np.median(per.max(-1), 0)}
 
 
