@@ -375,13 +375,24 @@ def test_a_batch_too_cheap_to_split_runs_here_and_gives_the_same_values(workers,
         return f2[0]
 
     try:
-        for _ in range(4):  # ~0.1 ms a batch, far below MIN_SPLIT_S: one chunk, here
+        # ~0.1 ms a batch, far below MIN_SPLIT_S (raised here so that a loaded machine's
+        # pause cannot lift a call above it): one chunk, here
+        monkeypatch.setattr(parallel, "MIN_SPLIT_S", 10.0)
+        for _ in range(4):
             assert run() == [(0, 6)]
         pool = two._pools[2]
-        assert pool._key == 0 and len(pool._per_row["_forward_chunk"]) == 4  # no message sent
-        pool._per_row["_forward_chunk"] = [parallel.MIN_SPLIT_S]  # as if a row cost that much
+        assert pool._key == 0 and len(pool._per_row["_forward_chunk", False]) == 4  # no message
+        pool._per_row["_forward_chunk", False] = [parallel.MIN_SPLIT_S]  # as if a row cost that
         assert run() == [(0, 3), (3, 6)]  # split (processes: one message per worker)
         assert pool._key == (1 if workers == "processes" else 0)
+        # split calls measured slower per row than unsplit ones (no free core): one chunk,
+        # but every PROBE-th call split, to follow the load
+        pool._per_row["_forward_chunk", True] = [2 * parallel.MIN_SPLIT_S]
+        ways = [pool.parts("_forward_chunk", 6) for _ in range(2 * parallel.PROBE)]
+        assert ways.count([(0, 3), (3, 6)]) == 2 and ways.count([(0, 6)]) == 2 * parallel.PROBE - 2
+        pool._per_row["_forward_chunk", True] = [parallel.MIN_SPLIT_S / 2]  # split is faster
+        ways = [pool.parts("_forward_chunk", 6) for _ in range(2 * parallel.PROBE)]
+        assert ways.count([(0, 6)]) == 2
         monkeypatch.setattr(parallel, "MIN_SPLIT_S", 0.0)
         pool._per_row.clear()
         assert run() == [(0, 3), (3, 6)]  # 0: always split, even before any measurement

@@ -248,6 +248,10 @@ ran 0.59x as fast on 2 processes as here; an Aristoff-Bangerth one, ~4 ms, 1.45x
 the same bits in any chunk, so this choice changes the time, never the values. 0: always
 split (tests set it to exercise the workers)."""
 
+PROBE = 20
+"""Every PROBE-th batch above :data:`MIN_SPLIT_S` is run the way that measured slower, to
+follow the load (:meth:`ChunkWorkers.parts`)."""
+
 
 def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
     # Ctrl-C reaches the whole process group: the parent stops the run and then its workers
@@ -293,7 +297,8 @@ class ChunkWorkers:
 
     def __init__(self, owner, jobs: int, workers: str | None = None):
         self.owner, self.jobs, self._key = owner, jobs, 0
-        self._per_row: dict[str, list[float]] = {}  # method -> recent seconds per row here
+        self._per_row: dict[tuple[str, bool], list[float]] = {}  # (method, split) -> recent
+        self._calls: dict[str, int] = {}  # seconds per row of whole calls; calls split or not
         self._owed: set[int] = set()  # workers whose reply has not been read yet
         self.processes = (workers or WORKERS) == "processes"
         self._conns, self._procs = [], []
@@ -314,42 +319,52 @@ class ChunkWorkers:
                                       os.getpid())
 
     def parts(self, method: str, n: int) -> list[tuple[int, int]]:
-        """The chunks for a batch of ``n`` rows given to ``method``: ``chunks(n, jobs)`` when
-        n x (the median of the last (up to) 5 seconds per row that :meth:`call` measured for
-        ``method`` here) >= :data:`MIN_SPLIT_S`, else ``[(0, n)]``, one chunk run in this
-        process (also for the first call, which measures). ``MIN_SPLIT_S = 0``: always
-        ``jobs`` chunks."""
-        times = self._per_row.get(method)
-        if MIN_SPLIT_S > 0 and (not times or n * sorted(times)[len(times) // 2] < MIN_SPLIT_S):
+        """The chunks for a batch of ``n`` rows given to ``method``: one, ``[(0, n)]``, run in
+        this process, when n x its seconds per row unsplit (the median of the last 5 calls
+        here) is under :data:`MIN_SPLIT_S` or not measured yet; else ``chunks(n, jobs)``,
+        unless split calls were measured slower per row than unsplit ones (a loaded machine:
+        no free core). Every :data:`PROBE`-th such call tries the other way, so that both
+        measurements follow the load. ``MIN_SPLIT_S = 0``: always ``jobs`` chunks."""
+        if MIN_SPLIT_S <= 0:
+            return chunks(n, self.jobs)
+        serial, split = self._median(method, False), self._median(method, True)
+        if serial is None or n * serial < MIN_SPLIT_S:
             return [(0, n)]
-        return chunks(n, self.jobs)
+        self._calls[method] = self._calls.get(method, 0) + 1
+        faster = split is None or split <= serial
+        return chunks(n, self.jobs) if faster != (self._calls[method] % PROBE == 0) else [(0, n)]
 
-    def _timed(self, method: str, *args):
-        """``owner.method(*args)``, its seconds per row (rows: the first argument, an array)
-        noted."""
-        start = time.perf_counter()
-        out = getattr(self.owner, method)(*args)
-        rows = len(args[0]) if args and hasattr(args[0], "__len__") else 1
-        times = self._per_row.setdefault(method, [])
+    def _median(self, method: str, split: bool) -> float | None:
+        times = self._per_row.get((method, split))
+        return sorted(times)[len(times) // 2] if times else None
+
+    def _note(self, method: str, args: list[tuple], start: float) -> None:
+        """Seconds per row of a whole call (rows: each chunk's first argument, an array)."""
+        rows = sum(len(a[0]) if a and hasattr(a[0], "__len__") else 1 for a in args)
+        times = self._per_row.setdefault((method, len(args) > 1), [])
         times.append((time.perf_counter() - start) / max(1, rows))
         del times[:-5]
-        return out
 
     def call(self, method: str, args: list[tuple], keep: bool = False) -> list:
         """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``; each a's first item
-        the chunk's rows, timed here for :meth:`parts`); with ``keep``, [(result, handle)]
+        the chunk's rows; the call timed for :meth:`parts`); with ``keep``, [(result, handle)]
         where handle is what :meth:`call_kept` takes (one chunk: run here, its state kept
         here)."""
+        start = time.perf_counter()
         if len(args) == 1:
-            return [self._timed(method, *args[0])]
+            outs = [getattr(self.owner, method)(*args[0])]
+            self._note(method, args, start)
+            return outs
         if not self.processes:
-            return run_rows(lambda i, _: self._timed(method, *args[i]) if i == 0 else
-                            getattr(self.owner, method)(*args[i]), len(args), self.jobs,
-                            each=True)
+            outs = run_rows(lambda i, _: getattr(self.owner, method)(*args[i]), len(args),
+                            self.jobs, each=True)
+            self._note(method, args, start)
+            return outs
         self._key += 1
         key = self._key if keep else None
-        outs = self._exchange(lambda: self._timed(method, *args[0]),
+        outs = self._exchange(lambda: getattr(self.owner, method)(*args[0]),
                               [(i, (key, method, a, keep)) for i, a in enumerate(args[1:])])
+        self._note(method, args, start)
         if not keep:
             return outs
         return [outs[0]] + [(out, (i, self._key)) for i, out in enumerate(outs[1:])]
