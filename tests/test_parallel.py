@@ -382,7 +382,7 @@ def test_a_batch_too_cheap_to_split_runs_here_and_gives_the_same_values(workers,
             assert run() == [(0, 6)]
         pool = two._pools[2]
         assert pool._key == 0 and len(pool._per_row["_forward_chunk", False]) == 4  # no message
-        pool._per_row["_forward_chunk", False] = [parallel.MIN_SPLIT_S]  # as if a row cost that
+        pool._per_row["_forward_chunk", False] = [parallel.MIN_SPLIT_S] * 2  # as if a row cost
         assert run() == [(0, 3), (3, 6)]  # split (processes: one message per worker)
         assert pool._key == (1 if workers == "processes" else 0)
         # split calls measured slower per row than unsplit ones (no free core): one chunk,

@@ -320,23 +320,20 @@ class ChunkWorkers:
 
     def parts(self, method: str, n: int) -> list[tuple[int, int]]:
         """The chunks for a batch of ``n`` rows given to ``method``: one, ``[(0, n)]``, run in
-        this process, when n x its seconds per row unsplit (the median of the last 5 calls
-        here) is under :data:`MIN_SPLIT_S` or not measured yet; else ``chunks(n, jobs)``,
+        this process, when n x its seconds per row unsplit (the least of the last 5 calls
+        here: a pause for other work, or a first call's setup, is not the cost) is under
+        :data:`MIN_SPLIT_S` or measured fewer than twice; else ``chunks(n, jobs)``,
         unless split calls were measured slower per row than unsplit ones (a loaded machine:
         no free core). Every :data:`PROBE`-th such call tries the other way, so that both
         measurements follow the load. ``MIN_SPLIT_S = 0``: always ``jobs`` chunks."""
         if MIN_SPLIT_S <= 0:
             return chunks(n, self.jobs)
-        serial, split = self._median(method, False), self._median(method, True)
-        if serial is None or n * serial < MIN_SPLIT_S:
+        serial, split = self._per_row.get((method, False), []), self._per_row.get((method, True))
+        if len(serial) < 2 or n * min(serial) < MIN_SPLIT_S:
             return [(0, n)]
         self._calls[method] = self._calls.get(method, 0) + 1
-        faster = split is None or split <= serial
+        faster = not split or min(split) <= min(serial)
         return chunks(n, self.jobs) if faster != (self._calls[method] % PROBE == 0) else [(0, n)]
-
-    def _median(self, method: str, split: bool) -> float | None:
-        times = self._per_row.get((method, split))
-        return sorted(times)[len(times) // 2] if times else None
 
     def _note(self, method: str, args: list[tuple], start: float) -> None:
         """Seconds per row of a whole call (rows: each chunk's first argument, an array)."""
