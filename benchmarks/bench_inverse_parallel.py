@@ -17,10 +17,10 @@
    the truth on Darcy.
 3. **Solves per second against --jobs** (1, 2, ... the cores) for a batch of ``--batch`` rows,
    forward + adjoint solves as the sampler calls them (the forward's factors kept for the
-   adjoint), Aristoff-Bangerth and Darcy (16 x 16), in processes (with the rule that keeps a
-   batch too cheap to split in one process), threads, and processes with every batch split,
-   best of ``--repeats``, the --jobs
-   interleaved (one timing of each in turn) so that a burst of other work on the machine
+   adjoint), Aristoff-Bangerth and Darcy (16 x 16), in processes (with the rules that keep a
+   batch in one process: too cheap to split, or measured slower split), threads, and
+   processes with every batch split, best of ``--repeats``, the --jobs interleaved (one
+   timing of each in turn) so that a burst of other work on the machine
    spoils all of them alike rather than one; then Pyro's NUTS with its chains in --jobs
    processes (solves per wall second of sampling).
 4. **UM-Bridge throughput against requests in flight**: a real ``autovae serve-forward`` server
@@ -175,9 +175,10 @@ def jobs(args) -> None:
     cores = os.cpu_count() or 1
     counts = sorted({1, 2, cores})
     print(f"\n== 3. Solves/s against --jobs, batch of {args.batch} rows, forward + adjoint, "
-          f"{cores} cores present; the chunks in processes (what --jobs uses: a batch whose "
-          f"serial time is under {parallel.MIN_SPLIT_S * 1e3:g} ms runs in one process), in "
-          "threads (the same rule), and in processes with every batch split ==")
+          f"{cores} cores present; the chunks in processes (what --jobs uses: a batch under "
+          f"{parallel.MIN_SPLIT_S * 1e3:g} ms of serial work, or one measured slower split, runs "
+          "in one process), in threads (the same rules), and in processes with every batch "
+          "split ==")
     rng = np.random.default_rng(0)
     theta = np.exp(rng.normal(0, 0.5, (args.batch, 64)))
     g_z = rng.normal(0, 1, (args.batch, 169))
