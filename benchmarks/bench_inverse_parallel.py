@@ -17,8 +17,10 @@
    the truth on Darcy.
 3. **Solves per second against --jobs** (1, 2, ... the cores) for a batch of ``--batch`` rows,
    forward + adjoint solves as the sampler calls them (the forward's factors kept for the
-   adjoint), Aristoff-Bangerth and Darcy (16 x 16), best of ``--repeats``, the --jobs
-   interleaved (one timing of each in turn) so that a burst of other work on the machine
+   adjoint), Aristoff-Bangerth and Darcy (16 x 16), in processes (with the rules that keep a
+   batch in one process: too cheap to split, or measured slower split), threads, and
+   processes with every batch split, best of ``--repeats``, the --jobs interleaved (one
+   timing of each in turn) so that a burst of other work on the machine
    spoils all of them alike rather than one; then Pyro's NUTS with its chains in --jobs
    processes (solves per wall second of sampling).
 4. **UM-Bridge throughput against requests in flight**: a real ``autovae serve-forward`` server
@@ -173,8 +175,10 @@ def jobs(args) -> None:
     cores = os.cpu_count() or 1
     counts = sorted({1, 2, cores})
     print(f"\n== 3. Solves/s against --jobs, batch of {args.batch} rows, forward + adjoint, "
-          f"{cores} cores present; the chunks in processes (what --jobs uses) and, for "
-          "comparison, in threads ==")
+          f"{cores} cores present; the chunks in processes (what --jobs uses: a batch under "
+          f"{parallel.MIN_SPLIT_S * 1e3:g} ms of serial work, or one measured slower split, runs "
+          "in one process), in threads (the same rules), and in processes with every batch "
+          "split ==")
     rng = np.random.default_rng(0)
     theta = np.exp(rng.normal(0, 0.5, (args.batch, 64)))
     g_z = rng.normal(0, 1, (args.batch, 169))
@@ -194,20 +198,22 @@ def jobs(args) -> None:
         k, factors, p = darcy._forward(log_k, j)
         darcy._adjoint(k, factors, p, g, j)
 
-    default = parallel.WORKERS
+    default, min_split = parallel.WORKERS, parallel.MIN_SPLIT_S
     for name, make, run in (("aristoff-bangerth", ab_solver, ab_run),
                             ("darcy 16x16", lambda j: DarcySolver(16), darcy_run)):
         cases = {(1, "-"): make(1)}  # one worker: neither processes nor threads
-        for kind in ("processes", "threads"):
-            parallel.WORKERS = kind  # the workers start with the solver's first use
-            for j in counts[1:]:
+        for kind in ("processes", "threads", "split"):  # split: processes, every batch split
+            parallel.WORKERS = "threads" if kind == "threads" else "processes"
+            for j in counts[1:]:  # the workers start with the solver's first use
                 cases[(j, kind)] = make(j)
                 run(cases[(j, kind)], j)
         parallel.WORKERS = default
         best = dict.fromkeys(cases, math.inf)
         for _ in range(args.repeats):  # interleaved: a burst of other work spoils all alike
             for key, solver in cases.items():
+                parallel.MIN_SPLIT_S = 0.0 if key[1] == "split" else min_split
                 best[key] = min(best[key], _best(lambda s=solver, j=key[0], r=run: r(s, j), 1))
+        parallel.MIN_SPLIT_S = min_split
         for (j, kind), t in best.items():
             rate = 2 * args.batch / t
             print(f"{name:18s} --jobs {j:2d} {kind:9s}: {rate:8.0f} solves/s "

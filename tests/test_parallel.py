@@ -51,7 +51,10 @@ def test_chunks_cover_the_batch_in_order():
 
 
 @pytest.mark.parametrize("problem", ["aristoff-bangerth", "darcy"])
-def test_jobs_1_and_2_give_bit_identical_chain_folders(tmp_path, problem):
+def test_jobs_1_and_2_give_bit_identical_chain_folders(tmp_path, problem, monkeypatch):
+    from autovae.inverse import parallel
+
+    monkeypatch.setattr(parallel, "MIN_SPLIT_S", 0.0)  # every batch split, however cheap
     kw = dict(problem=problem, kernel="chees", chains=6, warmup=8, draws=6,
               checkpoint_every=5, seed=2)
     if problem == "darcy":
@@ -350,6 +353,52 @@ def test_run_rows_waits_for_every_chunk_before_raising_the_first_error():
     assert sorted(done) == [1, 2, 3]
     assert run_rows(lambda a, b: (a, b), 5, 2) == [(0, 2), (2, 5)]
     assert run_rows(lambda a, b: a, 3, 2, each=True) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_a_batch_too_cheap_to_split_runs_here_and_gives_the_same_values(workers, monkeypatch):
+    from autovae.inverse import parallel
+    from autovae.inverse.darcy import DarcySolver
+
+    monkeypatch.setattr(parallel, "WORKERS", workers)
+    rng = np.random.default_rng(3)
+    log_k, g = rng.normal(size=(6, 64)), rng.normal(size=(6, 64))
+    one = DarcySolver(8)
+    k, factors, p = one._forward(log_k)
+    grad = one._adjoint(k, factors, p, g)
+    two = DarcySolver(8)
+
+    def run():
+        k2, f2, p2 = two._forward(log_k, 2)
+        assert np.array_equal(p2, p)
+        assert np.array_equal(two._adjoint(k2, f2, p2, g, 2), grad)
+        return f2[0]
+
+    try:
+        # ~0.1 ms a batch, far below MIN_SPLIT_S (raised here so that a loaded machine's
+        # pause cannot lift a call above it): one chunk, here
+        monkeypatch.setattr(parallel, "MIN_SPLIT_S", 10.0)
+        for _ in range(4):
+            assert run() == [(0, 6)]
+        pool = two._pools[2]
+        assert pool._key == 0 and len(pool._per_row["_forward_chunk", False]) == 4  # no message
+        pool._per_row["_forward_chunk", False] = [parallel.MIN_SPLIT_S] * 2  # as if a row cost
+        assert run() == [(0, 3), (3, 6)]  # split (processes: one message per worker)
+        assert pool._key == (1 if workers == "processes" else 0)
+        # split calls measured slower per row than unsplit ones (no free core): one chunk,
+        # but every PROBE-th call split, to follow the load
+        pool._per_row["_forward_chunk", True] = [2 * parallel.MIN_SPLIT_S]
+        ways = [pool.parts("_forward_chunk", 6) for _ in range(2 * parallel.PROBE)]
+        assert ways.count([(0, 3), (3, 6)]) == 2 and ways.count([(0, 6)]) == 2 * parallel.PROBE - 2
+        pool._per_row["_forward_chunk", True] = [parallel.MIN_SPLIT_S / 2]  # split is faster
+        ways = [pool.parts("_forward_chunk", 6) for _ in range(2 * parallel.PROBE)]
+        assert ways.count([(0, 6)]) == 2
+        monkeypatch.setattr(parallel, "MIN_SPLIT_S", 0.0)
+        pool._per_row.clear()
+        assert run() == [(0, 3), (3, 6)]  # 0: always split, even before any measurement
+    finally:
+        for pool in two._pools.values():
+            pool.close()
 
 
 @pytest.mark.parametrize("workers", ["threads", "processes"])

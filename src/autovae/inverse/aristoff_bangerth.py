@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .parallel import BandStack, ChunkWorkers, chunks, row_sum
+from .parallel import BandStack, ChunkWorkers, row_sum
 
 __all__ = ["AristoffBangerth", "BandedPoissonQ1", "published_test_cases", "reference_posterior"]
 
@@ -198,14 +198,15 @@ class BandedPoissonQ1:
         state["jobs"] = 1
         return state
 
-    def _run(self, method: str, theta: np.ndarray, *args, keep: bool = False) -> list:
-        """``method(theta chunk, *args, keep)`` on each chunk, on the workers if any."""
-        parts = chunks(len(theta), self.jobs)
-        calls = [(theta[a:b], *args) for a, b in parts]
+    def _run(self, method: str, theta: np.ndarray, *args, keep: bool = False):
+        """``method(theta chunk, *args, keep)`` on each chunk, on the workers if any (in
+        chunks only where the batch is worth splitting: :meth:`ChunkWorkers.parts`); the
+        chunks' (start, stop) and results."""
         workers = getattr(self, "_workers", None)
-        if workers is None or len(parts) < 2:
-            return [getattr(self, method)(*c) for c in calls]
-        return workers.call(method, calls, keep=keep)
+        if workers is None:
+            return [(0, len(theta))], [getattr(self, method)(theta, *args)]
+        parts = workers.parts(method, len(theta))
+        return parts, workers.call(method, [(theta[a:b], *args) for a, b in parts], keep=keep)
 
     def _solve_chunk(self, theta: np.ndarray, keep: bool = False):
         """z for a chunk; with ``keep``, (z, (factors, u))."""
@@ -222,11 +223,10 @@ class BandedPoissonQ1:
         """(B, 64) coefficients -> z (B, 169); with ``keep``, also what ``vjp`` needs. Each
         chunk of rows is factorised and solved by one LAPACK call, on its own worker; a row's
         values do not depend on its chunk."""
-        outs = self._run("_solve_chunk", theta, keep, keep=keep)
+        parts, outs = self._run("_solve_chunk", theta, keep, keep=keep)
         if not keep:
             return np.concatenate(outs)
-        return np.concatenate([z for z, _ in outs]), (chunks(len(theta), self.jobs),
-                                                      [s for _, s in outs])
+        return np.concatenate([z for z, _ in outs]), (parts, [s for _, s in outs])
 
     def vjp(self, state, g_z: np.ndarray) -> np.ndarray:
         """(B, 169) cotangent dJ/dz -> (B, 64) dJ/dtheta by one adjoint solve each.
@@ -257,7 +257,7 @@ class BandedPoissonQ1:
     def log_likelihood_and_grad(self, theta: np.ndarray, data: np.ndarray, sigma: float):
         """(B, 64) -> log L (B,) and d log L / d theta (B, 64), the adjoint solve right after
         the forward one (nothing kept between calls); each chunk of rows on its own worker."""
-        outs = self._run("_llg_chunk", theta, data, sigma)
+        _, outs = self._run("_llg_chunk", theta, data, sigma)
         return np.concatenate([a for a, _ in outs]), np.concatenate([g for _, g in outs])
 
     def _llg_chunk(self, theta, data, sigma):

@@ -30,7 +30,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .boundary import SIDES, BoundaryConditions
-from .parallel import BandStack, ChunkWorkers, chunks
+from .parallel import BandStack, ChunkWorkers
 
 __all__ = ["BANDED_MAX", "DarcySolver", "darcy_pressure", "observation_operator"]
 
@@ -317,11 +317,10 @@ class DarcySolver:
         if not np.isfinite(k).all() or (k <= 0).any():
             raise ValueError("exp(log_k) overflows or underflows (|log_k| > ~700): the "
                              "permeability must be positive and finite; bound log_k")
-        parts = chunks(len(k), jobs)
-        calls = [(k[a:b],) for a, b in parts]
-        workers = self._workers(jobs) if len(parts) > 1 else None
-        outs = workers.call("_forward_chunk", calls, keep=True) if workers else \
-            [self._forward_chunk(*c) for c in calls]
+        workers = self._workers(jobs)  # cuts the batch only where that pays (its .parts)
+        parts = workers.parts("_forward_chunk", len(k)) if workers else [(0, len(k))]
+        outs = workers.call("_forward_chunk", [(k[a:b],) for a, b in parts], keep=True) \
+            if workers else [self._forward_chunk(k)]
         return k, (parts, [f for _, f in outs], workers), np.concatenate([p for p, _ in outs])
 
     def _forward_chunk(self, k: np.ndarray):

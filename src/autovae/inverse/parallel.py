@@ -23,6 +23,7 @@ import functools
 import os
 import pickle
 import signal
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -238,6 +239,19 @@ this one (nothing pickled but each call's arrays; where ``fork`` is missing, thr
 
 _KEEP = 16  # states a worker keeps for a backward pass that may not come
 
+MIN_SPLIT_S = 0.003
+"""A batch is split over the workers only if this process's own estimate of its serial time
+(rows x the measured seconds per row of the same method, :meth:`ChunkWorkers.parts`) is at
+least this; below it, sending the chunks and reading the answers back costs more than the
+work they save (measured idle on 2 cores: a Darcy 16 x 16 batch of 16 rows, ~0.5 ms a call,
+ran 0.59x as fast on 2 processes as here; an Aristoff-Bangerth one, ~4 ms, 1.45x). Rows give
+the same bits in any chunk, so this choice changes the time, never the values. 0: always
+split (tests set it to exercise the workers)."""
+
+PROBE = 20
+"""Every PROBE-th batch above :data:`MIN_SPLIT_S` is run the way that measured slower, to
+follow the load (:meth:`ChunkWorkers.parts`)."""
+
 
 def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
     # Ctrl-C reaches the whole process group: the parent stops the run and then its workers
@@ -276,10 +290,15 @@ class ChunkWorkers:
     threads otherwise. ``keep``: the method returns (result, state) and the state stays with
     the worker that made it (a factorisation, for the adjoint solves), passed back as the
     first argument of :meth:`call_kept`. Every worker's answer is read before an error is
-    raised, so none is left in a pipe for the next call."""
+    raised, so none is left in a pipe for the next call.
+
+    :meth:`parts` says how to cut a batch: into ``jobs`` chunks only when its serial time
+    would be at least :data:`MIN_SPLIT_S`, else one chunk, run here (see there)."""
 
     def __init__(self, owner, jobs: int, workers: str | None = None):
         self.owner, self.jobs, self._key = owner, jobs, 0
+        self._per_row: dict[tuple[str, bool], list[float]] = {}  # (method, split) -> recent
+        self._calls: dict[str, int] = {}  # seconds per row of whole calls; calls split or not
         self._owed: set[int] = set()  # workers whose reply has not been read yet
         self.processes = (workers or WORKERS) == "processes"
         self._conns, self._procs = [], []
@@ -299,15 +318,50 @@ class ChunkWorkers:
         self._stop = weakref.finalize(self, _stop_workers, self._conns, self._procs,
                                       os.getpid())
 
+    def parts(self, method: str, n: int) -> list[tuple[int, int]]:
+        """The chunks for a batch of ``n`` rows given to ``method``: one, ``[(0, n)]``, run in
+        this process, when n x its seconds per row unsplit (the least of the last 5 calls
+        here: a pause for other work, or a first call's setup, is not the cost) is under
+        :data:`MIN_SPLIT_S` or measured fewer than twice; else ``chunks(n, jobs)``,
+        unless split calls were measured slower per row than unsplit ones (a loaded machine:
+        no free core). Every :data:`PROBE`-th such call tries the other way, so that both
+        measurements follow the load. ``MIN_SPLIT_S = 0``: always ``jobs`` chunks."""
+        if MIN_SPLIT_S <= 0:
+            return chunks(n, self.jobs)
+        serial, split = self._per_row.get((method, False), []), self._per_row.get((method, True))
+        if len(serial) < 2 or n * min(serial) < MIN_SPLIT_S:
+            return [(0, n)]
+        self._calls[method] = self._calls.get(method, 0) + 1
+        faster = not split or min(split) <= min(serial)
+        return chunks(n, self.jobs) if faster != (self._calls[method] % PROBE == 0) else [(0, n)]
+
+    def _note(self, method: str, args: list[tuple], start: float) -> None:
+        """Seconds per row of a whole call (rows: each chunk's first argument, an array)."""
+        rows = sum(len(a[0]) if a and hasattr(a[0], "__len__") else 1 for a in args)
+        times = self._per_row.setdefault((method, len(args) > 1), [])
+        times.append((time.perf_counter() - start) / max(1, rows))
+        del times[:-5]
+
     def call(self, method: str, args: list[tuple], keep: bool = False) -> list:
-        """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``); with ``keep``,
-        [(result, handle)] where handle is what :meth:`call_kept` takes."""
+        """``owner.method(*a)`` for each a in ``args`` (at most ``jobs``; each a's first item
+        the chunk's rows; the call timed for :meth:`parts`); with ``keep``, [(result, handle)]
+        where handle is what :meth:`call_kept` takes (one chunk: run here, its state kept
+        here)."""
+        start = time.perf_counter()
+        if len(args) == 1:
+            outs = [getattr(self.owner, method)(*args[0])]
+            self._note(method, args, start)
+            return outs
         if not self.processes:
-            return run_rows(lambda i, _: getattr(self.owner, method)(*args[i]), len(args),
+            outs = run_rows(lambda i, _: getattr(self.owner, method)(*args[i]), len(args),
                             self.jobs, each=True)
+            self._note(method, args, start)
+            return outs
         self._key += 1
-        outs = self._exchange(method, args[0], [(i, (self._key if keep else None, method, a,
-                                                     keep)) for i, a in enumerate(args[1:])])
+        key = self._key if keep else None
+        outs = self._exchange(lambda: getattr(self.owner, method)(*args[0]),
+                              [(i, (key, method, a, keep)) for i, a in enumerate(args[1:])])
+        self._note(method, args, start)
         if not keep:
             return outs
         return [outs[0]] + [(out, (i, self._key)) for i, out in enumerate(outs[1:])]
@@ -317,12 +371,12 @@ class ChunkWorkers:
         if not self.processes:
             return run_rows(lambda i, _: getattr(self.owner, method)(handles[i], *args[i]),
                             len(args), self.jobs, each=True)
-        return self._exchange(method, (handles[0], *args[0]),
+        return self._exchange(lambda: getattr(self.owner, method)(handles[0], *args[0]),
                               [(w, (key, method, a, False))
                                for (w, key), a in zip(handles[1:], args[1:], strict=True)])
 
-    def _exchange(self, method: str, local: tuple, messages: list) -> list:
-        """Send ``messages`` to the workers, run ``method(*local)`` here meanwhile, and read
+    def _exchange(self, local: Callable[[], Any], messages: list) -> list:
+        """Send ``messages`` to the workers, run ``local()`` here meanwhile, and read
         every reply; the results in order, or the first error once all are in."""
         died = "a worker process died (killed, or out of memory)"
         for w in sorted(self._owed):  # a call interrupted (Ctrl-C) before it read them: the
@@ -341,7 +395,7 @@ class ChunkWorkers:
                 pass
         outs, first = [None], None
         try:
-            outs[0] = getattr(self.owner, method)(*local)
+            outs[0] = local()
         except Exception as err:  # noqa: BLE001 (raised below, once every reply is read)
             first = err
         for w, _ in messages:
