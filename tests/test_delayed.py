@@ -94,29 +94,54 @@ def test_error_model_moves_the_cheap_posterior_toward_the_fine_one(tmp_path):
 
 
 class _HolesForward(ForwardModel):
-    """A cheap model that fails (NaN) where the first parameter exceeds 0.5."""
+    """A cheap model that fails (NaN) where the first parameter exceeds ``edge``."""
 
     name = "holes"
 
-    def __init__(self, G):
+    def __init__(self, G, edge=0.5):
         super().__init__()
-        self.G = torch.as_tensor(G)
+        self.G, self.edge = torch.as_tensor(G), edge
         self.n_obs, d = self.G.shape
         self.param_shape = (d,)
 
     def evaluate(self, params):
         out = params @ self.G.T
-        return torch.where(params[:, :1] > 0.5, torch.full_like(out, math.nan), out)
+        return torch.where(params[:, :1] > self.edge, torch.full_like(out, math.nan), out)
 
 
-def test_cheap_nan_where_the_fine_model_is_finite_stops_the_run(tmp_path):
+@pytest.mark.parametrize("inner", ["rwm", "chees"])
+def test_cheap_nan_where_the_fine_model_is_finite_falls_back_exactly(inner, tmp_path):
     exact, problem, G = _linear()
-    kernel = DelayedAcceptanceKernel(coarse_target(problem, _HolesForward(G)), "rwm",
-                                     subchain=3)
-    with pytest.warns(RuntimeWarning, match="cheap model gave NaN where the fine model does not"):
-        r = run_chains(problem.target(), kernel, tmp_path / "h", chains=2, warmup=50,
-                       draws=200, seed=0, init=torch.zeros(2, 6))
-    assert r.status == "diverged" and "biased" in r.reason
+    edge = float(exact.mean[0])  # the cheap model fails on half the fine posterior's mass
+    kernel = DelayedAcceptanceKernel(coarse_target(problem, _HolesForward(G, edge)), inner,
+                                     subchain=3 if inner == "rwm" else 2)
+    draws = 1500 if inner == "rwm" else 500
+    r = run_chains(problem.target(), kernel, tmp_path / inner, chains=4, warmup=200,
+                   draws=draws, seed=1)
+    assert r.status == "complete", r.reason
+    _within_4_mcse(r.draws, exact)  # the region the cheap model cannot value is sampled
+    assert (r.draws.reshape(-1, 6)[:, 0] > edge).mean() > 0.3
+    s = delayed_summary(r)
+    assert s["cheap_fallbacks"] > 0  # counted, and their fine solves are in the fine count
+    assert s["fine_solves"] == problem.forward.solves >= s["cheap_fallbacks"]
+
+
+def test_cheap_fallback_values_and_gradient_are_the_fine_models():
+    exact, problem, G = _linear()
+    kernel = DelayedAcceptanceKernel(coarse_target(problem, _HolesForward(G)), "chees")
+    fine = problem.target()
+    kernel.setup(fine, torch.zeros(2, 6), 0, 10)
+    z = torch.tensor([[0.0] * 6, [1.0] + [0.2] * 5, [0.3] * 6])  # row 1: the cheap model fails
+    solves, before = problem.forward.solves, kernel.cheap_fallbacks
+    u, g = kernel.coarse.potential_and_grad(z)
+    u_f, g_f = fine.potential_and_grad(z)
+    assert torch.allclose(u, u_f) and torch.allclose(g, g_f)  # the cheap model is G here too
+    assert kernel.cheap_fallbacks == before + 1 and problem.forward.solves > solves
+    # where the fine model fails too, the cheap level is NaN: rejected, as fine kernels do
+    nan_fine = InverseProblem(StandardNormalPrior(6), _HolesForward(G, 0.5), problem.data, 1.0)
+    kernel.setup(nan_fine.target(), torch.zeros(2, 6), 0, 10)
+    u = kernel.coarse.potential(z)
+    assert torch.isnan(u[1]) and torch.isfinite(u[[0, 2]]).all()
 
 
 def test_bad_cheap_models_are_refused():
@@ -284,3 +309,37 @@ def test_the_cheap_model_gets_jobs():
         assert d["cheap"].jobs == 2 and d["setup_fine_solves"] == 0
     finally:
         d["cheap"].close_workers()
+
+
+_HOLEY = '''
+import torch
+
+from autovae.inverse.forward_models import AristoffBangerthForward
+
+
+class Holey(AristoffBangerthForward):
+    """Aristoff-Bangerth failing (NaN) on a deterministic 30% of the parameter space."""
+
+    def __init__(self):
+        super().__init__()
+        self.name = "holey"
+
+    def evaluate(self, params):
+        out = super().evaluate(params)
+        hole = torch.frac(1e3 * params.detach().reshape(len(params), -1).sum(1)) < 0.3
+        return torch.where(hole[:, None], torch.full_like(out, float("nan")), out)
+'''
+
+
+def test_invert_reports_the_cheap_fallbacks(tmp_path, monkeypatch):
+    from autovae.inverse import invert
+    from autovae.inverse.outputs import format_summary
+
+    (tmp_path / "holey_cheap.py").write_text(_HOLEY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = invert(problem="aristoff-bangerth", prior="lognormal", kernel="rwm", subchain=2,
+               coarse_forward="holey_cheap:Holey", chains=2, warmup=10, draws=10, seed=0,
+               out=str(tmp_path / "c")).summary
+    assert s["status"] == "complete" and s["cheap_fallbacks"] > 0
+    assert s["fine_solves"] == s["solves"] >= s["cheap_fallbacks"]
+    assert f"{s['cheap_fallbacks']:,} cheap fallbacks" in format_summary(s)

@@ -19,9 +19,12 @@ on 16 x 16 cells, Darcy on half the grid), a surrogate fitted to prior draws' fi
 of the same parameter and observation sizes (``--coarse-forward``, the forms of
 ``--forward``). :class:`ApproximationError` corrects the cheap model's bias: the mean and
 covariance of fine - cheap outputs over prior draws (as tinyDA does), giving the cheap
-likelihood y - F_c - mu ~ N(0, Sigma_noise + Sigma). A cheap model whose outputs are NaN where
-the fine one's are not would exclude that region from the fine chain (pi_c = 0 there); the run
-stops then, naming it, rather than sample a biased posterior. ``adaptive_error`` (Cui, Fox &
+likelihood y - F_c - mu ~ N(0, Sigma_noise + Sigma). Where the cheap misfit is NaN or
+infinite, the cheap level takes the fine model's own misfit (and gradient) there instead: one
+fine solve, counted in ``solves`` and as a ``cheap_fallback``. This pi_c is still a fixed
+function of the point, positive wherever pi_f is, so the two-level ratio keeps pi_f exact (a
+cheap density of 0 where pi_f > 0 would instead hide that region from the fine chain); a point
+where the fine model fails too has pi_c = pi_f = 0 and is rejected. ``adaptive_error`` (Cui, Fox &
 O'Sullivan's adaptive delayed acceptance) instead learns the offset during warm-up from the
 fine and cheap outputs at the screened proposals, where the posterior is, and freezes it.
 
@@ -176,21 +179,41 @@ class DelayedAcceptanceKernel(MCMCKernel):
         self._cheap_predict = getattr(coarse, "predict", None)
         self.inner, self.subchain = inner, int(subchain)
         self.state: dict[str, Any] = {}
-        self._stop = ""
-        self._nan_rows: list[torch.Tensor] = []
+        self._fine: Target | None = None  # the fine target, for the cheap model's fallback
+        self.cheap_fallbacks = 0
 
-        def watched_phi(z):  # the cheap misfit, keeping the rows where it is NaN
+        def cheap_phi(z):  # the cheap misfit; the fine one where the cheap one is not finite
             out = coarse.phi(z)
-            nan = torch.isnan(out)
-            if nan.any():
-                self._nan_rows.append(z[nan].detach().clone())
-            return out
+            bad = ~torch.isfinite(out)
+            return self._fallback(coarse, z, out, bad) if bad.any() else out
 
-        self.coarse = Target(watched_phi, coarse.dim,
+        self.coarse = Target(cheap_phi, coarse.dim,
                              prior="normal" if coarse.normal_prior else coarse.log_prior,
                              dtype=coarse.dtype, solves=lambda: coarse.solves,
                              gradient=coarse.gradient, gradient_reason=coarse.gradient_reason,
                              residuals=coarse.residuals)
+
+    def _fallback(self, coarse: Target, z: torch.Tensor, out: torch.Tensor,
+                  bad: torch.Tensor) -> torch.Tensor:
+        """The cheap misfit ``out`` at the rows of z with the ``bad`` (non-finite) ones
+        replaced by the fine misfit (one fine solve each, with its gradient where the fine
+        model has one; otherwise a zero gradient there, which leaves a Metropolis or HMC
+        kernel exact, only slower). Under autograd the good rows are solved again without the
+        bad ones, so that a failed cheap solve's backward cannot spoil the gradient."""
+        fine = self._fine
+        if fine is None:
+            return out
+        rows, good = bad.nonzero().flatten(), (~bad).nonzero().flatten()
+        self.cheap_fallbacks += len(rows)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and fine.gradient):
+            u_f = fine.phi(z[rows]).to(out.dtype)
+        if not fine.gradient:
+            u_f = u_f.detach()
+        u_c = out[good]
+        if out.requires_grad and len(good):
+            u_c = coarse.phi(z[good]).to(out.dtype)
+        merged = torch.zeros(len(z), dtype=out.dtype)
+        return merged.index_put((good,), u_c).index_put((rows,), u_f)
 
     def config(self) -> dict[str, Any]:
         return {"kernel": self.name, "subchain": self.subchain, "inner": self.inner.config(),
@@ -226,17 +249,14 @@ class DelayedAcceptanceKernel(MCMCKernel):
         return out
 
     def setup(self, target: Target, z0: torch.Tensor, seed: int, warmup: int) -> torch.Tensor:
+        self._fine, self.cheap_fallbacks = target, 0
         self.inner.setup(self.coarse, z0, seed, warmup * self.subchain)
-        bad = ~torch.isfinite(self._cheap_potential(self.inner.state))
         with torch.no_grad():
             phi_f, lp = target.phi(z0), target.log_prior(z0)
         u0 = phi_f - lp
-        if bad.any() and torch.isfinite(u0[bad]).any():
-            self._stop = self._nan_reason(f"chains {bad.nonzero().flatten().tolist()}",
-                                          "at the start")
-            u0 = torch.where(bad, torch.tensor(math.nan, dtype=u0.dtype), u0)
         self.state = {"z": z0.clone(), "phi": phi_f, "log_prior": lp,
                       "coarse": self._coarse_cache(), "coarse_solves": 0, "bias_n": 0,
+                      "cheap_fallbacks": self.cheap_fallbacks,
                       "t": 0, "restart": warmup // 2,
                       "bias_sum": None if self._shift is None else self._shift.clone() * 0}
         return u0
@@ -262,13 +282,6 @@ class DelayedAcceptanceKernel(MCMCKernel):
         self._shift.copy_(s["bias_sum"] / s["bias_n"])
         s["coarse"] = self._cheap_values(s["z"])
 
-    @staticmethod
-    def _nan_reason(which, where) -> str:
-        return (f"the cheap model gave NaN where the fine model does not ({which}, "
-                f"{where}): the cheap posterior is 0 there, so delayed acceptance could never "
-                "reach that region and the fine posterior would be biased; fix the cheap model "
-                "(or its mesh) there")
-
     @property
     def z(self) -> torch.Tensor:
         return self.state["z"]
@@ -281,6 +294,7 @@ class DelayedAcceptanceKernel(MCMCKernel):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = dict(state["da"])
+        self.cheap_fallbacks = int(self.state.setdefault("cheap_fallbacks", 0))
         self.inner.load_state_dict(state["inner"])
         if self.adaptive_error and self.state["bias_n"] > 0:
             self._shift.copy_(self.state["bias_sum"] / self.state["bias_n"])
@@ -289,17 +303,17 @@ class DelayedAcceptanceKernel(MCMCKernel):
         self.inner.end_warmup(self.coarse)
 
     def stop_reason(self) -> str:
-        return self._stop or self.inner.stop_reason()
+        return self.inner.stop_reason()
 
     def sample(self, target: Target, gen: torch.Generator, adapting: bool
                ) -> dict[str, torch.Tensor]:
         s, inner = self.state, self.inner
+        self._fine = target
         z, cache = s["z"], s["coarse"]
         # the subchain starts at the fine state, with the cheap values there
         inner.state.update(z=z.clone(), **{k: None if v is None else v.clone()
                                            for k, v in cache.items()})
         solves0 = self.coarse.solves
-        self._nan_rows.clear()
         t0 = inner.state["t"]
         for _ in range(self.subchain):
             if self._hmc and not adapting:  # one trajectory length for the whole subchain
@@ -338,24 +352,16 @@ class DelayedAcceptanceKernel(MCMCKernel):
             acc if v.dim() == 2 else accepted, new_cache[k], v) for k, v in cache.items()}
         if learn:
             self._adapt_error(z_new[rows], fine_pred)
-        if self._nan_rows:  # does the fine model give a value where the cheap one gave NaN?
-            probe = torch.cat(self._nan_rows)
-            self._nan_rows.clear()
-            with torch.no_grad():
-                fine = target.phi(probe)
-            ok = torch.isfinite(fine)
-            if ok.any():  # say where: how far out, and how likely the fine posterior is there
-                self._stop = self._nan_reason(
-                    f"{int(ok.sum())} proposals, the nearest at |z| max "
-                    f"{float(probe[ok].abs().amax(1).min()):.3g} with fine misfit "
-                    f"{float(fine[ok].min()):.4g}", "in a subchain")
+        s["cheap_fallbacks"] = self.cheap_fallbacks
         c = z.shape[0]
         return {"accept_prob": torch.where(moved, accept_prob, torch.zeros_like(accept_prob)),
                 "accepted": accepted, "nonfinite": torch.zeros(c, dtype=torch.bool),
                 "step_size": inner.step_sizes().to(z.dtype), "lp": s["log_prior"] - s["phi"],
                 "subchain_moved": moved.to(z.dtype),
                 "coarse_solves": torch.full((c,), float(s["coarse_solves"]),
-                                            dtype=torch.float64)}
+                                            dtype=torch.float64),
+                "cheap_fallbacks": torch.full((c,), float(self.cheap_fallbacks),
+                                              dtype=torch.float64)}
 
 
 # -- cheap models -------------------------------------------------------------------------------
@@ -448,7 +454,9 @@ def coarse_forward(fine: ForwardModel, spec: str | None = None, **options) -> Fo
 
 
 def delayed_summary(result, setup_fine_solves: int = 0) -> dict[str, Any]:
-    """The run's summary plus the cheap solves: ``coarse_solves``, ``fine_solves`` (the
+    """The run's summary plus the cheap solves: ``coarse_solves``, ``cheap_fallbacks`` (the
+    points where the cheap model failed and the fine one valued the cheap level, over warm-up
+    and sampling; their fine solves are in ``solves``), ``fine_solves`` (the
     chains' ``solves`` plus ``setup_fine_solves``, those spent before the chains: a
     surrogate's training draws, an error model's prior draws) and the headline
     ``ess_per_1000_fine_solves``."""
@@ -456,6 +464,8 @@ def delayed_summary(result, setup_fine_solves: int = 0) -> dict[str, Any]:
     cs = result.stats.get("coarse_solves")
     coarse = int(np.max(cs)) if cs is not None and cs.size else 0
     out["coarse_solves"] = coarse
+    fb = result.stats.get("cheap_fallbacks")
+    out["cheap_fallbacks"] = int(np.max(fb)) if fb is not None and fb.size else 0
     fine = (out.get("solves") or 0) + int(setup_fine_solves)
     out["fine_solves"], out["setup_fine_solves"] = fine, int(setup_fine_solves)
     ess = out.get("ess_bulk_min")

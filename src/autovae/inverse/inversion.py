@@ -141,7 +141,8 @@ def _run(cfg, built, problem, cf, target, kernel, kernel_name, delayed, bars, pr
         from .delayed import delayed_summary
 
         d = delayed_summary(result, setup_solves)
-        out.update({k: d[k] for k in ("coarse_solves", "fine_solves", "setup_fine_solves",
+        out.update({k: d[k] for k in ("coarse_solves", "cheap_fallbacks", "fine_solves",
+                                      "setup_fine_solves",
                                       "ess_per_1000_fine_solves", "fine_acceptance_of_moved")
                     if k in d}, **report)
     write_outputs(cf, problem, result, out, built, error_bars=bars)

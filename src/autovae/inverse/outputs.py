@@ -181,6 +181,12 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{s.get('solves', 0):,} PDE solves (forward and adjoint) in "
             f"{f('seconds', '{:.1f}')} s",
         ]
+        if s.get("fine_solves") is not None:  # delayed acceptance
+            lines.append(
+                f"delayed acceptance: {s['fine_solves']:,} fine solves (ESS per 1000 "
+                f"{f('ess_per_1000_fine_solves')}), {s.get('coarse_solves', 0):,} cheap solves, "
+                f"{s.get('cheap_fallbacks', 0):,} cheap fallbacks (points where the cheap "
+                "model failed, valued by the fine model)")
         if s.get("note"):
             lines.append(s["note"])
         log = s.get("log_rel_l2_mean") is not None  # positive parameters: read in their logs
