@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 __all__ = ["MAX_JOBS", "WORKERS", "BandStack", "ChunkWorkers", "ProcessRows", "check_jobs",
-           "chunks", "row_sum", "run_rows"]
+           "chunks", "on_chunks", "on_kept", "row_sum", "run_rows"]
 
 MAX_JOBS = 256
 """The most workers: threads are cheap, but each is a stack and, for UM-Bridge, a connection."""
@@ -418,6 +418,27 @@ class ChunkWorkers:
 
     def close(self) -> None:
         self._stop()
+
+
+def on_chunks(workers: ChunkWorkers | None, owner, method: str, n: int,
+              args: Callable[[int, int], tuple], keep: bool = False) -> tuple[list, list]:
+    """``owner.method(*args(a, b))`` on chunks (a, b) of rows 0..n: on ``workers`` (cut only
+    where that pays, :meth:`ChunkWorkers.parts`; ``keep`` as in :meth:`ChunkWorkers.call`),
+    or, without workers, as one chunk here. Returns the chunks and their results in order."""
+    if workers is None:
+        return [(0, n)], [getattr(owner, method)(*args(0, n))]
+    parts = workers.parts(method, n)
+    return parts, workers.call(method, [args(a, b) for a, b in parts], keep=keep)
+
+
+def on_kept(workers: ChunkWorkers | None, owner, method: str, parts: list, states: list,
+            args: Callable[[int, int], tuple]) -> list:
+    """``owner.method(state, *args(a, b))`` for each chunk (a, b) of :func:`on_chunks` with
+    ``keep`` and the state kept for it, each run where its state is."""
+    if workers is None:
+        return [getattr(owner, method)(s, *args(a, b)) for s, (a, b) in zip(states, parts,
+                                                                           strict=True)]
+    return workers.call_kept(method, states, [args(a, b) for a, b in parts])
 
 
 def _stop_workers(conns: list, procs: list, pid: int) -> None:
