@@ -535,6 +535,22 @@ def test_chunk_workers_stop_when_dropped_and_a_dead_worker_is_one_value_error():
     assert not alive.is_alive()
 
 
+def test_chunk_workers_carry_arrays_larger_than_a_pipe_buffer_both_ways():
+    from autovae.inverse.parallel import WORKERS, ChunkWorkers
+
+    if WORKERS != "processes":
+        pytest.skip("no fork here")
+    pool = ChunkWorkers(_Echo(), 2)
+    try:
+        big = np.random.default_rng(0).normal(size=(3, 300_000))  # 2.4 MB a row: many writes
+        for _ in range(2):  # and the next message is read from its start
+            out = pool.call("echo", [(big[:1],), (big[1:],)])
+            assert np.array_equal(np.concatenate(out), big)
+        assert pool.call("echo", [("a",), ({"b": None},)]) == ["a", {"b": None}]
+    finally:
+        pool.close()
+
+
 class _Interrupted:
     def __init__(self):
         self.parent, self.interrupt = os.getpid(), False
