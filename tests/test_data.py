@@ -509,6 +509,21 @@ def test_dequantize_draws_inside_each_level_and_refuses_other_data():
             load_data(name)
     with pytest.raises(ValueError, match="dequantised already"):
         load_data("dequantized:17:dequantized:17:digits")
+    from autovae.data import DatasetInfo, _Source, register_dataset
+
+    rng = np.random.default_rng(0)
+    train, test = (rng.integers(0, 256, (n, 4, 4), dtype=np.uint8) for n in (50, 40))
+    register_dataset(DatasetInfo("tiny-bytes", "test only", lambda root, download: _Source(
+        train, np.arange(50) % 5, test, np.arange(40) % 4, None)))
+    try:  # the families nest either way, and 8-bit images are on 256 levels
+        for name in ("test-subset:8:dequantized:256:tiny-bytes",
+                     "dequantized:256:test-subset:8:tiny-bytes"):
+            d = load_data(name, val_size=5)
+            assert d.dequantized == 256 and len(d.test) == 8
+            assert torch.equal(requantize(d.test, 256), load_data("test-subset:8:tiny-bytes",
+                                                                     val_size=5).test)
+    finally:
+        del DATASETS["tiny-bytes"]
 
 
 def test_training_draws_fresh_dequantisation_noise_for_every_batch(tmp_path, monkeypatch):
