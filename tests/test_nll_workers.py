@@ -148,3 +148,21 @@ def test_inference_forward_is_the_network_to_float_rounding(onednn, monkeypatch)
         assert torch.allclose(inference_forward(wide, z.double()), wide(z.double()), rtol=1e-12)
     with torch.enable_grad():  # with autograd: the network as it is
         assert inference_forward(decoder, z).requires_grad
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc")
+def test_only_several_workers_set_the_process_wide_malloc_setting():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from autovae import _cpu; from autovae.config import Config; "
+            "from autovae.models import build_model; torch.manual_seed(0); "
+            "m = build_model(Config(hidden=16, depth=1), (1, 28, 28)).eval(); "
+            "m.log_likelihood(torch.rand(2, 1, 28, 28), 20, workers=int(sys.argv[1])); "
+            "print(_cpu._kept)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(__import__("pathlib").Path(__file__).parents[1] / "src")
+    kept = [subprocess.run([sys.executable, "-c", code, str(w)], env=env, capture_output=True,
+                           text=True, check=True).stdout.strip() for w in (1, 2)]
+    assert kept == ["False", "True"]
