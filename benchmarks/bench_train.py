@@ -303,7 +303,8 @@ def nll_section(d: DataSplits, args) -> None:
         line = (f"  {n} thread(s): {seconds:.2f} s, {draws / seconds:.0f} samples/s, "
                 f"{rate:.1f} GFLOP/s of a {peak:.1f} GFLOP/s matmul peak = {rate / peak:.1%} "
                 f"(goal >= 80%); 10k test images: {seconds * 10000 / x.shape[0] / 60:.1f} min; "
-                f"per CPU second {flops / cpu / 1e9 / core_cpu:.1%} of a one-thread matmul's, "
+                f"per CPU second {flops / cpu / 1e9:.1f} GFLOP, {flops / cpu / 1e9 / core_cpu:.1%} "
+                f"of a one-thread matmul's {core_cpu:.1f}, "
                 f"{cpu / seconds / n:.0%} of {n} core(s) busy")
         if n > 1:
             line += (f"; each op on {n} threads (before): {flops / before[0] / 1e9 / peak:.1%} "
