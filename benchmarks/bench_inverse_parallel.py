@@ -266,9 +266,11 @@ def _jobs_batch(args, batch, counts, parallel, BandedPoissonQ1, DarcySolver) -> 
         cases = {(1, "-"): make(1)}  # one worker: neither processes nor threads
         for kind in ("processes", "threads", "split"):  # split: processes, every batch split
             parallel.WORKERS = "threads" if kind == "threads" else "processes"
-            for j in counts[1:]:  # the workers start with the solver's first use
-                cases[(j, kind)] = make(j)
-                run(cases[(j, kind)], j)
+            for j in counts[1:]:  # the workers start with the solver's first use; then as
+                cases[(j, kind)] = make(j)  # in a sampler's run of thousands of calls: past
+                parallel.MIN_SPLIT_S = 0.0 if kind == "split" else min_split  # the rule's
+                for _ in range(10):  # first measurements and the fresh workers' page faults
+                    run(cases[(j, kind)], j)
         parallel.WORKERS = default
         best = dict.fromkeys(cases, math.inf)
         for _ in range(args.repeats):  # interleaved: a burst of other work spoils all alike

@@ -387,10 +387,14 @@ def test_a_batch_too_cheap_to_split_runs_here_and_gives_the_same_values(workers,
         assert pool._key == (1 if workers == "processes" else 0)
         # split calls measured slower per row than unsplit ones (no free core): one chunk,
         # but every PROBE-th call split, to follow the load
-        pool._per_row["_forward_chunk", True] = [2 * parallel.MIN_SPLIT_S]
+        pool._per_row["_forward_chunk", True] = [2 * parallel.MIN_SPLIT_S] * (
+            parallel.SPLIT_TRIALS - 1)  # too few to judge (a fresh worker's first calls)
+        assert pool.parts("_forward_chunk", 6) == [(0, 3), (3, 6)]
+        pool._per_row["_forward_chunk", True].append(2 * parallel.MIN_SPLIT_S)
+        pool._calls.clear()
         ways = [pool.parts("_forward_chunk", 6) for _ in range(2 * parallel.PROBE)]
         assert ways.count([(0, 3), (3, 6)]) == 2 and ways.count([(0, 6)]) == 2 * parallel.PROBE - 2
-        pool._per_row["_forward_chunk", True] = [parallel.MIN_SPLIT_S / 2]  # split is faster
+        pool._per_row["_forward_chunk", True] = [parallel.MIN_SPLIT_S / 2] * 3  # split faster
         ways = [pool.parts("_forward_chunk", 6) for _ in range(2 * parallel.PROBE)]
         assert ways.count([(0, 6)]) == 2
         monkeypatch.setattr(parallel, "MIN_SPLIT_S", 0.0)

@@ -248,6 +248,11 @@ ran 0.59x as fast on 2 processes as here; an Aristoff-Bangerth one, ~4 ms, 1.45x
 the same bits in any chunk, so this choice changes the time, never the values. 0: always
 split (tests set it to exercise the workers)."""
 
+SPLIT_TRIALS = 3
+"""Split calls measured before split is judged slower than one chunk: a freshly forked
+worker's first calls pay its copy-on-write page faults and cold caches (at 2026-12-07, idle, a
+rule that judged from one such call kept an Aristoff-Bangerth batch of 64 rows in one process,
+1.05x, where split calls ran 1.76x)."""
 PROBE = 100
 """Every PROBE-th batch above :data:`MIN_SPLIT_S` is run the way that measured slower, to
 follow the load (:meth:`ChunkWorkers.parts`). Each probe costs a call at the slower speed:
@@ -359,16 +364,17 @@ class ChunkWorkers:
         this process, when n x its seconds per row unsplit (the least of the last 5 calls
         here: a pause for other work, or a first call's setup, is not the cost) is under
         :data:`MIN_SPLIT_S` or measured fewer than twice; else ``chunks(n, jobs)``,
-        unless split calls were measured slower per row than unsplit ones (a loaded machine:
-        no free core). Every :data:`PROBE`-th such call tries the other way, so that both
-        measurements follow the load. ``MIN_SPLIT_S = 0``: always ``jobs`` chunks."""
+        unless :data:`SPLIT_TRIALS` split calls were measured slower per row than unsplit
+        ones (a loaded machine: no free core). Every :data:`PROBE`-th such call tries the
+        other way, so that both measurements follow the load. ``MIN_SPLIT_S = 0``: always
+        ``jobs`` chunks."""
         if MIN_SPLIT_S <= 0:
             return chunks(n, self.jobs)
         serial, split = self._per_row.get((method, False), []), self._per_row.get((method, True))
         if len(serial) < 2 or n * min(serial) < MIN_SPLIT_S:
             return [(0, n)]
         self._calls[method] = self._calls.get(method, 0) + 1
-        faster = not split or min(split) <= min(serial)
+        faster = len(split or ()) < SPLIT_TRIALS or min(split) <= min(serial)
         return chunks(n, self.jobs) if faster != (self._calls[method] % PROBE == 0) else [(0, n)]
 
     def _note(self, method: str, args: list[tuple], start: float) -> None:
