@@ -15,13 +15,19 @@
    above 1.01 the run is labelled unconverged) and each one's error: against the packaged
    reference posterior mean on Aristoff-Bangerth (relative L2, ln theta and theta), against
    the truth on Darcy.
-3. **Solves per second against --jobs** (1, 2, ... the cores) for a batch of ``--batch`` rows,
-   forward + adjoint solves as the sampler calls them (the forward's factors kept for the
-   adjoint), Aristoff-Bangerth and Darcy (16 x 16), in processes (with the rules that keep a
+3. **Solves per second against --jobs** (1, 2, ... the cores) for batches of ``--batch`` rows
+   (16 and 64), forward + adjoint solves as the samplers call them: Aristoff-Bangerth fused
+   (each row's adjoint right after its forward, one call: what ChEES and MALA use) and kept
+   (through autograd: the forward's factors kept on their worker for the adjoint call), and
+   Darcy (16 x 16, through autograd), in processes (with the rules that keep a
    batch in one process: too cheap to split, or measured slower split), threads, and
    processes with every batch split, best of ``--repeats``, the --jobs interleaved (one
    timing of each in turn) so that a burst of other work on the machine
-   spoils all of them alike rather than one; then Pyro's NUTS with its chains in --jobs
+   spoils all of them alike rather than one. Then, where the time of a call split over two
+   processes goes, by CPU time (meaningful on a loaded machine too): this process's, inside
+   its chunk and outside it (messages and bookkeeping), and the worker's, against one
+   process's (the calls alternated); ``Nx by CPU time`` is the ratio that waiting for a
+   core or a wake-up cannot spoil. Then Pyro's NUTS with its chains in --jobs
    processes (solves per wall second of sampling).
 4. **UM-Bridge throughput against requests in flight**: a real ``autovae serve-forward`` server
    with 8 workers of a model that sleeps a fixed 50 ms per evaluation, ``--rows`` rows per
@@ -167,6 +173,49 @@ def _best(fn, repeats):
     return min(times)
 
 
+def _worker_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process so far, from /proc (10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_split(serial, split, pool, methods, run, calls):
+    """CPU milliseconds per call of ``run`` on ``serial`` (one process) and on ``split`` (every
+    batch split over ``pool``'s 2 processes), the calls alternated so that both meet the same
+    load: this process's (the serial call's; the split call's in total and inside its own
+    chunks' ``methods``, the rest being messages and bookkeeping) and the worker's -- where a
+    split call's time goes, whatever the load."""
+    inside = [0.0]
+
+    def timed(chunk):
+        def call(*a):
+            t = time.thread_time()
+            try:
+                return chunk(*a)
+            finally:
+                inside[0] += time.thread_time() - t
+        return call
+
+    for m in methods:  # this process's chunks only: the worker has its own copy
+        setattr(split, m, timed(getattr(split, m)))
+    one = here = 0.0
+    try:
+        pid = pool._procs[0].pid
+        there = _worker_cpu(pid)
+        for _ in range(calls):
+            t = time.thread_time()
+            run(serial, 1)
+            one += time.thread_time() - t
+            t = time.thread_time()
+            run(split, 2)
+            here += time.thread_time() - t
+        there = _worker_cpu(pid) - there
+    finally:
+        for m in methods:
+            del split.__dict__[m]
+    return [1e3 * x / calls for x in (one, here, inside[0], there)]
+
+
 def jobs(args) -> None:
     from autovae.inverse import parallel
     from autovae.inverse.aristoff_bangerth import BandedPoissonQ1
@@ -174,33 +223,46 @@ def jobs(args) -> None:
 
     cores = os.cpu_count() or 1
     counts = sorted({1, 2, cores})
-    print(f"\n== 3. Solves/s against --jobs, batch of {args.batch} rows, forward + adjoint, "
-          f"{cores} cores present; the chunks in processes (what --jobs uses: a batch under "
+    print(f"\n== 3. Solves/s against --jobs, forward + adjoint, {cores} cores present; the "
+          "chunks in processes (what --jobs uses: a batch under "
           f"{parallel.MIN_SPLIT_S * 1e3:g} ms of serial work, or one measured slower split, runs "
           "in one process), in threads (the same rules), and in processes with every batch "
-          "split ==")
+          "split; then the CPU time of a split call (2 processes) ==")
+    for batch in args.batch:
+        _jobs_batch(args, batch, counts, parallel, BandedPoissonQ1, DarcySolver)
+    nuts_jobs(args, counts)
+
+
+def _jobs_batch(args, batch, counts, parallel, BandedPoissonQ1, DarcySolver) -> None:
     rng = np.random.default_rng(0)
-    theta = np.exp(rng.normal(0, 0.5, (args.batch, 64)))
-    g_z = rng.normal(0, 1, (args.batch, 169))
-    log_k = rng.normal(0, 1, (args.batch, 256))
-    g = rng.normal(0, 1, (args.batch, 256))
+    theta = np.exp(rng.normal(0, 0.5, (batch, 64)))
+    g_z = rng.normal(0, 1, (batch, 169))
+    z_hat = rng.normal(0, 0.1, 169)
+    log_k = rng.normal(0, 1, (batch, 256))
+    g = rng.normal(0, 1, (batch, 256))
 
     def ab_solver(j):
         ab = BandedPoissonQ1()
         ab.set_jobs(j)
         return ab
 
-    def ab_run(ab, j):  # as the sampler runs it: forward solves kept for the adjoint ones
+    def ab_fused(ab, j):  # as ChEES and MALA call it: each row's adjoint right after its forward
+        ab.log_likelihood_and_grad(theta, z_hat, 0.05)
+
+    def ab_kept(ab, j):  # through autograd: the forward's factors kept for the adjoint
         _, state = ab.solve(theta, keep=True)
         ab.vjp(state, g_z)
 
-    def darcy_run(darcy, j):
+    def darcy_run(darcy, j):  # through autograd, as every sampler calls it
         k, factors, p = darcy._forward(log_k, j)
         darcy._adjoint(k, factors, p, g, j)
 
     default, min_split = parallel.WORKERS, parallel.MIN_SPLIT_S
-    for name, make, run in (("aristoff-bangerth", ab_solver, ab_run),
-                            ("darcy 16x16", lambda j: DarcySolver(16), darcy_run)):
+    for name, make, run, methods in (
+            ("aristoff-bangerth fused", ab_solver, ab_fused, ("_llg_chunk",)),
+            ("aristoff-bangerth kept", ab_solver, ab_kept, ("_solve_chunk", "_vjp_chunk")),
+            ("darcy 16x16", lambda j: DarcySolver(16), darcy_run,
+             ("_forward_chunk", "_adjoint_chunk"))):
         cases = {(1, "-"): make(1)}  # one worker: neither processes nor threads
         for kind in ("processes", "threads", "split"):  # split: processes, every batch split
             parallel.WORKERS = "threads" if kind == "threads" else "processes"
@@ -213,12 +275,23 @@ def jobs(args) -> None:
             for key, solver in cases.items():
                 parallel.MIN_SPLIT_S = 0.0 if key[1] == "split" else min_split
                 best[key] = min(best[key], _best(lambda s=solver, j=key[0], r=run: r(s, j), 1))
-        parallel.MIN_SPLIT_S = min_split
         for (j, kind), t in best.items():
-            rate = 2 * args.batch / t
-            print(f"{name:18s} --jobs {j:2d} {kind:9s}: {rate:8.0f} solves/s "
+            rate = 2 * batch / t
+            print(f"{name:23s} batch {batch:3d} --jobs {j:2d} {kind:9s}: {rate:8.0f} solves/s "
                   f"({best[(1, '-')] / t:.2f}x --jobs 1)", flush=True)
-    nuts_jobs(args, counts)
+        serial, split = cases[(1, "-")], cases[(2, "split")]
+        pool = split.__dict__.get("_workers") or split.__dict__.get("_pools", {}).get(2)
+        if pool is not None and pool.processes and Path("/proc/self/stat").exists():
+            parallel.MIN_SPLIT_S = 0.0
+            calls = max(20, int(1.0 / best[(1, "-")]))  # ~1 s serial: /proc's 10 ms ticks
+            one, here, inside, there = _cpu_split(serial, split, pool, methods, run, calls)
+            print(f"{'':23s} CPU ms a call: --jobs 1 {one:.2f}; split over 2 processes: here "
+                  f"{here:.2f} (its chunk {inside:.2f}, messages and bookkeeping "
+                  f"{here - inside:.2f}), the worker {there:.2f}; "
+                  f"{one / max(here, there):.2f}x by CPU time", flush=True)
+        parallel.MIN_SPLIT_S = min_split
+        for solver in cases.values():
+            solver.close_workers()
 
 
 def nuts_jobs(args, counts) -> None:
@@ -297,7 +370,8 @@ def main() -> None:
     p.add_argument("--nuts-chains", type=int, default=4)
     p.add_argument("--nuts-warmup", type=int, default=300)
     p.add_argument("--nuts-draws", type=int, default=650)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=lambda v: [int(b) for b in v.split(",")], default=[16, 64],
+                   help="rows a batch in part 3, comma-separated (default 16,64)")
     p.add_argument("--nuts-jobs-warmup", type=int, default=10)
     p.add_argument("--nuts-jobs-draws", type=int, default=10)
     p.add_argument("--rows", type=int, default=32)

@@ -20,10 +20,12 @@ Fashion-MNIST is used when Debian's dataset-fashion-mnist is installed, random i
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,7 @@ from torch import nn
 from autovae.config import Config
 from autovae.data import DataSplits, load_data
 from autovae.models import MODELS, Model, build_model
+from autovae.nets import _onednn_linear
 from autovae.run import Run
 from autovae.training import train
 
@@ -53,22 +56,40 @@ def matmul_peak(repeats: int = 5) -> float:
     return matmul_peaks(repeats)[0]
 
 
-def matmul_peaks(repeats: int = 5) -> tuple[float, float]:
-    """(GFLOP per second, GFLOP per CPU second of this process) of float32 matmuls shaped like
-    the model's layers (batch 1000), best of ``repeats``."""
-    a, b = torch.randn(1000, HIDDEN), torch.randn(HIDDEN, HIDDEN)
-    c, d = torch.randn(1000, PIXELS), torch.randn(PIXELS, HIDDEN)
-    for _ in range(10):
-        a @ b, c @ d
-    gflop = 50 * (2 * 1000 * HIDDEN * HIDDEN + 2 * 1000 * PIXELS * HIDDEN) / 1e9
+def matmul_peaks(repeats: int = 5, layers=((HIDDEN, HIDDEN), (PIXELS, HIDDEN)), rows: int = 1000,
+                 streams: int = 1) -> tuple[float, float]:
+    """(GFLOP per second, GFLOP per CPU second of this process) of float32 matmuls of ``rows``
+    rows through ``layers`` ((in, out) pairs; default the model's layer shapes), best of
+    ``repeats`` and of torch's two CPU matmuls: MKL's (``@``, which autograd uses) and
+    oneDNN's (the NLL's, :func:`autovae.nets.inference_forward`), whichever is faster here.
+    ``streams`` > 1: also ``streams`` single-core threads at once, each its own matmuls (the
+    NLL's workers' way), against each op split over torch's threads; the faster counts."""
+    inputs = [torch.randn(rows, a) for a, _ in layers]
+    weights = [torch.randn(b, a) for a, b in layers]
+    products = [lambda: [h @ w.t() for h, w in zip(inputs, weights, strict=True)]]
+    onednn = _onednn_linear()
+    if onednn is not None:
+        products.append(lambda: [onednn(h, w, None, "none", [None], "")
+                                 for h, w in zip(inputs, weights, strict=True)])
+    flop = 2 * rows * sum(a * b for a, b in layers)
+    passes = max(1, round(47.5e9 / flop))  # (50 for the default shapes, as before)
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(streams, initializer=torch.set_num_threads, initargs=(1,))
     best, best_cpu = 0.0, 0.0
-    for _ in range(repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        for _ in range(50):
-            a @ b
-            c @ d
-        best = max(best, gflop / (time.perf_counter() - start))
-        best_cpu = max(best_cpu, gflop / max(time.process_time() - cpu, 1e-9))
+    try:
+        for product, n in itertools.product(products, sorted({1, streams})):
+            def run(_=None, product=product):
+                for _ in range(passes):
+                    product()
+            for _ in range(repeats + 1):  # (the first: warm-up)
+                start, cpu = time.perf_counter(), time.process_time()
+                run() if n == 1 else list(pool.map(run, range(n)))
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+                best = max(best, n * passes * flop / 1e9 / wall)
+                best_cpu = max(best_cpu, n * passes * flop / 1e9 / max(cpu, 1e-9))
+    finally:
+        pool.shutdown()
+        torch.set_num_threads(threads)
     return best, best_cpu
 
 
@@ -240,7 +261,9 @@ def main() -> None:
 
 def nll_section(d: DataSplits, args) -> None:
     """(b) the K-sample NLL's GFLOP/s as a fraction of the float32 matmul peak, on one thread
-    and on all, each peak measured beside it (rounds alternate peak and NLL; best of each).
+    and on all, each peak measured beside it (rounds alternate peak and NLL; best of each):
+    the decoder's layer shapes at the NLL's rows per chunk, the faster of MKL and oneDNN, on n
+    threads the faster of each op split over them and n single-core streams at once.
     On n threads the NLL runs n single-core workers (``VAE.log_likelihood``); the form it
     replaced, each op split over n threads, is timed in the same rounds. Every NLL is drawn at
     the same seed, so all readings must give the same numbers."""
@@ -250,6 +273,8 @@ def nll_section(d: DataSplits, args) -> None:
     draws = x.shape[0] * args.nll_samples
     flops = draws * mlp_flops(DEC) + x.shape[0] * mlp_flops(ENC)
     threads = torch.get_num_threads()
+    chunk = max(1, min(args.nll_samples, 2**20 // (x.shape[0] * PIXELS)))  # (log_likelihood's)
+    shapes = dict(layers=list(zip(DEC, DEC[1:], strict=False)), rows=chunk * x.shape[0])
     print(f"\n(b) NLL with K = {args.nll_samples} on {x.shape[0]} images, best of "
           f"{args.repeats} rounds (each: matmul peak, then the NLL); load average "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
@@ -268,7 +293,8 @@ def nll_section(d: DataSplits, args) -> None:
         model.log_likelihood(x[:10], 50)  # warm-up
         peak, peak_cpu, ours, before = 0.0, 0.0, (float("inf"),) * 2, (float("inf"),) * 2
         for _ in range(args.repeats):
-            peak, peak_cpu = (max(v) for v in zip((peak, peak_cpu), matmul_peaks(), strict=True))
+            reading = matmul_peaks(**shapes, streams=n)
+            peak, peak_cpu = (max(v) for v in zip((peak, peak_cpu), reading, strict=True))
             ours = min(ours, nll_seconds(n))
             if n > 1:
                 before = min(before, nll_seconds(1))
@@ -277,7 +303,8 @@ def nll_section(d: DataSplits, args) -> None:
         line = (f"  {n} thread(s): {seconds:.2f} s, {draws / seconds:.0f} samples/s, "
                 f"{rate:.1f} GFLOP/s of a {peak:.1f} GFLOP/s matmul peak = {rate / peak:.1%} "
                 f"(goal >= 80%); 10k test images: {seconds * 10000 / x.shape[0] / 60:.1f} min; "
-                f"per CPU second {flops / cpu / 1e9 / core_cpu:.1%} of a one-thread matmul's, "
+                f"per CPU second {flops / cpu / 1e9:.1f} GFLOP, {flops / cpu / 1e9 / core_cpu:.1%} "
+                f"of a one-thread matmul's {core_cpu:.1f}, "
                 f"{cpu / seconds / n:.0%} of {n} core(s) busy")
         if n > 1:
             line += (f"; each op on {n} threads (before): {flops / before[0] / 1e9 / peak:.1%} "

@@ -468,6 +468,13 @@ CLI_CASES = [
     ("27 test subset of no count", ["train", "--run", R + "/new", *TRAIN, "--data",
                                     "test-subset:many:fashion-mnist"],
      "test-subset:many:fashion-mnist: give test-subset:N:NAME"),
+    ("27 dequantised from the wrong levels", ["train", "--run", R + "/new", *TRAIN, "--data",
+                                              "dequantized:256:digits"],
+     "dequantized:256:digits: its values are not on the 256 levels 0, 1/255, ..., 1 (they "
+     "are on 17 levels)"),
+    ("27 binarised dequantised data", ["train", "--run", R + "/new", *TRAIN, "--data",
+                                       "dequantized:17:digits", "--binarize", "dynamic"],
+     "binarize / test_binarize on dequantized:17:digits"),
 ]
 
 
@@ -868,6 +875,7 @@ def _lib_cases():
     from autovae.beliefs import LatentSpec, family, kl, likelihood
     from autovae.bounds import Bound, renyi_bound
     from autovae.control import generating_spec
+    from autovae.data import dequantize
     from autovae.scoring import binarized_test_set
     from autovae.search import SearchSpace, open_storage
     from autovae.search.pairing_map import map_cells, run_map
@@ -984,6 +992,9 @@ def _lib_cases():
          "at least 2 seeds per model, got 1: with one seed there is no spread"),
         ("27 a map cell of no likelihood", lambda: map_cells(["digits"], ["poisson"], [2]),
          "likelihoods: poisson not on the map"),
+        ("27 dequantize values off the levels",
+         lambda: dequantize(torch.tensor([0.3, 1.0]), 17, name="fields"),
+         "fields: its values are not on the 17 levels"),
         ("i NaN encoder output", lambda: LatentSpec.parse("normal/normal:2").posterior(
             torch.tensor([[math.nan, 0.0, 0.0, 0.0]])), "encoder output h holds 1 non-finite"),
         # issue 24

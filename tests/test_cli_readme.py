@@ -33,6 +33,7 @@ def test_datasets_lists_the_registry(capsys):
     starts = {line.index(info.description) for line in out.splitlines()
               for info in DATASETS.values() if line.endswith(info.description)}
     assert starts == {max(16, width)}
+    assert "or dequantized:L:NAME" in out
 
 
 def test_bad_input_is_one_line_and_exit_code_2(capsys):

@@ -459,6 +459,104 @@ def test_binarised_evaluation_of_real_values_is_refused(tmp_path):
         binarized_test_set(torch.tensor([[-1.0, 2.0]]), 0, "fields")
 
 
+def test_dequantized_digits_are_in_the_open_interval_with_a_fixed_test_draw():
+    from autovae.config import Config
+    from autovae.data import requantize
+    from autovae.run import test_data_label
+
+    levels = load_data("digits")
+    d = load_data("dequantized:17:digits")
+    assert d.name == "dequantized:17:digits" and d.dequantized == 17 and levels.dequantized is None
+    for x, k in ((d.train, levels.train), (d.val, levels.val), (d.test, levels.test)):
+        assert bool(((x > 0) & (x < 1)).all())
+        assert torch.equal(torch.floor(17 * x), torch.round(16 * k))  # the levels recovered
+        assert torch.equal(requantize(x, 17), k)
+    frac = (17 * d.train - torch.floor(17 * d.train)).double()  # u: uniform in every cell
+    assert frac.mean().item() == pytest.approx(0.5, abs=0.005)
+    assert frac.var().item() == pytest.approx(1 / 12, abs=0.002)
+    other = load_data("dequantized:17:digits", seed=1)
+    assert torch.equal(other.test, d.test)  # the same test draw whatever the run's seed
+    assert not torch.equal(other.train, d.train)
+    assert test_data_label(Config(data="dequantized:17:digits"), d.test) == \
+        "dequantised from 17 levels (fixed draw), a density on (0, 1)"
+
+
+def test_dequantize_draws_inside_each_level_and_refuses_other_data():
+    from autovae.data import DEQUANTIZE_MARGIN, dequantize, requantize
+
+    x = torch.arange(5.0).repeat(2000) / 4  # 5 levels
+    a = dequantize(x, 5, torch.Generator().manual_seed(3))
+    assert torch.equal(a, dequantize(x, 5, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, dequantize(x, 5, torch.Generator().manual_seed(4)))
+    low, high = 4 * x / 5 + DEQUANTIZE_MARGIN / 5, (4 * x + 1) / 5 - DEQUANTIZE_MARGIN / 5
+    assert bool(((a >= low - 1e-7) & (a <= high + 1e-7)).all())
+    assert torch.equal(requantize(a, 5), x)
+    for bad, levels, match in (
+            (torch.tensor([0.0, 0.5, 1.0]), 4, r"not on the 4 levels 0, 1/3, \.\.\., 1 \(they "
+                                              r"are on 3 levels\)"),
+            (torch.tensor([0.5, 1.5]), 3, r"values in \[0.5, 1.5\], not in \[0, 1\]"),
+            (torch.tensor([0.0, float("nan")]), 2, "not on the 2 levels"),
+            (torch.rand(50, generator=torch.Generator().manual_seed(0)), 2,
+             "50 distinct values on no grid"),
+            (torch.tensor([0.0, 1.0]), 1, "levels must be an int >= 2, got 1")):
+        with pytest.raises(ValueError, match=match):
+            dequantize(bad, levels)
+    with pytest.raises(ValueError, match=r"dequantized:256:digits: its values are not on the "
+                                         r"256 levels .* \(they are on 17 levels\)"):
+        load_data("dequantized:256:digits")
+    for name in ("dequantized:1:digits", "dequantized:17:nothing", "dequantized:digits"):
+        with pytest.raises(ValueError, match="give dequantized:L:NAME"):
+            load_data(name)
+    with pytest.raises(ValueError, match="dequantised already"):
+        load_data("dequantized:17:dequantized:17:digits")
+    from autovae.data import DatasetInfo, _Source, register_dataset
+
+    rng = np.random.default_rng(0)
+    train, test = (rng.integers(0, 256, (n, 4, 4), dtype=np.uint8) for n in (50, 40))
+    register_dataset(DatasetInfo("tiny-bytes", "test only", lambda root, download: _Source(
+        train, np.arange(50) % 5, test, np.arange(40) % 4, None)))
+    try:  # the families nest either way, and 8-bit images are on 256 levels
+        for name in ("test-subset:8:dequantized:256:tiny-bytes",
+                     "dequantized:256:test-subset:8:tiny-bytes"):
+            d = load_data(name, val_size=5)
+            assert d.dequantized == 256 and len(d.test) == 8
+            assert torch.equal(requantize(d.test, 256), load_data("test-subset:8:tiny-bytes",
+                                                                     val_size=5).test)
+    finally:
+        del DATASETS["tiny-bytes"]
+
+
+def test_training_draws_fresh_dequantisation_noise_for_every_batch(tmp_path, monkeypatch):
+    from autovae import training
+    from autovae.config import Config
+    from autovae.data import requantize
+    from autovae.run import prepare
+
+    drawn = []
+    real = training.dequantize
+
+    def spy(*args, **kwargs):
+        drawn.append(real(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(training, "dequantize", spy)
+    config = Config(data="dequantized:17:digits", likelihood="continuous-bernoulli",
+                    latent="normal/normal:2", hidden=8, depth=1, epochs=2, batch_size=600,
+                    nll_samples=2)
+    data = prepare(config)
+    training.train(config, tmp_path / "run", data=data)
+    assert len(drawn) == 4  # 2 batches an epoch, 2 epochs
+    row = {requantize(x, 17).numpy().tobytes(): i for i, x in enumerate(data.train)}
+    seen: dict[int, list[torch.Tensor]] = {}
+    for x in torch.cat(drawn):
+        seen.setdefault(row[requantize(x, 17).numpy().tobytes()], []).append(x)
+    assert len(seen) == len(data.train)  # every image, once an epoch
+    for i, (a, b) in seen.items():  # each epoch its own noise, neither the stored draw
+        assert not torch.equal(a, b) and not torch.equal(a, data.train[i])
+    with pytest.raises(ValueError, match=r"binarize / test_binarize on dequantized:17:digits"):
+        prepare(config.replace(likelihood="bernoulli", binarize="dynamic"))
+
+
 def test_control_data_are_binary_fixed_and_follow_their_beliefs():
     from autovae.control import control_arrays
 

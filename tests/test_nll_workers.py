@@ -2,6 +2,7 @@
 one core; the draws come from the calling thread in order, so the estimate does not depend on
 the number of workers."""
 
+import copy
 import threading
 
 import pytest
@@ -121,3 +122,47 @@ def test_keep_freed_memory_stops_the_page_faults_of_each_chunk():
     (kept, faults), (_, before) = run("keep"), run("as-is")
     assert kept and faults < 10 < before, (faults, before)  # (4 KiB pages: 2000 per block)
     assert run("keep", MALLOC_TOP_PAD_="0")[0] is False  # the user's own tuning is left alone
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_inference_forward_is_the_network_to_float_rounding(onednn, monkeypatch):
+    from torch import nn
+
+    from autovae import nets
+    from autovae.nets import MLPDecoder, inference_forward
+
+    if not onednn:  # (torch without oneDNN's fused linear: a linear and an in-place ReLU)
+        monkeypatch.setattr(nets, "_onednn_linear", lambda: None)
+    elif nets._onednn_linear() is None:
+        pytest.skip("this torch has no oneDNN linear")
+    torch.manual_seed(0)
+    decoder = MLPDecoder(5, (1, 6, 6), hidden=32, depth=2)
+    other = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8, bias=False), nn.ReLU())
+    z = torch.randn(70, 5) * 3
+    with torch.no_grad():
+        for net in (decoder, other, nn.Linear(5, 3)):
+            fast, plain = inference_forward(net, z), net(z)
+            assert fast.shape == plain.shape and (plain <= 0).any()  # (ReLUs that cut)
+            assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5), (fast - plain).abs().max()
+        wide = copy.deepcopy(decoder).double()  # (float64: MKL's path, oneDNN or not)
+        assert torch.allclose(inference_forward(wide, z.double()), wide(z.double()), rtol=1e-12)
+    with torch.enable_grad():  # with autograd: the network as it is
+        assert inference_forward(decoder, z).requires_grad
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc")
+def test_only_several_workers_set_the_process_wide_malloc_setting():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from autovae import _cpu; from autovae.config import Config; "
+            "from autovae.models import build_model; torch.manual_seed(0); "
+            "m = build_model(Config(hidden=16, depth=1), (1, 28, 28)).eval(); "
+            "m.log_likelihood(torch.rand(2, 1, 28, 28), 20, workers=int(sys.argv[1])); "
+            "print(_cpu._kept)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(__import__("pathlib").Path(__file__).parents[1] / "src")
+    kept = [subprocess.run([sys.executable, "-c", code, str(w)], env=env, capture_output=True,
+                           text=True, check=True).stdout.strip() for w in (1, 2)]
+    assert kept == ["False", "True"]

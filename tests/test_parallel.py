@@ -430,6 +430,37 @@ def test_chunk_workers_give_the_values_of_one_chunk_and_raise_after_every_reply(
         pool.close()
 
 
+def test_close_workers_stops_the_built_in_models_pools_and_their_rows_then_run_here(
+        monkeypatch):
+    from autovae.inverse import parallel
+    from autovae.inverse.forward_models import AristoffBangerthForward, DarcyForward
+
+    if parallel.WORKERS != "processes":
+        pytest.skip("no fork: the built-in models use threads")
+    monkeypatch.setattr(parallel, "MIN_SPLIT_S", 0.0)  # every batch split
+    rng = np.random.default_rng(3)
+    for model, x in ((AristoffBangerthForward(), np.exp(rng.normal(0, 0.3, (4, 64)))),
+                     (DarcyForward(grid=8), rng.normal(0, 1, (4, 8, 8)))):
+        x = torch.from_numpy(x)
+        with torch.no_grad():
+            one = model(x)
+            model.set_jobs(2)
+            assert torch.equal(model(x), one)
+        solver = getattr(getattr(model, "benchmark", None), "_solver", None)
+        if solver is not None:
+            pools = [solver._workers]
+        else:
+            from autovae.inverse.darcy import _solver
+
+            pools = list(_solver(8, 3.0, model.bc)._pools.values())
+        procs = [proc for pool in pools for proc in pool._procs]
+        assert procs and all(proc.is_alive() for proc in procs)
+        model.close_workers()
+        assert model.jobs == 1 and not any(proc.is_alive() for proc in procs)
+        with torch.no_grad():
+            assert torch.equal(model(x), one)
+
+
 class Killed(Exception):
     """Stands for a kill (Pyro turns a RuntimeError in the potential into a divergence)."""
 
@@ -502,6 +533,22 @@ def test_chunk_workers_stop_when_dropped_and_a_dead_worker_is_one_value_error():
     gc.collect()
     alive.join(timeout=10)
     assert not alive.is_alive()
+
+
+def test_chunk_workers_carry_arrays_larger_than_a_pipe_buffer_both_ways():
+    from autovae.inverse.parallel import WORKERS, ChunkWorkers
+
+    if WORKERS != "processes":
+        pytest.skip("no fork here")
+    pool = ChunkWorkers(_Echo(), 2)
+    try:
+        big = np.random.default_rng(0).normal(size=(3, 300_000))  # 2.4 MB a row: many writes
+        for _ in range(2):  # and the next message is read from its start
+            out = pool.call("echo", [(big[:1],), (big[1:],)])
+            assert np.array_equal(np.concatenate(out), big)
+        assert pool.call("echo", [("a",), ({"b": None},)]) == ["a", {"b": None}]
+    finally:
+        pool.close()
 
 
 class _Interrupted:

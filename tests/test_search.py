@@ -235,6 +235,8 @@ def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys)
     assert [(c.data, c.likelihood) for c in cells] == [("digits", "bernoulli"),
                                                        ("digits", "gaussian"),
                                                        ("control-cauchy", "bernoulli")]
+    dequantized = map_cells(["dequantized:17:digits"], ["bernoulli", "continuous-bernoulli"], [2])
+    assert [c.likelihood for c in dequantized] == ["continuous-bernoulli"]  # a density only
     base = BASE.replace(epochs=1, hidden=8, nll_samples=5)
     result = run_map(cells[:1], tmp_path / "map", base, seeds=2, trials=2,
                      pairs=["normal/normal", "laplace/laplace"])

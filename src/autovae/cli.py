@@ -40,6 +40,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
           "noise, --likelihood gaussian)")
     print("or test-subset:N:NAME, dataset NAME with N of its test images, equal per label (e.g. "
           "test-subset:1000:fashion-mnist)")
+    print("or dequantized:L:NAME, dataset NAME's L levels uniformly dequantised into (0, 1), for "
+          "a density likelihood (e.g. dequantized:17:digits, dequantized:256:fashion-mnist)")
     print("or a path: a .npy / .npz file, or a folder of images (see the README)")
     return 0
 

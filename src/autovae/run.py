@@ -29,7 +29,7 @@ import yaml
 from ._checks import check_folder, check_output_file, load_yaml, syntax_error
 from ._files import atomic_write
 from .config import Config, unknown
-from .data import DataSplits, binarize, load_data
+from .data import DataSplits, binarize, dequantized_levels, load_data
 from .models import Model, build_model
 from .scoring import binarized_test_set, describe_test_data
 
@@ -218,6 +218,10 @@ def prepare(config: Config, device: torch.device | str = "cpu") -> DataSplits:
         val_size = int(val_size)
     data = load_data(config.data, config.data_root, val_size=val_size, seed=config.seed,
                      limit=config.limit, download=config.download)
+    if data.dequantized and (config.binarize != "none" or config.test_binarize is not None):
+        raise ValueError(f"binarize / test_binarize on {data.name}: dequantised values are for "
+                         "a density likelihood (continuous-bernoulli, gaussian); to binarise, "
+                         "use the quantised data (drop the dequantized:L: prefix)")
     fixed_test = (None if config.test_binarize is None
                   else binarized_test_set(data.test, config.test_binarize, data.name))
     if config.binarize == "static":
@@ -233,7 +237,7 @@ def test_data_label(config: Config, x: torch.Tensor) -> str:
     """What the test NLL of a run with ``config`` is measured on (see :mod:`autovae.scoring`):
     the fixed binarisation, the run's static one, or the data as loaded."""
     static = config.seed + 7 if config.binarize == "static" else None
-    return describe_test_data(x, config.test_binarize, static)
+    return describe_test_data(x, config.test_binarize, static, dequantized_levels(config.data))
 
 
 def load_trained(folder, device: str | None = None) -> tuple[Run, Config, Model, DataSplits]:

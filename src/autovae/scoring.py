@@ -51,10 +51,13 @@ def binarized_test_set(x: torch.Tensor, seed: int, name: str = "the data") -> to
 
 
 def describe_test_data(x: torch.Tensor, binarized_seed: int | None = None,
-                       static_seed: int | None = None) -> str:
+                       static_seed: int | None = None, dequantized: int | None = None) -> str:
     """A short label for what an NLL on ``x`` is measured on: the fixed binarisation and its
-    seed, a static binarisation (drawn with the run's own seed), binary data, grey levels in
+    seed, a static binarisation (drawn with the run's own seed), the fixed dequantisation of
+    ``dequantized`` levels (:func:`autovae.data.dequantize`), binary data, grey levels in
     [0, 1], or real values."""
+    if dequantized is not None:
+        return f"dequantised from {dequantized} levels (fixed draw), a density on (0, 1)"
     if binarized_seed is not None:
         return f"binarised (fixed draw, seed {binarized_seed})"
     if static_seed is not None:

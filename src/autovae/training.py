@@ -30,7 +30,7 @@ from ._checks import check_folder
 from ._registry import model_key
 from .beliefs import NonFiniteInputError
 from .config import SETTINGS, Config, unknown
-from .data import DataSplits, binarize
+from .data import DataSplits, binarize, dequantize, requantize
 from .models import Model, NonFiniteLossError, StepContext, build_model, evaluation_mode
 from .run import Run, load_model_state, prepare, resolve_device
 
@@ -215,6 +215,9 @@ def train(config: Config, run_folder, *, resume: bool = False, data: DataSplits 
             x = data.train[order[i * config.batch_size:(i + 1) * config.batch_size]]
             if config.binarize == "dynamic":
                 x = binarize(x, data_gen if device.type == "cpu" else None)
+            if data.dequantized:  # fresh noise for every batch
+                x = dequantize(requantize(x, data.dequantized), data.dequantized,
+                               data_gen if device.type == "cpu" else None)
             ctx.batch, ctx.batch_size = i, x.shape[0]
             steps = model.training_step(x, ctx)
             stepped = False

@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .parallel import BandStack, ChunkWorkers, row_sum
+from .parallel import BandStack, ChunkWorkers, on_chunks, on_kept, row_sum
 
 __all__ = ["AristoffBangerth", "BandedPoissonQ1", "published_test_cases", "reference_posterior"]
 
@@ -192,21 +192,15 @@ class BandedPoissonQ1:
         self._workers = ChunkWorkers(self, jobs) if jobs > 1 else None
         self.jobs = jobs
 
+    def close_workers(self) -> None:
+        """Stop the worker processes, if any (the rows then run here; same values)."""
+        self.set_jobs(1)
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_workers", None)  # worker processes stay with this process
         state["jobs"] = 1
         return state
-
-    def _run(self, method: str, theta: np.ndarray, *args, keep: bool = False):
-        """``method(theta chunk, *args, keep)`` on each chunk, on the workers if any (in
-        chunks only where the batch is worth splitting: :meth:`ChunkWorkers.parts`); the
-        chunks' (start, stop) and results."""
-        workers = getattr(self, "_workers", None)
-        if workers is None:
-            return [(0, len(theta))], [getattr(self, method)(theta, *args)]
-        parts = workers.parts(method, len(theta))
-        return parts, workers.call(method, [(theta[a:b], *args) for a, b in parts], keep=keep)
 
     def _solve_chunk(self, theta: np.ndarray, keep: bool = False):
         """z for a chunk; with ``keep``, (z, (factors, u))."""
@@ -223,7 +217,8 @@ class BandedPoissonQ1:
         """(B, 64) coefficients -> z (B, 169); with ``keep``, also what ``vjp`` needs. Each
         chunk of rows is factorised and solved by one LAPACK call, on its own worker; a row's
         values do not depend on its chunk."""
-        parts, outs = self._run("_solve_chunk", theta, keep, keep=keep)
+        parts, outs = on_chunks(getattr(self, "_workers", None), self, "_solve_chunk",
+                                len(theta), lambda a, b: (theta[a:b], keep), keep=keep)
         if not keep:
             return np.concatenate(outs)
         return np.concatenate([z for z, _ in outs]), (parts, [s for _, s in outs])
@@ -235,12 +230,8 @@ class BandedPoissonQ1:
         dJ/dtheta_k = -lambda^T A_k u, summed over the block's 16 cells.
         """
         parts, states = state
-        calls = [(g_z[a:b],) for a, b in parts]
-        workers = getattr(self, "_workers", None)
-        if workers is None or len(parts) < 2:
-            return np.concatenate([self._vjp_chunk(s, *c) for s, c in zip(states, calls,
-                                                                          strict=True)])
-        return np.concatenate(workers.call_kept("_vjp_chunk", states, calls))
+        return np.concatenate(on_kept(getattr(self, "_workers", None), self, "_vjp_chunk",
+                                      parts, states, lambda a, b: (g_z[a:b],)))
 
     def _grad_theta(self, u: np.ndarray, lam: np.ndarray) -> np.ndarray:
         """-lambda^T A_k u for every k: (B, 961) solutions and adjoints -> (B, 64)."""
@@ -257,7 +248,8 @@ class BandedPoissonQ1:
     def log_likelihood_and_grad(self, theta: np.ndarray, data: np.ndarray, sigma: float):
         """(B, 64) -> log L (B,) and d log L / d theta (B, 64), the adjoint solve right after
         the forward one (nothing kept between calls); each chunk of rows on its own worker."""
-        _, outs = self._run("_llg_chunk", theta, data, sigma)
+        _, outs = on_chunks(getattr(self, "_workers", None), self, "_llg_chunk", len(theta),
+                            lambda a, b: (theta[a:b], data, sigma))
         return np.concatenate([a for a, _ in outs]), np.concatenate([g for _, g in outs])
 
     def _llg_chunk(self, theta, data, sigma):

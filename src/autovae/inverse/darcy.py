@@ -30,7 +30,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .boundary import SIDES, BoundaryConditions
-from .parallel import BandStack, ChunkWorkers
+from .parallel import BandStack, ChunkWorkers, on_chunks, on_kept
 
 __all__ = ["BANDED_MAX", "DarcySolver", "darcy_pressure", "observation_operator"]
 
@@ -308,6 +308,11 @@ class DarcySolver:
             pools[jobs] = ChunkWorkers(self, jobs)
         return pools[jobs]
 
+    def close_workers(self) -> None:
+        """Stop the worker processes of every ``jobs`` used, if any (started again on demand)."""
+        for pool in self.__dict__.pop("_pools", {}).values():
+            pool.close()
+
     def _forward(self, log_k: np.ndarray, jobs: int = 1):
         """(B, n^2) log k -> (k (B, n^2), the factors by chunk, p (B, n^2)); each chunk of rows
         on its own worker (banded: one LAPACK call); a row's values do not depend on its
@@ -318,9 +323,8 @@ class DarcySolver:
             raise ValueError("exp(log_k) overflows or underflows (|log_k| > ~700): the "
                              "permeability must be positive and finite; bound log_k")
         workers = self._workers(jobs)  # cuts the batch only where that pays (its .parts)
-        parts = workers.parts("_forward_chunk", len(k)) if workers else [(0, len(k))]
-        outs = workers.call("_forward_chunk", [(k[a:b],) for a, b in parts], keep=True) \
-            if workers else [self._forward_chunk(k)]
+        parts, outs = on_chunks(workers, self, "_forward_chunk", len(k), lambda a, b: (k[a:b],),
+                                keep=True)
         return k, (parts, [f for _, f in outs], workers), np.concatenate([p for p, _ in outs])
 
     def _forward_chunk(self, k: np.ndarray):
@@ -344,9 +348,8 @@ class DarcySolver:
         """dJ/dlog k (B, n, n) from dJ/dp = g (B, n^2), for the factors of the forward solve
         (as :meth:`_forward` returns them: on the workers that made them)."""
         parts, states, workers = factors
-        calls = [(k[a:b], p[a:b], g[a:b]) for a, b in parts]
-        outs = workers.call_kept("_adjoint_chunk", states, calls) if workers else \
-            [self._adjoint_chunk(s, *c) for s, c in zip(states, calls, strict=True)]
+        outs = on_kept(workers, self, "_adjoint_chunk", parts, states,
+                       lambda a, b: (k[a:b], p[a:b], g[a:b]))
         return np.concatenate(outs).reshape(len(p), self.n, self.n)
 
     def _adjoint_chunk(self, factor, k, p, g) -> np.ndarray:

@@ -80,6 +80,19 @@ class DarcyForward(ForwardModel):
 
         self.jobs = check_jobs(jobs, processes=WORKERS == "processes")
 
+    def close_workers(self) -> None:
+        """Stop the worker processes of the solvers this model ran with ``jobs`` > 1."""
+        super().close_workers()
+        if self.jobs > 1:
+            from .darcy import _solver
+
+            solver = self.__dict__.get("_field_solver")  # a source field's, or the shared one
+            if solver is None and self.source.ndim == 0:
+                solver = _solver(self.grid, float(self.source), self.bc)
+            if solver is not None:
+                solver.close_workers()
+        self.jobs = 1
+
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         return self.pressure(params, self.points)
 
@@ -210,6 +223,12 @@ class AristoffBangerthForward(ForwardModel):
 
         self.jobs = check_jobs(jobs, processes=WORKERS == "processes")
         self.benchmark._solver.set_jobs(self.jobs)
+
+    def close_workers(self) -> None:
+        """Stop the solver's worker processes (the rows then run here; same values)."""
+        super().close_workers()
+        self.benchmark._solver.close_workers()
+        self.jobs = 1
 
     def evaluate(self, params: torch.Tensor) -> torch.Tensor:
         """Observations, or NaN rows where the stiffness matrix cannot be factorised (theta's

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 __all__ = ["MAX_JOBS", "WORKERS", "BandStack", "ChunkWorkers", "ProcessRows", "check_jobs",
-           "chunks", "row_sum", "run_rows"]
+           "chunks", "on_chunks", "on_kept", "row_sum", "run_rows"]
 
 MAX_JOBS = 256
 """The most workers: threads are cheap, but each is a stack and, for UM-Bridge, a connection."""
@@ -248,9 +248,44 @@ ran 0.59x as fast on 2 processes as here; an Aristoff-Bangerth one, ~4 ms, 1.45x
 the same bits in any chunk, so this choice changes the time, never the values. 0: always
 split (tests set it to exercise the workers)."""
 
-PROBE = 20
+PROBE = 100
 """Every PROBE-th batch above :data:`MIN_SPLIT_S` is run the way that measured slower, to
-follow the load (:meth:`ChunkWorkers.parts`)."""
+follow the load (:meth:`ChunkWorkers.parts`). Each probe costs a call at the slower speed:
+where splitting runs r times as fast, (r - 1) / PROBE of the run's time (3.5% at r = 1.7 for
+PROBE = 20); at 100 the probes come every 0.3-3 s of an AB batch of 16-64 rows."""
+
+
+class _Pipe:
+    """One end of a :class:`ChunkWorkers` pipe: ``send``/``recv`` of pickled messages, as a
+    multiprocessing Connection's but with plain pickle, one write a message and reads of
+    whatever has arrived (a Connection pickles through ForkingPickler, which copies its table
+    of reducers each time, and reads a message's length and body in two system calls:
+    ~60 us more per message here, measured). A message read in part (Ctrl-C) is kept."""
+
+    def __init__(self, conn):
+        self.conn, self.fd, self._rest = conn, conn.fileno(), bytearray()
+
+    def send(self, obj) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(len(data).to_bytes(8, "little") + data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def recv(self):
+        while True:
+            if len(self._rest) >= 8:
+                end = 8 + int.from_bytes(self._rest[:8], "little")
+                if len(self._rest) >= end:
+                    msg = self._rest[8:end]
+                    del self._rest[:end]
+                    return pickle.loads(msg)
+            more = os.read(self.fd, 1 << 20)
+            if not more:
+                raise EOFError
+            self._rest += more
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker process)
@@ -258,6 +293,7 @@ def _chunk_worker(conn, owner) -> None:  # pragma: no cover (runs in the worker 
     # (close, or None on the pipe at exit); a worker killed by it would print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    conn = _Pipe(conn)
     kept: OrderedDict[int, Any] = OrderedDict()
     while True:
         try:
@@ -311,7 +347,7 @@ class ChunkWorkers:
                 proc = ctx.Process(target=_chunk_worker, args=(child, owner), daemon=True)
                 proc.start()
                 child.close()
-                self._conns.append(parent)
+                self._conns.append(_Pipe(parent))
                 self._procs.append(proc)
         # stopped by close(), when this pool is collected, or at exit (no strong reference
         # kept, as atexit.register would: a dropped solver's workers would live on)
@@ -418,6 +454,27 @@ class ChunkWorkers:
 
     def close(self) -> None:
         self._stop()
+
+
+def on_chunks(workers: ChunkWorkers | None, owner, method: str, n: int,
+              args: Callable[[int, int], tuple], keep: bool = False) -> tuple[list, list]:
+    """``owner.method(*args(a, b))`` on chunks (a, b) of rows 0..n: on ``workers`` (cut only
+    where that pays, :meth:`ChunkWorkers.parts`; ``keep`` as in :meth:`ChunkWorkers.call`),
+    or, without workers, as one chunk here. Returns the chunks and their results in order."""
+    if workers is None:
+        return [(0, n)], [getattr(owner, method)(*args(0, n))]
+    parts = workers.parts(method, n)
+    return parts, workers.call(method, [args(a, b) for a, b in parts], keep=keep)
+
+
+def on_kept(workers: ChunkWorkers | None, owner, method: str, parts: list, states: list,
+            args: Callable[[int, int], tuple]) -> list:
+    """``owner.method(state, *args(a, b))`` for each chunk (a, b) of :func:`on_chunks` with
+    ``keep`` and the state kept for it, each run where its state is."""
+    if workers is None:
+        return [getattr(owner, method)(s, *args(a, b)) for s, (a, b) in zip(states, parts,
+                                                                           strict=True)]
+    return workers.call_kept(method, states, [args(a, b) for a, b in parts])
 
 
 def _stop_workers(conns: list, procs: list, pid: int) -> None:

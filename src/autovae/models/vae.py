@@ -37,7 +37,7 @@ from ..beliefs import (
 )
 from ..beliefs.fisher import check_fisher
 from ..bounds import Bound, BoundEstimate
-from ..nets import NETWORK_KEYS, build_networks
+from ..nets import NETWORK_KEYS, build_networks, inference_forward
 from .base import Model, StepContext
 
 __all__ = ["VAE", "FisherPenalty"]
@@ -196,12 +196,14 @@ class VAE(Model):
         """q(z | x) per latent block. Encoder outputs are taken in float32 even under AMP."""
         return self.latent.posterior(self.encoder(x).float())
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output for draws of any leading shape: (..., dim) -> (..., *out_event)."""
+    def decode(self, z: torch.Tensor, inference: bool = False) -> torch.Tensor:
+        """Decoder output for draws of any leading shape: (..., dim) -> (..., *out_event).
+        ``inference`` (no autograd): through :func:`autovae.nets.inference_forward`."""
         lead = z.shape[:-1]
         if self.latent_clip is not None:
             z = z.clamp(-self.latent_clip, self.latent_clip)
-        out = self.decoder(z.reshape(-1, z.shape[-1])).float()
+        flat = z.reshape(-1, z.shape[-1])
+        out = (inference_forward(self.decoder, flat) if inference else self.decoder(flat)).float()
         return out.reshape(*lead, *out.shape[1:])
 
     def generate_from(self, z: torch.Tensor) -> torch.Tensor:
@@ -289,20 +291,23 @@ class VAE(Model):
         needs no more memory than K = 50. On the CPU, ``workers`` threads (default: torch's
         thread count) each decode whole chunks of draws on one core, which keeps all cores near
         the matmul peak; the draws are made in order by the calling thread, so the estimate is
-        the same for any ``workers``. glibc's malloc is set to keep freed memory for the rest of
-        the process (:func:`autovae._cpu.keep_freed_memory`).
+        the same for any ``workers``. With ``workers`` > 1, glibc's malloc is set to keep freed
+        memory for the rest of the process (:func:`autovae._cpu.keep_freed_memory`; not done
+        where a ``MALLOC_*_`` environment variable is set): else the workers' chunks page-fault
+        their blocks in anew (one worker does not).
         """
         if workers is None:
             workers = torch.get_num_threads() if x.device.type == "cpu" else 1
         workers = check("workers", workers, "count")
-        if x.device.type == "cpu":
-            keep_freed_memory()  # (else each chunk page-faults its blocks in anew)
+        if x.device.type == "cpu" and workers > 1:
+            keep_freed_memory()  # (else 170 to 390 page faults per chunk, 3 to 8% of its time)
         q = self.posterior(x)
         per_draw = x.shape[0] * math.prod(self.likelihood.out_event_shape)
         chunk = max(1, min(samples, budget // max(per_draw, 1)))
 
         def log_weights_logsumexp(z: torch.Tensor) -> torch.Tensor:
-            log_w = (self.likelihood.log_prob(x, self.decode(z)) + self.latent.log_p(z)
+            log_w = (self.likelihood.log_prob(x, self.decode(z, inference=True))
+                     + self.latent.log_p(z)
                      - self.latent.log_q(q, z))
             return torch.logsumexp(log_w, 0)
 

@@ -10,7 +10,9 @@ two seeds (no spread, no claim).
 
 Likelihoods: ``bernoulli`` is trained on dynamic binarisations and scored on a fixed binarised
 test set (seed 0; comparable to the binarised-MNIST literature); ``continuous-bernoulli`` and
-``gaussian`` (learned shared sigma) are trained and scored on the grey levels. Binary data (the
+``gaussian`` (learned shared sigma) are trained and scored on the grey levels, or on their
+uniform dequantisation (``dequantized:17:digits``: fresh noise every batch, a fixed test draw;
+:func:`autovae.data.dequantize`), where a density is bounded. Binary data (the
 known-belief controls of :mod:`autovae.control`) are used as they are, the Gaussian controls'
 real values under the Gaussian likelihood only. In a control's cell the generating pairing is
 retrained and scored too (``generating_*``), with the generating model's own NLL
@@ -79,7 +81,7 @@ class Cell:
 def map_cells(datasets: list[str], likelihoods: list[str], latent_dims: list[int]) -> list[Cell]:
     """Every (dataset, likelihood, latent size) that makes sense: binary data (the controls)
     only under the Bernoulli likelihood, real-valued fields (darcy-grf) only under the
-    Gaussian."""
+    Gaussian, dequantised data (``dequantized:L:NAME``) not under the Bernoulli."""
     unknown = sorted(set(likelihoods) - set(LIKELIHOODS))
     if unknown:
         raise ValueError(f"likelihoods: {', '.join(unknown)} not on the map; choose from "
@@ -94,6 +96,8 @@ def map_cells(datasets: list[str], likelihoods: list[str], latent_dims: list[int
                 continue  # binary data: only a pmf scores them
             if (data.startswith("darcy") or is_gaussian_control(data)) and lik != "gaussian":
                 continue  # real values: only the Gaussian takes them
+            if data.startswith("dequantized") and lik == "bernoulli":
+                continue  # dequantised values: only a density scores them
             cells += [Cell(data, lik, d) for d in latent_dims]
     if not cells:
         raise ValueError("no map cells: each dataset needs a likelihood that fits it "
