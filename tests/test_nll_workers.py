@@ -119,9 +119,13 @@ def test_keep_freed_memory_stops_the_page_faults_of_each_chunk():
                              capture_output=True, text=True, check=True).stdout.split()
         return out[0] == "True", float(out[1])
 
-    (kept, faults), (_, before) = run("keep"), run("as-is")
-    assert kept and faults < 10 < before, (faults, before)  # (4 KiB pages: 2000 per block)
+    kept, faults = run("keep")
+    assert kept and faults < 10, faults  # (4 KiB pages: 2000 per block)
     assert run("keep", MALLOC_TOP_PAD_="0")[0] is False  # the user's own tuning is left alone
+    before = run("as-is")[1]
+    if before < 10:  # glibc's own dynamic mmap threshold sometimes absorbs this pattern
+        pytest.skip(f"as glibc has it, this run page-faulted {before} times a chunk too: "
+                    "nothing to compare against")
 
 
 @pytest.mark.parametrize("onednn", [True, False])
