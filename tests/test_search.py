@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from autovae.cli import main
 from autovae.config import Config
+from autovae.run import Run
 from autovae.search import SearchSpace, StudySpec, allocate, create_study, open_storage
 from autovae.search.study import run_worker
 
@@ -235,11 +236,15 @@ def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys)
     assert [(c.data, c.likelihood) for c in cells] == [("digits", "bernoulli"),
                                                        ("digits", "gaussian"),
                                                        ("control-cauchy", "bernoulli")]
-    base = BASE.replace(epochs=1, hidden=8, nll_samples=5)
+    base = BASE.replace(epochs=1, hidden=8, nll_samples=5, limit=200)  # digits has 1197
     result = run_map(cells[:1], tmp_path / "map", base, seeds=2, trials=2,
                      pairs=["normal/normal", "laplace/laplace"])
     cell = result["cells"][0]
     assert cell["test_data"] == "binarised (fixed draw, seed 0)"
+    # the retrained models get the search's images, not retrain-best's default (all of them)
+    assert cell["train_images"] == 200
+    retrained = tmp_path / "map" / "cells" / cells[0].slug / "retrain"
+    assert [Run(f).load_config().limit for f in retrained.iterdir()] == [200] * 4
     assert len(cell["pairing_gain_per_seed"]) == 2
     assert cell["pairing_gain"] == pytest.approx(cell["normal_nll"] - cell["best_nll"])
     assert "| digits | bernoulli | binarised (fixed draw, seed 0) | 2 |" in map_table(result)
