@@ -335,6 +335,12 @@ def test_maps_with_other_candidate_pairs_combine(tmp_path):
         {"pairs": ["normal/normal"], "trials": 5, "pure_starts": False, "data": "a"},
         {"pairs": ["normal/normal", "normal/cauchy"], "trials": 6, "pure_starts": False,
          "data": "b"}]
+    # a combined map (e.g. the committed docs/results/map) combines again: its cells keep the
+    # pairs and trials they were searched with, not its first map's settings
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "pairing_map.json").write_text(json.dumps(
+        combine_maps([tmp_path / "a", tmp_path / "b"])))
+    assert combine_maps([tmp_path / "ab", tmp_path / "a"])["cells"] == cells + cells[:1]
     (tmp_path / "b" / "pairing_map.json").write_text(json.dumps(
         {"settings": {"seeds": 2, "pairs": [], "trials": 5}, "cells": []}))
     with pytest.raises(ValueError, match="other settings"):
