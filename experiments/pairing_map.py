@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nll-samples", type=int, default=5000, help="K of the test NLL")
     parser.add_argument("--note", default="", help="what this map is (stored with it)")
     parser.add_argument("--combine", nargs="+", default=None, metavar="DIR",
-                        help="no runs: combine the maps in these folders into --out")
+                        help="no runs: combine the maps in these folders into --out (a "
+                             "combined map combines again: docs/results/map can be one of "
+                             "them, and --out)")
     args = parser.parse_args(argv)
     try:
         if args.combine:

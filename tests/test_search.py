@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from autovae.cli import main
 from autovae.config import Config
+from autovae.run import Run
 from autovae.search import SearchSpace, StudySpec, allocate, create_study, open_storage
 from autovae.search.study import run_worker
 
@@ -237,11 +238,15 @@ def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys)
                                                        ("control-cauchy", "bernoulli")]
     dequantized = map_cells(["dequantized:17:digits"], ["bernoulli", "continuous-bernoulli"], [2])
     assert [c.likelihood for c in dequantized] == ["continuous-bernoulli"]  # a density only
-    base = BASE.replace(epochs=1, hidden=8, nll_samples=5)
+    base = BASE.replace(epochs=1, hidden=8, nll_samples=5, limit=200)  # digits has 1197
     result = run_map(cells[:1], tmp_path / "map", base, seeds=2, trials=2,
                      pairs=["normal/normal", "laplace/laplace"])
     cell = result["cells"][0]
     assert cell["test_data"] == "binarised (fixed draw, seed 0)"
+    # the retrained models get the search's images, not retrain-best's default (all of them)
+    assert cell["train_images"] == 200
+    retrained = tmp_path / "map" / "cells" / cells[0].slug / "retrain"
+    assert [Run(f).load_config().limit for f in retrained.iterdir()] == [200] * 4
     assert len(cell["pairing_gain_per_seed"]) == 2
     assert cell["pairing_gain"] == pytest.approx(cell["normal_nll"] - cell["best_nll"])
     assert "| digits | bernoulli | binarised (fixed draw, seed 0) | 2 |" in map_table(result)
@@ -332,6 +337,12 @@ def test_maps_with_other_candidate_pairs_combine(tmp_path):
         {"pairs": ["normal/normal"], "trials": 5, "pure_starts": False, "data": "a"},
         {"pairs": ["normal/normal", "normal/cauchy"], "trials": 6, "pure_starts": False,
          "data": "b"}]
+    # a combined map (e.g. the committed docs/results/map) combines again: its cells keep the
+    # pairs and trials they were searched with, not its first map's settings
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "pairing_map.json").write_text(json.dumps(
+        combine_maps([tmp_path / "a", tmp_path / "b"])))
+    assert combine_maps([tmp_path / "ab", tmp_path / "a"])["cells"] == cells + cells[:1]
     (tmp_path / "b" / "pairing_map.json").write_text(json.dumps(
         {"settings": {"seeds": 2, "pairs": [], "trials": 5}, "cells": []}))
     with pytest.raises(ValueError, match="other settings"):

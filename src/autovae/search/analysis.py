@@ -159,9 +159,10 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
     evaluate them on the test set. When the best trial's bound is not the ELBO, a third model,
     normal/normal with the best trial's bound, separates the gain of the pairing from the gain
     of the bound. ``pairing_gain_nats`` (with its value per seed) is normal/normal with the best
-    trial's bound minus the best trial; ``test_data`` says what the NLLs are measured on, and on
-    grey levels under a Bernoulli likelihood the gains are also given as shares of the
-    reducible part (above ``bernoulli_entropy_floor``). Returns and writes ``retrain.json`` in
+    trial's bound minus the best trial; ``train_images`` is how many images each model trained
+    on (``limit``; None: all training images); ``test_data`` says what the NLLs are measured
+    on, and on grey levels under a Bernoulli likelihood the gains are also given as shares of
+    the reducible part (above ``bernoulli_entropy_floor``). Returns and writes ``retrain.json`` in
     ``folder`` (with the trial retrained and :func:`~autovae.search.progress.study_notes`, which
     go to stderr too). ``progress``: the trial, each model and seed as it starts (and whether
     it resumes) and training bars. ``also``: more models, name -> latent spec, each the best
@@ -234,7 +235,8 @@ def retrain_best(study: optuna.Study, folder: Path, epochs: int | None = None,
                 zip(results[same]["runs"], results["best"]["runs"], strict=True)]
     results.update(pairing_gain_nats=statistics.mean(per_seed), pairing_gain_per_seed=per_seed,
                    pairing_gain_sd=statistics.stdev(per_seed) if len(per_seed) > 1 else None,
-                   test_data=label, nll_samples=best.nll_samples)
+                   test_data=label, nll_samples=best.nll_samples,
+                   train_images=int(data.train.shape[0]))
     if best.likelihood == "bernoulli" and label.startswith("grey"):
         # (grey levels are in [0, 1]: the part of a grey-level NLL that is reducible)
         floor = bernoulli_entropy_floor(data.test)

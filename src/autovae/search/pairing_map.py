@@ -3,7 +3,8 @@
 A map is a set of cells, each a (dataset, likelihood, latent size). In every cell the pairing is
 searched (:func:`~autovae.search.run_search`: the latent blocks' weights; the bound, network and
 budget fixed), then :func:`~autovae.search.retrain_best` trains the best pairing and
-normal/normal with the same bound, network and budget over ``seeds`` seeds and scores both on
+normal/normal with the same bound, network and budget (the same ``limit`` training images,
+``train_images`` in the cell) over ``seeds`` seeds and scores both on
 the test set (importance-sampled NLL). A cell's answer is the pairing gain, normal/normal's NLL
 minus the pairing's, per seed: a claim needs every seed to agree, so a map refuses fewer than
 two seeds (no spread, no claim).
@@ -151,7 +152,10 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
         from ..control import generating_pairing
 
         also["generating"] = generating_pairing(cell.data, cell.latent_dim)
-    result = retrain_best(study, folder, seeds=seeds, progress=progress, also=also)
+    # the retrained models get the search's budget, images included (retrain_best's own
+    # default, all training images, would train Fashion-MNIST's on 55000 instead of --limit)
+    result = retrain_best(study, folder, seeds=seeds, limit=config.limit, progress=progress,
+                          also=also)
     same = result.get("normal/normal, same bound", result["normal/normal"])
     gains = result["pairing_gain_per_seed"]
     summary = {**asdict(cell), "best_latent": result["best"]["config"]["latent"],
@@ -163,6 +167,7 @@ def run_cell(cell: Cell, folder: Path, base: Config, seeds: int, trials: int,
                "every_seed_gains": all(g > 0 for g in gains),
                "every_seed_gains_1_nat": all(g >= 1 for g in gains),
                "test_data": result["test_data"], "nll_samples": result["nll_samples"],
+               "train_images": result["train_images"],
                "pairs": list(pairs or PAIRS), "trials": trials, "pure_starts": pure_starts}
     if cell.control:
         from ..control import true_nll
