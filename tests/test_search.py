@@ -266,6 +266,12 @@ def test_pairing_map_cells_table_figure_and_where_a_study_lies(tmp_path, capsys)
     assert "none found" in where_on_the_map(retrain, tmp_path / "nothing.json")
     retrain["best"]["config"]["latent"] = "normal/normal:4"
     assert "latent 4 -> 2" in where_on_the_map(retrain, tmp_path / "map" / "pairing_map.json")
+    retrain["best"]["config"]["data"] = "test-subset:100:digits"  # the same data, fewer tests
+    line = where_on_the_map(retrain, tmp_path / "map" / "pairing_map.json")
+    assert "same data" in line and "the map's cell is digits" in line, line
+    retrain["best"]["config"]["data"] = "fashion-mnist"
+    assert "other data: fashion-mnist is not on it" in where_on_the_map(
+        retrain, tmp_path / "map" / "pairing_map.json")
 
 
 def test_control_cells_are_judged_against_their_generating_pairing():

@@ -364,6 +364,13 @@ def _default_map() -> Path | None:
     return checkout if checkout.is_file() else None
 
 
+def _base_data(name: str) -> str:
+    """The dataset under ``test-subset:N:`` prefixes (the same data, fewer test images)."""
+    while name.startswith("test-subset:") and name.count(":") >= 2:
+        name = name.split(":", 2)[2]
+    return name
+
+
 def where_on_the_map(result: dict, map_path: str | os.PathLike | None = None) -> str:
     """A line or two placing a ``retrain_best`` result on a pairing map (the nearest cell with
     the same data and likelihood, else the same likelihood), or saying that there is no map."""
@@ -377,9 +384,10 @@ def where_on_the_map(result: dict, map_path: str | os.PathLike | None = None) ->
         return f"pairing map {path}: not a pairing map (no cells); remake it"
     config = result["best"]["config"]
     dim = LatentSpec.parse(config["latent"], config.get("latent_dim")).dim
-    same_data = [c for c in cells if c["data"] == config["data"]
-                 and c["likelihood"] == config["likelihood"]]
-    near = same_data or [c for c in cells if c["likelihood"] == config["likelihood"]]
+    same_lik = [c for c in cells if c["likelihood"] == config["likelihood"]]
+    same_data = ([c for c in same_lik if c["data"] == config["data"]]
+                 or [c for c in same_lik if _base_data(c["data"]) == _base_data(config["data"])])
+    near = same_data or same_lik
     if not near:
         return (f"pairing map {path}: no cell with the {config['likelihood']} likelihood; your "
                 "study is off the map")
@@ -387,6 +395,9 @@ def where_on_the_map(result: dict, map_path: str | os.PathLike | None = None) ->
     where = ("on the map" if same_data and cell["latent_dim"] == dim else
              "near the map (" + ("same data, " if same_data else f"other data: {config['data']} "
                                  "is not on it; ") + f"latent {dim} -> {cell['latent_dim']})")
+    if same_data and cell["data"] != config["data"]:
+        where += f" (the map's cell is {cell['data']})"
+
     gain = _pm(cell["pairing_gain"], cell["pairing_gain_sd"])
     return (f"your study ({config['data']}, {config['likelihood']}, latent {dim}, gain of its "
             f"pairing {result['pairing_gain_nats']:+.2f} nats) is {where}: there the searched "
