@@ -81,10 +81,9 @@ def inference_forward(net: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 def _linear(h: torch.Tensor, layer: nn.Linear, relu: bool) -> torch.Tensor:
     """``layer(h)``, then ReLU'd if ``relu``, without autograd (see :func:`inference_forward`)."""
-    if (h.device.type == "cpu" and h.dtype == layer.weight.dtype == torch.float32
-            and _onednn_linear() is not None):
-        return _onednn_linear()(h, layer.weight, layer.bias, "relu" if relu else "none",
-                                [None], "")
+    fused = _onednn_linear() if h.device.type == "cpu" else None
+    if fused is not None and h.dtype == layer.weight.dtype == torch.float32:
+        return fused(h, layer.weight, layer.bias, "relu" if relu else "none", [None], "")
     out = F.linear(h, layer.weight, layer.bias)
     return out.relu_() if relu else out
 
