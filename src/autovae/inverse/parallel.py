@@ -250,9 +250,10 @@ split (tests set it to exercise the workers)."""
 
 SPLIT_TRIALS = 3
 """Split calls measured before split is judged slower than one chunk: a freshly forked
-worker's first calls pay its copy-on-write page faults and cold caches (at 2026-12-07, idle, a
-rule that judged from one such call kept an Aristoff-Bangerth batch of 64 rows in one process,
-1.05x, where split calls ran 1.76x)."""
+worker's first calls pay its copy-on-write page faults and cold caches. Idle, 2026-12-07: the
+rule that judged from one split call kept an Aristoff-Bangerth batch of 64 rows in one process
+(1.05x, where split calls ran 1.76x, in a benchmark of ~6 calls); with 3, and the benchmark's
+cases warmed up with 10 calls, --jobs 2 matched every-batch-split (1.77x-1.90x)."""
 PROBE = 100
 """Every PROBE-th batch above :data:`MIN_SPLIT_S` is run the way that measured slower, to
 follow the load (:meth:`ChunkWorkers.parts`). Each probe costs a call at the slower speed:
